@@ -1,0 +1,2 @@
+#pragma once
+// Implementation of troupe::pvector (included from workflow/pvector.hpp only).

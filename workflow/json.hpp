@@ -1,0 +1,58 @@
+#pragma once
+
+#include <boost/json/fwd.hpp>
+#include <boost/json/value.hpp>
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include "workflow/expected.hpp"
+
+namespace troupe {
+
+namespace json = boost::json;
+
+/// Immutable JSON shared between contexts, messages and records without copying.
+using json_ptr = std::shared_ptr<const json::value>;
+
+inline json_ptr make_json(json::value v) {
+  return std::make_shared<const json::value>(std::move(v));
+}
+
+/// Limits applied to untrusted JSON documents before anything else looks at them.
+struct json_limits {
+  std::size_t max_document_bytes = 16u << 20;  // 16 MiB
+  std::size_t max_depth = 64;
+  std::size_t max_string_bytes = 1u << 20;  // 1 MiB
+};
+
+struct json_parse_error {
+  std::string message;  // plain text, includes line and column when the syntax is wrong
+};
+
+/// Parses text as JSON within the limits; every violation is reported, never thrown.
+expected<json::value, json_parse_error> parse_json(std::string_view text,
+                                                  const json_limits& limits = {});
+
+/// Compact JSON text of a value (Boost.JSON's serializer).
+std::string to_json_text(const json::value& v);
+
+/// Canonical JSON: object keys sorted by bytes, numbers that are mathematically integers written
+/// as integers (1.0 -> 1, 1e2 -> 100), other doubles in shortest round-trip form. Two values that
+/// differ only in key order or number spelling have the same canonical text and hash.
+std::string canonical_json(const json::value& v);
+
+/// A 128-bit content hash (XXH3-128) of a byte string, as 32 lowercase hex digits.
+std::string content_hash(std::string_view bytes);
+
+/// Shortcut: content_hash(canonical_json(v)).
+std::string canonical_hash(const json::value& v);
+
+/// The name of a JSON kind as users read it: "string", "number", "integer", "boolean", "array",
+/// "object", "null".
+std::string_view json_kind_name(const json::value& v);
+
+}  // namespace troupe

@@ -1,0 +1,1 @@
+#include "workflow/run_state.hpp"

@@ -1,0 +1,74 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "workflow/json.hpp"
+
+namespace troupe {
+
+/// How a task is executed by the runtime:
+/// - quick: pure and fast; the run actor calls it inline, no actor hop.
+/// - blocking: may block its thread; runs on the engine's blocking pool.
+/// - async: starts work and calls its completion callback later from any thread.
+/// - builtin: implemented by the actor layer itself (sleep, shell, http, workflow); the model only
+///   knows the name so that workflows using it validate.
+enum class task_kind { quick, blocking, async, builtin };
+std::string_view to_string(task_kind k);
+
+/// The outcome of one attempt of a task.
+struct task_result {
+  bool ok = true;
+  json::value output;  // the task's output when ok
+  std::string error;   // why it failed when !ok
+
+  static task_result success(json::value output) { return {true, std::move(output), {}}; }
+  static task_result failure(std::string error) { return {false, nullptr, std::move(error)}; }
+};
+
+/// What a task attempt is told about itself.
+struct task_call {
+  std::string_view run_id;
+  std::string_view node_id;
+  std::int64_t item_index = -1;  // -1 outside for_each
+  int attempt = 1;
+};
+
+using quick_fn = std::function<task_result(const json::value& input, const task_call& call)>;
+using blocking_fn = quick_fn;
+using completion = std::function<void(task_result)>;
+using async_fn =
+    std::function<void(const json::value& input, const task_call& call, completion done)>;
+
+struct task_def {
+  std::string name;
+  task_kind kind = task_kind::quick;
+  quick_fn run;         // quick and blocking tasks
+  async_fn start;       // async tasks
+  std::string summary;  // one line for `troupe tasks` and docs
+};
+
+/// Name -> task. Registration happens before runs start; lookups afterwards are read-only and
+/// thread-safe.
+class task_registry {
+ public:
+  /// A registry holding the model's own tasks (noop, echo, fail) and the names of the builtins
+  /// the actor layer implements (sleep, shell, http, workflow).
+  static task_registry with_builtins();
+
+  /// Adds or replaces a task. Returns false (and changes nothing) when the definition is unusable:
+  /// an empty name, or no function for a quick/blocking/async task.
+  bool add(task_def def);
+  const task_def* find(std::string_view name) const;
+  bool contains(std::string_view name) const { return find(name) != nullptr; }
+  std::vector<std::string> names() const;
+
+ private:
+  std::unordered_map<std::string, std::shared_ptr<const task_def>> tasks_;
+};
+
+}  // namespace troupe
