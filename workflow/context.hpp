@@ -61,10 +61,12 @@ class context {
   context() = default;
   context(std::size_t node_count, std::size_t var_count, json_ptr inputs);
 
+  /// with_node and with_var throw std::out_of_range for a slot past node_count()/var_count().
   context with_node(std::size_t index, node_result r) const;
   context with_var(std::size_t slot, json_ptr value) const;
   /// Binds `item` and `index`; O(1). Pass an aliasing shared_ptr into the for_each array to
-  /// avoid copying the element.
+  /// avoid copying the element. Throws std::invalid_argument for a negative index. A null item
+  /// pointer reads as JSON null inside the item.
   context with_item(json_ptr item, std::int64_t index) const;
 
   /// Null when the node has no result yet.

@@ -113,6 +113,12 @@ expected<plan_ptr, validation_errors> compile_workflow(std::string_view json_tex
                                                        const compile_options& options = {});
 expected<plan_ptr, validation_errors> compile_workflow(const json::value& document,
                                                        const compile_options& options = {});
+/// Text given as a literal: without this, a string literal converts equally well to
+/// std::string_view and to json::value, and the call is ambiguous.
+inline expected<plan_ptr, validation_errors> compile_workflow(const char* json_text,
+                                                              const compile_options& options = {}) {
+  return compile_workflow(std::string_view(json_text), options);
+}
 
 /// Checks run inputs against the plan's declarations and applies defaults: a missing required
 /// input, an unknown input or a value of the wrong type is an error (pointer "/inputs/<name>").

@@ -4,8 +4,11 @@
 // packages no persistent-collection library; see context.hpp for why the context needs one.
 //
 // Contract: copy is O(1) (one shared_ptr); set() is O(log32 n) and returns a new version that
-// shares every untouched subtree with the old one; get() is O(log32 n). Versions are immutable
-// and may be read from any thread.
+// shares every untouched subtree and every untouched value with the old one; get() is
+// O(log32 n). Constructing a vector of any size allocates nothing: subtrees never written are
+// absent and read as default-constructed values. Versions are immutable and may be read from
+// any thread; each version keeps alive everything it shares, so it outlives the version it was
+// derived from.
 
 #include <array>
 #include <cstddef>
@@ -20,11 +23,16 @@ class pvector {
   explicit pvector(std::size_t size);
 
   std::size_t size() const { return size_; }
-  /// The stored value, or a default-constructed T for a slot never set.
+  /// The stored value, or a default-constructed T for a slot never set (or out of range). The
+  /// reference stays valid while any version sharing that value lives.
   const T& get(std::size_t i) const;
+  /// The stored value, or null for a slot never set (or out of range).
+  const T* find(std::size_t i) const;
+  /// Throws std::out_of_range when i >= size().
   pvector set(std::size_t i, T value) const;
 
-  /// True when both versions hold the very same leaf for slot i (shared, not copied).
+  /// True when both versions hold the very same stored value for slot i (shared, not an equal
+  /// copy). A slot never set holds no storage, so it is never reported as shared.
   bool shares_leaf(const pvector& other, std::size_t i) const;
   bool same_root(const pvector& other) const { return root_ == other.root_; }
 
@@ -33,14 +41,28 @@ class pvector {
   static constexpr std::size_t width = std::size_t{1} << bits;
   static constexpr std::size_t mask = width - 1;
 
-  struct node {
-    std::array<std::shared_ptr<const node>, width> children;  // inner nodes
-    std::array<T, width> values;                                // leaves
+  // Inner nodes hold only children and leaves hold only values: neither carries the other's
+  // 32 slots. The node type at a level follows from the depth, so no virtual dispatch or tag is
+  // needed; shared_ptr remembers the real type for destruction.
+  struct node_base {};
+  using node_ptr = std::shared_ptr<const node_base>;
+  using value_ptr = std::shared_ptr<const T>;
+
+  struct inner_node : node_base {
+    std::array<node_ptr, width> children;  // null: subtree never written
+  };
+  // Each value is boxed: copying a leaf on the update path then costs one pointer copy per slot
+  // whatever T is, and an untouched slot of a copied leaf is still the very same storage (which
+  // shares_leaf reports, and which a reader's reference keeps pointing at).
+  struct leaf_node : node_base {
+    std::array<value_ptr, width> values;  // null: slot never set
   };
 
-  const node* leaf_for(std::size_t i) const;
+  const value_ptr* slot_for(std::size_t i) const;
+  static node_ptr set_in(const node_base* n, std::size_t shift, std::size_t i, value_ptr value);
+  static const T& default_value();
 
-  std::shared_ptr<const node> root_;
+  node_ptr root_;
   std::size_t size_ = 0;
   std::size_t shift_ = 0;  // bits * (depth - 1)
 };

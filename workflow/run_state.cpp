@@ -1,1 +1,615 @@
 #include "workflow/run_state.hpp"
+
+#include <algorithm>
+#include <utility>
+
+namespace troupe {
+
+std::string_view to_string(run_status s) {
+  switch (s) {
+    case run_status::pending:
+      return "pending";
+    case run_status::running:
+      return "running";
+    case run_status::succeeded:
+      return "succeeded";
+    case run_status::failed:
+      return "failed";
+    case run_status::cancelled:
+      return "cancelled";
+    case run_status::timed_out:
+      return "timed_out";
+  }
+  return "unknown";
+}
+
+std::string_view to_string(cache_status s) {
+  switch (s) {
+    case cache_status::off:
+      return "off";
+    case cache_status::hit:
+      return "hit";
+    case cache_status::miss:
+      return "miss";
+  }
+  return "unknown";
+}
+
+namespace {
+
+// "node 'fetch' field 'with/url' column 9: unknown name vars.y": every expression error names
+// the node, the field and the column, as the format requires.
+std::string field_error(std::string_view what, std::string_view name, std::string_view field,
+                        const template_error& e) {
+  std::string s;
+  s.reserve(64 + e.error.message.size());
+  s.append(what).append(" '").append(name).append("' field '").append(field);
+  s.append(e.pointer).append("' column ").append(std::to_string(e.error.column));
+  s.append(": ").append(e.error.message);
+  return s;
+}
+
+json_ptr null_json() {
+  static const json_ptr null = make_json(nullptr);
+  return null;
+}
+
+}  // namespace
+
+run_state::run_state(plan_ptr p, run_options options)
+    : plan_(std::move(p)), options_(std::move(options)) {
+  identity_.id = options_.run_id;
+  identity_.workflow = plan_->name;
+  nodes_.resize(plan_->nodes.size());
+  for (std::size_t i = 0; i < nodes_.size(); ++i) {
+    nodes_[i].join = static_cast<std::uint32_t>(plan_->nodes[i].needs.size());
+  }
+  std::size_t engine_limit = options_.max_concurrency > 0 ? options_.max_concurrency : 0;
+  std::size_t plan_limit = plan_->max_concurrency ? static_cast<std::size_t>(*plan_->max_concurrency) : 0;
+  if (engine_limit && plan_limit) {
+    run_limit_ = std::min(engine_limit, plan_limit);
+  } else {
+    run_limit_ = engine_limit ? engine_limit : plan_limit;
+  }
+}
+
+void run_state::start(json::object inputs, std::int64_t now, std::vector<command>& out) {
+  if (status_ != run_status::pending) {
+    return;
+  }
+  status_ = run_status::running;
+  started_us_ = now;
+  ctx_ = context(plan_->nodes.size(), plan_->var_names.size(),
+                 make_json(json::value(std::move(inputs))));
+  // vars may refer to inputs and to vars declared before them.
+  for (std::size_t slot = 0; slot < plan_->var_init.size(); ++slot) {
+    const auto& init = plan_->var_init[slot];
+    if (!init) {
+      continue;
+    }
+    context_scope sc(plan_->names, ctx_, identity_);
+    auto v = init->render(sc);
+    if (!v) {
+      finish_run(run_status::failed,
+                 field_error("var", plan_->var_names[slot], "", v.error()), now, out);
+      return;
+    }
+    ctx_ = ctx_.with_var(slot, make_json(std::move(*v)));
+  }
+  if (plan_->timeout_ms) {
+    add_timer({timer_kind::run_timeout, {}, 0}, *plan_->timeout_ms, out);
+  }
+  for (std::uint32_t n : plan_->topological_order) {
+    if (finished()) {
+      return;
+    }
+    if (nodes_[n].join == 0 && !nodes_[n].ready_seen) {
+      node_ready(n, now, out);
+    }
+  }
+  if (!finished()) {
+    pump(now, out);
+  }
+}
+
+void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<command>& out) {
+  auto& ns = nodes_[n];
+  const auto& np = plan_->nodes[n];
+  ns.ready_seen = true;
+  ns.summary.started_us = now;
+  if (np.when) {
+    context_scope sc(plan_->names, ctx_, identity_);
+    auto v = np.when->render(sc);
+    if (!v) {
+      node_failed(n, field_error("node", np.id, "when", v.error()), node_status::failed, now,
+                  out);
+      return;
+    }
+    if (!truthy(*v)) {
+      ns.summary.status = node_status::skipped;
+      ns.summary.finished_us = now;
+      ctx_ = ctx_.with_node(n, node_result{node_status::skipped, nullptr, nullptr});
+      node_record_out(n, now, nullptr, out);
+      node_done(n, now, out);
+      return;
+    }
+  }
+  ns.summary.status = node_status::running;
+  if (np.for_each) {
+    context_scope sc(plan_->names, ctx_, identity_);
+    auto v = np.for_each->render(sc);
+    if (!v) {
+      node_failed(n, field_error("node", np.id, "for_each", v.error()), node_status::failed, now,
+                  out);
+      return;
+    }
+    if (!v->is_array()) {
+      node_failed(n,
+                  "node '" + np.id + "' field 'for_each': must render to an array, got " +
+                      std::string(json_kind_name(*v)),
+                  node_status::failed, now, out);
+      return;
+    }
+    ns.items = make_json(std::move(*v));
+    ns.unit_count = ns.items->as_array().size();
+    ns.summary.items = static_cast<std::int64_t>(ns.unit_count);
+    ns.item_outputs.assign(ns.unit_count, nullptr);
+    if (ns.unit_count == 0) {
+      node_succeeded(n, make_json(json::array{}), now, out);
+      return;
+    }
+  } else {
+    ns.unit_count = 1;
+  }
+  if (!ns.queued) {
+    ns.queued = true;
+    launch_queue_.push_back(n);
+  }
+}
+
+bool run_state::launchable(const node_state& ns) const {
+  return ns.summary.status == node_status::running &&
+         (!ns.retries_due.empty() || ns.next_unit < ns.unit_count);
+}
+
+void run_state::pump(std::int64_t now, std::vector<command>& out) {
+  while (!launch_queue_.empty() && !finished() &&
+         (run_limit_ == 0 || inflight_.size() < run_limit_)) {
+    std::uint32_t n = launch_queue_.front();
+    launch_queue_.pop_front();
+    auto& ns = nodes_[n];
+    ns.queued = false;
+    const auto& np = plan_->nodes[n];
+    if (!launchable(ns)) {
+      continue;
+    }
+    if (np.concurrency && ns.in_flight >= static_cast<std::uint32_t>(*np.concurrency)) {
+      continue;  // re-queued when one of its units finishes
+    }
+    unit u;
+    if (!ns.retries_due.empty()) {
+      u = ns.retries_due.front();
+      ns.retries_due.pop_front();
+    } else {
+      std::size_t i = ns.next_unit++;
+      u = unit{n, np.for_each ? static_cast<std::int64_t>(i) : -1, 1};
+    }
+    launch(u, now, out);
+    if (finished()) {
+      return;
+    }
+    // Round-robin: a node with more units goes to the back so siblings get their turn.
+    if (launchable(ns) && !ns.queued &&
+        (!np.concurrency || ns.in_flight < static_cast<std::uint32_t>(*np.concurrency))) {
+      ns.queued = true;
+      launch_queue_.push_back(n);
+    }
+  }
+}
+
+context run_state::view_for(const unit& u) const {
+  if (u.item < 0) {
+    return ctx_;
+  }
+  const auto& items = nodes_[u.node].items;
+  // Aliasing pointer: the item is read in place inside the shared array, never copied.
+  json_ptr item(items, &items->as_array()[static_cast<std::size_t>(u.item)]);
+  return ctx_.with_item(std::move(item), u.item);
+}
+
+void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
+  auto& ns = nodes_[u.node];
+  const auto& np = plan_->nodes[u.node];
+  ++ns.summary.attempts;
+  json_ptr input;
+  if (np.with.is_constant()) {
+    input = make_json(np.with.source());
+  } else {
+    context view = view_for(u);
+    context_scope sc(plan_->names, view, identity_);
+    auto v = np.with.render(sc);
+    if (!v) {
+      // A template error is deterministic: retrying cannot fix it.
+      std::string err = field_error("node", np.id, "with", v.error());
+      node_record r;
+      r.node = u.node;
+      r.item = u.item;
+      r.attempt = u.attempt;
+      r.status = node_status::failed;
+      r.error = err;
+      r.started_us = now;
+      r.finished_us = now;
+      record(std::move(r), out);
+      node_failed(u.node,
+                  u.item >= 0 ? "item " + std::to_string(u.item) + ": " + err : std::move(err),
+                  node_status::failed, now, out);
+      return;
+    }
+    input = make_json(std::move(*v));
+  }
+  std::uint64_t exec = next_exec_++;
+  ++ns.in_flight;
+  inflight_.emplace(exec, inflight_exec{u, input, now});
+  max_inflight_seen_ = std::max(max_inflight_seen_, inflight_.size());
+  if (options_.record_starts) {
+    node_record r;
+    r.node = u.node;
+    r.item = u.item;
+    r.attempt = u.attempt;
+    r.status = node_status::running;
+    r.input = input;
+    r.started_us = now;
+    record(std::move(r), out);
+  }
+  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input)});
+  if (np.timeout_ms) {
+    auto t = add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
+    timeout_timer_of_exec_.emplace(exec, t);
+  }
+}
+
+std::uint64_t run_state::add_timer(timer_entry t, std::int64_t delay_ms,
+                                   std::vector<command>& out) {
+  std::uint64_t id = next_timer_++;
+  timers_.emplace(id, t);
+  out.emplace_back(cmd::start_timer{id, delay_ms});
+  return id;
+}
+
+void run_state::task_finished(std::uint64_t exec, task_result result, std::int64_t now,
+                              std::vector<command>& out) {
+  if (finished()) {
+    return;
+  }
+  auto it = inflight_.find(exec);
+  if (it == inflight_.end()) {
+    return;  // cancelled or timed out already: its late result means nothing now
+  }
+  inflight_exec e = std::move(it->second);
+  inflight_.erase(it);
+  if (auto t = timeout_timer_of_exec_.find(exec); t != timeout_timer_of_exec_.end()) {
+    timers_.erase(t->second);
+    timeout_timer_of_exec_.erase(t);
+  }
+  --nodes_[e.u.node].in_flight;
+  if (result.ok) {
+    unit_succeeded(e, std::move(result.output), now, out);
+  } else {
+    unit_failed(e, std::move(result.error), node_status::failed, now, out);
+  }
+  if (!finished()) {
+    auto& ns = nodes_[e.u.node];
+    if (launchable(ns) && !ns.queued) {
+      ns.queued = true;
+      launch_queue_.push_back(e.u.node);
+    }
+    pump(now, out);
+  }
+}
+
+void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::int64_t now,
+                               std::vector<command>& out) {
+  auto& ns = nodes_[e.u.node];
+  json_ptr out_ptr = make_json(std::move(output));
+  node_record r;
+  r.node = e.u.node;
+  r.item = e.u.item;
+  r.attempt = e.u.attempt;
+  r.status = node_status::succeeded;
+  r.input = e.input;
+  r.output = out_ptr;
+  r.started_us = e.started_us;
+  r.finished_us = now;
+  if (ns.summary.status != node_status::running) {
+    return;
+  }
+  if (e.u.item < 0) {
+    record(std::move(r), out);
+    node_succeeded(e.u.node, std::move(out_ptr), now, out);
+    return;
+  }
+  record(std::move(r), out);
+  ns.item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
+  if (++ns.units_done == ns.unit_count) {
+    json::array arr;
+    arr.reserve(ns.unit_count);
+    for (auto& o : ns.item_outputs) {
+      arr.push_back(o ? *o : json::value(nullptr));
+    }
+    ns.item_outputs.clear();
+    node_succeeded(e.u.node, make_json(std::move(arr)), now, out);
+  }
+}
+
+void run_state::unit_failed(const inflight_exec& e, std::string error, node_status how,
+                            std::int64_t now, std::vector<command>& out) {
+  auto& ns = nodes_[e.u.node];
+  const auto& np = plan_->nodes[e.u.node];
+  node_record r;
+  r.node = e.u.node;
+  r.item = e.u.item;
+  r.attempt = e.u.attempt;
+  r.status = how;
+  r.input = e.input;
+  r.error = error;
+  r.started_us = e.started_us;
+  r.finished_us = now;
+  record(std::move(r), out);
+  if (ns.summary.status != node_status::running) {
+    return;
+  }
+  if (e.u.attempt < np.retry.max_attempts) {
+    unit next{e.u.node, e.u.item, e.u.attempt + 1};
+    std::int64_t delay = np.retry.delay_before(next.attempt);
+    if (delay > 0) {
+      add_timer({timer_kind::retry, next, 0}, delay, out);
+    } else {
+      ns.retries_due.push_back(next);
+    }
+    return;
+  }
+  if (e.u.item >= 0) {
+    error = "item " + std::to_string(e.u.item) + ": " + error;
+  }
+  node_failed(e.u.node, std::move(error), how, now, out);
+}
+
+void run_state::node_succeeded(std::uint32_t n, json_ptr out_ptr, std::int64_t now,
+                               std::vector<command>& out) {
+  auto& ns = nodes_[n];
+  const auto& np = plan_->nodes[n];
+  if (!np.publish.empty()) {
+    for (const auto& [slot, tmpl] : np.publish) {
+      context_scope sc(plan_->names, ctx_, identity_, out_ptr.get());
+      auto v = tmpl.render(sc);
+      if (!v) {
+        node_failed(n, field_error("node", np.id, "publish/" + plan_->var_names[slot], v.error()),
+                    node_status::failed, now, out);
+        return;
+      }
+      ctx_ = ctx_.with_var(slot, make_json(std::move(*v)));
+    }
+  }
+  ns.summary.status = node_status::succeeded;
+  ns.summary.finished_us = now;
+  ctx_ = ctx_.with_node(n, node_result{node_status::succeeded, out_ptr, nullptr});
+  if (np.for_each) {
+    node_record_out(n, now, out_ptr, out);
+  }
+  node_done(n, now, out);
+}
+
+void run_state::node_failed(std::uint32_t n, std::string error, node_status how, std::int64_t now,
+                            std::vector<command>& out) {
+  auto& ns = nodes_[n];
+  const auto& np = plan_->nodes[n];
+  ns.summary.status = how;
+  ns.summary.finished_us = now;
+  ns.summary.error = error;
+  ns.retries_due.clear();
+  ns.next_unit = ns.unit_count;
+  // Sibling items still in flight lose their purpose once the node has failed.
+  if (ns.in_flight > 0) {
+    std::vector<std::uint64_t> doomed;
+    for (const auto& [exec, e] : inflight_) {
+      if (e.u.node == n) {
+        doomed.push_back(exec);
+      }
+    }
+    std::sort(doomed.begin(), doomed.end());  // deterministic command order
+    for (auto exec : doomed) {
+      auto& e = inflight_.at(exec);
+      node_record r;
+      r.node = n;
+      r.item = e.u.item;
+      r.attempt = e.u.attempt;
+      r.status = node_status::cancelled;
+      r.input = e.input;
+      r.started_us = e.started_us;
+      r.finished_us = now;
+      record(std::move(r), out);
+      out.emplace_back(cmd::cancel_task{exec});
+      inflight_.erase(exec);
+      timeout_timer_of_exec_.erase(exec);
+    }
+    ns.in_flight = 0;
+  }
+  ctx_ = ctx_.with_node(n, node_result{how, nullptr, make_json(json::value(error))});
+  if (np.for_each || ns.summary.attempts == 0) {
+    node_record_out(n, now, nullptr, out);
+  }
+  if (np.on_error == error_policy::continue_run) {
+    node_done(n, now, out);
+    return;
+  }
+  finish_run(run_status::failed, "node '" + np.id + "' " + std::string(to_string(how)) + ": " + error,
+             now, out);
+}
+
+void run_state::node_done(std::uint32_t n, std::int64_t now, std::vector<command>& out) {
+  ++nodes_done_;
+  for (std::size_t d : plan_->nodes[n].dependents) {
+    if (finished()) {
+      return;
+    }
+    auto& ds = nodes_[d];
+    if (--ds.join == 0 && !ds.ready_seen) {
+      node_ready(static_cast<std::uint32_t>(d), now, out);
+    }
+  }
+  if (finished() || nodes_done_ < nodes_.size()) {
+    return;
+  }
+  json::object outputs;
+  for (const auto& [name, tmpl] : plan_->outputs) {
+    context_scope sc(plan_->names, ctx_, identity_);
+    auto v = tmpl.render(sc);
+    if (!v) {
+      finish_run(run_status::failed, field_error("output", name, "", v.error()), now, out);
+      return;
+    }
+    outputs[name] = std::move(*v);
+  }
+  outputs_ = make_json(json::value(std::move(outputs)));
+  finish_run(run_status::succeeded, {}, now, out);
+}
+
+void run_state::timer_fired(std::uint64_t timer, std::int64_t now, std::vector<command>& out) {
+  if (finished()) {
+    return;
+  }
+  auto it = timers_.find(timer);
+  if (it == timers_.end()) {
+    return;  // its purpose is gone: the attempt it guarded finished first
+  }
+  timer_entry t = it->second;
+  timers_.erase(it);
+  switch (t.kind) {
+    case timer_kind::run_timeout:
+      finish_run(run_status::timed_out,
+                 "run timed out after " + std::to_string(*plan_->timeout_ms) + " ms", now, out);
+      return;
+    case timer_kind::retry: {
+      auto& ns = nodes_[t.u.node];
+      if (ns.summary.status != node_status::running) {
+        return;
+      }
+      ns.retries_due.push_back(t.u);
+      if (!ns.queued) {
+        ns.queued = true;
+        launch_queue_.push_back(t.u.node);
+      }
+      pump(now, out);
+      return;
+    }
+    case timer_kind::attempt_timeout: {
+      auto e_it = inflight_.find(t.exec);
+      if (e_it == inflight_.end()) {
+        return;
+      }
+      inflight_exec e = std::move(e_it->second);
+      inflight_.erase(e_it);
+      timeout_timer_of_exec_.erase(t.exec);
+      --nodes_[e.u.node].in_flight;
+      out.emplace_back(cmd::cancel_task{t.exec});
+      const auto& np = plan_->nodes[e.u.node];
+      unit_failed(e, "timed out after " + std::to_string(*np.timeout_ms) + " ms",
+                  node_status::timed_out, now, out);
+      if (!finished()) {
+        auto& ns = nodes_[e.u.node];
+        if (launchable(ns) && !ns.queued) {
+          ns.queued = true;
+          launch_queue_.push_back(e.u.node);
+        }
+        pump(now, out);
+      }
+      return;
+    }
+  }
+}
+
+void run_state::cancel(std::int64_t now, std::vector<command>& out) {
+  if (finished()) {
+    return;
+  }
+  if (status_ == run_status::pending) {
+    status_ = run_status::running;
+    started_us_ = now;
+  }
+  finish_run(run_status::cancelled, "cancelled", now, out);
+}
+
+void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
+  std::vector<std::uint64_t> execs;
+  execs.reserve(inflight_.size());
+  for (const auto& [exec, e] : inflight_) {
+    execs.push_back(exec);
+  }
+  std::sort(execs.begin(), execs.end());
+  for (auto exec : execs) {
+    const auto& e = inflight_.at(exec);
+    node_record r;
+    r.node = e.u.node;
+    r.item = e.u.item;
+    r.attempt = e.u.attempt;
+    r.status = node_status::cancelled;
+    r.input = e.input;
+    r.started_us = e.started_us;
+    r.finished_us = now;
+    record(std::move(r), out);
+    out.emplace_back(cmd::cancel_task{exec});
+  }
+  inflight_.clear();
+  timeout_timer_of_exec_.clear();
+  timers_.clear();
+  launch_queue_.clear();
+  // Nodes that never finished end cancelled: the log shows every node of the run.
+  for (std::uint32_t n = 0; n < nodes_.size(); ++n) {
+    auto& ns = nodes_[n];
+    if (is_terminal(ns.summary.status)) {
+      continue;
+    }
+    ns.summary.status = node_status::cancelled;
+    ns.summary.finished_us = now;
+    ns.in_flight = 0;
+    if (plan_->nodes[n].for_each || ns.summary.attempts == 0) {
+      node_record_out(n, now, nullptr, out);
+    }
+  }
+}
+
+void run_state::finish_run(run_status s, std::string error, std::int64_t now,
+                           std::vector<command>& out) {
+  if (finished()) {
+    return;
+  }
+  if (s != run_status::succeeded) {
+    cancel_everything(now, out);
+  }
+  status_ = s;
+  error_ = std::move(error);
+  finished_us_ = now;
+  out.emplace_back(cmd::finish{s, s == run_status::succeeded ? outputs_ : null_json(), error_});
+}
+
+void run_state::record(node_record r, std::vector<command>& out) {
+  out.emplace_back(cmd::record{std::move(r)});
+}
+
+// The node-level record: for_each aggregates, skipped nodes, and nodes that never started.
+void run_state::node_record_out(std::uint32_t n, std::int64_t now, json_ptr output,
+                                std::vector<command>& out) {
+  const auto& ns = nodes_[n];
+  node_record r;
+  r.node = n;
+  r.item = -1;
+  r.attempt = 0;
+  r.status = ns.summary.status;
+  r.output = std::move(output);
+  r.error = ns.summary.error;
+  r.started_us = ns.summary.started_us >= 0 ? ns.summary.started_us : now;
+  r.finished_us = now;
+  record(std::move(r), out);
+}
+
+}  // namespace troupe

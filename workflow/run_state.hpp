@@ -1,1 +1,204 @@
 #pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <variant>
+#include <vector>
+
+#include "workflow/context.hpp"
+#include "workflow/json.hpp"
+#include "workflow/plan.hpp"
+#include "workflow/task.hpp"
+
+namespace troupe {
+
+enum class run_status : std::uint8_t { pending, running, succeeded, failed, cancelled, timed_out };
+std::string_view to_string(run_status s);
+
+/// Whether a node execution's output came from the cache.
+enum class cache_status : std::uint8_t { off, hit, miss };
+std::string_view to_string(cache_status s);
+
+/// One state change of one execution: (node, item, attempt). `item` is -1 outside for_each.
+/// Attempts count from 1; attempt 0 is the node-level record, emitted for a for_each node's
+/// aggregate and for nodes that never executed (skipped, cancelled before start, failed before
+/// dispatch). The writer keeps the
+/// newest record per key, so a "running" record followed by a "succeeded" one becomes one row.
+struct node_record {
+  std::uint32_t node = 0;
+  std::int64_t item = -1;
+  int attempt = 0;
+  node_status status = node_status::pending;
+  json_ptr input;
+  json_ptr output;
+  std::string error;
+  cache_status cache = cache_status::off;
+  std::int64_t started_us = 0;
+  std::int64_t finished_us = 0;  // 0 while running
+};
+
+/// Commands the state machine asks its driver (the run actor, or a test) to carry out.
+namespace cmd {
+/// Start one attempt of a task. `exec` names this attempt in task_finished() and cancel_task.
+struct dispatch {
+  std::uint64_t exec = 0;
+  std::uint32_t node = 0;
+  std::int64_t item = -1;
+  int attempt = 1;
+  json_ptr input;
+};
+/// Stop an attempt that is in flight; any result it still reports is ignored.
+struct cancel_task {
+  std::uint64_t exec = 0;
+};
+/// Call timer_fired(timer) after delay_ms. Timers cannot be cancelled: stale ones are ignored.
+struct start_timer {
+  std::uint64_t timer = 0;
+  std::int64_t delay_ms = 0;
+};
+/// Persist a state change (for the writer; the run's answer never depends on it).
+struct record {
+  node_record rec;
+};
+/// The run is over; no command follows this one.
+struct finish {
+  run_status status = run_status::succeeded;
+  json_ptr outputs;   // an object when succeeded, else null
+  std::string error;  // empty when succeeded
+};
+}  // namespace cmd
+using command =
+    std::variant<cmd::dispatch, cmd::cancel_task, cmd::start_timer, cmd::record, cmd::finish>;
+
+struct run_options {
+  std::string run_id;
+  /// The engine's limit on this run's tasks in flight; 0: none. The plan's max_concurrency
+  /// applies as well (the smaller wins).
+  int max_concurrency = 0;
+  /// Emit a record when an attempt starts, not only when it ends.
+  bool record_starts = true;
+};
+
+/// What a node did, for answers built from memory (CLI tables, handles): never read back from
+/// the store.
+struct node_summary {
+  node_status status = node_status::pending;
+  int attempts = 0;  // attempts started, over all items
+  std::int64_t started_us = -1;
+  std::int64_t finished_us = -1;
+  std::string error;
+  cache_status cache = cache_status::off;
+  std::int64_t items = -1;  // for_each: number of items; -1 otherwise
+};
+
+/// The run state machine: a plain class that takes events (start, task_finished, timer_fired,
+/// cancel) and appends the commands they cause to `out`. It owns no threads, clocks or I/O: the
+/// caller passes the time with every event, so the same events give the same commands.
+///
+/// Readiness is a join counter per node (the number of needs not yet done). Tasks are
+/// dispatched in readiness order, round-robin between nodes with items left, within the run's
+/// and each node's concurrency limits. Not thread-safe: one owner (the run actor) drives it.
+class run_state {
+ public:
+  run_state(plan_ptr p, run_options options);
+
+  /// Starts the run with inputs already checked by bind_inputs().
+  void start(json::object inputs, std::int64_t now_us, std::vector<command>& out);
+  /// The outcome of an attempt. Unknown or stale execs (cancelled, timed out) are ignored.
+  void task_finished(std::uint64_t exec, task_result result, std::int64_t now_us,
+                     std::vector<command>& out);
+  void timer_fired(std::uint64_t timer, std::int64_t now_us, std::vector<command>& out);
+  void cancel(std::int64_t now_us, std::vector<command>& out);
+
+  run_status status() const { return status_; }
+  bool finished() const { return status_ != run_status::pending && status_ != run_status::running; }
+  const std::string& error() const { return error_; }
+  const json_ptr& outputs() const { return outputs_; }
+  const context& ctx() const { return ctx_; }
+  const plan& workflow() const { return *plan_; }
+  const plan_ptr& shared_plan() const { return plan_; }
+  const node_summary& summary(std::size_t node) const { return nodes_[node].summary; }
+  std::size_t in_flight() const { return inflight_.size(); }
+  std::size_t max_in_flight_seen() const { return max_inflight_seen_; }
+  const std::string& run_id() const { return identity_.id; }
+  std::int64_t started_us() const { return started_us_; }
+  std::int64_t finished_us() const { return finished_us_; }
+
+ private:
+  struct unit {
+    std::uint32_t node;
+    std::int64_t item;
+    int attempt;
+  };
+  struct inflight_exec {
+    unit u;
+    json_ptr input;
+    std::int64_t started_us;
+  };
+  enum class timer_kind : std::uint8_t { retry, attempt_timeout, run_timeout };
+  struct timer_entry {
+    timer_kind kind;
+    unit u;              // retry
+    std::uint64_t exec;  // attempt_timeout
+  };
+  struct node_state {
+    node_summary summary;
+    std::uint32_t join = 0;
+    bool ready_seen = false;
+    bool queued = false;
+    std::uint32_t in_flight = 0;
+    std::size_t unit_count = 0;  // items, or 1 outside for_each
+    std::size_t next_unit = 0;
+    std::size_t units_done = 0;
+    json_ptr items;  // the for_each array
+    std::vector<json_ptr> item_outputs;
+    std::deque<unit> retries_due;
+  };
+
+  void node_ready(std::uint32_t n, std::int64_t now, std::vector<command>& out);
+  void pump(std::int64_t now, std::vector<command>& out);
+  bool launchable(const node_state& ns) const;
+  void launch(unit u, std::int64_t now, std::vector<command>& out);
+  void unit_failed(const inflight_exec& e, std::string error, node_status how, std::int64_t now,
+                   std::vector<command>& out);
+  void unit_succeeded(const inflight_exec& e, json::value output, std::int64_t now,
+                      std::vector<command>& out);
+  void node_succeeded(std::uint32_t n, json_ptr output, std::int64_t now,
+                      std::vector<command>& out);
+  void node_failed(std::uint32_t n, std::string error, node_status how, std::int64_t now,
+                   std::vector<command>& out);
+  void node_done(std::uint32_t n, std::int64_t now, std::vector<command>& out);
+  void finish_run(run_status s, std::string error, std::int64_t now, std::vector<command>& out);
+  void cancel_everything(std::int64_t now, std::vector<command>& out);
+  void record(node_record r, std::vector<command>& out);
+  void node_record_out(std::uint32_t n, std::int64_t now, json_ptr output,
+                       std::vector<command>& out);
+  context view_for(const unit& u) const;
+  std::uint64_t add_timer(timer_entry t, std::int64_t delay_ms, std::vector<command>& out);
+
+  plan_ptr plan_;
+  run_options options_;
+  run_identity identity_;
+  context ctx_;
+  std::vector<node_state> nodes_;
+  std::unordered_map<std::uint64_t, inflight_exec> inflight_;
+  std::unordered_map<std::uint64_t, std::uint64_t> timeout_timer_of_exec_;
+  std::unordered_map<std::uint64_t, timer_entry> timers_;
+  std::deque<std::uint32_t> launch_queue_;
+  std::uint64_t next_exec_ = 1;
+  std::uint64_t next_timer_ = 1;
+  std::size_t run_limit_ = 0;  // 0: unlimited
+  std::size_t nodes_done_ = 0;
+  std::size_t max_inflight_seen_ = 0;
+  run_status status_ = run_status::pending;
+  std::string error_;
+  json_ptr outputs_;
+  std::int64_t started_us_ = 0;
+  std::int64_t finished_us_ = 0;
+};
+
+}  // namespace troupe

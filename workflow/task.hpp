@@ -64,6 +64,8 @@ class task_registry {
   /// an empty name, or no function for a quick/blocking/async task.
   bool add(task_def def);
   const task_def* find(std::string_view name) const;
+  /// The same definition, shared: a run keeps it alive even if the task is replaced later.
+  std::shared_ptr<const task_def> find_shared(std::string_view name) const;
   bool contains(std::string_view name) const { return find(name) != nullptr; }
   std::vector<std::string> names() const;
 

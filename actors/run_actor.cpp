@@ -1,0 +1,215 @@
+#include "actors/run_actor.hpp"
+
+#include <chrono>
+#include <exception>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include <caf/actor_system.hpp>
+#include <caf/event_based_actor.hpp>
+#include <caf/stateful_actor.hpp>
+
+#include "messages/messages.hpp"
+
+namespace troupe {
+
+namespace {
+
+std::int64_t now_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+      .count();
+}
+
+// Runs on the run actor's thread only. The state machine decides; this moves its commands in
+// and out: quick tasks are answered inline (no hop), everything else gets a node actor.
+struct run_actor_state {
+  std::unique_ptr<run_state> machine;
+  services_ptr services;
+  std::vector<std::shared_ptr<const task_def>> task_of_node;  // resolved once per run
+  std::shared_ptr<run_sink> sink;
+  bool events = false;
+  caf::actor parent;
+  int depth = 0;
+  std::unordered_map<std::uint64_t, caf::actor> node_of_exec;
+  std::unordered_map<caf::actor_addr, std::uint64_t> exec_of_node;
+  std::vector<command> out;
+  std::vector<command> batch;
+  bool done = false;
+
+  static inline const char* name = "run";
+};
+
+using run_actor = caf::stateful_actor<run_actor_state>;
+
+void drive(run_actor* self);
+
+void dispatch(run_actor* self, cmd::dispatch& d) {
+  auto& st = self->state;
+  auto& machine = *st.machine;
+  const auto& def = st.task_of_node[d.node];
+  const auto& np = machine.workflow().nodes[d.node];
+  if (!def) {
+    machine.task_finished(d.exec, task_result::failure("unknown task '" + np.task + "'"), now_us(),
+                          st.out);
+    return;
+  }
+  if (def->kind == task_kind::quick) {
+    task_call call{machine.run_id(), np.id, d.item, d.attempt};
+    task_result r;
+    try {
+      r = def->run(*d.input, call);
+    } catch (const std::exception& e) {
+      r = task_result::failure(std::string("task threw: ") + e.what());
+    } catch (...) {
+      r = task_result::failure("task threw an unknown exception");
+    }
+    machine.task_finished(d.exec, std::move(r), now_us(), st.out);
+    return;
+  }
+  node_spawn_args a;
+  a.exec = d.exec;
+  a.task = def;
+  a.input = std::move(d.input);
+  a.run_id = machine.run_id();
+  a.node_id = np.id;
+  a.item = d.item;
+  a.attempt = d.attempt;
+  a.depth = st.depth;
+  auto node = spawn_node(st.services, caf::actor_cast<caf::actor>(self), std::move(a));
+  self->monitor(node);
+  st.exec_of_node.emplace(node.address(), d.exec);
+  st.node_of_exec.emplace(d.exec, std::move(node));
+}
+
+void forget_node(run_actor_state& st, std::uint64_t exec) {
+  auto it = st.node_of_exec.find(exec);
+  if (it == st.node_of_exec.end()) {
+    return;
+  }
+  st.exec_of_node.erase(it->second.address());
+  st.node_of_exec.erase(it);
+}
+
+void finish(run_actor* self, const cmd::finish&) {
+  auto& st = self->state;
+  st.done = true;
+  auto report = std::make_shared<const run_result>(make_report(*st.machine));
+  if (st.sink) {
+    if (st.events) {
+      run_event e;
+      e.what = run_event::kind::run_finished;
+      e.run_id = report->run_id;
+      e.status = std::string(to_string(report->status));
+      e.error = report->error;
+      st.sink->event(e);
+    }
+    st.sink->finished(*report);
+  }
+  if (st.parent) {
+    self->send(st.parent, run_done{report});
+  }
+  self->quit();
+}
+
+void drive(run_actor* self) {
+  auto& st = self->state;
+  while (!st.out.empty() && !st.done) {
+    std::swap(st.out, st.batch);
+    for (auto& c : st.batch) {
+      if (st.done) {
+        break;
+      }
+      switch (c.index()) {
+        case 0:
+          dispatch(self, std::get<cmd::dispatch>(c));
+          break;
+        case 1: {
+          auto exec = std::get<cmd::cancel_task>(c).exec;
+          if (auto it = st.node_of_exec.find(exec); it != st.node_of_exec.end()) {
+            self->send(it->second, cancel_atom::value);
+            forget_node(st, exec);
+          }
+          break;
+        }
+        case 2: {
+          const auto& t = std::get<cmd::start_timer>(c);
+          self->delayed_send(self, std::chrono::milliseconds(t.delay_ms), timer_atom::value,
+                             t.timer);
+          break;
+        }
+        case 3:
+          if (st.events) {
+            st.sink->event(event_of(*st.machine, std::get<cmd::record>(c).rec));
+          }
+          break;
+        case 4:
+          finish(self, std::get<cmd::finish>(c));
+          break;
+      }
+    }
+    st.batch.clear();
+  }
+}
+
+caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_args args,
+                           caf::actor parent) {
+  auto& st = self->state;
+  st.services = std::move(services);
+  st.sink = std::move(args.sink);
+  st.events = st.sink && st.sink->wants_events();
+  st.parent = std::move(parent);
+  st.depth = args.depth;
+  auto registry = st.services->tasks();
+  st.task_of_node.reserve(args.plan->nodes.size());
+  for (const auto& n : args.plan->nodes) {
+    st.task_of_node.push_back(registry->find_shared(n.task));
+  }
+  st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
+  // A node actor that dies without answering (an exception escaped it) fails its attempt
+  // instead of leaving the run waiting forever.
+  self->set_down_handler([self](caf::down_msg& dm) {
+    auto& st = self->state;
+    auto it = st.exec_of_node.find(dm.source);
+    if (it == st.exec_of_node.end() || st.done) {
+      return;
+    }
+    auto exec = it->second;
+    forget_node(st, exec);
+    st.machine->task_finished(
+        exec,
+        task_result::failure("node actor ended without a result: " +
+                             self->system().render(dm.reason)),
+        now_us(), st.out);
+    drive(self);
+  });
+  st.machine->start(std::move(args.inputs), now_us(), st.out);
+  drive(self);
+  return {
+      [self](attempt_done& m) {
+        auto& st = self->state;
+        forget_node(st, m.exec);
+        st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
+        drive(self);
+      },
+      [self](timer_atom, std::uint64_t timer) {
+        auto& st = self->state;
+        st.machine->timer_fired(timer, now_us(), st.out);
+        drive(self);
+      },
+      [self](cancel_atom) {
+        auto& st = self->state;
+        st.machine->cancel(now_us(), st.out);
+        drive(self);
+      },
+  };
+}
+
+}  // namespace
+
+caf::actor spawn_run(const services_ptr& services, run_spawn_args args, const caf::actor& parent) {
+  return services->system->spawn(run_behavior, services, std::move(args), parent);
+}
+
+}  // namespace troupe

@@ -1,0 +1,79 @@
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+#include <string_view>
+
+#include <caf/fwd.hpp>
+
+#include "workflow/json.hpp"
+#include "workflow/plan.hpp"
+#include "workflow/run_report.hpp"
+#include "workflow/run_state.hpp"
+#include "workflow/task.hpp"
+
+namespace boost::asio {
+class io_context;
+class thread_pool;
+}  // namespace boost::asio
+
+namespace troupe {
+
+/// What every run and node actor of one engine shares. Owned by the engine, which outlives all
+/// of its actors; immutable after the engine starts except through the functions' own locking.
+struct run_services {
+  caf::actor_system* system = nullptr;
+  boost::asio::io_context* io = nullptr;
+  boost::asio::thread_pool* blocking = nullptr;
+  /// The task registry as of now (a snapshot: registrations after a run started do not change
+  /// the tasks that run sees).
+  std::function<std::shared_ptr<const task_registry>()> tasks;
+  /// A registered workflow by name and version (empty: the latest), for `workflow` tasks.
+  std::function<plan_ptr(std::string_view name, std::string_view version)> find_workflow;
+  /// A fresh run id.
+  std::function<std::string()> new_run_id;
+  int max_workflow_depth = 8;
+  int max_in_flight = 0;  // engine-wide limit per run (0: none)
+};
+using services_ptr = std::shared_ptr<const run_services>;
+
+/// Receives what a run reports. Called on the run actor's thread, in order; must not block.
+class run_sink {
+ public:
+  virtual ~run_sink() = default;
+  /// Whether event() should be called at all (building events costs a little).
+  virtual bool wants_events() const { return false; }
+  virtual void event(const run_event&) {}
+  /// Exactly once, when the run ends.
+  virtual void finished(const run_result& result) = 0;
+};
+
+struct run_spawn_args {
+  plan_ptr plan;
+  json::object inputs;  // already checked by bind_inputs
+  run_options options;
+  std::shared_ptr<run_sink> sink;  // may be null
+  int depth = 0;                   // nesting level of `workflow` tasks
+};
+
+/// Spawns the actor that runs one workflow run. `parent`, when valid, receives a `run_done`
+/// message when the run ends (used by `workflow` tasks for child runs). The run starts at once.
+caf::actor spawn_run(const services_ptr& services, run_spawn_args args, const caf::actor& parent);
+
+/// Spawns the actor that runs one attempt of a task that takes time (anything not quick). It
+/// sends `attempt_done{exec, result}` to `run` exactly once unless it is cancelled first
+/// (`cancel_atom`), then quits.
+struct node_spawn_args {
+  std::uint64_t exec = 0;
+  std::shared_ptr<const task_def> task;
+  json_ptr input;
+  std::string run_id;
+  std::string node_id;
+  std::int64_t item = -1;
+  int attempt = 1;
+  int depth = 0;
+};
+caf::actor spawn_node(const services_ptr& services, const caf::actor& run, node_spawn_args args);
+
+}  // namespace troupe

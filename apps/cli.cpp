@@ -1,0 +1,366 @@
+#include "apps/cli.hpp"
+
+#include <CLI/CLI.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <csignal>
+#include <cstdlib>
+#include <cstring>
+#include <exception>
+#include <iostream>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "apps/output.hpp"
+#include "apps/signals.hpp"
+#include "runtime/engine.hpp"
+#include "workflow/task.hpp"
+
+namespace troupe::cli {
+namespace {
+
+struct run_options {
+  std::string file;
+  std::vector<std::string> inputs;  // NAME=VALUE
+  std::string inputs_file;
+  std::vector<std::string> registers;
+  bool json = false;
+  bool progress = false;
+  int threads = 0;
+};
+
+struct validate_options {
+  std::string file;
+  bool json = false;
+};
+
+/// Reads a whole file, refusing more than `limit` bytes before reading them: an oversized (or
+/// endless, like /dev/zero) file must fail with a clear message, not exhaust memory first.
+expected<std::string, std::string> read_file(const std::string& path, std::size_t limit) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) {
+    return make_unexpected("cannot open '" + path + "': " + std::strerror(errno));
+  }
+  struct closer {
+    int fd;
+    ~closer() { ::close(fd); }
+  } close_fd{fd};
+  const auto too_large = [&](std::string size) {
+    return make_unexpected("'" + path + "' is " + std::move(size) +
+                           ", over the document size limit of " + std::to_string(limit) +
+                           " bytes");
+  };
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
+      static_cast<std::uint64_t>(st.st_size) > limit) {
+    return too_large(std::to_string(st.st_size) + " bytes");
+  }
+  std::string text;
+  char buffer[64 * 1024];
+  for (;;) {
+    const ssize_t n = ::read(fd, buffer, sizeof buffer);
+    if (n < 0) {
+      if (errno == EINTR) {
+        continue;
+      }
+      return make_unexpected("cannot read '" + path + "': " + std::strerror(errno));
+    }
+    if (n == 0) {
+      return text;
+    }
+    text.append(buffer, static_cast<std::size_t>(n));
+    if (text.size() > limit) {
+      return too_large("more than that");
+    }
+  }
+}
+
+located_errors one_error(std::string message, std::string pointer = {}, std::string file = {}) {
+  return {located_error{std::move(file), validation_error{std::move(pointer), std::move(message)}}};
+}
+
+/// Prints errors in the mode the user asked for and returns the usage exit code.
+int report_errors(const located_errors& errors, bool json_mode) {
+  if (json_mode) {
+    std::cout << compact_json(errors_document(errors)) << '\n' << std::flush;
+  } else {
+    print_errors_text(std::cerr, errors);
+  }
+  return exit_usage;
+}
+
+/// `--inputs FILE` first, then every `--input NAME=VALUE` over it, in command-line order.
+expected<json::object, located_errors> gather_inputs(const run_options& o,
+                                                     const json_limits& limits) {
+  json::object inputs;
+  if (!o.inputs_file.empty()) {
+    auto text = read_file(o.inputs_file, limits.max_document_bytes);
+    if (!text) {
+      return make_unexpected(one_error(text.error(), "", o.inputs_file));
+    }
+    auto doc = parse_json(*text, limits);
+    if (!doc) {
+      return make_unexpected(
+          one_error("malformed JSON in --inputs file: " + doc.error().message, "", o.inputs_file));
+    }
+    if (!doc->is_object()) {
+      return make_unexpected(one_error("an --inputs file must hold a JSON object of inputs, not " +
+                                           std::string(json_kind_name(*doc)),
+                                       "", o.inputs_file));
+    }
+    inputs = std::move(doc->as_object());
+  }
+  located_errors errors;
+  for (const auto& entry : o.inputs) {
+    const auto eq = entry.find('=');
+    if (eq == std::string::npos || eq == 0) {
+      errors.push_back(
+          one_error("--input '" + entry + "' must be NAME=VALUE (VALUE: JSON, or else a string)")
+              .front());
+      continue;
+    }
+    const std::string name = entry.substr(0, eq);
+    const std::string text = entry.substr(eq + 1);
+    // JSON when it parses (3, true, ["a"], "quoted"), else the text itself: `s=abc` is "abc".
+    auto value = parse_json(text, limits);
+    inputs[name] = value ? std::move(*value) : json::value(json::string(text));
+  }
+  if (!errors.empty()) {
+    return make_unexpected(std::move(errors));
+  }
+  return inputs;
+}
+
+std::string event_line(const run_event& e) {
+  std::string line;
+  switch (e.what) {
+    case run_event::kind::node_started:
+    case run_event::kind::node_finished:
+      line = "node " + e.node_id;
+      if (e.item >= 0) {
+        line += "[" + std::to_string(e.item) + "]";
+      }
+      line += e.what == run_event::kind::node_started ? " started" : " " + e.status;
+      if (e.attempt > 1) {
+        line += " (attempt " + std::to_string(e.attempt) + ")";
+      }
+      break;
+    case run_event::kind::run_finished:
+      line = "run " + e.run_id + " " + e.status;
+      break;
+  }
+  if (!e.error.empty()) {
+    line += ": " + e.error;
+  }
+  return line + '\n';
+}
+
+/// What the signal thread and the main thread share: the run to cancel, once there is one.
+struct cancel_state {
+  std::mutex mutex;
+  std::optional<run_handle> handle;
+  bool requested = false;
+};
+
+int run_command(const run_options& o) {
+  engine_config config;
+  config.threads = o.threads;
+  const json_limits& limits = config.limits.json;
+
+  auto text = read_file(o.file, limits.max_document_bytes);
+  if (!text) {
+    return report_errors(one_error(text.error()), o.json);
+  }
+
+  engine eng(config);
+
+  cancel_state cancel;
+  signal_waiter signals([&](int signal, int count) {
+    if (count > 1) {
+      // The user insists: the first request is still unwinding (a task that ignores its
+      // cancellation, say), so leave without waiting for it.
+      std::cerr << "troupe: interrupted again, exiting without waiting for the run\n";
+      std::_Exit(exit_run_failed);
+    }
+    std::lock_guard<std::mutex> lock(cancel.mutex);
+    cancel.requested = true;
+    if (!o.json || o.progress) {
+      std::cerr << "troupe: " << (signal == SIGINT ? "interrupted" : "terminated")
+                << ", cancelling the run\n";
+    }
+    if (cancel.handle) {
+      cancel.handle->cancel();
+    }
+  });
+
+  for (const auto& path : o.registers) {
+    auto child = read_file(path, limits.max_document_bytes);
+    if (!child) {
+      return report_errors(one_error(child.error(), "", path), o.json);
+    }
+    auto registered = eng.register_workflow(std::string_view(*child));
+    if (!registered) {
+      return report_errors(locate(registered.error(), path), o.json);
+    }
+  }
+  auto plan = eng.register_workflow(std::string_view(*text));
+  if (!plan) {
+    return report_errors(locate(plan.error()), o.json);
+  }
+
+  auto inputs = gather_inputs(o, limits);
+  if (!inputs) {
+    return report_errors(inputs.error(), o.json);
+  }
+
+  start_options start;
+  if (o.progress) {
+    start.on_event = [](const run_event& e) { std::cerr << event_line(e); };
+  }
+  auto started = eng.start(*plan, std::move(*inputs), std::move(start));
+  if (!started) {
+    return report_errors(locate(started.error()), o.json);
+  }
+  const run_handle handle = *started;
+  if (!o.json || o.progress) {
+    // Tests (and people) wait for this line before they interrupt: from here on, a signal
+    // cancels this run rather than a run that is yet to exist.
+    std::cerr << "run " << handle.id() << " started\n" << std::flush;
+  }
+  {
+    std::lock_guard<std::mutex> lock(cancel.mutex);
+    cancel.handle = handle;
+    if (cancel.requested) {
+      handle.cancel();
+    }
+  }
+
+  const run_result result = handle.wait();
+  signals.stop();
+
+  if (o.json) {
+    std::cout << compact_json(to_json(result)) << '\n';
+  } else {
+    print_run_text(std::cout, result);
+    if (result.status != run_status::succeeded) {
+      std::cerr << "error: run " << to_string(result.status);
+      if (!result.error.empty()) {
+        std::cerr << ": " << result.error;
+      }
+      std::cerr << '\n';
+    }
+  }
+  std::cout.flush();
+  if (!std::cout) {
+    std::cerr << "troupe: cannot write the result to stdout\n";
+    return exit_run_failed;
+  }
+  return result.status == run_status::succeeded ? exit_ok : exit_run_failed;
+}
+
+int validate_command(const validate_options& o) {
+  const workflow_limits limits;
+  auto text = read_file(o.file, limits.json.max_document_bytes);
+  if (!text) {
+    return report_errors(one_error(text.error()), o.json);
+  }
+  // No engine: validating needs the task names only, not an actor system.
+  const task_registry tasks = task_registry::with_builtins();
+  compile_options options;
+  options.tasks = &tasks;
+  options.limits = limits;
+  auto plan = compile_workflow(std::string_view(*text), options);
+  if (!plan) {
+    return report_errors(locate(plan.error()), o.json);
+  }
+  const troupe::plan& p = **plan;
+  if (o.json) {
+    json::object doc;
+    doc["valid"] = true;
+    doc["name"] = p.name;
+    doc["version"] = p.version;
+    doc["nodes"] = p.nodes.size();
+    doc["hash"] = p.hash;
+    std::cout << compact_json(doc) << '\n';
+  } else {
+    std::cout << "ok: " << p.name << " version " << p.version << ", " << p.nodes.size()
+              << (p.nodes.size() == 1 ? " node" : " nodes") << '\n';
+  }
+  return exit_ok;
+}
+
+}  // namespace
+
+int run_cli(int argc, char** argv) {
+  CLI::App app{"troupe: runs workflows of tasks on an embedded actor engine.", "troupe"};
+  app.require_subcommand(1);
+
+  run_options run_opts;
+  CLI::App* run = app.add_subcommand("run", "Run a workflow and print its nodes and outputs.");
+  run->add_option("file", run_opts.file, "The workflow file (JSON).")
+      ->required()
+      ->type_name("FILE");
+  run->add_option("--input", run_opts.inputs,
+                  "An input as NAME=VALUE; VALUE is read as JSON when it parses, else as a "
+                  "string. Repeatable; overrides --inputs.")
+      ->allow_extra_args(false)
+      ->type_name("NAME=VALUE");
+  run->add_option("--inputs", run_opts.inputs_file, "A JSON file holding an object of inputs.")
+      ->type_name("FILE");
+  run->add_option("--register", run_opts.registers,
+                  "Register another workflow file first, for `workflow` tasks. Repeatable.")
+      ->allow_extra_args(false)
+      ->type_name("FILE");
+  run->add_flag("--json", run_opts.json, "Print the result as one JSON document.");
+  run->add_flag("--progress", run_opts.progress, "Print node events on stderr as they happen.");
+  run->add_option("--threads", run_opts.threads, "Actor scheduler threads (0: one per core).")
+      ->check(CLI::Range(0, 1024))
+      ->type_name("N");
+
+  validate_options validate_opts;
+  CLI::App* validate =
+      app.add_subcommand("validate", "Check a workflow file and report every error.");
+  validate->add_option("file", validate_opts.file, "The workflow file (JSON).")
+      ->required()
+      ->type_name("FILE");
+  validate->add_flag("--json", validate_opts.json, "Print the verdict as one JSON document.");
+
+  // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
+  if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
+      std::string_view(argv[1]) != "validate") {
+    std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
+    return exit_usage;
+  }
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp&) {
+    std::cerr << app.help();
+    return exit_usage;
+  } catch (const CLI::CallForAllHelp&) {
+    std::cerr << app.help("", CLI::AppFormatMode::All);
+    return exit_usage;
+  } catch (const CLI::ParseError& e) {
+    std::cerr << "troupe: " << e.what() << "\n\n" << app.help();
+    return exit_usage;
+  }
+
+  try {
+    if (run->parsed()) {
+      return run_command(run_opts);
+    }
+    return validate_command(validate_opts);
+  } catch (const std::exception& e) {
+    std::cerr << "troupe: unexpected error: " << e.what() << '\n';
+    return exit_run_failed;
+  }
+}
+
+}  // namespace troupe::cli

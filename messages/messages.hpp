@@ -1,0 +1,43 @@
+#pragma once
+
+// The actor protocol: plain immutable structs that actors exchange, and the atoms that tag them.
+// Large payloads (inputs, outputs, plans) travel as shared pointers to const inside one process:
+// sending one copies a pointer, never the JSON. These types are local-only for now
+// (CAF_ALLOW_UNSAFE_MESSAGE_TYPE); the cluster gives them a wire form.
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include <caf/allowed_unsafe_message_type.hpp>
+#include <caf/atom.hpp>
+
+#include "workflow/json.hpp"
+#include "workflow/run_report.hpp"
+#include "workflow/run_state.hpp"
+#include "workflow/task.hpp"
+
+namespace troupe {
+
+/// A run's timer is due (retry backoff, attempt timeout, run timeout): run_state::timer_fired.
+using timer_atom = caf::atom_constant<caf::atom("tr_timer")>;
+/// Stop: sent to a run (cancel the run) or to a node actor (cancel its attempt).
+using cancel_atom = caf::atom_constant<caf::atom("tr_cancel")>;
+/// A `sleep` task's delay has passed.
+using wake_atom = caf::atom_constant<caf::atom("tr_wake")>;
+
+/// The outcome of one attempt, from a node actor (or an I/O or pool thread) to its run actor.
+struct attempt_done {
+  std::uint64_t exec = 0;
+  task_result result;
+};
+
+/// A run ended; sent to the parent (a `workflow` node actor) of a child run.
+struct run_done {
+  std::shared_ptr<const run_result> result;
+};
+
+}  // namespace troupe
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::attempt_done)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::run_done)

@@ -1,0 +1,111 @@
+#pragma once
+
+// The embedding API. This header includes no CAF or Asio headers on purpose: programs that
+// embed troupe (and the CLI) compile fast and do not depend on the actor framework's headers.
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "workflow/expected.hpp"
+#include "workflow/json.hpp"
+#include "workflow/plan.hpp"
+#include "workflow/run_report.hpp"
+#include "workflow/run_state.hpp"
+#include "workflow/task.hpp"
+
+namespace troupe {
+
+struct engine_config {
+  /// Actor scheduler threads; 0: one per core.
+  int threads = 0;
+  /// Threads of the pool that runs tasks registered as blocking.
+  int blocking_threads = 2;
+  /// Threads running Asio I/O (shell pipes, HTTP sockets).
+  int io_threads = 1;
+  /// Tasks in flight over all runs of this engine; 0: no limit. Further dispatches wait.
+  int max_in_flight = 0;
+  /// How deep `workflow` tasks may nest runs inside runs.
+  int max_workflow_depth = 8;
+  /// Limits applied to every registered workflow.
+  workflow_limits limits;
+};
+
+/// One started run. Copyable; all copies refer to the same run. Thread-safe.
+class run_handle {
+ public:
+  struct shared;  // implementation detail, shared with the run actor
+  explicit run_handle(std::shared_ptr<shared> s);
+
+  const std::string& id() const;
+  /// Blocks the calling thread until the run ends; nullopt if `timeout` passes first.
+  std::optional<run_result> wait_for(std::chrono::milliseconds timeout) const;
+  run_result wait() const;
+  /// Non-blocking: the result if the run has ended.
+  std::optional<run_result> try_result() const;
+  /// Called once when the run ends (at once if it already has), on an engine thread.
+  void on_finished(std::function<void(const run_result&)> callback) const;
+  /// Asks the run to stop: tasks in flight are cancelled and nothing new starts.
+  void cancel() const;
+
+ private:
+  std::shared_ptr<shared> s_;
+};
+
+struct start_options {
+  /// Receives every event of the run, on an engine thread; must not block.
+  std::function<void(const run_event&)> on_event;
+  /// Overrides the generated run id.
+  std::string run_id;
+};
+
+/// An engine: an actor system running workflows. Thread-safe; create one per process.
+class engine {
+ public:
+  explicit engine(engine_config config = {});
+  ~engine();  // shutdown(5 s) if not done already
+  engine(const engine&) = delete;
+  engine& operator=(const engine&) = delete;
+
+  /// Registers a C++ task (quick, blocking or async). False when the definition is unusable.
+  bool register_task(task_def def);
+  /// The tasks runs started now would see.
+  std::shared_ptr<const task_registry> tasks() const;
+
+  /// Registers a workflow under (name, version); invalid ones are rejected with every error.
+  /// Registering the same document twice returns the same shared plan.
+  expected<plan_ptr, validation_errors> register_workflow(std::string_view json_text);
+  expected<plan_ptr, validation_errors> register_workflow(const json::value& document);
+  expected<plan_ptr, validation_errors> register_workflow(const char* json_text) {
+    return register_workflow(std::string_view(json_text));
+  }
+  expected<plan_ptr, validation_errors> register_workflow_file(const std::string& path);
+  /// A registered plan; empty version: the most recently registered version of that name.
+  plan_ptr find_workflow(std::string_view name, std::string_view version = {}) const;
+
+  /// Starts a run. Inputs are checked first: bad ones are rejected (pointer "/inputs/<name>")
+  /// before anything runs.
+  expected<run_handle, validation_errors> start(const plan_ptr& p, json::object inputs,
+                                                start_options options = {});
+  expected<run_handle, validation_errors> start(std::string_view workflow_name,
+                                                json::object inputs, start_options options = {});
+
+  /// Runs in progress right now.
+  std::size_t active_runs() const;
+
+  /// Stops accepting runs, lets running ones finish until `deadline`, cancels the rest, then
+  /// stops every thread. Idempotent.
+  void shutdown(std::chrono::milliseconds deadline = std::chrono::seconds(5));
+
+  struct impl;
+
+ private:
+  std::unique_ptr<impl> impl_;
+};
+
+}  // namespace troupe

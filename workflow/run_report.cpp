@@ -1,0 +1,76 @@
+#include "workflow/run_report.hpp"
+
+#include <boost/json/value.hpp>
+
+namespace troupe {
+
+run_result make_report(const run_state& rs) {
+  run_result r;
+  const plan& p = rs.workflow();
+  r.run_id = rs.run_id();
+  r.workflow = p.name;
+  r.status = rs.status();
+  r.outputs = rs.status() == run_status::succeeded && rs.outputs() ? *rs.outputs() : nullptr;
+  r.error = rs.error();
+  if (rs.finished_us() > 0 || rs.finished()) {
+    r.duration_ms = static_cast<double>(rs.finished_us() - rs.started_us()) / 1000.0;
+  }
+  r.nodes.reserve(p.nodes.size());
+  for (std::size_t i = 0; i < p.nodes.size(); ++i) {
+    const node_summary& s = rs.summary(i);
+    node_report n;
+    n.id = p.nodes[i].id;
+    n.status = s.status;
+    n.attempts = s.attempts;
+    if (s.started_us >= 0 && s.finished_us >= s.started_us) {
+      n.duration_ms = static_cast<double>(s.finished_us - s.started_us) / 1000.0;
+    }
+    n.error = s.error;
+    n.cache = s.cache;
+    n.items = s.items;
+    r.nodes.push_back(std::move(n));
+  }
+  return r;
+}
+
+run_event event_of(const run_state& rs, const node_record& rec) {
+  run_event e;
+  e.what = rec.status == node_status::running ? run_event::kind::node_started
+                                               : run_event::kind::node_finished;
+  e.run_id = rs.run_id();
+  e.node_id = rs.workflow().nodes[rec.node].id;
+  e.item = rec.item;
+  e.attempt = rec.attempt;
+  e.status = std::string(to_string(rec.status));
+  e.error = rec.error;
+  return e;
+}
+
+json::value to_json(const run_result& r) {
+  json::object o;
+  o["run_id"] = r.run_id;
+  o["workflow"] = r.workflow;
+  o["status"] = to_string(r.status);
+  o["outputs"] = r.outputs;
+  o["error"] = r.error.empty() ? json::value(nullptr) : json::value(r.error);
+  o["duration_ms"] = r.duration_ms;
+  json::array nodes;
+  nodes.reserve(r.nodes.size());
+  for (const auto& n : r.nodes) {
+    json::object j;
+    j["id"] = n.id;
+    j["status"] = to_string(n.status);
+    j["attempts"] = n.attempts;
+    j["duration_ms"] = n.duration_ms;
+    j["error"] = n.error.empty() ? json::value(nullptr) : json::value(n.error);
+    j["cache"] = to_string(n.cache);
+    if (n.items >= 0) {
+      j["items"] = n.items;
+    }
+    nodes.push_back(std::move(j));
+  }
+  o["nodes"] = std::move(nodes);
+  return o;
+}
+
+}  // namespace troupe

@@ -1,0 +1,55 @@
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "workflow/json.hpp"
+#include "workflow/run_state.hpp"
+
+namespace troupe {
+
+/// Something that happened in a run, delivered to subscribers in order for that run.
+struct run_event {
+  enum class kind { node_started, node_finished, run_finished };
+  kind what = kind::node_started;
+  std::string run_id;
+  std::string node_id;  // empty for run_finished
+  std::int64_t item = -1;
+  int attempt = 0;
+  std::string status;  // a node_status or run_status name
+  std::string error;
+};
+
+/// What a node did, as the CLI table and `--json` show it.
+struct node_report {
+  std::string id;
+  node_status status = node_status::pending;
+  int attempts = 0;
+  double duration_ms = 0;
+  std::string error;
+  cache_status cache = cache_status::off;
+  std::int64_t items = -1;  // for_each nodes only
+};
+
+/// The answer to a run, built from the run's memory (never read back from a store).
+struct run_result {
+  std::string run_id;
+  std::string workflow;
+  run_status status = run_status::pending;
+  json::value outputs;  // an object when succeeded, else null
+  std::string error;    // empty when succeeded
+  std::vector<node_report> nodes;  // document order
+  double duration_ms = 0;
+};
+
+/// The report of a finished (or running) run state machine.
+run_result make_report(const run_state& rs);
+
+/// The event a record stands for: a "running" record is a node start, a terminal one a node end.
+run_event event_of(const run_state& rs, const node_record& r);
+
+/// `--json` form: { run_id, workflow, status, outputs, error, duration_ms, nodes: [...] }.
+json::value to_json(const run_result& r);
+
+}  // namespace troupe
