@@ -55,8 +55,7 @@ expected<std::string, std::string> read_file(const std::string& path, std::size_
   } close_fd{fd};
   const auto too_large = [&](std::string size) {
     return make_unexpected("'" + path + "' is " + std::move(size) +
-                           ", over the document size limit of " + std::to_string(limit) +
-                           " bytes");
+                           ", over the document size limit of " + std::to_string(limit) + " bytes");
   };
   struct stat st {};
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
@@ -252,7 +251,7 @@ int run_command(const run_options& o) {
     print_run_text(std::cout, result);
     if (result.status != run_status::succeeded) {
       std::cerr << "error: run " << to_string(result.status);
-      if (!result.error.empty()) {
+      if (!result.error.empty() && result.error != to_string(result.status)) {
         std::cerr << ": " << result.error;
       }
       std::cerr << '\n';

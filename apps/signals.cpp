@@ -47,7 +47,9 @@ signal_waiter::signal_waiter(std::function<void(int, int)> on_signal)
   });
 }
 
-signal_waiter::~signal_waiter() { stop(); }
+signal_waiter::~signal_waiter() {
+  stop();
+}
 
 void signal_waiter::stop() {
   if (!thread_.joinable()) {

@@ -478,8 +478,9 @@ class compiler {
     return i;
   }
 
-  // Reports every template string over the size limit; true when there was none.
-  bool check_template_sizes(const json::value& v, const std::string& pointer) {
+  // Reports every template string over the size limit; true when there was none. `pointer` is
+  // extended and truncated in place: this visits every string of every template.
+  bool check_template_sizes(const json::value& v, std::string& pointer) {
     const std::size_t limit = options_.limits.max_expression_bytes;
     if (const auto* s = v.if_string()) {
       if (s->size() > limit) {
@@ -490,20 +491,27 @@ class compiler {
       return true;
     }
     bool ok = true;
+    const std::size_t mark = pointer.size();
     if (const auto* a = v.if_array()) {
       for (std::size_t i = 0; i < a->size(); ++i) {
-        ok = check_template_sizes((*a)[i], child(pointer, i)) && ok;
+        pointer += '/';
+        pointer += std::to_string(i);
+        ok = check_template_sizes((*a)[i], pointer) && ok;
+        pointer.resize(mark);
       }
     } else if (const auto* o = v.if_object()) {
       for (const auto& kv : *o) {
-        ok = check_template_sizes(kv.value(), child(pointer, kv.key())) && ok;
+        append_token(pointer, kv.key());
+        ok = check_template_sizes(kv.value(), pointer) && ok;
+        pointer.resize(mark);
       }
     }
     return ok;
   }
 
   std::optional<template_value> compile_template(const json::value& v, const std::string& pointer) {
-    if (!check_template_sizes(v, pointer)) {
+    std::string scratch = pointer;
+    if (!check_template_sizes(v, scratch)) {
       return std::nullopt;
     }
     auto compiled = template_value::compile(v);

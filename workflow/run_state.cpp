@@ -173,10 +173,13 @@ bool run_state::launchable(const node_state& ns) const {
 }
 
 void run_state::pump(std::int64_t now, std::vector<command>& out) {
-  while (!launch_queue_.empty() && !finished() &&
+  while (launch_head_ < launch_queue_.size() && !finished() &&
          (run_limit_ == 0 || inflight_.size() < run_limit_)) {
-    std::uint32_t n = launch_queue_.front();
-    launch_queue_.pop_front();
+    std::uint32_t n = launch_queue_[launch_head_++];
+    if (launch_head_ == launch_queue_.size()) {
+      launch_queue_.clear();
+      launch_head_ = 0;
+    }
     auto& ns = nodes_[n];
     ns.queued = false;
     const auto& np = plan_->nodes[n];
@@ -189,7 +192,7 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
     unit u;
     if (!ns.retries_due.empty()) {
       u = ns.retries_due.front();
-      ns.retries_due.pop_front();
+      ns.retries_due.erase(ns.retries_due.begin());
     } else {
       std::size_t i = ns.next_unit++;
       u = unit{n, np.for_each ? static_cast<std::int64_t>(i) : -1, 1};
@@ -563,6 +566,7 @@ void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
   timeout_timer_of_exec_.clear();
   timers_.clear();
   launch_queue_.clear();
+  launch_head_ = 0;
   // Nodes that never finished end cancelled: the log shows every node of the run.
   for (std::uint32_t n = 0; n < nodes_.size(); ++n) {
     auto& ns = nodes_[n];
