@@ -1,0 +1,1 @@
+#include "persistence/store.hpp"

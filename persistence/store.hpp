@@ -1,0 +1,132 @@
+#pragma once
+
+// Stores behind one synchronous interface: in-memory, SQLite (the embedded default) and
+// PostgreSQL. No actors here: the writer actor (actors/) owns a store and calls it from its own
+// thread. A store object is used by one thread at a time unless an implementation says more.
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "workflow/context.hpp"
+#include "workflow/expected.hpp"
+#include "workflow/json.hpp"
+#include "workflow/run_state.hpp"
+
+namespace troupe {
+
+/// Why a store operation failed. `transient` errors (locked database, connection lost, disk
+/// full) are worth retrying with backoff; others (schema too new, bad URL) are not.
+struct store_error {
+  std::string message;
+  bool transient = false;
+};
+
+/// Times are wall-clock microseconds since the Unix epoch (0: not set).
+struct run_row {
+  std::string run_id;
+  std::string workflow;
+  std::string version;
+  std::string plan_hash;
+  run_status status = run_status::pending;
+  json_ptr inputs;   // null pointer: SQL NULL
+  json_ptr outputs;  // null pointer: SQL NULL
+  std::string error;
+  std::int64_t started_at = 0;
+  std::int64_t finished_at = 0;
+  std::string parent_run_id;   // child runs (workflow and dynamic tasks); empty otherwise
+  std::string parent_node_id;
+};
+
+/// One row per (run, node, item, attempt); item -1 outside for_each; attempt 0 is the
+/// node-level record (see node_record in workflow/run_state.hpp).
+struct node_row {
+  std::string run_id;
+  std::string node_id;
+  std::int64_t item = -1;
+  int attempt = 0;
+  node_status status = node_status::pending;
+  json_ptr input;
+  json_ptr output;
+  std::string error;
+  cache_status cache = cache_status::off;
+  std::int64_t started_at = 0;
+  std::int64_t finished_at = 0;
+  std::string worker;  // which process/node ran it; empty for the local engine
+};
+
+struct workflow_row {
+  std::string name;
+  std::string version;
+  std::string hash;
+  std::string document;  // the JSON text as registered
+  std::int64_t registered_at = 0;
+};
+
+struct cache_row {
+  std::string key;       // content hash of (task, rendered with, item, cache version)
+  std::string workflow;  // for `cache list|clear --workflow`
+  std::string node_id;
+  json_ptr value;        // a node output, or a compiled dynamic child's document
+  std::string kind;      // "output" or "spec"
+  std::int64_t created_at = 0;
+};
+
+/// Everything one transaction writes. Upserts are idempotent: writing the same batch twice
+/// leaves the same rows. Within a batch, later rows for the same key win.
+struct write_batch {
+  std::vector<run_row> runs;
+  std::vector<node_row> nodes;
+  std::vector<workflow_row> workflows;
+  std::vector<cache_row> cache;
+
+  bool empty() const { return runs.empty() && nodes.empty() && workflows.empty() && cache.empty(); }
+  std::size_t size() const { return runs.size() + nodes.size() + workflows.size() + cache.size(); }
+};
+
+struct run_query {
+  std::optional<run_status> status;
+  std::string workflow;  // empty: any
+  std::size_t limit = 50;
+};
+
+class store {
+ public:
+  virtual ~store() = default;
+
+  /// The URL the store was opened with, with any password masked.
+  virtual std::string describe() const = 0;
+
+  /// Writes the whole batch in one transaction (one round trip where the backend allows):
+  /// either every row is stored or none is.
+  virtual expected<bool, store_error> write(const write_batch& batch) = 0;
+
+  /// Newest first (by started_at, then run_id).
+  virtual expected<std::vector<run_row>, store_error> list_runs(const run_query& q) = 0;
+  virtual expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) = 0;
+  /// Ordered by started_at, node_id, item, attempt.
+  virtual expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) = 0;
+  /// Runs whose status is pending or running (for resume after a restart).
+  virtual expected<std::vector<run_row>, store_error> unfinished_runs() = 0;
+
+  virtual expected<std::optional<workflow_row>, store_error> get_workflow(
+      std::string_view name, std::string_view version) = 0;
+
+  virtual expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) = 0;
+  virtual expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) = 0;
+  /// Returns the number of entries removed; empty workflow: all.
+  virtual expected<std::size_t, store_error> clear_cache(std::string_view workflow) = 0;
+};
+
+/// Opens a store by URL: `memory://`, `sqlite://PATH` (relative or absolute; `sqlite://troupe.db`
+/// is the default), `postgres://...` or `postgresql://...` (a libpq connection URI). Applies
+/// schema migrations; a database whose schema is newer than this program knows is refused.
+expected<std::unique_ptr<store>, store_error> open_store(std::string_view url);
+
+/// The schema version this program writes.
+int schema_version();
+
+}  // namespace troupe
