@@ -1,5 +1,6 @@
 #include <chrono>
 #include <exception>
+#include <optional>
 #include <utility>
 
 #include <boost/asio/post.hpp>
@@ -28,10 +29,14 @@ struct node_actor_state {
   operation_ptr op;      // shell, http
   caf::actor child;      // workflow
   bool answered = false;
+  std::optional<task_result> sync_result;  // set when a task completed inside start()
 
   static inline const char* name = "node";
 };
 using node_actor = caf::stateful_actor<node_actor_state>;
+
+// The node actor currently inside a task's start() on this thread, if any.
+thread_local node_actor* detail_starting = nullptr;
 
 void answer(node_actor* self, task_result r) {
   auto& st = self->state;
@@ -135,8 +140,16 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
   st.run = std::move(run);
   const task_def& def = *st.args.task;
   caf::actor me = caf::actor_cast<caf::actor>(self);
-  // Anything that reports from another thread goes through the actor's mailbox.
-  auto report = [me](task_result r) { caf::anon_send(me, attempt_done{0, std::move(r)}); };
+  // Anything that reports from another thread goes through the actor's mailbox. A task that
+  // completes inside its own start() call (on this thread) is answered directly instead: the
+  // thread-local marks "this actor is inside start()", so no other thread can take that path.
+  auto report = [me, raw = self](task_result r) {
+    if (detail_starting == raw) {
+      raw->state.sync_result = std::move(r);
+      return;
+    }
+    caf::anon_send(me, attempt_done{0, std::move(r)});
+  };
   switch (def.kind) {
     case task_kind::quick:
     case task_kind::blocking: {
@@ -154,10 +167,18 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
     }
     case task_kind::async: {
       task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt};
+      detail_starting = self;
       try {
         def.start(*st.args.input, call, report);
       } catch (const std::exception& e) {
-        answer(self, task_result::failure(std::string("task threw: ") + e.what()));
+        st.sync_result = task_result::failure(std::string("task threw: ") + e.what());
+      } catch (...) {
+        st.sync_result = task_result::failure("task threw an unknown exception");
+      }
+      detail_starting = nullptr;
+      if (st.sync_result) {
+        answer(self, std::move(*st.sync_result));
+        return {};
       }
       break;
     }
@@ -203,8 +224,10 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
 
 }  // namespace
 
-caf::actor spawn_node(const services_ptr& services, const caf::actor& run, node_spawn_args args) {
-  return services->system->spawn(node_behavior, services, run, std::move(args));
+caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
+                      node_spawn_args args) {
+  return run->spawn<caf::monitored>(node_behavior, services, caf::actor_cast<caf::actor>(run),
+                                    std::move(args));
 }
 
 }  // namespace troupe

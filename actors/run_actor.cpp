@@ -77,8 +77,7 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
   a.item = d.item;
   a.attempt = d.attempt;
   a.depth = st.depth;
-  auto node = spawn_node(st.services, caf::actor_cast<caf::actor>(self), std::move(a));
-  self->monitor(node);
+  auto node = spawn_node(st.services, self, std::move(a));
   st.exec_of_node.emplace(node.address(), d.exec);
   st.node_of_exec.emplace(d.exec, std::move(node));
 }
@@ -166,6 +165,8 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   for (const auto& n : args.plan->nodes) {
     st.task_of_node.push_back(registry->find_shared(n.task));
   }
+  // Records feed subscribers (and the writer); nobody listening means nothing to build.
+  args.options.emit_records = st.events;
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
   // A node actor that dies without answering (an exception escaped it) fails its attempt
   // instead of leaving the run waiting forever.

@@ -74,6 +74,10 @@ struct node_spawn_args {
   int attempt = 1;
   int depth = 0;
 };
-caf::actor spawn_node(const services_ptr& services, const caf::actor& run, node_spawn_args args);
+/// Spawned from the run actor's own thread (`run` is its self pointer): the new actor goes on
+/// that worker's local queue instead of through the scheduler's shared one, and it is
+/// monitored from birth.
+caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
+                      node_spawn_args args);
 
 }  // namespace troupe

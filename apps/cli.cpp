@@ -53,14 +53,12 @@ expected<std::string, std::string> read_file(const std::string& path, std::size_
     int fd;
     ~closer() { ::close(fd); }
   } close_fd{fd};
-  const auto too_large = [&](std::string size) {
-    return make_unexpected("'" + path + "' is " + std::move(size) +
-                           ", over the document size limit of " + std::to_string(limit) + " bytes");
-  };
+  const std::string limit_text = "the document size limit of " + std::to_string(limit) + " bytes";
   struct stat st {};
   if (::fstat(fd, &st) == 0 && S_ISREG(st.st_mode) &&
       static_cast<std::uint64_t>(st.st_size) > limit) {
-    return too_large(std::to_string(st.st_size) + " bytes");
+    return make_unexpected("'" + path + "' is " + std::to_string(st.st_size) + " bytes, over " +
+                           limit_text);
   }
   std::string text;
   char buffer[64 * 1024];
@@ -77,7 +75,7 @@ expected<std::string, std::string> read_file(const std::string& path, std::size_
     }
     text.append(buffer, static_cast<std::size_t>(n));
     if (text.size() > limit) {
-      return too_large("more than that");
+      return make_unexpected("'" + path + "' holds more than " + limit_text);
     }
   }
 }
@@ -156,7 +154,7 @@ std::string event_line(const run_event& e) {
       line = "run " + e.run_id + " " + e.status;
       break;
   }
-  if (!e.error.empty()) {
+  if (!e.error.empty() && e.error != e.status) {
     line += ": " + e.error;
   }
   return line + '\n';
@@ -229,17 +227,17 @@ int run_command(const run_options& o) {
     return report_errors(locate(started.error()), o.json);
   }
   const run_handle handle = *started;
-  if (!o.json || o.progress) {
-    // Tests (and people) wait for this line before they interrupt: from here on, a signal
-    // cancels this run rather than a run that is yet to exist.
-    std::cerr << "run " << handle.id() << " started\n" << std::flush;
-  }
   {
     std::lock_guard<std::mutex> lock(cancel.mutex);
     cancel.handle = handle;
     if (cancel.requested) {
-      handle.cancel();
+      handle.cancel();  // interrupted while the run was being set up
     }
+  }
+  if (!o.json || o.progress) {
+    // Tests (and people) wait for this line before they interrupt: once it is out, a signal
+    // reaches this run's cancel() directly.
+    std::cerr << "run " << handle.id() << " started\n" << std::flush;
   }
 
   const run_result result = handle.wait();

@@ -64,6 +64,11 @@ class context {
   /// with_node and with_var throw std::out_of_range for a slot past node_count()/var_count().
   context with_node(std::size_t index, node_result r) const;
   context with_var(std::size_t slot, json_ptr value) const;
+  /// The owner's update of its own current context (the run actor's): same result as
+  /// `*this = with_node(...)`, but parts no other version shares are updated in place. Versions
+  /// handed out before (item views, copies) keep what they saw.
+  void set_node(std::size_t index, node_result r);
+  void set_var(std::size_t slot, json_ptr value);
   /// Binds `item` and `index`; O(1). Pass an aliasing shared_ptr into the for_each array to
   /// avoid copying the element. Throws std::invalid_argument for a negative index. A null item
   /// pointer reads as JSON null inside the item.

@@ -732,6 +732,8 @@ class compiler {
         node.with = std::move(*t);
       }
     }
+    // A constant input is built once here and shared by every dispatch of every run.
+    node.constant_input = make_json(node.with.is_constant() ? node.with.source() : json::value());
     if (const auto* f = o->if_contains("for_each")) {
       if (f->is_string() || f->is_array()) {
         node.for_each = compile_template(*f, pointer + "/for_each");

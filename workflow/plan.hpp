@@ -58,6 +58,7 @@ struct node_plan {
   std::vector<std::size_t> dependents;  // indices of the nodes that wait for this one
   std::optional<template_value> when;
   template_value with;
+  json_ptr constant_input;  // `with` rendered once when it holds no expression
   std::optional<template_value> for_each;
   std::optional<int> concurrency;  // items in flight at once
   retry_policy retry;

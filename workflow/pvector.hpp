@@ -30,6 +30,11 @@ class pvector {
   const T* find(std::size_t i) const;
   /// Throws std::out_of_range when i >= size().
   pvector set(std::size_t i, T value) const;
+  /// Like `*this = set(i, value)`, but nodes on the path that no other version shares are
+  /// updated in place instead of copied. Other versions never observe the change: a node is
+  /// written only while this version is its sole owner (use_count() == 1, which no other thread
+  /// can raise without a reference of its own). Throws std::out_of_range when i >= size().
+  void assign(std::size_t i, T value);
 
   /// True when both versions hold the very same stored value for slot i (shared, not an equal
   /// copy). A slot never set holds no storage, so it is never reported as shared.
@@ -60,6 +65,7 @@ class pvector {
 
   const value_ptr* slot_for(std::size_t i) const;
   static node_ptr set_in(const node_base* n, std::size_t shift, std::size_t i, value_ptr value);
+  static void assign_in(node_ptr& n, std::size_t shift, std::size_t i, value_ptr value);
   static const T& default_value();
 
   node_ptr root_;

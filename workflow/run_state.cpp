@@ -56,6 +56,49 @@ json_ptr null_json() {
 
 }  // namespace
 
+std::uint64_t run_state::exec_table::add(inflight_exec e, std::uint64_t sequence) {
+  std::uint32_t slot;
+  if (!free_.empty()) {
+    slot = free_.back();
+    free_.pop_back();
+    slots_[slot] = std::move(e);
+  } else {
+    slot = static_cast<std::uint32_t>(slots_.size());
+    slots_.push_back(std::move(e));
+    ids_.push_back(0);
+  }
+  std::uint64_t id = (sequence << 32) | slot;
+  ids_[slot] = id;
+  ++live_;
+  return id;
+}
+
+run_state::inflight_exec* run_state::exec_table::find(std::uint64_t exec) {
+  auto slot = static_cast<std::size_t>(exec & 0xffffffffu);
+  if (exec == 0 || slot >= ids_.size() || ids_[slot] != exec) {
+    return nullptr;
+  }
+  return &slots_[slot];
+}
+
+void run_state::exec_table::erase(std::uint64_t exec) {
+  auto slot = static_cast<std::size_t>(exec & 0xffffffffu);
+  if (exec == 0 || slot >= ids_.size() || ids_[slot] != exec) {
+    return;
+  }
+  ids_[slot] = 0;
+  slots_[slot].input.reset();
+  free_.push_back(static_cast<std::uint32_t>(slot));
+  --live_;
+}
+
+void run_state::exec_table::clear() {
+  slots_.clear();
+  ids_.clear();
+  free_.clear();
+  live_ = 0;
+}
+
 run_state::run_state(plan_ptr p, run_options options)
     : plan_(std::move(p)), options_(std::move(options)) {
   identity_.id = options_.run_id;
@@ -94,7 +137,7 @@ void run_state::start(json::object inputs, std::int64_t now, std::vector<command
                  field_error("var", plan_->var_names[slot], "", v.error()), now, out);
       return;
     }
-    ctx_ = ctx_.with_var(slot, make_json(std::move(*v)));
+    ctx_.set_var(slot, make_json(std::move(*v)));
   }
   if (plan_->timeout_ms) {
     add_timer({timer_kind::run_timeout, {}, 0}, *plan_->timeout_ms, out);
@@ -128,7 +171,7 @@ void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<comman
     if (!truthy(*v)) {
       ns.summary.status = node_status::skipped;
       ns.summary.finished_us = now;
-      ctx_ = ctx_.with_node(n, node_result{node_status::skipped, nullptr, nullptr});
+      ctx_.set_node(n, node_result{node_status::skipped, nullptr, nullptr});
       node_record_out(n, now, nullptr, out);
       node_done(n, now, out);
       return;
@@ -225,8 +268,8 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
   const auto& np = plan_->nodes[u.node];
   ++ns.summary.attempts;
   json_ptr input;
-  if (np.with.is_constant()) {
-    input = make_json(np.with.source());
+  if (np.with.is_constant() && np.constant_input) {
+    input = np.constant_input;
   } else {
     context view = view_for(u);
     context_scope sc(plan_->names, view, identity_);
@@ -250,11 +293,10 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
     }
     input = make_json(std::move(*v));
   }
-  std::uint64_t exec = next_exec_++;
+  std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0}, next_exec_++);
   ++ns.in_flight;
-  inflight_.emplace(exec, inflight_exec{u, input, now});
   max_inflight_seen_ = std::max(max_inflight_seen_, inflight_.size());
-  if (options_.record_starts) {
+  if (options_.record_starts && options_.emit_records) {
     node_record r;
     r.node = u.node;
     r.item = u.item;
@@ -266,8 +308,8 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
   }
   out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input)});
   if (np.timeout_ms) {
-    auto t = add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
-    timeout_timer_of_exec_.emplace(exec, t);
+    inflight_.find(exec)->timeout_timer =
+        add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
   }
 }
 
@@ -284,15 +326,14 @@ void run_state::task_finished(std::uint64_t exec, task_result result, std::int64
   if (finished()) {
     return;
   }
-  auto it = inflight_.find(exec);
-  if (it == inflight_.end()) {
+  inflight_exec* found = inflight_.find(exec);
+  if (found == nullptr) {
     return;  // cancelled or timed out already: its late result means nothing now
   }
-  inflight_exec e = std::move(it->second);
-  inflight_.erase(it);
-  if (auto t = timeout_timer_of_exec_.find(exec); t != timeout_timer_of_exec_.end()) {
-    timers_.erase(t->second);
-    timeout_timer_of_exec_.erase(t);
+  inflight_exec e = std::move(*found);
+  inflight_.erase(exec);
+  if (e.timeout_timer != 0) {
+    timers_.erase(e.timeout_timer);
   }
   --nodes_[e.u.node].in_flight;
   if (result.ok) {
@@ -313,25 +354,26 @@ void run_state::task_finished(std::uint64_t exec, task_result result, std::int64
 void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::int64_t now,
                                std::vector<command>& out) {
   auto& ns = nodes_[e.u.node];
-  json_ptr out_ptr = make_json(std::move(output));
-  node_record r;
-  r.node = e.u.node;
-  r.item = e.u.item;
-  r.attempt = e.u.attempt;
-  r.status = node_status::succeeded;
-  r.input = e.input;
-  r.output = out_ptr;
-  r.started_us = e.started_us;
-  r.finished_us = now;
   if (ns.summary.status != node_status::running) {
     return;
   }
-  if (e.u.item < 0) {
+  json_ptr out_ptr = make_json(std::move(output));
+  if (options_.emit_records) {
+    node_record r;
+    r.node = e.u.node;
+    r.item = e.u.item;
+    r.attempt = e.u.attempt;
+    r.status = node_status::succeeded;
+    r.input = e.input;
+    r.output = out_ptr;
+    r.started_us = e.started_us;
+    r.finished_us = now;
     record(std::move(r), out);
+  }
+  if (e.u.item < 0) {
     node_succeeded(e.u.node, std::move(out_ptr), now, out);
     return;
   }
-  record(std::move(r), out);
   ns.item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
   if (++ns.units_done == ns.unit_count) {
     json::array arr;
@@ -390,12 +432,12 @@ void run_state::node_succeeded(std::uint32_t n, json_ptr out_ptr, std::int64_t n
                     node_status::failed, now, out);
         return;
       }
-      ctx_ = ctx_.with_var(slot, make_json(std::move(*v)));
+      ctx_.set_var(slot, make_json(std::move(*v)));
     }
   }
   ns.summary.status = node_status::succeeded;
   ns.summary.finished_us = now;
-  ctx_ = ctx_.with_node(n, node_result{node_status::succeeded, out_ptr, nullptr});
+  ctx_.set_node(n, node_result{node_status::succeeded, out_ptr, nullptr});
   if (np.for_each) {
     node_record_out(n, now, out_ptr, out);
   }
@@ -406,6 +448,11 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
                             std::vector<command>& out) {
   auto& ns = nodes_[n];
   const auto& np = plan_->nodes[n];
+  // The format: with `on_error: continue` "the node ends failed" and dependents see "failed",
+  // whatever the last attempt died of (its own record keeps timed_out).
+  if (np.on_error == error_policy::continue_run) {
+    how = node_status::failed;
+  }
   ns.summary.status = how;
   ns.summary.finished_us = now;
   ns.summary.error = error;
@@ -414,14 +461,17 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
   // Sibling items still in flight lose their purpose once the node has failed.
   if (ns.in_flight > 0) {
     std::vector<std::uint64_t> doomed;
-    for (const auto& [exec, e] : inflight_) {
+    inflight_.each([&](std::uint64_t exec, const inflight_exec& e) {
       if (e.u.node == n) {
         doomed.push_back(exec);
       }
-    }
+    });
     std::sort(doomed.begin(), doomed.end());  // deterministic command order
     for (auto exec : doomed) {
-      auto& e = inflight_.at(exec);
+      inflight_exec& e = *inflight_.find(exec);
+      if (e.timeout_timer != 0) {
+        timers_.erase(e.timeout_timer);
+      }
       node_record r;
       r.node = n;
       r.item = e.u.item;
@@ -433,11 +483,10 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
       record(std::move(r), out);
       out.emplace_back(cmd::cancel_task{exec});
       inflight_.erase(exec);
-      timeout_timer_of_exec_.erase(exec);
     }
     ns.in_flight = 0;
   }
-  ctx_ = ctx_.with_node(n, node_result{how, nullptr, make_json(json::value(error))});
+  ctx_.set_node(n, node_result{how, nullptr, make_json(json::value(error))});
   if (np.for_each || ns.summary.attempts == 0) {
     node_record_out(n, now, nullptr, out);
   }
@@ -506,13 +555,12 @@ void run_state::timer_fired(std::uint64_t timer, std::int64_t now, std::vector<c
       return;
     }
     case timer_kind::attempt_timeout: {
-      auto e_it = inflight_.find(t.exec);
-      if (e_it == inflight_.end()) {
+      inflight_exec* found = inflight_.find(t.exec);
+      if (found == nullptr) {
         return;
       }
-      inflight_exec e = std::move(e_it->second);
-      inflight_.erase(e_it);
-      timeout_timer_of_exec_.erase(t.exec);
+      inflight_exec e = std::move(*found);
+      inflight_.erase(t.exec);
       --nodes_[e.u.node].in_flight;
       out.emplace_back(cmd::cancel_task{t.exec});
       const auto& np = plan_->nodes[e.u.node];
@@ -545,12 +593,10 @@ void run_state::cancel(std::int64_t now, std::vector<command>& out) {
 void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
   std::vector<std::uint64_t> execs;
   execs.reserve(inflight_.size());
-  for (const auto& [exec, e] : inflight_) {
-    execs.push_back(exec);
-  }
+  inflight_.each([&](std::uint64_t exec, const inflight_exec&) { execs.push_back(exec); });
   std::sort(execs.begin(), execs.end());
   for (auto exec : execs) {
-    const auto& e = inflight_.at(exec);
+    const inflight_exec& e = *inflight_.find(exec);
     node_record r;
     r.node = e.u.node;
     r.item = e.u.item;
@@ -563,7 +609,6 @@ void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
     out.emplace_back(cmd::cancel_task{exec});
   }
   inflight_.clear();
-  timeout_timer_of_exec_.clear();
   timers_.clear();
   launch_queue_.clear();
   launch_head_ = 0;
@@ -597,7 +642,9 @@ void run_state::finish_run(run_status s, std::string error, std::int64_t now,
 }
 
 void run_state::record(node_record r, std::vector<command>& out) {
-  out.emplace_back(cmd::record{std::move(r)});
+  if (options_.emit_records) {
+    out.emplace_back(cmd::record{std::move(r)});
+  }
 }
 
 // The node-level record: for_each aggregates, skipped nodes, and nodes that never started.

@@ -80,6 +80,9 @@ struct run_options {
   int max_concurrency = 0;
   /// Emit a record when an attempt starts, not only when it ends.
   bool record_starts = true;
+  /// Emit records at all: off when nobody stores or watches them (memory mode without
+  /// subscribers), which saves building one per state change.
+  bool emit_records = true;
 };
 
 /// What a node did, for answers built from memory (CLI tables, handles): never read back from
@@ -137,6 +140,32 @@ class run_state {
     unit u;
     json_ptr input;
     std::int64_t started_us;
+    std::uint64_t timeout_timer = 0;  // 0: none
+  };
+  // In-flight attempts by exec id without a hash map: an exec id is (sequence << 32 | slot), so
+  // a lookup is an index plus a check that the slot still holds that sequence. Freed slots are
+  // reused, and ids still grow with every dispatch, so sorting ids gives dispatch order.
+  class exec_table {
+   public:
+    std::uint64_t add(inflight_exec e, std::uint64_t sequence);
+    inflight_exec* find(std::uint64_t exec);
+    void erase(std::uint64_t exec);
+    std::size_t size() const { return live_; }
+    void clear();
+    template <class F>
+    void each(F&& f) const {
+      for (std::size_t i = 0; i < slots_.size(); ++i) {
+        if (ids_[i] != 0) {
+          f(ids_[i], slots_[i]);
+        }
+      }
+    }
+
+   private:
+    std::vector<inflight_exec> slots_;
+    std::vector<std::uint64_t> ids_;  // 0: free
+    std::vector<std::uint32_t> free_;
+    std::size_t live_ = 0;
   };
   enum class timer_kind : std::uint8_t { retry, attempt_timeout, run_timeout };
   struct timer_entry {
@@ -184,8 +213,7 @@ class run_state {
   run_identity identity_;
   context ctx_;
   std::vector<node_state> nodes_;
-  std::unordered_map<std::uint64_t, inflight_exec> inflight_;
-  std::unordered_map<std::uint64_t, std::uint64_t> timeout_timer_of_exec_;
+  exec_table inflight_;
   std::unordered_map<std::uint64_t, timer_entry> timers_;
   // FIFO of nodes with units to launch: a vector and a head index, since an empty std::deque
   // allocates and every run (100,000 held open at once) has one.

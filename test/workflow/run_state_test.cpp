@@ -355,6 +355,20 @@ BOOST_AUTO_TEST_CASE(attempt_timeout_cancels_the_task_and_retries) {
              }) == 2);
 }
 
+BOOST_AUTO_TEST_CASE(a_timed_out_node_with_on_error_continue_ends_failed) {
+  driver d(R"({"name":"to","nodes":[
+      {"id":"slow","task":"noop","timeout_ms":50,"on_error":"continue"},
+      {"id":"next","task":"echo","needs":["slow"],"with":"{{ nodes.slow.status }}"}],
+    "outputs":{"seen":"{{ nodes.next.output }}"}})");
+  d.start();
+  d.advance_ms(50);
+  d.run_quick_tasks();
+  BOOST_TEST(d.status("slow") == node_status::failed);
+  BOOST_TEST(d.outputs() == R"({"seen":"failed"})");
+  auto recs = d.records_of("slow");
+  BOOST_TEST((recs.back().status == node_status::timed_out));
+}
+
 BOOST_AUTO_TEST_CASE(finishing_before_the_timeout_makes_the_timer_harmless) {
   driver d(R"({"name":"to","nodes":[{"id":"quick","task":"noop","timeout_ms":50}]})");
   d.start();

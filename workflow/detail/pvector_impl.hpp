@@ -78,6 +78,31 @@ pvector<T> pvector<T>::set(std::size_t i, T value) const {
 }
 
 template <class T>
+void pvector<T>::assign_in(node_ptr& n, std::size_t shift, std::size_t i, value_ptr value) {
+  if (n == nullptr || n.use_count() != 1) {
+    n = set_in(n.get(), shift, i, std::move(value));
+    return;
+  }
+  // Sole owner: the node is reachable only through this version, so writing it is invisible to
+  // every other version (nodes are const to readers; this is the one writer).
+  if (shift == 0) {
+    const_cast<leaf_node*>(static_cast<const leaf_node*>(n.get()))->values[i & mask] =
+        std::move(value);
+    return;
+  }
+  auto* inner = const_cast<inner_node*>(static_cast<const inner_node*>(n.get()));
+  assign_in(inner->children[(i >> shift) & mask], shift - bits, i, std::move(value));
+}
+
+template <class T>
+void pvector<T>::assign(std::size_t i, T value) {
+  if (i >= size_) {
+    throw std::out_of_range("pvector::assign: index out of range");
+  }
+  assign_in(root_, shift_, i, std::make_shared<const T>(std::move(value)));
+}
+
+template <class T>
 bool pvector<T>::shares_leaf(const pvector& other, std::size_t i) const {
   const T* mine = find(i);
   return mine != nullptr && mine == other.find(i);

@@ -1,0 +1,143 @@
+#pragma once
+
+// Shared by the three stores: status names, JSON text, the row layout of each table and the
+// last-wins dedupe every backend applies before writing a batch.
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "persistence/store.hpp"
+
+namespace troupe::detail {
+
+/// The schema version this build creates and understands.
+inline constexpr int current_schema_version = 1;
+
+std::string schema_too_new_message(long long found);
+
+std::optional<run_status> parse_run_status(std::string_view s);
+std::optional<node_status> parse_node_status(std::string_view s);
+std::optional<cache_status> parse_cache_status(std::string_view s);
+
+/// A name for storage, or a non-transient error for an enum value out of range (storing
+/// "unknown" would make the row unreadable later).
+expected<std::string_view, store_error> status_name(run_status s);
+expected<std::string_view, store_error> status_name(node_status s);
+expected<std::string_view, store_error> status_name(cache_status s);
+
+/// Parses JSON the store wrote itself: no size limits (the writer accepted the value already),
+/// only a generous depth cap. A malformed value is a non-transient error naming `what`.
+expected<json_ptr, store_error> json_from_text(std::string_view text, std::string_view what);
+
+/// The url with any password replaced by "***" (userinfo and `password=` parameters).
+std::string mask_url(std::string_view url);
+
+/// Rows with an out-of-domain item (< -1) or attempt (< 0) are refused by every backend (the
+/// SQL backends through CHECK constraints), so a bad row fails its whole batch everywhere.
+bool valid_node_key(const node_row& r);
+
+/// One column of a table as the SQL backends declare and write it.
+struct column_spec {
+  const char* name;
+  const char* pg_array_type;  // element type for PostgreSQL's unnest($n::type[])
+};
+
+struct table_spec {
+  const char* name;
+  const column_spec* columns;
+  std::size_t column_count;
+  std::size_t key_count;  // the leading columns form the primary key
+};
+
+extern const table_spec runs_table;
+extern const table_spec nodes_table;
+extern const table_spec workflows_table;
+extern const table_spec cache_table;
+
+/// "a, b, c"
+std::string column_list(const table_spec& t);
+/// "ON CONFLICT (k1, k2) DO UPDATE SET c = excluded.c, ..." (valid in SQLite and PostgreSQL).
+std::string on_conflict_clause(const table_spec& t);
+
+struct tuple_hash {
+  template <class... T>
+  std::size_t operator()(const std::tuple<T...>& t) const {
+    std::size_t h = 0;
+    std::apply(
+        [&h](const auto&... v) {
+          ((h ^= std::hash<std::decay_t<decltype(v)>>{}(v) + 0x9e3779b97f4a7c15ULL + (h << 6) +
+                 (h >> 2)),
+           ...);
+        },
+        t);
+    return h;
+  }
+};
+
+/// The rows to write, with only the last row for each key kept (a batch may carry a "running"
+/// and a "succeeded" record of the same execution; PostgreSQL refuses one upsert touching a row
+/// twice, and the second write would be wasted anyway). Keeps the order of the kept rows.
+template <class Row, class KeyFn>
+std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
+  std::vector<const Row*> out;
+  out.reserve(rows.size());
+  if (rows.size() > 1) {
+    using key_type = decltype(key(rows.front()));
+    std::unordered_map<key_type, std::size_t, tuple_hash> last;
+    last.reserve(rows.size());
+    for (std::size_t i = 0; i < rows.size(); ++i) {
+      last.insert_or_assign(key(rows[i]), i);
+    }
+    if (last.size() != rows.size()) {
+      for (std::size_t i = 0; i < rows.size(); ++i) {
+        if (last.find(key(rows[i]))->second == i) {
+          out.push_back(&rows[i]);
+        }
+      }
+      return out;
+    }
+  }
+  for (const auto& r : rows) {
+    out.push_back(&r);
+  }
+  return out;
+}
+
+inline auto run_key(const run_row& r) { return std::tuple<std::string_view>(r.run_id); }
+inline auto node_key(const node_row& r) {
+  return std::tuple<std::string_view, std::string_view, std::int64_t, int>(r.run_id, r.node_id,
+                                                                         r.item, r.attempt);
+}
+inline auto workflow_key(const workflow_row& r) {
+  return std::tuple<std::string_view, std::string_view>(r.name, r.version);
+}
+inline auto cache_key(const cache_row& r) { return std::tuple<std::string_view>(r.key); }
+
+/// Runs `f` and turns any exception into a non-transient store_error, so nothing escapes the
+/// store interface.
+template <class F>
+auto guarded(std::string_view what, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const std::exception& e) {
+    return make_unexpected(store_error{std::string(what) + ": " + e.what(), false});
+  } catch (...) {
+    return make_unexpected(store_error{std::string(what) + ": unknown exception", false});
+  }
+}
+
+// Backends, created by open_store().
+std::unique_ptr<store> make_memory_store();
+expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path,
+                                                                std::string url);
+expected<std::unique_ptr<store>, store_error> open_postgres_store(std::string url);
+
+}  // namespace troupe::detail

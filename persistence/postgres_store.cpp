@@ -1,0 +1,786 @@
+// The PostgreSQL store (raw libpq). One connection per store, guarded by a mutex.
+//
+// A batch is ONE round trip and ONE statement: a prepared statement whose four data-modifying
+// CTEs each upsert one table from parallel arrays,
+//   WITH r AS (INSERT INTO runs (...) SELECT * FROM unnest($1::text[], ...) ON CONFLICT ...),
+//        n AS (...), w AS (...), c AS (...) SELECT 1
+// A single statement is its own transaction, so the batch is atomic without BEGIN/COMMIT. The
+// statement text never changes with the batch size (35 parameters whatever the row count), so it
+// is parsed and planned once per connection, where multi-row VALUES would send and parse a new
+// statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
+// no per-table statement and no BEGIN/COMMIT messages. Arrays travel as text array literals.
+//
+// Connection failures are transient: the connection is dropped and the next call reconnects
+// (and prepares its statements again). Upserts are idempotent, so the writer may simply retry.
+
+#include <libpq-fe.h>
+
+#include <array>
+#include <charconv>
+#include <mutex>
+
+#include "persistence/detail/common.hpp"
+
+namespace troupe::detail {
+
+namespace {
+
+struct conn_deleter {
+  void operator()(PGconn* c) const { PQfinish(c); }
+};
+using conn_ptr = std::unique_ptr<PGconn, conn_deleter>;
+
+struct result_deleter {
+  void operator()(PGresult* r) const { PQclear(r); }
+};
+using result_ptr = std::unique_ptr<PGresult, result_deleter>;
+
+// Serializes concurrent migrations of one database (any schema): every opener takes this
+// transaction-scoped advisory lock before looking at troupe_schema.
+constexpr const char* migration_lock = "SELECT pg_advisory_xact_lock(7311365240519455077)";
+
+constexpr const char* schema_v1[] = {
+    R"(CREATE TABLE runs (
+  run_id text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  version text NOT NULL,
+  plan_hash text NOT NULL,
+  status text NOT NULL,
+  inputs text,
+  outputs text,
+  error text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  parent_run_id text NOT NULL,
+  parent_node_id text NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    // The primary key starts with run_id: its index serves node_rows(run_id).
+    R"(CREATE TABLE node_executions (
+  run_id text COLLATE "C" NOT NULL,
+  node_id text COLLATE "C" NOT NULL,
+  item bigint NOT NULL CHECK (item >= -1),
+  attempt integer NOT NULL CHECK (attempt >= 0),
+  status text NOT NULL,
+  input text,
+  output text,
+  error text NOT NULL,
+  cache text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  worker text NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name text COLLATE "C" NOT NULL,
+  version text COLLATE "C" NOT NULL,
+  hash text NOT NULL,
+  document text NOT NULL,
+  registered_at bigint NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  node_id text NOT NULL,
+  value text,
+  kind text NOT NULL,
+  created_at bigint NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+};
+
+struct migration {
+  int version;
+  const char* const* statements;
+  std::size_t count;
+};
+constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)}};
+static_assert(std::size(migrations) == current_schema_version);
+
+// SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
+// insufficient resources (disk full, too many connections), operator intervention (shutdown,
+// cannot connect now, statement canceled), system errors (I/O), lock not available.
+bool transient_sqlstate(std::string_view s) {
+  if (s.size() != 5) {
+    return true;  // no SQLSTATE: a client-side (connection) failure
+  }
+  const std::string_view cls = s.substr(0, 2);
+  return cls == "08" || cls == "40" || cls == "53" || cls == "57" || cls == "58" || s == "55P03";
+}
+
+std::string trimmed(const char* msg) {
+  std::string s = msg != nullptr ? msg : "";
+  while (!s.empty() && (s.back() == '\n' || s.back() == ' ')) {
+    s.pop_back();
+  }
+  return s;
+}
+
+store_error pg_error(PGconn* c, const PGresult* r, std::string_view doing) {
+  std::string msg = "postgres: " + std::string(doing) + ": ";
+  if (c == nullptr || PQstatus(c) != CONNECTION_OK || r == nullptr) {
+    msg += trimmed(c != nullptr ? PQerrorMessage(c) : "no connection");
+    return store_error{std::move(msg), true};
+  }
+  const char* state = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  msg += trimmed(PQresultErrorMessage(r));
+  const std::string_view sqlstate = state != nullptr ? state : "";
+  if (!sqlstate.empty()) {
+    msg += " (SQLSTATE " + std::string(sqlstate) + ")";
+  }
+  return store_error{std::move(msg), transient_sqlstate(sqlstate)};
+}
+
+// Appends values to a PostgreSQL array literal: {"a","b",NULL} or {1,2}.
+class array_literal {
+ public:
+  array_literal() { s_ = "{"; }
+  void text(std::string_view v) {
+    sep();
+    s_ += '"';
+    for (char ch : v) {
+      if (ch == '"' || ch == '\\') {
+        s_ += '\\';
+      }
+      s_ += ch;
+    }
+    s_ += '"';
+  }
+  void null() {
+    sep();
+    s_ += "NULL";
+  }
+  void integer(std::int64_t v) {
+    sep();
+    char buf[24];
+    auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+    s_.append(buf, end);
+  }
+  void json(const json_ptr& v) {
+    if (v) {
+      text(to_json_text(*v));
+    } else {
+      null();
+    }
+  }
+  std::string finish() && {
+    s_ += '}';
+    return std::move(s_);
+  }
+
+ private:
+  void sep() {
+    if (s_.size() > 1) {
+      s_ += ',';
+    }
+  }
+  std::string s_;
+};
+
+std::string unnest_upsert(const table_spec& t, int& param) {
+  std::string sql = "INSERT INTO ";
+  sql += t.name;
+  sql += " (" + column_list(t) + ") SELECT * FROM unnest(";
+  for (std::size_t i = 0; i < t.column_count; ++i) {
+    if (i > 0) {
+      sql += ", ";
+    }
+    sql += "$" + std::to_string(param++) + "::" + t.columns[i].pg_array_type + "[]";
+  }
+  sql += ") ";
+  sql += on_conflict_clause(t);
+  return sql;
+}
+
+std::string write_sql() {
+  int param = 1;
+  std::string sql = "WITH r AS (" + unnest_upsert(runs_table, param) + "), n AS (" +
+                    unnest_upsert(nodes_table, param) + "), w AS (" +
+                    unnest_upsert(workflows_table, param) + "), c AS (" +
+                    unnest_upsert(cache_table, param) + ") SELECT 1";
+  return sql;
+}
+
+constexpr int write_param_count = 12 + 12 + 5 + 6;
+
+struct statement {
+  const char* name;
+  std::string sql;
+};
+
+const std::string run_cols = column_list(runs_table);
+const std::string node_cols = column_list(nodes_table);
+const std::string workflow_cols = column_list(workflows_table);
+const std::string cache_cols = column_list(cache_table);
+
+enum statement_id : std::size_t {
+  s_write,
+  s_list_runs,
+  s_get_run,
+  s_node_rows,
+  s_unfinished,
+  s_get_workflow,
+  s_get_cache,
+  s_list_cache,
+  s_clear_cache,
+  s_count
+};
+
+const std::array<statement, s_count>& statements() {
+  static const std::array<statement, s_count> all = {{
+      {"troupe_write", write_sql()},
+      {"troupe_list_runs",
+       "SELECT " + run_cols +
+           " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
+           "($2::text IS NULL OR workflow = $2::text) "
+           "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
+      {"troupe_get_run", "SELECT " + run_cols + " FROM runs WHERE run_id = $1::text"},
+      {"troupe_node_rows", "SELECT " + node_cols +
+                               " FROM node_executions WHERE run_id = $1::text "
+                               "ORDER BY started_at, node_id, item, attempt"},
+      {"troupe_unfinished",
+       "SELECT " + run_cols +
+           " FROM runs WHERE status IN ('pending', 'running') ORDER BY started_at, run_id"},
+      {"troupe_get_workflow", "SELECT " + workflow_cols +
+                                  " FROM workflows WHERE name = $1::text AND version = $2::text"},
+      {"troupe_get_cache", "SELECT " + cache_cols + " FROM cache_entries WHERE key = $1::text"},
+      {"troupe_list_cache", "SELECT " + cache_cols +
+                                " FROM cache_entries WHERE ($1::text IS NULL OR workflow = "
+                                "$1::text) ORDER BY created_at, key"},
+      {"troupe_clear_cache",
+       "DELETE FROM cache_entries WHERE ($1::text IS NULL OR workflow = $1::text)"},
+  }};
+  return all;
+}
+
+std::int64_t int_value(const PGresult* r, int row, int col) {
+  const char* p = PQgetvalue(r, row, col);
+  std::int64_t v = 0;
+  std::from_chars(p, p + PQgetlength(r, row, col), v);
+  return v;
+}
+
+std::string_view text_value(const PGresult* r, int row, int col) {
+  return {PQgetvalue(r, row, col), static_cast<std::size_t>(PQgetlength(r, row, col))};
+}
+
+expected<json_ptr, store_error> json_value(const PGresult* r, int row, int col,
+                                           std::string_view what) {
+  if (PQgetisnull(r, row, col) != 0) {
+    return json_ptr();
+  }
+  return json_from_text(text_value(r, row, col), what);
+}
+
+expected<run_row, store_error> read_run(const PGresult* res, int i) {
+  run_row r;
+  r.run_id = text_value(res, i, 0);
+  r.workflow = text_value(res, i, 1);
+  r.version = text_value(res, i, 2);
+  r.plan_hash = text_value(res, i, 3);
+  auto status = parse_run_status(text_value(res, i, 4));
+  if (!status) {
+    return make_unexpected(store_error{
+        "run " + r.run_id + ": unknown status '" + std::string(text_value(res, i, 4)) + "'",
+        false});
+  }
+  r.status = *status;
+  auto inputs = json_value(res, i, 5, "inputs of run " + r.run_id);
+  if (!inputs) {
+    return make_unexpected(inputs.error());
+  }
+  r.inputs = std::move(*inputs);
+  auto outputs = json_value(res, i, 6, "outputs of run " + r.run_id);
+  if (!outputs) {
+    return make_unexpected(outputs.error());
+  }
+  r.outputs = std::move(*outputs);
+  r.error = text_value(res, i, 7);
+  r.started_at = int_value(res, i, 8);
+  r.finished_at = int_value(res, i, 9);
+  r.parent_run_id = text_value(res, i, 10);
+  r.parent_node_id = text_value(res, i, 11);
+  return r;
+}
+
+expected<node_row, store_error> read_node(const PGresult* res, int i) {
+  node_row r;
+  r.run_id = text_value(res, i, 0);
+  r.node_id = text_value(res, i, 1);
+  r.item = int_value(res, i, 2);
+  r.attempt = static_cast<int>(int_value(res, i, 3));
+  const std::string where = "node " + r.run_id + "/" + r.node_id;
+  auto status = parse_node_status(text_value(res, i, 4));
+  if (!status) {
+    return make_unexpected(store_error{
+        where + ": unknown status '" + std::string(text_value(res, i, 4)) + "'", false});
+  }
+  r.status = *status;
+  auto input = json_value(res, i, 5, "input of " + where);
+  if (!input) {
+    return make_unexpected(input.error());
+  }
+  r.input = std::move(*input);
+  auto output = json_value(res, i, 6, "output of " + where);
+  if (!output) {
+    return make_unexpected(output.error());
+  }
+  r.output = std::move(*output);
+  r.error = text_value(res, i, 7);
+  auto cache = parse_cache_status(text_value(res, i, 8));
+  if (!cache) {
+    return make_unexpected(store_error{
+        where + ": unknown cache status '" + std::string(text_value(res, i, 8)) + "'", false});
+  }
+  r.cache = *cache;
+  r.started_at = int_value(res, i, 9);
+  r.finished_at = int_value(res, i, 10);
+  r.worker = text_value(res, i, 11);
+  return r;
+}
+
+expected<workflow_row, store_error> read_workflow(const PGresult* res, int i) {
+  workflow_row r;
+  r.name = text_value(res, i, 0);
+  r.version = text_value(res, i, 1);
+  r.hash = text_value(res, i, 2);
+  r.document = text_value(res, i, 3);
+  r.registered_at = int_value(res, i, 4);
+  return r;
+}
+
+expected<cache_row, store_error> read_cache(const PGresult* res, int i) {
+  cache_row r;
+  r.key = text_value(res, i, 0);
+  r.workflow = text_value(res, i, 1);
+  r.node_id = text_value(res, i, 2);
+  auto value = json_value(res, i, 3, "value of cache entry " + r.key);
+  if (!value) {
+    return make_unexpected(value.error());
+  }
+  r.value = std::move(*value);
+  r.kind = text_value(res, i, 4);
+  r.created_at = int_value(res, i, 5);
+  return r;
+}
+
+template <class Row>
+using reader = expected<Row, store_error> (*)(const PGresult*, int);
+
+template <class Row>
+expected<std::vector<Row>, store_error> read_rows(const PGresult* res, reader<Row> read) {
+  std::vector<Row> out;
+  const int n = PQntuples(res);
+  out.reserve(static_cast<std::size_t>(n));
+  for (int i = 0; i < n; ++i) {
+    auto row = read(res, i);
+    if (!row) {
+      return make_unexpected(row.error());
+    }
+    out.push_back(std::move(*row));
+  }
+  return out;
+}
+
+template <class Row>
+expected<std::optional<Row>, store_error> read_first(const PGresult* res, reader<Row> read) {
+  if (PQntuples(res) == 0) {
+    return std::optional<Row>();
+  }
+  auto row = read(res, 0);
+  if (!row) {
+    return make_unexpected(row.error());
+  }
+  return std::optional<Row>(std::move(*row));
+}
+
+void ignore_notice(void*, const char*) {}
+
+// Connects without touching the schema. A refused or dropped connection is transient; a URL
+// libpq cannot parse, or a failed login, is not.
+expected<conn_ptr, store_error> connect(const std::string& url) {
+  // Earlier keywords are defaults the URL may override; client_encoding comes last because
+  // the store always sends and expects UTF-8.
+  const char* const keys[] = {"connect_timeout", "fallback_application_name", "dbname",
+                              "client_encoding", nullptr};
+  const char* const values[] = {"10", "troupe", url.c_str(), "UTF8", nullptr};
+  conn_ptr c(PQconnectdbParams(keys, values, 1));
+  if (!c) {
+    return make_unexpected(store_error{"postgres: connect: out of memory", true});
+  }
+  if (PQstatus(c.get()) != CONNECTION_OK) {
+    const std::string msg = trimmed(PQerrorMessage(c.get()));
+    const bool permanent = msg.find("authentication failed") != std::string::npos ||
+                           msg.find("does not exist") != std::string::npos ||
+                           msg.find("no password supplied") != std::string::npos;
+    return make_unexpected(
+        store_error{"postgres: connect to " + mask_url(url) + ": " + msg, !permanent});
+  }
+  PQsetNoticeProcessor(c.get(), ignore_notice, nullptr);
+  return c;
+}
+
+class postgres_store final : public store {
+ public:
+  explicit postgres_store(std::string url) : url_(std::move(url)) {}
+
+  // Connects, migrates and prepares; the store keeps the connection.
+  expected<bool, store_error> init() {
+    auto c = connect(url_);
+    if (!c) {
+      return make_unexpected(c.error());
+    }
+    conn_ = std::move(*c);
+    if (auto r = migrate(); !r) {
+      conn_.reset();
+      return r;
+    }
+    if (auto r = prepare_all(); !r) {
+      conn_.reset();
+      return r;
+    }
+    return true;
+  }
+
+  std::string describe() const override { return mask_url(url_); }
+
+  expected<bool, store_error> write(const write_batch& batch) override {
+    return guarded("postgres write", [&]() -> expected<bool, store_error> {
+      if (batch.empty()) {
+        return true;
+      }
+      auto params = encode(batch);
+      if (!params) {
+        return make_unexpected(params.error());
+      }
+      std::array<const char*, write_param_count> values{};
+      for (std::size_t i = 0; i < values.size(); ++i) {
+        values[i] = (*params)[i].c_str();
+      }
+      std::lock_guard lock(mu_);
+      auto res = run(s_write, values.data(), write_param_count, PGRES_TUPLES_OK, "write batch");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return true;
+    });
+  }
+
+  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
+    return guarded("postgres list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
+      const std::string status = q.status ? std::string(to_string(*q.status)) : std::string();
+      const std::string limit = std::to_string(q.limit);
+      const char* values[] = {q.status ? status.c_str() : nullptr,
+                              q.workflow.empty() ? nullptr : q.workflow.c_str(),
+                              q.limit == 0 ? nullptr : limit.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_list_runs, values, 3, PGRES_TUPLES_OK, "list runs");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return read_rows<run_row>(res->get(), read_run);
+    });
+  }
+
+  expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) override {
+    return guarded("postgres get_run", [&]() -> expected<std::optional<run_row>, store_error> {
+      const std::string id(run_id);
+      const char* values[] = {id.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_get_run, values, 1, PGRES_TUPLES_OK, "get run");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return read_first<run_row>(res->get(), read_run);
+    });
+  }
+
+  expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override {
+    return guarded("postgres node_rows", [&]() -> expected<std::vector<node_row>, store_error> {
+      const std::string id(run_id);
+      const char* values[] = {id.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_node_rows, values, 1, PGRES_TUPLES_OK, "node rows");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return read_rows<node_row>(res->get(), read_node);
+    });
+  }
+
+  expected<std::vector<run_row>, store_error> unfinished_runs() override {
+    return guarded("postgres unfinished_runs",
+                   [&]() -> expected<std::vector<run_row>, store_error> {
+                     std::lock_guard lock(mu_);
+                     auto res = run(s_unfinished, nullptr, 0, PGRES_TUPLES_OK, "unfinished runs");
+                     if (!res) {
+                       return make_unexpected(res.error());
+                     }
+                     return read_rows<run_row>(res->get(), read_run);
+                   });
+  }
+
+  expected<std::optional<workflow_row>, store_error> get_workflow(
+      std::string_view name, std::string_view version) override {
+    return guarded("postgres get_workflow",
+                   [&]() -> expected<std::optional<workflow_row>, store_error> {
+                     const std::string n(name);
+                     const std::string v(version);
+                     const char* values[] = {n.c_str(), v.c_str()};
+                     std::lock_guard lock(mu_);
+                     auto res = run(s_get_workflow, values, 2, PGRES_TUPLES_OK, "get workflow");
+                     if (!res) {
+                       return make_unexpected(res.error());
+                     }
+                     return read_first<workflow_row>(res->get(), read_workflow);
+                   });
+  }
+
+  expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override {
+    return guarded("postgres get_cache", [&]() -> expected<std::optional<cache_row>, store_error> {
+      const std::string k(key);
+      const char* values[] = {k.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_get_cache, values, 1, PGRES_TUPLES_OK, "get cache entry");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return read_first<cache_row>(res->get(), read_cache);
+    });
+  }
+
+  expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override {
+    return guarded("postgres list_cache", [&]() -> expected<std::vector<cache_row>, store_error> {
+      const std::string w(workflow);
+      const char* values[] = {w.empty() ? nullptr : w.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_list_cache, values, 1, PGRES_TUPLES_OK, "list cache");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return read_rows<cache_row>(res->get(), read_cache);
+    });
+  }
+
+  expected<std::size_t, store_error> clear_cache(std::string_view workflow) override {
+    return guarded("postgres clear_cache", [&]() -> expected<std::size_t, store_error> {
+      const std::string w(workflow);
+      const char* values[] = {w.empty() ? nullptr : w.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_clear_cache, values, 1, PGRES_COMMAND_OK, "clear cache");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      const char* n = PQcmdTuples(res->get());
+      std::size_t count = 0;
+      std::from_chars(n, n + std::char_traits<char>::length(n), count);
+      return count;
+    });
+  }
+
+ private:
+  // One statement of the simple protocol inside the migration transaction.
+  expected<bool, store_error> exec(const char* sql, ExecStatusType want, std::string_view doing,
+                                   result_ptr* out = nullptr) {
+    result_ptr r(PQexec(conn_.get(), sql));
+    if (!r || PQresultStatus(r.get()) != want) {
+      return make_unexpected(pg_error(conn_.get(), r.get(), doing));
+    }
+    if (out != nullptr) {
+      *out = std::move(r);
+    }
+    return true;
+  }
+
+  expected<bool, store_error> migrate() {
+    if (auto r = exec("BEGIN", PGRES_COMMAND_OK, "begin migration"); !r) {
+      return r;
+    }
+    auto r = migrate_in_transaction();
+    if (r) {
+      r = exec("COMMIT", PGRES_COMMAND_OK, "commit migration");
+    } else if (PQstatus(conn_.get()) == CONNECTION_OK) {
+      result_ptr ignored(PQexec(conn_.get(), "ROLLBACK"));
+    }
+    return r;
+  }
+
+  expected<bool, store_error> migrate_in_transaction() {
+    if (auto r = exec(migration_lock, PGRES_TUPLES_OK, "lock for migration"); !r) {
+      return r;
+    }
+    if (auto r = exec("CREATE TABLE IF NOT EXISTS troupe_schema (version integer NOT NULL)",
+                      PGRES_COMMAND_OK, "create troupe_schema");
+        !r) {
+      return r;
+    }
+    result_ptr res;
+    if (auto r = exec("SELECT coalesce(max(version), 0) FROM troupe_schema", PGRES_TUPLES_OK,
+                      "read schema version", &res);
+        !r) {
+      return r;
+    }
+    const std::int64_t found = int_value(res.get(), 0, 0);
+    if (found > current_schema_version) {
+      return make_unexpected(store_error{schema_too_new_message(found), false});
+    }
+    for (const migration& m : migrations) {
+      if (m.version <= found) {
+        continue;
+      }
+      const std::string doing = "migrate to schema version " + std::to_string(m.version);
+      for (std::size_t i = 0; i < m.count; ++i) {
+        if (auto r = exec(m.statements[i], PGRES_COMMAND_OK, doing); !r) {
+          r.error().transient = r.error().transient && PQstatus(conn_.get()) != CONNECTION_OK;
+          return r;
+        }
+      }
+      const std::string stamp =
+          "INSERT INTO troupe_schema (version) VALUES (" + std::to_string(m.version) + ")";
+      if (auto r = exec(stamp.c_str(), PGRES_COMMAND_OK, "stamp schema version"); !r) {
+        return r;
+      }
+    }
+    return true;
+  }
+
+  // Prepared statements live in the session, so every new connection prepares them again. A
+  // failure other than a lost connection means the tables do not match: not transient.
+  expected<bool, store_error> prepare_all() {
+    for (const statement& s : statements()) {
+      result_ptr r(PQprepare(conn_.get(), s.name, s.sql.c_str(), 0, nullptr));
+      if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+        store_error e = pg_error(conn_.get(), r.get(), std::string("prepare ") + s.name);
+        if (PQstatus(conn_.get()) == CONNECTION_OK) {
+          e.transient = false;
+          e.message += "; the database's tables do not match the schema this troupe expects";
+        }
+        return make_unexpected(std::move(e));
+      }
+    }
+    return true;
+  }
+
+  expected<bool, store_error> ensure_connected() {
+    if (conn_ && PQstatus(conn_.get()) == CONNECTION_OK) {
+      return true;
+    }
+    conn_.reset();
+    auto c = connect(url_);
+    if (!c) {
+      return make_unexpected(c.error());
+    }
+    conn_ = std::move(*c);
+    if (auto r = prepare_all(); !r) {
+      conn_.reset();
+      return r;
+    }
+    return true;
+  }
+
+  expected<result_ptr, store_error> run(statement_id id, const char* const* values, int n,
+                                        ExecStatusType want, std::string_view doing) {
+    if (auto r = ensure_connected(); !r) {
+      return make_unexpected(r.error());
+    }
+    result_ptr res(
+        PQexecPrepared(conn_.get(), statements()[id].name, n, values, nullptr, nullptr, 0));
+    if (!res || PQresultStatus(res.get()) != want) {
+      store_error e = pg_error(conn_.get(), res.get(), doing);
+      if (PQstatus(conn_.get()) != CONNECTION_OK) {
+        conn_.reset();  // reconnect on the next call
+      }
+      return make_unexpected(std::move(e));
+    }
+    return res;
+  }
+
+  static expected<std::array<std::string, write_param_count>, store_error> encode(
+      const write_batch& batch) {
+    std::array<array_literal, write_param_count> a;
+    for (const run_row* r : last_wins(batch.runs, run_key)) {
+      auto status = status_name(r->status);
+      if (!status) {
+        return make_unexpected(status.error());
+      }
+      a[0].text(r->run_id);
+      a[1].text(r->workflow);
+      a[2].text(r->version);
+      a[3].text(r->plan_hash);
+      a[4].text(*status);
+      a[5].json(r->inputs);
+      a[6].json(r->outputs);
+      a[7].text(r->error);
+      a[8].integer(r->started_at);
+      a[9].integer(r->finished_at);
+      a[10].text(r->parent_run_id);
+      a[11].text(r->parent_node_id);
+    }
+    for (const node_row* r : last_wins(batch.nodes, node_key)) {
+      auto status = status_name(r->status);
+      if (!status) {
+        return make_unexpected(status.error());
+      }
+      auto cache = status_name(r->cache);
+      if (!cache) {
+        return make_unexpected(cache.error());
+      }
+      a[12].text(r->run_id);
+      a[13].text(r->node_id);
+      a[14].integer(r->item);
+      a[15].integer(r->attempt);
+      a[16].text(*status);
+      a[17].json(r->input);
+      a[18].json(r->output);
+      a[19].text(r->error);
+      a[20].text(*cache);
+      a[21].integer(r->started_at);
+      a[22].integer(r->finished_at);
+      a[23].text(r->worker);
+    }
+    for (const workflow_row* r : last_wins(batch.workflows, workflow_key)) {
+      a[24].text(r->name);
+      a[25].text(r->version);
+      a[26].text(r->hash);
+      a[27].text(r->document);
+      a[28].integer(r->registered_at);
+    }
+    for (const cache_row* r : last_wins(batch.cache, cache_key)) {
+      a[29].text(r->key);
+      a[30].text(r->workflow);
+      a[31].text(r->node_id);
+      a[32].json(r->value);
+      a[33].text(r->kind);
+      a[34].integer(r->created_at);
+    }
+    std::array<std::string, write_param_count> out;
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      out[i] = std::move(a[i]).finish();
+    }
+    return out;
+  }
+
+  mutable std::mutex mu_;
+  std::string url_;
+  conn_ptr conn_;
+};
+
+}  // namespace
+
+expected<std::unique_ptr<store>, store_error> open_postgres_store(std::string url) {
+  char* err = nullptr;
+  PQconninfoOption* opts = PQconninfoParse(url.c_str(), &err);
+  if (opts == nullptr) {
+    std::string msg = trimmed(err != nullptr ? err : "out of memory");
+    PQfreemem(err);
+    return make_unexpected(
+        store_error{"postgres: invalid URL '" + mask_url(url) + "': " + msg, false});
+  }
+  PQconninfoFree(opts);
+  auto s = std::make_unique<postgres_store>(std::move(url));
+  if (auto r = s->init(); !r) {
+    return make_unexpected(r.error());
+  }
+  return std::unique_ptr<store>(std::move(s));
+}
+
+}  // namespace troupe::detail

@@ -1,0 +1,798 @@
+// The SQLite store (raw C API). One connection per store, guarded by a mutex so any thread may
+// call it. WAL mode lets readers (the CLI, other processes) run beside the writer; synchronous=
+// NORMAL in WAL makes a commit survive a process crash, and only the last commits before a power
+// loss may be lost. The busy timeout is short on purpose: the writer actor retries transient
+// errors with its own backoff, so the store reports a held lock instead of blocking in it.
+
+#include <sqlite3.h>
+
+#include <array>
+#include <charconv>
+#include <deque>
+#include <map>
+#include <mutex>
+
+#include "persistence/detail/common.hpp"
+
+namespace troupe::detail {
+
+namespace {
+
+constexpr int write_busy_timeout_ms = 10;
+// Opening (journal mode switch, migrations) is rare and may meet another process doing the
+// same, so it waits longer before giving up.
+constexpr int open_busy_timeout_ms = 5000;
+
+bool transient_code(int rc) {
+  switch (rc & 0xff) {
+    case SQLITE_BUSY:      // another connection holds the write lock
+    case SQLITE_LOCKED:    // a conflict inside this process (shared cache)
+    case SQLITE_FULL:      // disk full: may clear up
+    case SQLITE_IOERR:     // I/O error: may be passing (NFS, a full disk)
+    case SQLITE_PROTOCOL:  // a WAL lock race
+    case SQLITE_NOMEM:
+      return true;
+    default:
+      return false;
+  }
+}
+
+store_error sqlite_error(sqlite3* db, int rc, std::string_view doing) {
+  std::string msg = "sqlite: " + std::string(doing) + ": ";
+  msg += db != nullptr ? sqlite3_errmsg(db) : sqlite3_errstr(rc);
+  msg += " (code " + std::to_string(rc) + ")";
+  return store_error{std::move(msg), transient_code(rc)};
+}
+
+struct stmt_deleter {
+  void operator()(sqlite3_stmt* s) const { sqlite3_finalize(s); }
+};
+using stmt_ptr = std::unique_ptr<sqlite3_stmt, stmt_deleter>;
+
+struct db_deleter {
+  void operator()(sqlite3* db) const { sqlite3_close_v2(db); }
+};
+using db_ptr = std::unique_ptr<sqlite3, db_deleter>;
+
+// Version 1. The node_executions primary key starts with run_id, so its index is the run_id
+// index node_rows() searches; a second index on run_id alone would only slow every write.
+// CHECK constraints hold the key domains every backend enforces (see valid_node_key).
+constexpr const char* schema_v1[] = {
+    R"(CREATE TABLE runs (
+  run_id TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  version TEXT NOT NULL,
+  plan_hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  inputs TEXT,
+  outputs TEXT,
+  error TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  parent_run_id TEXT NOT NULL,
+  parent_node_id TEXT NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    // Small: only runs not finished yet, read at startup to resume them.
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  item INTEGER NOT NULL CHECK (item >= -1),
+  attempt INTEGER NOT NULL CHECK (attempt >= 0),
+  status TEXT NOT NULL,
+  input TEXT,
+  output TEXT,
+  error TEXT NOT NULL,
+  cache TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  worker TEXT NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  document TEXT NOT NULL,
+  registered_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  value TEXT,
+  kind TEXT NOT NULL,
+  created_at INTEGER NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+};
+
+struct migration {
+  int version;
+  const char* const* statements;
+  std::size_t count;
+};
+constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)}};
+static_assert(std::size(migrations) == current_schema_version);
+
+enum query_id : std::size_t {
+  q_begin,
+  q_commit,
+  q_rollback,
+  q_list_runs,
+  q_get_run,
+  q_node_rows,
+  q_unfinished,
+  q_get_workflow,
+  q_get_cache,
+  q_list_cache,
+  q_clear_cache,
+  q_count
+};
+
+const std::string run_cols = column_list(runs_table);
+const std::string node_cols = column_list(nodes_table);
+const std::string workflow_cols = column_list(workflows_table);
+const std::string cache_cols = column_list(cache_table);
+
+std::string query_sql(query_id q) {
+  switch (q) {
+    case q_begin:
+      return "BEGIN IMMEDIATE";
+    case q_commit:
+      return "COMMIT";
+    case q_rollback:
+      return "ROLLBACK";
+    case q_list_runs:
+      return "SELECT " + run_cols +
+             " FROM runs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) "
+             "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
+    case q_get_run:
+      return "SELECT " + run_cols + " FROM runs WHERE run_id = ?1";
+    case q_node_rows:
+      return "SELECT " + node_cols +
+             " FROM node_executions WHERE run_id = ?1 "
+             "ORDER BY started_at, node_id, item, attempt";
+    case q_unfinished:
+      return "SELECT " + run_cols +
+             " FROM runs WHERE status IN ('pending', 'running') ORDER BY started_at, run_id";
+    case q_get_workflow:
+      return "SELECT " + workflow_cols + " FROM workflows WHERE name = ?1 AND version = ?2";
+    case q_get_cache:
+      return "SELECT " + cache_cols + " FROM cache_entries WHERE key = ?1";
+    case q_list_cache:
+      return "SELECT " + cache_cols +
+             " FROM cache_entries WHERE (?1 IS NULL OR workflow = ?1) ORDER BY created_at, key";
+    case q_clear_cache:
+      return "DELETE FROM cache_entries WHERE (?1 IS NULL OR workflow = ?1)";
+    case q_count:
+      break;
+  }
+  return {};
+}
+
+// Multi-row statements are cached for a few row counts; a batch is cut greedily into chunks of
+// these sizes, so at most a handful of statements per table exist, whatever the batch sizes.
+constexpr std::array<int, 4> chunk_sizes = {512, 64, 8, 1};
+
+std::string upsert_sql(const table_spec& t, int rows) {
+  std::string row = "(";
+  for (std::size_t i = 0; i < t.column_count; ++i) {
+    row += i == 0 ? "?" : ",?";
+  }
+  row += ")";
+  std::string sql = "INSERT INTO ";
+  sql += t.name;
+  sql += " (" + column_list(t) + ") VALUES ";
+  sql.reserve(sql.size() + static_cast<std::size_t>(rows) * (row.size() + 1) + 200);
+  for (int r = 0; r < rows; ++r) {
+    if (r > 0) {
+      sql += ',';
+    }
+    sql += row;
+  }
+  sql += ' ';
+  sql += on_conflict_clause(t);
+  return sql;
+}
+
+// Binds one row's columns from `base` (1-based). JSON text is kept alive in `keep` (a deque:
+// growing it never moves the strings SQLite points at) until the statement has run.
+class binder {
+ public:
+  binder(sqlite3_stmt* s, std::deque<std::string>& keep) : s_(s), keep_(keep) {}
+
+  void text(std::string_view v) {
+    rc_ |= sqlite3_bind_text(s_, i_++, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  }
+  void integer(std::int64_t v) { rc_ |= sqlite3_bind_int64(s_, i_++, v); }
+  void json(const json_ptr& v) {
+    if (!v) {
+      rc_ |= sqlite3_bind_null(s_, i_++);
+      return;
+    }
+    text(keep_.emplace_back(to_json_text(*v)));
+  }
+  int rc() const { return rc_; }
+
+ private:
+  sqlite3_stmt* s_;
+  std::deque<std::string>& keep_;
+  int i_ = 1;
+  int rc_ = SQLITE_OK;
+};
+
+void bind_row(binder& b, const run_row& r, std::string_view status) {
+  b.text(r.run_id);
+  b.text(r.workflow);
+  b.text(r.version);
+  b.text(r.plan_hash);
+  b.text(status);
+  b.json(r.inputs);
+  b.json(r.outputs);
+  b.text(r.error);
+  b.integer(r.started_at);
+  b.integer(r.finished_at);
+  b.text(r.parent_run_id);
+  b.text(r.parent_node_id);
+}
+
+std::string_view column_text(sqlite3_stmt* s, int i) {
+  const auto* p = reinterpret_cast<const char*>(sqlite3_column_text(s, i));
+  return p == nullptr ? std::string_view() : std::string_view(p, sqlite3_column_bytes(s, i));
+}
+
+expected<json_ptr, store_error> column_json(sqlite3_stmt* s, int i, std::string_view what) {
+  if (sqlite3_column_type(s, i) == SQLITE_NULL) {
+    return json_ptr();
+  }
+  return json_from_text(column_text(s, i), what);
+}
+
+class sqlite_store final : public store {
+ public:
+  sqlite_store(db_ptr db, std::string url) : db_(std::move(db)), url_(std::move(url)) {
+    max_vars_ = sqlite3_limit(db_.get(), SQLITE_LIMIT_VARIABLE_NUMBER, -1);
+  }
+
+  expected<bool, store_error> init() {
+    sqlite3* db = db_.get();
+    sqlite3_extended_result_codes(db, 1);
+    sqlite3_busy_timeout(db, open_busy_timeout_ms);
+    if (auto r = exec("PRAGMA journal_mode=WAL", "enable WAL"); !r) {
+      return r;
+    }
+    if (auto r = exec("PRAGMA synchronous=NORMAL", "set synchronous"); !r) {
+      return r;
+    }
+    if (auto r = migrate(); !r) {
+      return r;
+    }
+    // Preparing every statement now also checks the tables have the columns this build
+    // expects: a conflicting schema fails the open, not a write hours later.
+    for (std::size_t q = 0; q < q_count; ++q) {
+      if (auto r = prepare(query_sql(static_cast<query_id>(q)), queries_[q]); !r) {
+        return r;
+      }
+    }
+    for (const table_spec* t : {&runs_table, &nodes_table, &workflows_table, &cache_table}) {
+      if (auto r = upsert(*t, 1); !r) {
+        return make_unexpected(r.error());
+      }
+    }
+    sqlite3_busy_timeout(db, write_busy_timeout_ms);
+    return true;
+  }
+
+  std::string describe() const override { return url_; }
+
+  expected<bool, store_error> write(const write_batch& batch) override {
+    return guarded("sqlite write", [&]() -> expected<bool, store_error> {
+      if (batch.empty()) {
+        return true;
+      }
+      std::lock_guard lock(mu_);
+      if (int rc = step_done(queries_[q_begin].get()); rc != SQLITE_OK) {
+        return make_unexpected(sqlite_error(db_.get(), rc, "begin transaction"));
+      }
+      auto r = write_rows(batch);
+      if (r) {
+        if (int rc = step_done(queries_[q_commit].get()); rc != SQLITE_OK) {
+          r = make_unexpected(sqlite_error(db_.get(), rc, "commit"));
+        }
+      }
+      if (!r && sqlite3_get_autocommit(db_.get()) == 0) {
+        // Some errors (a full disk, an I/O error) roll back by themselves; otherwise undo
+        // whatever part of the batch went in.
+        step_done(queries_[q_rollback].get());
+      }
+      return r;
+    });
+  }
+
+  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
+    return guarded("sqlite list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_list_runs].get();
+      reset_guard g{s};
+      if (q.status) {
+        const std::string_view name = to_string(*q.status);
+        sqlite3_bind_text(s, 1, name.data(), static_cast<int>(name.size()), SQLITE_STATIC);
+      } else {
+        sqlite3_bind_null(s, 1);
+      }
+      if (!q.workflow.empty()) {
+        sqlite3_bind_text(s, 2, q.workflow.data(), static_cast<int>(q.workflow.size()),
+                          SQLITE_STATIC);
+      } else {
+        sqlite3_bind_null(s, 2);
+      }
+      sqlite3_bind_int64(s, 3, q.limit == 0 ? -1 : static_cast<std::int64_t>(q.limit));
+      return read_all<run_row>(s, "list runs", &sqlite_store::read_run);
+    });
+  }
+
+  expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) override {
+    return guarded("sqlite get_run", [&]() -> expected<std::optional<run_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_get_run].get();
+      reset_guard g{s};
+      bind_text(s, 1, run_id);
+      return read_one<run_row>(s, "get run", &sqlite_store::read_run);
+    });
+  }
+
+  expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override {
+    return guarded("sqlite node_rows", [&]() -> expected<std::vector<node_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_node_rows].get();
+      reset_guard g{s};
+      bind_text(s, 1, run_id);
+      return read_all<node_row>(s, "node rows", &sqlite_store::read_node);
+    });
+  }
+
+  expected<std::vector<run_row>, store_error> unfinished_runs() override {
+    return guarded("sqlite unfinished_runs", [&]() -> expected<std::vector<run_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_unfinished].get();
+      reset_guard g{s};
+      return read_all<run_row>(s, "unfinished runs", &sqlite_store::read_run);
+    });
+  }
+
+  expected<std::optional<workflow_row>, store_error> get_workflow(
+      std::string_view name, std::string_view version) override {
+    return guarded("sqlite get_workflow",
+                   [&]() -> expected<std::optional<workflow_row>, store_error> {
+                     std::lock_guard lock(mu_);
+                     sqlite3_stmt* s = queries_[q_get_workflow].get();
+                     reset_guard g{s};
+                     bind_text(s, 1, name);
+                     bind_text(s, 2, version);
+                     return read_one<workflow_row>(s, "get workflow",
+                                                   &sqlite_store::read_workflow);
+                   });
+  }
+
+  expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override {
+    return guarded("sqlite get_cache", [&]() -> expected<std::optional<cache_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_get_cache].get();
+      reset_guard g{s};
+      bind_text(s, 1, key);
+      return read_one<cache_row>(s, "get cache entry", &sqlite_store::read_cache);
+    });
+  }
+
+  expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override {
+    return guarded("sqlite list_cache", [&]() -> expected<std::vector<cache_row>, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_list_cache].get();
+      reset_guard g{s};
+      bind_optional_text(s, 1, workflow);
+      return read_all<cache_row>(s, "list cache", &sqlite_store::read_cache);
+    });
+  }
+
+  expected<std::size_t, store_error> clear_cache(std::string_view workflow) override {
+    return guarded("sqlite clear_cache", [&]() -> expected<std::size_t, store_error> {
+      std::lock_guard lock(mu_);
+      sqlite3_stmt* s = queries_[q_clear_cache].get();
+      reset_guard g{s};
+      bind_optional_text(s, 1, workflow);
+      if (int rc = sqlite3_step(s); rc != SQLITE_DONE) {
+        return make_unexpected(sqlite_error(db_.get(), rc, "clear cache"));
+      }
+      return static_cast<std::size_t>(sqlite3_changes64(db_.get()));
+    });
+  }
+
+ private:
+  struct reset_guard {
+    sqlite3_stmt* s;
+    ~reset_guard() {
+      sqlite3_reset(s);
+      sqlite3_clear_bindings(s);
+    }
+  };
+
+  static void bind_text(sqlite3_stmt* s, int i, std::string_view v) {
+    sqlite3_bind_text(s, i, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
+  }
+  static void bind_optional_text(sqlite3_stmt* s, int i, std::string_view v) {
+    if (v.empty()) {
+      sqlite3_bind_null(s, i);
+    } else {
+      bind_text(s, i, v);
+    }
+  }
+
+  // Runs a statement that returns no rows; SQLITE_OK when it completed.
+  static int step_done(sqlite3_stmt* s) {
+    int rc = sqlite3_step(s);
+    sqlite3_reset(s);
+    return rc == SQLITE_DONE || rc == SQLITE_ROW ? SQLITE_OK : rc;
+  }
+
+  expected<bool, store_error> exec(const char* sql, std::string_view doing) {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db_.get(), sql, nullptr, nullptr, &err);
+    if (rc != SQLITE_OK) {
+      store_error e = sqlite_error(db_.get(), rc, doing);
+      if (err != nullptr) {
+        e.message = "sqlite: " + std::string(doing) + ": " + err + " (code " +
+                    std::to_string(rc) + ")";
+        sqlite3_free(err);
+      }
+      return make_unexpected(std::move(e));
+    }
+    return true;
+  }
+
+  expected<bool, store_error> prepare(const std::string& sql, stmt_ptr& out) {
+    sqlite3_stmt* s = nullptr;
+    const int rc = sqlite3_prepare_v3(db_.get(), sql.c_str(), static_cast<int>(sql.size() + 1),
+                                      SQLITE_PREPARE_PERSISTENT, &s, nullptr);
+    if (rc != SQLITE_OK) {
+      store_error e = sqlite_error(db_.get(), rc, "prepare");
+      if (!e.transient) {
+        e.message += "; the database's tables do not match the schema this troupe expects";
+      }
+      return make_unexpected(std::move(e));
+    }
+    out.reset(s);
+    return true;
+  }
+
+  expected<sqlite3_stmt*, store_error> upsert(const table_spec& t, int rows) {
+    stmt_ptr& slot = upserts_[{&t, rows}];
+    if (!slot) {
+      if (auto r = prepare(upsert_sql(t, rows), slot); !r) {
+        upserts_.erase({&t, rows});
+        return make_unexpected(r.error());
+      }
+    }
+    return slot.get();
+  }
+
+  expected<bool, store_error> migrate() {
+    if (auto r = exec("BEGIN IMMEDIATE", "begin migration"); !r) {
+      return r;
+    }
+    auto r = migrate_in_transaction();
+    if (r) {
+      r = exec("COMMIT", "commit migration");
+    }
+    if (!r && sqlite3_get_autocommit(db_.get()) == 0) {
+      exec("ROLLBACK", "roll back migration");
+    }
+    return r;
+  }
+
+  expected<bool, store_error> migrate_in_transaction() {
+    if (auto r = exec("CREATE TABLE IF NOT EXISTS troupe_schema (version INTEGER NOT NULL)",
+                      "create troupe_schema");
+        !r) {
+      return r;
+    }
+    stmt_ptr q;
+    if (auto r = prepare("SELECT coalesce(max(version), 0) FROM troupe_schema", q); !r) {
+      return r;
+    }
+    const int rc = sqlite3_step(q.get());
+    if (rc != SQLITE_ROW) {
+      return make_unexpected(sqlite_error(db_.get(), rc, "read schema version"));
+    }
+    const sqlite3_int64 found = sqlite3_column_int64(q.get(), 0);
+    q.reset();
+    if (found > current_schema_version) {
+      return make_unexpected(store_error{schema_too_new_message(found), false});
+    }
+    for (const migration& m : migrations) {
+      if (m.version <= found) {
+        continue;
+      }
+      for (std::size_t i = 0; i < m.count; ++i) {
+        const std::string doing = "migrate to schema version " + std::to_string(m.version);
+        if (auto r = exec(m.statements[i], doing); !r) {
+          return r;
+        }
+      }
+      const std::string stamp =
+          "INSERT INTO troupe_schema (version) VALUES (" + std::to_string(m.version) + ")";
+      if (auto r = exec(stamp.c_str(), "stamp schema version"); !r) {
+        return r;
+      }
+    }
+    return true;
+  }
+
+  template <class Row>
+  expected<bool, store_error> write_table(const table_spec& t, const std::vector<const Row*>& rows,
+                                          std::string_view what) {
+    const int max_rows = std::max(1, max_vars_ / static_cast<int>(t.column_count));
+    std::size_t done = 0;
+    std::deque<std::string> keep;
+    while (done < rows.size()) {
+      const std::size_t left = rows.size() - done;
+      int n = 1;
+      for (int c : chunk_sizes) {
+        if (c <= max_rows && static_cast<std::size_t>(c) <= left) {
+          n = c;
+          break;
+        }
+      }
+      auto s = upsert(t, n);
+      if (!s) {
+        return make_unexpected(s.error());
+      }
+      sqlite3_stmt* st = *s;
+      keep.clear();
+      binder b(st, keep);
+      for (int i = 0; i < n; ++i) {
+        if (auto r = bind(b, *rows[done + static_cast<std::size_t>(i)]); !r) {
+          sqlite3_clear_bindings(st);
+          return r;
+        }
+      }
+      if (b.rc() != SQLITE_OK) {
+        sqlite3_clear_bindings(st);
+        return make_unexpected(sqlite_error(db_.get(), b.rc(), "bind " + std::string(what)));
+      }
+      const int rc = sqlite3_step(st);
+      sqlite3_reset(st);
+      if (rc != SQLITE_DONE) {
+        return make_unexpected(sqlite_error(db_.get(), rc, "write " + std::string(what)));
+      }
+      done += static_cast<std::size_t>(n);
+    }
+    return true;
+  }
+
+  static expected<bool, store_error> bind(binder& b, const run_row& r) {
+    auto status = status_name(r.status);
+    if (!status) {
+      return make_unexpected(status.error());
+    }
+    bind_row(b, r, *status);
+    return true;
+  }
+  static expected<bool, store_error> bind(binder& b, const node_row& r) {
+    auto status = status_name(r.status);
+    if (!status) {
+      return make_unexpected(status.error());
+    }
+    auto cache = status_name(r.cache);
+    if (!cache) {
+      return make_unexpected(cache.error());
+    }
+    b.text(r.run_id);
+    b.text(r.node_id);
+    b.integer(r.item);
+    b.integer(r.attempt);
+    b.text(*status);
+    b.json(r.input);
+    b.json(r.output);
+    b.text(r.error);
+    b.text(*cache);
+    b.integer(r.started_at);
+    b.integer(r.finished_at);
+    b.text(r.worker);
+    return true;
+  }
+  static expected<bool, store_error> bind(binder& b, const workflow_row& r) {
+    b.text(r.name);
+    b.text(r.version);
+    b.text(r.hash);
+    b.text(r.document);
+    b.integer(r.registered_at);
+    return true;
+  }
+  static expected<bool, store_error> bind(binder& b, const cache_row& r) {
+    b.text(r.key);
+    b.text(r.workflow);
+    b.text(r.node_id);
+    b.json(r.value);
+    b.text(r.kind);
+    b.integer(r.created_at);
+    return true;
+  }
+
+  expected<bool, store_error> write_rows(const write_batch& batch) {
+    if (auto r = write_table(runs_table, last_wins(batch.runs, run_key), "runs"); !r) {
+      return r;
+    }
+    if (auto r = write_table(nodes_table, last_wins(batch.nodes, node_key), "node executions");
+        !r) {
+      return r;
+    }
+    if (auto r = write_table(workflows_table, last_wins(batch.workflows, workflow_key),
+                             "workflows");
+        !r) {
+      return r;
+    }
+    return write_table(cache_table, last_wins(batch.cache, cache_key), "cache entries");
+  }
+
+  template <class Row>
+  using reader = expected<Row, store_error> (*)(sqlite3_stmt*);
+
+  template <class Row>
+  expected<std::vector<Row>, store_error> read_all(sqlite3_stmt* s, std::string_view doing,
+                                                   reader<Row> read) {
+    std::vector<Row> out;
+    for (;;) {
+      const int rc = sqlite3_step(s);
+      if (rc == SQLITE_DONE) {
+        return out;
+      }
+      if (rc != SQLITE_ROW) {
+        return make_unexpected(sqlite_error(db_.get(), rc, doing));
+      }
+      auto row = read(s);
+      if (!row) {
+        return make_unexpected(row.error());
+      }
+      out.push_back(std::move(*row));
+    }
+  }
+
+  template <class Row>
+  expected<std::optional<Row>, store_error> read_one(sqlite3_stmt* s, std::string_view doing,
+                                                     reader<Row> read) {
+    const int rc = sqlite3_step(s);
+    if (rc == SQLITE_DONE) {
+      return std::optional<Row>();
+    }
+    if (rc != SQLITE_ROW) {
+      return make_unexpected(sqlite_error(db_.get(), rc, doing));
+    }
+    auto row = read(s);
+    if (!row) {
+      return make_unexpected(row.error());
+    }
+    return std::optional<Row>(std::move(*row));
+  }
+
+  static expected<run_row, store_error> read_run(sqlite3_stmt* s) {
+    run_row r;
+    r.run_id = column_text(s, 0);
+    r.workflow = column_text(s, 1);
+    r.version = column_text(s, 2);
+    r.plan_hash = column_text(s, 3);
+    auto status = parse_run_status(column_text(s, 4));
+    if (!status) {
+      return make_unexpected(store_error{"run " + r.run_id + ": unknown status '" +
+                                             std::string(column_text(s, 4)) + "'",
+                                         false});
+    }
+    r.status = *status;
+    auto inputs = column_json(s, 5, "inputs of run " + r.run_id);
+    if (!inputs) {
+      return make_unexpected(inputs.error());
+    }
+    r.inputs = std::move(*inputs);
+    auto outputs = column_json(s, 6, "outputs of run " + r.run_id);
+    if (!outputs) {
+      return make_unexpected(outputs.error());
+    }
+    r.outputs = std::move(*outputs);
+    r.error = column_text(s, 7);
+    r.started_at = sqlite3_column_int64(s, 8);
+    r.finished_at = sqlite3_column_int64(s, 9);
+    r.parent_run_id = column_text(s, 10);
+    r.parent_node_id = column_text(s, 11);
+    return r;
+  }
+
+  static expected<node_row, store_error> read_node(sqlite3_stmt* s) {
+    node_row r;
+    r.run_id = column_text(s, 0);
+    r.node_id = column_text(s, 1);
+    r.item = sqlite3_column_int64(s, 2);
+    r.attempt = sqlite3_column_int(s, 3);
+    const std::string where = "node " + r.run_id + "/" + r.node_id;
+    auto status = parse_node_status(column_text(s, 4));
+    if (!status) {
+      return make_unexpected(store_error{
+          where + ": unknown status '" + std::string(column_text(s, 4)) + "'", false});
+    }
+    r.status = *status;
+    auto input = column_json(s, 5, "input of " + where);
+    if (!input) {
+      return make_unexpected(input.error());
+    }
+    r.input = std::move(*input);
+    auto output = column_json(s, 6, "output of " + where);
+    if (!output) {
+      return make_unexpected(output.error());
+    }
+    r.output = std::move(*output);
+    r.error = column_text(s, 7);
+    auto cache = parse_cache_status(column_text(s, 8));
+    if (!cache) {
+      return make_unexpected(store_error{
+          where + ": unknown cache status '" + std::string(column_text(s, 8)) + "'", false});
+    }
+    r.cache = *cache;
+    r.started_at = sqlite3_column_int64(s, 9);
+    r.finished_at = sqlite3_column_int64(s, 10);
+    r.worker = column_text(s, 11);
+    return r;
+  }
+
+  static expected<workflow_row, store_error> read_workflow(sqlite3_stmt* s) {
+    workflow_row r;
+    r.name = column_text(s, 0);
+    r.version = column_text(s, 1);
+    r.hash = column_text(s, 2);
+    r.document = column_text(s, 3);
+    r.registered_at = sqlite3_column_int64(s, 4);
+    return r;
+  }
+
+  static expected<cache_row, store_error> read_cache(sqlite3_stmt* s) {
+    cache_row r;
+    r.key = column_text(s, 0);
+    r.workflow = column_text(s, 1);
+    r.node_id = column_text(s, 2);
+    auto value = column_json(s, 3, "value of cache entry " + r.key);
+    if (!value) {
+      return make_unexpected(value.error());
+    }
+    r.value = std::move(*value);
+    r.kind = column_text(s, 4);
+    r.created_at = sqlite3_column_int64(s, 5);
+    return r;
+  }
+
+  mutable std::mutex mu_;
+  db_ptr db_;
+  std::string url_;
+  int max_vars_ = 999;
+  std::array<stmt_ptr, q_count> queries_;
+  std::map<std::pair<const table_spec*, int>, stmt_ptr> upserts_;
+};
+
+}  // namespace
+
+expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path,
+                                                                std::string url) {
+  sqlite3* raw = nullptr;
+  const int rc = sqlite3_open_v2(path.c_str(), &raw,
+                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
+                                     SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+                                 nullptr);
+  db_ptr db(raw);
+  if (rc != SQLITE_OK) {
+    store_error e = sqlite_error(db.get(), rc, "open " + path);
+    return make_unexpected(std::move(e));
+  }
+  auto s = std::make_unique<sqlite_store>(std::move(db), std::move(url));
+  if (auto r = s->init(); !r) {
+    return make_unexpected(r.error());
+  }
+  return std::unique_ptr<store>(std::move(s));
+}
+
+}  // namespace troupe::detail
