@@ -7,6 +7,7 @@
 #include <vector>
 
 #include <caf/actor_system.hpp>
+#include <caf/response_handle.hpp>
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
 
@@ -36,6 +37,7 @@ struct run_actor_state {
   std::unordered_map<caf::actor_addr, std::uint64_t> exec_of_node;
   std::vector<command> out;
   std::vector<command> batch;
+  std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
   bool done = false;
 
   static inline const char* name = "run";
@@ -44,6 +46,64 @@ struct run_actor_state {
 using run_actor = caf::stateful_actor<run_actor_state>;
 
 void drive(run_actor* self);
+
+node_row to_row(const run_actor_state& st, const node_record& rec) {
+  const auto& m = *st.machine;
+  node_row r;
+  r.run_id = m.run_id();
+  r.node_id = m.workflow().nodes[rec.node].id;
+  r.item = rec.item;
+  r.attempt = rec.attempt;
+  r.status = rec.status;
+  r.input = rec.input;
+  r.output = rec.output;
+  r.error = rec.error;
+  r.cache = rec.cache;
+  std::int64_t off = st.services->wall_offset_us;
+  r.started_at = rec.started_us ? rec.started_us + off : 0;
+  r.finished_at = rec.finished_us ? rec.finished_us + off : 0;
+  return r;
+}
+
+run_row run_row_of(const run_actor_state& st) {
+  const auto& m = *st.machine;
+  const plan& p = m.workflow();
+  run_row r;
+  r.run_id = m.run_id();
+  r.workflow = p.name;
+  r.version = p.version;
+  r.plan_hash = p.hash;
+  r.status = m.finished() ? m.status() : run_status::running;
+  r.inputs = m.ctx().inputs();
+  if (m.status() == run_status::succeeded) {
+    r.outputs = m.outputs();
+  }
+  r.error = m.error();
+  std::int64_t off = st.services->wall_offset_us;
+  r.started_at = m.started_us() + off;
+  r.finished_at = m.finished() ? m.finished_us() + off : 0;
+  return r;
+}
+
+// In sync mode every turn waits for its commit: `await` holds back all other messages (task
+// results, timers) until the writer has answered, which is exactly the per-change commit cost
+// this mode exists to show.
+void send_rows(run_actor* self) {
+  auto& st = self->state;
+  persist m;
+  m.nodes = std::move(st.rows);
+  st.rows.clear();
+  if (st.services->mode == persistence_mode::sync) {
+    m.ack = true;
+    self->request(st.services->writer, caf::infinite, std::move(m))
+        .await([](caf::ok_atom) {},
+               [self](caf::error& e) {
+                 self->quit(std::move(e));  // the writer is gone: the engine is stopping
+               });
+  } else {
+    self->send(st.services->writer, std::move(m));
+  }
+}
 
 void dispatch(run_actor* self, cmd::dispatch& d) {
   auto& st = self->state;
@@ -91,10 +151,34 @@ void forget_node(run_actor_state& st, std::uint64_t exec) {
   st.node_of_exec.erase(it);
 }
 
+void deliver(run_actor* self, std::shared_ptr<const run_result> report);
+
 void finish(run_actor* self, const cmd::finish&) {
   auto& st = self->state;
   st.done = true;
   auto report = std::make_shared<const run_result>(make_report(*st.machine));
+  if (st.services->writer) {
+    persist m;
+    m.nodes = std::move(st.rows);
+    st.rows.clear();
+    m.runs.push_back(run_row_of(st));
+    if (st.services->mode == persistence_mode::durable ||
+        st.services->mode == persistence_mode::sync) {
+      // The caller hears of the end only once its final record is committed (group commit
+      // with other runs: the writer batches these acknowledgements).
+      m.ack = true;
+      self->request(st.services->writer, caf::infinite, std::move(m))
+          .then([self, report](caf::ok_atom) { deliver(self, report); },
+                [self, report](caf::error&) { deliver(self, report); });
+      return;
+    }
+    self->send(st.services->writer, std::move(m));
+  }
+  deliver(self, std::move(report));
+}
+
+void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
+  auto& st = self->state;
   if (st.sink) {
     if (st.events) {
       run_event e;
@@ -138,17 +222,25 @@ void drive(run_actor* self) {
                              t.timer);
           break;
         }
-        case 3:
+        case 3: {
+          const auto& rec = std::get<cmd::record>(c).rec;
           if (st.events) {
-            st.sink->event(event_of(*st.machine, std::get<cmd::record>(c).rec));
+            st.sink->event(event_of(*st.machine, rec));
+          }
+          if (st.services->writer) {
+            st.rows.push_back(to_row(st, rec));
           }
           break;
+        }
         case 4:
           finish(self, std::get<cmd::finish>(c));
           break;
       }
     }
     st.batch.clear();
+  }
+  if (!st.rows.empty() && !st.done) {
+    send_rows(self);
   }
 }
 
@@ -166,7 +258,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
     st.task_of_node.push_back(registry->find_shared(n.task));
   }
   // Records feed subscribers (and the writer); nobody listening means nothing to build.
-  args.options.emit_records = st.events;
+  args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
   // A node actor that dies without answering (an exception escaped it) fails its attempt
   // instead of leaving the run waiting forever.
@@ -186,6 +278,11 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
     drive(self);
   });
   st.machine->start(std::move(args.inputs), now_us(), st.out);
+  if (st.services->writer) {
+    persist m;
+    m.runs.push_back(run_row_of(st));
+    self->send(st.services->writer, std::move(m));
+  }
   drive(self);
   return {
       [self](attempt_done& m) {

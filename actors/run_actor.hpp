@@ -5,7 +5,9 @@
 #include <string>
 #include <string_view>
 
-#include <caf/fwd.hpp>
+#include <caf/actor.hpp>
+
+#include "actors/writer_actor.hpp"
 
 #include "workflow/json.hpp"
 #include "workflow/plan.hpp"
@@ -35,6 +37,11 @@ struct run_services {
   std::function<std::string()> new_run_id;
   int max_workflow_depth = 8;
   int max_in_flight = 0;  // engine-wide limit per run (0: none)
+  /// The writer, or an invalid handle in memory mode (no database).
+  caf::actor writer;
+  persistence_mode mode = persistence_mode::memory;
+  /// Added to steady-clock microseconds to get wall-clock microseconds for stored rows.
+  std::int64_t wall_offset_us = 0;
 };
 using services_ptr = std::shared_ptr<const run_services>;
 

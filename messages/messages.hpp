@@ -12,6 +12,7 @@
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 
+#include "persistence/store.hpp"
 #include "workflow/json.hpp"
 #include "workflow/run_report.hpp"
 #include "workflow/run_state.hpp"
@@ -32,6 +33,23 @@ struct attempt_done {
   task_result result;
 };
 
+/// Ask the writer to flush everything pending and answer `ok_atom` once it is committed (or
+/// once it gave up at the deadline), then quit. Sent at engine shutdown.
+using drain_atom = caf::atom_constant<caf::atom("tr_drain")>;
+/// The writer's own timers: flush a batch by age, retry a failed commit.
+using flush_due_atom = caf::atom_constant<caf::atom("tr_flush")>;
+using retry_due_atom = caf::atom_constant<caf::atom("tr_retry")>;
+
+/// State changes for the writer. With `ack`, the sender asked with a request and is answered
+/// (`ok_atom`) only after a commit that includes these rows has succeeded.
+struct persist {
+  std::vector<node_row> nodes;
+  std::vector<run_row> runs;
+  std::vector<workflow_row> workflows;
+  std::vector<cache_row> cache;
+  bool ack = false;
+};
+
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.
 struct run_done {
   std::shared_ptr<const run_result> result;
@@ -41,3 +59,4 @@ struct run_done {
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::attempt_done)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::run_done)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::persist)

@@ -42,7 +42,9 @@ std::optional<std::pair<store_error, failing_store::fail_point>> failing_store::
   return std::nullopt;
 }
 
-std::string failing_store::describe() const { return "failing(" + inner_->describe() + ")"; }
+std::string failing_store::describe() const {
+  return "failing(" + inner_->describe() + ")";
+}
 
 expected<bool, store_error> failing_store::write(const write_batch& batch) {
   ++attempts_;
@@ -83,8 +85,7 @@ expected<std::optional<workflow_row>, store_error> failing_store::get_workflow(
 expected<std::optional<cache_row>, store_error> failing_store::get_cache(std::string_view key) {
   return inner_->get_cache(key);
 }
-expected<std::vector<cache_row>, store_error> failing_store::list_cache(
-    std::string_view workflow) {
+expected<std::vector<cache_row>, store_error> failing_store::list_cache(std::string_view workflow) {
   return inner_->list_cache(workflow);
 }
 expected<std::size_t, store_error> failing_store::clear_cache(std::string_view workflow) {

@@ -25,8 +25,7 @@ class failing_store final : public store {
   explicit failing_store(std::unique_ptr<store> inner);
 
   /// The next `n` writes fail with `error` (added to any count still pending).
-  void fail_next_writes(std::size_t n,
-                        store_error error = {"injected failure", true},
+  void fail_next_writes(std::size_t n, store_error error = {"injected failure", true},
                         fail_point when = fail_point::before);
   /// While on, every write fails with `error`.
   void set_failing(bool on, store_error error = {"injected failure", true},

@@ -27,10 +27,10 @@ class memory_store final : public store {
       }
       for (const auto& n : batch.nodes) {
         if (!valid_node_key(n)) {
-          return make_unexpected(store_error{
-              "node row " + n.run_id + "/" + n.node_id +
-                  ": item must be >= -1 and attempt >= 0 (constraint violated)",
-              false});
+          return make_unexpected(
+              store_error{"node row " + n.run_id + "/" + n.node_id +
+                              ": item must be >= -1 and attempt >= 0 (constraint violated)",
+                          false});
         }
         if (auto s = status_name(n.status); !s) {
           return make_unexpected(s.error());
@@ -90,27 +90,23 @@ class memory_store final : public store {
   }
 
   expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override {
-    return guarded("memory store node_rows",
-                   [&]() -> expected<std::vector<node_row>, store_error> {
-                     std::vector<node_row> out;
-                     {
-                       std::lock_guard lock(mu_);
-                       auto it = nodes_.find(run_id);
-                       if (it != nodes_.end()) {
-                         for (const auto& [k, n] : it->second) {
-                           out.push_back(n);
-                         }
-                       }
-                     }
-                     std::stable_sort(out.begin(), out.end(),
-                                      [](const node_row& a, const node_row& b) {
-                                        return std::tie(a.started_at, a.node_id, a.item,
-                                                        a.attempt) < std::tie(b.started_at,
-                                                                              b.node_id, b.item,
-                                                                              b.attempt);
-                                      });
-                     return out;
-                   });
+    return guarded("memory store node_rows", [&]() -> expected<std::vector<node_row>, store_error> {
+      std::vector<node_row> out;
+      {
+        std::lock_guard lock(mu_);
+        auto it = nodes_.find(run_id);
+        if (it != nodes_.end()) {
+          for (const auto& [k, n] : it->second) {
+            out.push_back(n);
+          }
+        }
+      }
+      std::stable_sort(out.begin(), out.end(), [](const node_row& a, const node_row& b) {
+        return std::tie(a.started_at, a.node_id, a.item, a.attempt) <
+               std::tie(b.started_at, b.node_id, b.item, b.attempt);
+      });
+      return out;
+    });
   }
 
   expected<std::vector<run_row>, store_error> unfinished_runs() override {
@@ -134,16 +130,15 @@ class memory_store final : public store {
 
   expected<std::optional<workflow_row>, store_error> get_workflow(
       std::string_view name, std::string_view version) override {
-    return guarded("memory store get_workflow",
-                   [&]() -> expected<std::optional<workflow_row>, store_error> {
-                     std::lock_guard lock(mu_);
-                     auto it =
-                         workflows_.find(std::make_pair(std::string(name), std::string(version)));
-                     if (it == workflows_.end()) {
-                       return std::optional<workflow_row>();
-                     }
-                     return std::optional<workflow_row>(it->second);
-                   });
+    return guarded(
+        "memory store get_workflow", [&]() -> expected<std::optional<workflow_row>, store_error> {
+          std::lock_guard lock(mu_);
+          auto it = workflows_.find(std::make_pair(std::string(name), std::string(version)));
+          if (it == workflows_.end()) {
+            return std::optional<workflow_row>();
+          }
+          return std::optional<workflow_row>(it->second);
+        });
   }
 
   expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override {
@@ -159,24 +154,22 @@ class memory_store final : public store {
   }
 
   expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override {
-    return guarded("memory store list_cache",
-                   [&]() -> expected<std::vector<cache_row>, store_error> {
-                     std::vector<cache_row> out;
-                     {
-                       std::lock_guard lock(mu_);
-                       for (const auto& [k, c] : cache_) {
-                         if (workflow.empty() || c.workflow == workflow) {
-                           out.push_back(c);
-                         }
-                       }
-                     }
-                     std::stable_sort(out.begin(), out.end(),
-                                      [](const cache_row& a, const cache_row& b) {
-                                        return std::tie(a.created_at, a.key) <
-                                               std::tie(b.created_at, b.key);
-                                      });
-                     return out;
-                   });
+    return guarded(
+        "memory store list_cache", [&]() -> expected<std::vector<cache_row>, store_error> {
+          std::vector<cache_row> out;
+          {
+            std::lock_guard lock(mu_);
+            for (const auto& [k, c] : cache_) {
+              if (workflow.empty() || c.workflow == workflow) {
+                out.push_back(c);
+              }
+            }
+          }
+          std::stable_sort(out.begin(), out.end(), [](const cache_row& a, const cache_row& b) {
+            return std::tie(a.created_at, a.key) < std::tie(b.created_at, b.key);
+          });
+          return out;
+        });
   }
 
   expected<std::size_t, store_error> clear_cache(std::string_view workflow) override {
@@ -203,6 +196,8 @@ class memory_store final : public store {
 
 }  // namespace
 
-std::unique_ptr<store> make_memory_store() { return std::make_unique<memory_store>(); }
+std::unique_ptr<store> make_memory_store() {
+  return std::make_unique<memory_store>();
+}
 
 }  // namespace troupe::detail

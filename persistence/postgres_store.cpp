@@ -192,11 +192,17 @@ std::string unnest_upsert(const table_spec& t, int& param) {
 }
 
 std::string write_sql() {
+  // Parameters are numbered in call order, so the calls are sequenced one statement each.
   int param = 1;
-  std::string sql = "WITH r AS (" + unnest_upsert(runs_table, param) + "), n AS (" +
-                    unnest_upsert(nodes_table, param) + "), w AS (" +
-                    unnest_upsert(workflows_table, param) + "), c AS (" +
-                    unnest_upsert(cache_table, param) + ") SELECT 1";
+  std::string sql = "WITH r AS (";
+  sql += unnest_upsert(runs_table, param);
+  sql += "), n AS (";
+  sql += unnest_upsert(nodes_table, param);
+  sql += "), w AS (";
+  sql += unnest_upsert(workflows_table, param);
+  sql += "), c AS (";
+  sql += unnest_upsert(cache_table, param);
+  sql += ") SELECT 1";
   return sql;
 }
 
@@ -228,11 +234,10 @@ enum statement_id : std::size_t {
 const std::array<statement, s_count>& statements() {
   static const std::array<statement, s_count> all = {{
       {"troupe_write", write_sql()},
-      {"troupe_list_runs",
-       "SELECT " + run_cols +
-           " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
-           "($2::text IS NULL OR workflow = $2::text) "
-           "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
+      {"troupe_list_runs", "SELECT " + run_cols +
+                               " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
+                               "($2::text IS NULL OR workflow = $2::text) "
+                               "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
       {"troupe_get_run", "SELECT " + run_cols + " FROM runs WHERE run_id = $1::text"},
       {"troupe_node_rows", "SELECT " + node_cols +
                                " FROM node_executions WHERE run_id = $1::text "
@@ -240,8 +245,8 @@ const std::array<statement, s_count>& statements() {
       {"troupe_unfinished",
        "SELECT " + run_cols +
            " FROM runs WHERE status IN ('pending', 'running') ORDER BY started_at, run_id"},
-      {"troupe_get_workflow", "SELECT " + workflow_cols +
-                                  " FROM workflows WHERE name = $1::text AND version = $2::text"},
+      {"troupe_get_workflow",
+       "SELECT " + workflow_cols + " FROM workflows WHERE name = $1::text AND version = $2::text"},
       {"troupe_get_cache", "SELECT " + cache_cols + " FROM cache_entries WHERE key = $1::text"},
       {"troupe_list_cache", "SELECT " + cache_cols +
                                 " FROM cache_entries WHERE ($1::text IS NULL OR workflow = "

@@ -369,8 +369,7 @@ class sqlite_store final : public store {
                      reset_guard g{s};
                      bind_text(s, 1, name);
                      bind_text(s, 2, version);
-                     return read_one<workflow_row>(s, "get workflow",
-                                                   &sqlite_store::read_workflow);
+                     return read_one<workflow_row>(s, "get workflow", &sqlite_store::read_workflow);
                    });
   }
 
@@ -440,8 +439,8 @@ class sqlite_store final : public store {
     if (rc != SQLITE_OK) {
       store_error e = sqlite_error(db_.get(), rc, doing);
       if (err != nullptr) {
-        e.message = "sqlite: " + std::string(doing) + ": " + err + " (code " +
-                    std::to_string(rc) + ")";
+        e.message =
+            "sqlite: " + std::string(doing) + ": " + err + " (code " + std::to_string(rc) + ")";
         sqlite3_free(err);
       }
       return make_unexpected(std::move(e));
@@ -626,8 +625,8 @@ class sqlite_store final : public store {
         !r) {
       return r;
     }
-    if (auto r = write_table(workflows_table, last_wins(batch.workflows, workflow_key),
-                             "workflows");
+    if (auto r =
+            write_table(workflows_table, last_wins(batch.workflows, workflow_key), "workflows");
         !r) {
       return r;
     }
@@ -682,9 +681,8 @@ class sqlite_store final : public store {
     r.plan_hash = column_text(s, 3);
     auto status = parse_run_status(column_text(s, 4));
     if (!status) {
-      return make_unexpected(store_error{"run " + r.run_id + ": unknown status '" +
-                                             std::string(column_text(s, 4)) + "'",
-                                         false});
+      return make_unexpected(store_error{
+          "run " + r.run_id + ": unknown status '" + std::string(column_text(s, 4)) + "'", false});
     }
     r.status = *status;
     auto inputs = column_json(s, 5, "inputs of run " + r.run_id);
@@ -714,8 +712,8 @@ class sqlite_store final : public store {
     const std::string where = "node " + r.run_id + "/" + r.node_id;
     auto status = parse_node_status(column_text(s, 4));
     if (!status) {
-      return make_unexpected(store_error{
-          where + ": unknown status '" + std::string(column_text(s, 4)) + "'", false});
+      return make_unexpected(
+          store_error{where + ": unknown status '" + std::string(column_text(s, 4)) + "'", false});
     }
     r.status = *status;
     auto input = column_json(s, 5, "input of " + where);
@@ -776,13 +774,12 @@ class sqlite_store final : public store {
 
 }  // namespace
 
-expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path,
-                                                                std::string url) {
+expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path, std::string url) {
   sqlite3* raw = nullptr;
-  const int rc = sqlite3_open_v2(path.c_str(), &raw,
-                                 SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-                                     SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
-                                 nullptr);
+  const int rc = sqlite3_open_v2(
+      path.c_str(), &raw,
+      SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX | SQLITE_OPEN_EXRESCODE,
+      nullptr);
   db_ptr db(raw);
   if (rc != SQLITE_OK) {
     store_error e = sqlite_error(db.get(), rc, "open " + path);

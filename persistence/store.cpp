@@ -4,7 +4,9 @@
 
 namespace troupe {
 
-int schema_version() { return detail::current_schema_version; }
+int schema_version() {
+  return detail::current_schema_version;
+}
 
 expected<std::unique_ptr<store>, store_error> open_store(std::string_view url) {
   return detail::guarded("open_store", [&]() -> expected<std::unique_ptr<store>, store_error> {
@@ -26,10 +28,10 @@ expected<std::unique_ptr<store>, store_error> open_store(std::string_view url) {
     if (url.starts_with("postgres://") || url.starts_with("postgresql://")) {
       return detail::open_postgres_store(std::string(url));
     }
-    return make_unexpected(store_error{
-        "unknown store URL '" + detail::mask_url(url) +
-            "': expected memory://, sqlite://PATH, postgres://... or postgresql://...",
-        false});
+    return make_unexpected(
+        store_error{"unknown store URL '" + detail::mask_url(url) +
+                        "': expected memory://, sqlite://PATH, postgres://... or postgresql://...",
+                    false});
   });
 }
 

@@ -37,7 +37,7 @@ struct run_row {
   std::string error;
   std::int64_t started_at = 0;
   std::int64_t finished_at = 0;
-  std::string parent_run_id;   // child runs (workflow and dynamic tasks); empty otherwise
+  std::string parent_run_id;  // child runs (workflow and dynamic tasks); empty otherwise
   std::string parent_node_id;
 };
 
@@ -70,8 +70,8 @@ struct cache_row {
   std::string key;       // content hash of (task, rendered with, item, cache version)
   std::string workflow;  // for `cache list|clear --workflow`
   std::string node_id;
-  json_ptr value;        // a node output, or a compiled dynamic child's document
-  std::string kind;      // "output" or "spec"
+  json_ptr value;    // a node output, or a compiled dynamic child's document
+  std::string kind;  // "output" or "spec"
   std::int64_t created_at = 0;
 };
 
@@ -89,8 +89,8 @@ struct write_batch {
 
 struct run_query {
   std::optional<run_status> status;
-  std::string workflow;  // empty: any
-  std::size_t limit = 50;
+  std::string workflow;    // empty: any
+  std::size_t limit = 50;  // 0: no limit
 };
 
 class store {

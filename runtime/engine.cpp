@@ -16,9 +16,13 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
+#include <deque>
+
 #include "actors/run_actor.hpp"
+#include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 
 namespace troupe {
@@ -105,6 +109,15 @@ void run_handle::cancel() const {
 
 // ---- engine ------------------------------------------------------------------------------
 
+namespace {
+std::int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
+
+}  // namespace
+
 struct engine::impl {
   engine_config config;
   caf::actor_system_config caf_config;
@@ -129,10 +142,29 @@ struct engine::impl {
   std::unordered_map<std::string, std::shared_ptr<run_handle::shared>> live;
   std::atomic<bool> accepting{true};
   bool stopped = false;
+  std::shared_ptr<store> shared_memory_store;
 
   std::string id_prefix;
   std::atomic<std::uint64_t> next_id{1};
   services_ptr services;
+
+  // Persistence: the writer owns its connection; queries use a second one (or, for memory://,
+  // the same thread-safe store object).
+  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
+  caf::actor writer;
+  std::shared_ptr<store> query_store;
+  mutable std::mutex query_mutex;
+  // Memory mode: the most recent finished runs, oldest first.
+  mutable std::mutex log_mutex;
+  std::deque<std::shared_ptr<const run_result>> memory_log;
+
+  void remember(const run_result& r) {
+    std::lock_guard<std::mutex> lock(log_mutex);
+    memory_log.push_back(std::make_shared<const run_result>(r));
+    while (memory_log.size() > config.memory_log_runs) {
+      memory_log.pop_front();
+    }
+  }
 
   std::shared_ptr<const task_registry> task_snapshot() const {
     std::lock_guard<std::mutex> lock(tasks_mutex);
@@ -164,16 +196,64 @@ struct engine::impl {
     if (!p) {
       return p;
     }
-    std::lock_guard<std::mutex> lock(workflows_mutex);
-    auto [it, inserted] = plans_by_hash.emplace((*p)->hash, *p);
-    plan_ptr shared = it->second;
-    workflows[shared->name][shared->version] = shared;
-    latest_version[shared->name] = shared->version;
+    plan_ptr shared;
+    {
+      std::lock_guard<std::mutex> lock(workflows_mutex);
+      auto [it, inserted] = plans_by_hash.emplace((*p)->hash, *p);
+      shared = it->second;
+      workflows[shared->name][shared->version] = shared;
+      latest_version[shared->name] = shared->version;
+    }
+    if (writer) {
+      // Stored so that a restarted engine can resume runs of this workflow.
+      persist m;
+      m.workflows.push_back(workflow_row{shared->name, shared->version, shared->hash,
+                                         to_json_text(shared->source), wall_us()});
+      caf::anon_send(writer, std::move(m));
+    }
     return shared;
   }
 };
 
 namespace {
+
+// Lets the writer own a handle to a store the engine also queries (memory:// only: a second
+// open would be a different, empty store). The memory store locks internally.
+class shared_store final : public store {
+ public:
+  explicit shared_store(std::shared_ptr<store> s) : s_(std::move(s)) {}
+  std::string describe() const override { return s_->describe(); }
+  expected<bool, store_error> write(const write_batch& b) override { return s_->write(b); }
+  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
+    return s_->list_runs(q);
+  }
+  expected<std::optional<run_row>, store_error> get_run(std::string_view id) override {
+    return s_->get_run(id);
+  }
+  expected<std::vector<node_row>, store_error> node_rows(std::string_view id) override {
+    return s_->node_rows(id);
+  }
+  expected<std::vector<run_row>, store_error> unfinished_runs() override {
+    return s_->unfinished_runs();
+  }
+  expected<std::optional<workflow_row>, store_error> get_workflow(std::string_view n,
+                                                                  std::string_view v) override {
+    return s_->get_workflow(n, v);
+  }
+  expected<std::optional<cache_row>, store_error> get_cache(std::string_view k) override {
+    return s_->get_cache(k);
+  }
+  expected<std::vector<cache_row>, store_error> list_cache(std::string_view w) override {
+    return s_->list_cache(w);
+  }
+  expected<std::size_t, store_error> clear_cache(std::string_view w) override {
+    return s_->clear_cache(w);
+  }
+
+ private:
+  std::shared_ptr<store> s_;
+};
+
 validation_errors one_error(std::string pointer, std::string message) {
   return validation_errors{validation_error{std::move(pointer), std::move(message)}};
 }
@@ -185,6 +265,30 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   int threads = config.threads > 0 ? config.threads
                                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   m.caf_config.set("scheduler.max-threads", threads);
+  std::unique_ptr<store> writer_store;
+  if (config.mode != persistence_mode::memory && config.store_object) {
+    m.query_store = config.store_object;
+    m.shared_memory_store = config.store_object;
+  } else if (config.mode != persistence_mode::memory) {
+    auto opened = open_store(config.store);
+    if (!opened) {
+      throw engine_error("cannot open store '" + config.store + "': " + opened.error().message);
+    }
+    writer_store = std::move(*opened);
+    if (config.store.rfind("memory://", 0) == 0) {
+      // A second open would be a different, empty memory store: share this one (it locks).
+      std::shared_ptr<store> shared(std::move(writer_store));
+      m.query_store = shared;
+      writer_store = nullptr;
+      m.shared_memory_store = shared;
+    } else {
+      auto q = open_store(config.store);
+      if (!q) {
+        throw engine_error("cannot open store '" + config.store + "': " + q.error().message);
+      }
+      m.query_store = std::move(*q);
+    }
+  }
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
   m.caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
@@ -208,6 +312,22 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->new_run_id = [self] { return self->new_run_id(); };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
+  svc->mode = config.mode;
+  svc->wall_offset_us = std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::system_clock::now().time_since_epoch())
+                            .count() -
+                        std::chrono::duration_cast<std::chrono::microseconds>(
+                            std::chrono::steady_clock::now().time_since_epoch())
+                            .count();
+  if (config.mode != persistence_mode::memory) {
+    writer_config wc = config.writer;
+    wc.mode = config.mode;
+    std::unique_ptr<store> ws = m.shared_memory_store
+                                    ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
+                                    : std::move(writer_store);
+    m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics);
+    svc->writer = m.writer;
+  }
   m.services = std::move(svc);
 }
 
@@ -278,12 +398,22 @@ expected<run_handle, validation_errors> engine::start(const plan_ptr& p, json::o
   if (!bound) {
     return make_unexpected(std::move(bound.error()));
   }
+  if (m.writer) {
+    // Too much not yet committed: the producer waits here instead of memory growing.
+    m.metrics->wait_below(m.config.writer.pending_max);
+  }
   auto sh = std::make_shared<run_handle::shared>();
   sh->id = options.run_id.empty() ? m.new_run_id() : std::move(options.run_id);
   sh->on_event = std::move(options.on_event);
   impl* self = impl_.get();
   std::string id = sh->id;
-  sh->on_end = [self, id] {
+  bool keep_log = m.config.mode == persistence_mode::memory;
+  sh->on_end = [self, id, keep_log, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
+    if (keep_log) {
+      if (auto s = sh_weak.lock(); s && s->result) {
+        self->remember(*s->result);
+      }
+    }
     {
       std::lock_guard<std::mutex> lock(self->runs_mutex);
       self->live.erase(id);
@@ -312,6 +442,81 @@ expected<run_handle, validation_errors> engine::start(const plan_ptr& p, json::o
   return run_handle(sh);
 }
 
+namespace {
+run_row row_of(const run_result& r) {
+  run_row row;
+  row.run_id = r.run_id;
+  row.workflow = r.workflow;
+  row.status = r.status;
+  row.outputs = r.status == run_status::succeeded ? make_json(r.outputs) : nullptr;
+  row.error = r.error;
+  return row;
+}
+}  // namespace
+
+expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q) const {
+  auto& m = *impl_;
+  if (m.query_store) {
+    std::lock_guard<std::mutex> lock(m.query_mutex);
+    return m.query_store->list_runs(q);
+  }
+  std::vector<run_row> out;
+  std::lock_guard<std::mutex> lock(m.log_mutex);
+  for (auto it = m.memory_log.rbegin(); it != m.memory_log.rend() && out.size() < q.limit; ++it) {
+    const run_result& r = **it;
+    if ((q.status && *q.status != r.status) || (!q.workflow.empty() && q.workflow != r.workflow)) {
+      continue;
+    }
+    out.push_back(row_of(r));
+  }
+  return out;
+}
+
+expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {
+  auto& m = *impl_;
+  if (m.query_store) {
+    std::lock_guard<std::mutex> lock(m.query_mutex);
+    return m.query_store->get_run(run_id);
+  }
+  std::lock_guard<std::mutex> lock(m.log_mutex);
+  for (auto& r : m.memory_log) {
+    if (r->run_id == run_id) {
+      return std::optional<run_row>(row_of(*r));
+    }
+  }
+  return std::optional<run_row>();
+}
+
+expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view run_id) const {
+  auto& m = *impl_;
+  if (m.query_store) {
+    std::lock_guard<std::mutex> lock(m.query_mutex);
+    return m.query_store->node_rows(run_id);
+  }
+  std::vector<node_row> out;
+  std::lock_guard<std::mutex> lock(m.log_mutex);
+  for (auto& r : m.memory_log) {
+    if (r->run_id != run_id) {
+      continue;
+    }
+    for (auto& n : r->nodes) {
+      node_row row;
+      row.run_id = r->run_id;
+      row.node_id = n.id;
+      row.attempt = n.attempts;
+      row.status = n.status;
+      row.error = n.error;
+      row.cache = n.cache;
+      out.push_back(std::move(row));
+    }
+  }
+  return out;
+}
+
+const writer_metrics& engine::metrics() const { return *impl_->metrics; }
+
+persistence_mode engine::mode() const { return impl_->config.mode; }
+
 std::size_t engine::active_runs() const {
   std::lock_guard<std::mutex> lock(impl_->runs_mutex);
   return impl_->live.size();
@@ -339,6 +544,13 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     }
   }
   m.stopped = true;
+  if (m.writer) {
+    // Everything the runs recorded reaches the database before the engine stops.
+    caf::scoped_actor self{*m.system};
+    self->request(m.writer, caf::infinite, drain_atom::value)
+        .receive([](caf::ok_atom) {}, [](caf::error&) {});
+    m.writer = caf::actor{};
+  }
   m.blocking->join();
   m.io_guard.reset();
   m.io.stop();

@@ -8,10 +8,13 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "actors/writer_config.hpp"
+#include "persistence/store.hpp"
 #include "workflow/expected.hpp"
 #include "workflow/json.hpp"
 #include "workflow/plan.hpp"
@@ -34,6 +37,23 @@ struct engine_config {
   int max_workflow_depth = 8;
   /// Limits applied to every registered workflow.
   workflow_limits limits;
+  /// Where the execution log goes: `memory://`, `sqlite://PATH`, `postgres://...`. Unused in
+  /// memory mode.
+  std::string store = "sqlite://troupe.db";
+  /// What the caller pays for the log (DESIGN.md): memory (no database, a bounded log of recent
+  /// runs in memory), async, durable (a run's end is reported after its commit), sync.
+  persistence_mode mode = persistence_mode::memory;
+  writer_config writer;
+  /// Tests and embedders may hand in a store object instead of a URL (it must be safe to call
+  /// from two threads: the writer writes while queries read). Overrides `store`.
+  std::shared_ptr<troupe::store> store_object;
+  /// Memory mode keeps this many finished runs for queries.
+  std::size_t memory_log_runs = 1000;
+};
+
+/// The engine could not start (for example its database cannot be opened).
+struct engine_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
 };
 
 /// One started run. Copyable; all copies refer to the same run. Thread-safe.
@@ -67,6 +87,7 @@ struct start_options {
 /// An engine: an actor system running workflows. Thread-safe; create one per process.
 class engine {
  public:
+  /// Throws engine_error when the store cannot be opened.
   explicit engine(engine_config config = {});
   ~engine();  // shutdown(5 s) if not done already
   engine(const engine&) = delete;
@@ -97,6 +118,16 @@ class engine {
 
   /// Runs in progress right now.
   std::size_t active_runs() const;
+
+  /// The execution log. In memory mode: the recent runs kept in memory; otherwise the store
+  /// (what the writer has committed so far).
+  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) const;
+  expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) const;
+  expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) const;
+
+  /// The writer's counters (all zero in memory mode).
+  const writer_metrics& metrics() const;
+  persistence_mode mode() const;
 
   /// Stops accepting runs, lets running ones finish until `deadline`, cancels the rest, then
   /// stops every thread. Idempotent.

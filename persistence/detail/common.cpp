@@ -37,18 +37,17 @@ constexpr column_spec run_columns[] = {
     {"finished_at", "bigint"}, {"parent_run_id", "text"}, {"parent_node_id", "text"},
 };
 constexpr column_spec node_columns[] = {
-    {"run_id", "text"},     {"node_id", "text"},    {"item", "bigint"},
-    {"attempt", "integer"}, {"status", "text"},     {"input", "text"},
-    {"output", "text"},     {"error", "text"},      {"cache", "text"},
-    {"started_at", "bigint"}, {"finished_at", "bigint"}, {"worker", "text"},
+    {"run_id", "text"}, {"node_id", "text"},      {"item", "bigint"},        {"attempt", "integer"},
+    {"status", "text"}, {"input", "text"},        {"output", "text"},        {"error", "text"},
+    {"cache", "text"},  {"started_at", "bigint"}, {"finished_at", "bigint"}, {"worker", "text"},
 };
 constexpr column_spec workflow_columns[] = {
-    {"name", "text"},     {"version", "text"},          {"hash", "text"},
+    {"name", "text"},     {"version", "text"},         {"hash", "text"},
     {"document", "text"}, {"registered_at", "bigint"},
 };
 constexpr column_spec cache_columns[] = {
-    {"key", "text"},   {"workflow", "text"},     {"node_id", "text"},
-    {"value", "text"}, {"kind", "text"},         {"created_at", "bigint"},
+    {"key", "text"},   {"workflow", "text"}, {"node_id", "text"},
+    {"value", "text"}, {"kind", "text"},     {"created_at", "bigint"},
 };
 
 }  // namespace
@@ -72,10 +71,9 @@ std::optional<run_status> parse_run_status(std::string_view s) {
 }
 
 std::optional<node_status> parse_node_status(std::string_view s) {
-  static constexpr std::array all = {node_status::pending,   node_status::running,
-                                     node_status::succeeded, node_status::failed,
-                                     node_status::skipped,   node_status::cancelled,
-                                     node_status::timed_out};
+  static constexpr std::array all = {
+      node_status::pending, node_status::running,   node_status::succeeded, node_status::failed,
+      node_status::skipped, node_status::cancelled, node_status::timed_out};
   return parse_enum(s, all);
 }
 
@@ -137,7 +135,9 @@ std::string mask_url(std::string_view url) {
   return out;
 }
 
-bool valid_node_key(const node_row& r) { return r.item >= -1 && r.attempt >= 0; }
+bool valid_node_key(const node_row& r) {
+  return r.item >= -1 && r.attempt >= 0;
+}
 
 std::string column_list(const table_spec& t) {
   std::string s;

@@ -111,15 +111,19 @@ std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
   return out;
 }
 
-inline auto run_key(const run_row& r) { return std::tuple<std::string_view>(r.run_id); }
+inline auto run_key(const run_row& r) {
+  return std::tuple<std::string_view>(r.run_id);
+}
 inline auto node_key(const node_row& r) {
   return std::tuple<std::string_view, std::string_view, std::int64_t, int>(r.run_id, r.node_id,
-                                                                         r.item, r.attempt);
+                                                                           r.item, r.attempt);
 }
 inline auto workflow_key(const workflow_row& r) {
   return std::tuple<std::string_view, std::string_view>(r.name, r.version);
 }
-inline auto cache_key(const cache_row& r) { return std::tuple<std::string_view>(r.key); }
+inline auto cache_key(const cache_row& r) {
+  return std::tuple<std::string_view>(r.key);
+}
 
 /// Runs `f` and turns any exception into a non-transient store_error, so nothing escapes the
 /// store interface.
@@ -136,8 +140,7 @@ auto guarded(std::string_view what, F&& f) -> decltype(f()) {
 
 // Backends, created by open_store().
 std::unique_ptr<store> make_memory_store();
-expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path,
-                                                                std::string url);
+expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path, std::string url);
 expected<std::unique_ptr<store>, store_error> open_postgres_store(std::string url);
 
 }  // namespace troupe::detail

@@ -1,0 +1,22 @@
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include <caf/fwd.hpp>
+
+#include "actors/writer_config.hpp"
+#include "persistence/store.hpp"
+
+namespace troupe {
+
+/// Spawns the writer on a thread of its own (its store calls block). It owns `store`.
+caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
+                        std::shared_ptr<writer_metrics> metrics);
+
+}  // namespace troupe

@@ -1,0 +1,56 @@
+#pragma once
+
+// The writer's settings and counters, free of CAF headers so the embedding API can expose them.
+
+#include <atomic>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+namespace troupe {
+
+/// How much the caller pays for the execution log (see DESIGN.md, "Persistence modes").
+enum class persistence_mode { memory, async, durable, sync };
+std::string_view to_string(persistence_mode m);
+/// Parses "memory" | "async" | "durable" | "sync".
+bool parse_persistence_mode(std::string_view text, persistence_mode& out);
+
+struct writer_config {
+  persistence_mode mode = persistence_mode::async;
+  /// Flush when this many distinct rows are pending...
+  std::size_t batch_max = 512;
+  /// ...or this long after the first of them, whichever comes first.
+  std::int64_t flush_ms = 5;
+  /// Past this many pending rows, new runs wait before they start (producers are slowed
+  /// instead of memory growing without bound).
+  std::size_t pending_max = 200000;
+  /// A failed commit is retried after this backoff, doubling up to the cap.
+  std::int64_t retry_initial_ms = 10;
+  std::int64_t retry_max_ms = 2000;
+};
+
+/// The writer's counters, shared with the engine (read from any thread). Also the place where
+/// producers wait while too much is pending.
+struct writer_metrics {
+  std::atomic<std::uint64_t> batches{0};
+  std::atomic<std::uint64_t> rows{0};          // rows committed
+  std::atomic<std::uint64_t> rows_received{0};  // before coalescing
+  std::atomic<std::uint64_t> max_batch{0};
+  std::atomic<std::uint64_t> last_batch{0};
+  std::atomic<std::uint64_t> retries{0};
+  std::atomic<std::uint64_t> errors{0};
+  std::atomic<std::uint64_t> pending{0};     // rows waiting for a commit
+  std::atomic<std::int64_t> lag_us{0};       // age of the oldest pending row at the last flush
+  std::atomic<std::int64_t> commit_us_total{0};
+  std::string last_error;  // guarded by mutex
+  std::mutex mutex;
+  std::condition_variable drained;  // notified when pending falls below the bound
+
+  /// Blocks the calling producer while `pending >= bound`.
+  void wait_below(std::size_t bound);
+};
+
+}  // namespace troupe

@@ -1,0 +1,455 @@
+#include "test/persistence/conformance.hpp"
+
+#include <atomic>
+#include <thread>
+
+namespace utf = boost::unit_test;
+
+namespace troupe::test {
+
+void check_same(const run_row& got, const run_row& want) {
+  BOOST_TEST(got.run_id == want.run_id);
+  BOOST_TEST(got.workflow == want.workflow);
+  BOOST_TEST(got.version == want.version);
+  BOOST_TEST(got.plan_hash == want.plan_hash);
+  BOOST_TEST(to_string(got.status) == to_string(want.status));
+  BOOST_TEST(same_json(got.inputs, want.inputs),
+             "inputs: " << text_of(got.inputs) << " != " << text_of(want.inputs));
+  BOOST_TEST(same_json(got.outputs, want.outputs),
+             "outputs: " << text_of(got.outputs) << " != " << text_of(want.outputs));
+  BOOST_TEST(got.error == want.error);
+  BOOST_TEST(got.started_at == want.started_at);
+  BOOST_TEST(got.finished_at == want.finished_at);
+  BOOST_TEST(got.parent_run_id == want.parent_run_id);
+  BOOST_TEST(got.parent_node_id == want.parent_node_id);
+}
+
+void check_same(const node_row& got, const node_row& want) {
+  BOOST_TEST(got.run_id == want.run_id);
+  BOOST_TEST(got.node_id == want.node_id);
+  BOOST_TEST(got.item == want.item);
+  BOOST_TEST(got.attempt == want.attempt);
+  BOOST_TEST(to_string(got.status) == to_string(want.status));
+  BOOST_TEST(same_json(got.input, want.input),
+             "input: " << text_of(got.input) << " != " << text_of(want.input));
+  BOOST_TEST(same_json(got.output, want.output),
+             "output: " << text_of(got.output).substr(0, 200)
+                        << " != " << text_of(want.output).substr(0, 200));
+  BOOST_TEST(got.error == want.error);
+  BOOST_TEST(to_string(got.cache) == to_string(want.cache));
+  BOOST_TEST(got.started_at == want.started_at);
+  BOOST_TEST(got.finished_at == want.finished_at);
+  BOOST_TEST(got.worker == want.worker);
+}
+
+void must_write(store& s, const write_batch& b) {
+  auto r = s.write(b);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "write failed: " << error_of(r));
+}
+
+namespace {
+
+struct store_fixture {
+  std::unique_ptr<store> s = make_test_store();
+
+  run_row must_get_run(std::string_view id) {
+    auto r = s->get_run(id);
+    BOOST_REQUIRE_MESSAGE(r.has_value(), "get_run failed: " << error_of(r));
+    BOOST_REQUIRE_MESSAGE(r->has_value(), "run " << id << " not found");
+    return **r;
+  }
+  std::vector<node_row> must_nodes(std::string_view id) {
+    auto r = s->node_rows(id);
+    BOOST_REQUIRE_MESSAGE(r.has_value(), "node_rows failed: " << error_of(r));
+    return *r;
+  }
+  std::vector<run_row> must_list(const run_query& q) {
+    auto r = s->list_runs(q);
+    BOOST_REQUIRE_MESSAGE(r.has_value(), "list_runs failed: " << error_of(r));
+    return *r;
+  }
+  std::vector<std::string> ids(const std::vector<run_row>& rows) {
+    std::vector<std::string> out;
+    for (const auto& r : rows) {
+      out.push_back(r.run_id);
+    }
+    return out;
+  }
+};
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(conformance, *utf::precondition(backend_available))
+BOOST_FIXTURE_TEST_SUITE(a_store, store_fixture)
+
+BOOST_AUTO_TEST_CASE(reads_back_every_column_it_wrote, *utf::timeout(60)) {
+  run_row run = sample_run("run-1");
+  run.status = run_status::failed;
+  run.outputs = parse(R"({"total": 12.75, "nested": {"k": [null, false, "\u00e9\u6f22"]}})");
+  run.error = "step 'fetch' failed: caf\u00e9 \u2603 \"quoted\" \\ back\\slash, {braces}";
+  run.finished_at = 2'000'000'000'000'000;
+  run.parent_run_id = "parent-7";
+  run.parent_node_id = "spawn";
+
+  node_row done = sample_node("run-1", "fetch", 3, 2);
+  done.cache = cache_status::miss;
+  done.worker = "worker-\u00fc-1";
+  done.error = "NULL";  // the word, not SQL NULL
+  node_row skipped = sample_node("run-1", "report", -1, 0);
+  skipped.status = node_status::skipped;
+  skipped.input = nullptr;
+  skipped.output = nullptr;
+  skipped.started_at = 0;
+  skipped.finished_at = 0;
+  node_row json_null = sample_node("run-1", "noop");
+  json_null.output = parse("null");  // JSON null, distinct from no output
+  json_null.cache = cache_status::hit;
+
+  workflow_row wf{"etl", "3", "hash-1", R"({"name": "etl", "tasks": []})", 42};
+  cache_row entry{"k1", "etl", "fetch", parse(R"([1, "two", {"three": 3}])"), "output", 77};
+
+  write_batch b;
+  b.runs = {run};
+  b.nodes = {done, skipped, json_null};
+  b.workflows = {wf};
+  b.cache = {entry};
+  must_write(*s, b);
+
+  check_same(must_get_run("run-1"), run);
+  auto nodes = must_nodes("run-1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 3u);
+  // Ordered by started_at, node_id: the skipped node (never started) comes first.
+  check_same(nodes[0], skipped);
+  check_same(nodes[1], done);
+  check_same(nodes[2], json_null);
+  BOOST_TEST(nodes[2].output != nullptr);
+
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value());
+  BOOST_REQUIRE(w->has_value());
+  BOOST_TEST((*w)->hash == wf.hash);
+  BOOST_TEST((*w)->document == wf.document);
+  BOOST_TEST((*w)->registered_at == 42);
+
+  auto c = s->get_cache("k1");
+  BOOST_REQUIRE(c.has_value());
+  BOOST_REQUIRE(c->has_value());
+  BOOST_TEST((*c)->workflow == "etl");
+  BOOST_TEST((*c)->node_id == "fetch");
+  BOOST_TEST(same_json((*c)->value, entry.value));
+  BOOST_TEST((*c)->kind == "output");
+  BOOST_TEST((*c)->created_at == 77);
+}
+
+BOOST_AUTO_TEST_CASE(keeps_a_one_megabyte_output_intact, *utf::timeout(60)) {
+  std::string big(1u << 20, 'x');
+  for (std::size_t i = 0; i < big.size(); i += 1000) {
+    big[i] = '"';  // escaped in JSON and in PostgreSQL array literals
+  }
+  node_row n = sample_node("run-big", "produce");
+  n.output = make_json(json::value{{"blob", big}, {"tail", "\u00e9"}});
+  write_batch b;
+  b.runs = {sample_run("run-big")};
+  b.nodes = {n};
+  must_write(*s, b);
+  auto nodes = must_nodes("run-big");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  BOOST_REQUIRE(nodes[0].output != nullptr);
+  BOOST_TEST(nodes[0].output->at("blob").as_string().size() == big.size());
+  BOOST_TEST(same_json(nodes[0].output, n.output));
+}
+
+BOOST_AUTO_TEST_CASE(leaves_the_same_rows_when_a_batch_is_replayed, *utf::timeout(60)) {
+  write_batch b;
+  b.runs = {sample_run("r1"), sample_run("r2", 2000)};
+  b.nodes = {sample_node("r1", "a"), sample_node("r1", "b"), sample_node("r2", "a")};
+  b.workflows = {{"etl", "3", "h", "{}", 1}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}};
+  must_write(*s, b);
+  must_write(*s, b);
+  must_write(*s, b);
+  BOOST_TEST(must_list({}).size() == 2u);
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 2u);
+  check_same(nodes[0], b.nodes[0]);
+  check_same(nodes[1], b.nodes[1]);
+  check_same(must_get_run("r2"), b.runs[1]);
+  auto cache = s->list_cache("");
+  BOOST_REQUIRE(cache.has_value());
+  BOOST_TEST(cache->size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(keeps_the_last_row_for_a_key_within_a_batch, *utf::timeout(60)) {
+  run_row first = sample_run("r1");
+  run_row last = first;
+  last.status = run_status::succeeded;
+  last.outputs = parse(R"({"ok": true})");
+  last.finished_at = 99;
+
+  node_row running = sample_node("r1", "a");
+  running.status = node_status::running;
+  running.output = nullptr;
+  running.finished_at = 0;
+  node_row succeeded = sample_node("r1", "a");
+
+  write_batch b;
+  b.runs = {first, last};
+  b.nodes = {running, sample_node("r1", "b"), succeeded};
+  b.workflows = {{"etl", "3", "old", "{}", 1}, {"etl", "3", "new", "{}", 2}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5},
+             {"k", "etl", "a", parse("2"), "output", 6}};
+  must_write(*s, b);
+
+  check_same(must_get_run("r1"), last);
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 2u);
+  check_same(nodes[0], succeeded);
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value() && w->has_value());
+  BOOST_TEST((*w)->hash == "new");
+  auto c = s->get_cache("k");
+  BOOST_REQUIRE(c.has_value() && c->has_value());
+  BOOST_TEST(same_json((*c)->value, parse("2")));
+}
+
+BOOST_AUTO_TEST_CASE(replaces_every_column_when_a_row_is_written_again, *utf::timeout(60)) {
+  run_row r = sample_run("r1");
+  r.outputs = parse(R"({"partial": 1})");
+  write_batch b;
+  b.runs = {r};
+  must_write(*s, b);
+  r.status = run_status::cancelled;
+  r.inputs = nullptr;
+  r.outputs = nullptr;
+  r.error = "cancelled by user";
+  r.finished_at = 5000;
+  b.runs = {r};
+  must_write(*s, b);
+  check_same(must_get_run("r1"), r);
+}
+
+BOOST_AUTO_TEST_CASE(writes_nothing_from_a_batch_with_an_invalid_row, *utf::timeout(60)) {
+  node_row bad = sample_node("r1", "bad");
+  bad.attempt = -1;  // attempts count from 0
+  write_batch b;
+  b.runs = {sample_run("r1")};
+  b.workflows = {{"etl", "3", "h", "{}", 1}};
+  b.nodes = {sample_node("r1", "good"), bad};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}};
+  auto r = s->write(b);
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(!r.error().transient, r.error().message);
+  auto run = s->get_run("r1");
+  BOOST_REQUIRE(run.has_value());
+  BOOST_TEST(!run->has_value());
+  BOOST_TEST(must_nodes("r1").empty());
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value());
+  BOOST_TEST(!w->has_value());
+  auto c = s->get_cache("k");
+  BOOST_REQUIRE(c.has_value());
+  BOOST_TEST(!c->has_value());
+  // The store still works after the refused batch.
+  b.nodes.pop_back();
+  must_write(*s, b);
+  BOOST_TEST(must_nodes("r1").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(writes_large_batches_completely, *utf::timeout(120)) {
+  // 3000 rows cross every statement-size boundary of the chunked SQL writers.
+  write_batch b;
+  b.runs = {sample_run("big")};
+  for (int i = 0; i < 3001; ++i) {
+    b.nodes.push_back(sample_node("big", "map", i, 1));
+  }
+  must_write(*s, b);
+  auto nodes = must_nodes("big");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 3001u);
+  for (std::size_t i = 0; i < nodes.size(); ++i) {
+    BOOST_REQUIRE_EQUAL(nodes[i].item, static_cast<std::int64_t>(i));
+  }
+}
+
+BOOST_AUTO_TEST_CASE(treats_an_empty_batch_as_a_successful_no_op, *utf::timeout(60)) {
+  auto r = s->write({});
+  BOOST_REQUIRE(r.has_value());
+  BOOST_TEST(must_list({}).empty());
+}
+
+BOOST_AUTO_TEST_CASE(reports_missing_rows_as_absent, *utf::timeout(60)) {
+  auto run = s->get_run("nope");
+  BOOST_REQUIRE(run.has_value());
+  BOOST_TEST(!run->has_value());
+  BOOST_TEST(must_nodes("nope").empty());
+  auto w = s->get_workflow("nope", "1");
+  BOOST_REQUIRE(w.has_value());
+  BOOST_TEST(!w->has_value());
+  auto c = s->get_cache("nope");
+  BOOST_REQUIRE(c.has_value());
+  BOOST_TEST(!c->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(lists_runs_newest_first_with_filters_and_a_limit, *utf::timeout(60)) {
+  write_batch b;
+  auto add = [&](std::string id, std::int64_t started, run_status st, std::string wf) {
+    run_row r = sample_run(std::move(id), started);
+    r.status = st;
+    r.workflow = std::move(wf);
+    b.runs.push_back(r);
+  };
+  add("a", 100, run_status::succeeded, "etl");
+  add("b", 300, run_status::failed, "etl");
+  add("c", 200, run_status::succeeded, "report");
+  add("d", 300, run_status::succeeded, "etl");  // same start as b: run_id breaks the tie
+  add("e", 50, run_status::running, "report");
+  must_write(*s, b);
+
+  using v = std::vector<std::string>;
+  BOOST_TEST(ids(must_list({})) == (v{"d", "b", "c", "a", "e"}), boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list({run_status::succeeded, "", 50})) == (v{"d", "c", "a"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list({std::nullopt, "etl", 50})) == (v{"d", "b", "a"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list({run_status::succeeded, "etl", 50})) == (v{"d", "a"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list({std::nullopt, "", 2})) == (v{"d", "b"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list({std::nullopt, "", 0})).size() == 5u);  // 0: no limit
+  BOOST_TEST(must_list({run_status::cancelled, "", 50}).empty());
+}
+
+BOOST_AUTO_TEST_CASE(finds_unfinished_runs_oldest_first, *utf::timeout(60)) {
+  write_batch b;
+  const run_status all[] = {run_status::pending, run_status::running,   run_status::succeeded,
+                            run_status::failed,  run_status::cancelled, run_status::timed_out};
+  std::int64_t t = 600;
+  for (run_status st : all) {
+    run_row r = sample_run(std::string(to_string(st)), t);
+    r.status = st;
+    b.runs.push_back(r);
+    t -= 100;
+  }
+  must_write(*s, b);
+  auto r = s->unfinished_runs();
+  BOOST_REQUIRE(r.has_value());
+  using v = std::vector<std::string>;
+  BOOST_TEST(ids(*r) == (v{"running", "pending"}), boost::test_tools::per_element());
+
+  // A run that finishes leaves the set.
+  run_row done = b.runs[1];
+  done.status = run_status::succeeded;
+  must_write(*s, write_batch{{done}, {}, {}, {}});
+  r = s->unfinished_runs();
+  BOOST_REQUIRE(r.has_value());
+  BOOST_TEST(ids(*r) == (v{"pending"}), boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(orders_node_rows_by_start_node_item_and_attempt, *utf::timeout(60)) {
+  auto n = [](std::string node, std::int64_t item, int attempt, std::int64_t started) {
+    node_row r = sample_node("r", std::move(node), item, attempt);
+    r.started_at = started;
+    return r;
+  };
+  write_batch b;
+  b.nodes = {n("b", -1, 1, 5), n("a", 1, 2, 7),  n("a", 1, 1, 7),          n("a", 0, 1, 7),
+             n("z", -1, 0, 0), n("c", -1, 1, 6), sample_node("other", "a")};
+  must_write(*s, b);
+  auto rows = must_nodes("r");
+  std::vector<std::string> got;
+  for (const auto& r : rows) {
+    got.push_back(r.node_id + ":" + std::to_string(r.item) + ":" + std::to_string(r.attempt));
+  }
+  const std::vector<std::string> want = {"z:-1:0", "b:-1:1", "c:-1:1", "a:0:1", "a:1:1", "a:1:2"};
+  BOOST_TEST(got == want, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(gets_lists_and_clears_cache_entries_by_workflow, *utf::timeout(60)) {
+  write_batch b;
+  b.cache = {{"k3", "etl", "a", parse("3"), "output", 30},
+             {"k1", "etl", "b", parse(R"({"spec": true})"), "spec", 10},
+             {"k2", "report", "a", nullptr, "output", 20}};
+  must_write(*s, b);
+
+  auto all = s->list_cache("");
+  BOOST_REQUIRE(all.has_value());
+  BOOST_REQUIRE_EQUAL(all->size(), 3u);
+  BOOST_TEST((*all)[0].key == "k1");  // by created_at
+  BOOST_TEST((*all)[1].key == "k2");
+  BOOST_TEST((*all)[1].value == nullptr);
+  BOOST_TEST((*all)[2].key == "k3");
+
+  auto etl = s->list_cache("etl");
+  BOOST_REQUIRE(etl.has_value());
+  BOOST_TEST(etl->size() == 2u);
+
+  auto cleared = s->clear_cache("etl");
+  BOOST_REQUIRE(cleared.has_value());
+  BOOST_TEST(*cleared == 2u);
+  auto gone = s->get_cache("k1");
+  BOOST_REQUIRE(gone.has_value());
+  BOOST_TEST(!gone->has_value());
+  auto kept = s->get_cache("k2");
+  BOOST_REQUIRE(kept.has_value());
+  BOOST_TEST(kept->has_value());
+
+  auto none = s->clear_cache("nothing-here");
+  BOOST_REQUIRE(none.has_value());
+  BOOST_TEST(*none == 0u);
+  auto rest = s->clear_cache("");
+  BOOST_REQUIRE(rest.has_value());
+  BOOST_TEST(*rest == 1u);
+  auto empty = s->list_cache("");
+  BOOST_REQUIRE(empty.has_value());
+  BOOST_TEST(empty->empty());
+}
+
+BOOST_AUTO_TEST_CASE(keeps_workflow_versions_apart, *utf::timeout(60)) {
+  write_batch b;
+  b.workflows = {{"etl", "1", "h1", R"({"v": 1})", 1},
+                 {"etl", "2", "h2", R"({"v": 2})", 2},
+                 {"other", "1", "h3", "{}", 3}};
+  must_write(*s, b);
+  auto v1 = s->get_workflow("etl", "1");
+  auto v2 = s->get_workflow("etl", "2");
+  auto v3 = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(v1.has_value() && v2.has_value() && v3.has_value());
+  BOOST_REQUIRE(v1->has_value() && v2->has_value());
+  BOOST_TEST((*v1)->document == R"({"v": 1})");
+  BOOST_TEST((*v2)->hash == "h2");
+  BOOST_TEST(!v3->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(can_be_read_from_one_thread_while_another_writes, *utf::timeout(120)) {
+  std::atomic<bool> failed{false};
+  std::thread writer([&] {
+    for (int i = 0; i < 200; ++i) {
+      write_batch b;
+      b.runs = {sample_run("r" + std::to_string(i), i)};
+      b.nodes = {sample_node("r" + std::to_string(i), "a")};
+      if (!s->write(b)) {
+        failed = true;
+      }
+    }
+  });
+  std::size_t reads = 0;
+  std::size_t last_seen = 0;
+  while (last_seen < 200 && !failed) {
+    auto rows = s->list_runs({std::nullopt, "", 0});
+    if (!rows) {
+      failed = !rows.error().transient;
+      continue;
+    }
+    BOOST_REQUIRE_GE(rows->size(), last_seen);  // never goes backwards
+    last_seen = rows->size();
+    ++reads;
+  }
+  writer.join();
+  BOOST_TEST(!failed);
+  BOOST_TEST(last_seen == 200u);
+  BOOST_TEST(reads > 0u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+BOOST_AUTO_TEST_SUITE_END()
+
+}  // namespace troupe::test

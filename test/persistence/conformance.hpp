@@ -1,0 +1,80 @@
+#pragma once
+
+// The conformance suite (conformance.cpp) runs against every backend: each test executable
+// links it and defines the two functions below for its own backend.
+
+#include <boost/test/unit_test.hpp>
+
+#include <memory>
+#include <string>
+
+#include "persistence/store.hpp"
+
+namespace troupe::test {
+
+/// A store with empty tables, new for every call.
+std::unique_ptr<store> make_test_store();
+
+/// Whether the backend can run here (PostgreSQL: the test server started); the message says
+/// why not.
+boost::test_tools::assertion_result backend_available(boost::unit_test::test_unit_id);
+
+inline json_ptr parse(std::string_view text) {
+  auto v = parse_json(text);
+  BOOST_REQUIRE_MESSAGE(v.has_value(), "test JSON does not parse: " << text);
+  return make_json(std::move(*v));
+}
+
+inline run_row sample_run(std::string id, std::int64_t started = 1000) {
+  run_row r;
+  r.run_id = std::move(id);
+  r.workflow = "etl";
+  r.version = "3";
+  r.plan_hash = "abc123";
+  r.status = run_status::running;
+  r.inputs = parse(R"({"n": 3, "names": ["a", "b"]})");
+  r.started_at = started;
+  return r;
+}
+
+inline node_row sample_node(std::string run, std::string node, std::int64_t item = -1,
+                            int attempt = 1) {
+  node_row n;
+  n.run_id = std::move(run);
+  n.node_id = std::move(node);
+  n.item = item;
+  n.attempt = attempt;
+  n.status = node_status::succeeded;
+  n.input = parse(R"({"x": 1})");
+  n.output = parse(R"({"y": [1, 2.5, "z", null, true]})");
+  n.started_at = 10;
+  n.finished_at = 20;
+  return n;
+}
+
+inline bool same_json(const json_ptr& a, const json_ptr& b) {
+  if (!a || !b) {
+    return !a && !b;
+  }
+  return *a == *b;
+}
+
+inline std::string text_of(const json_ptr& v) {
+  return v ? to_json_text(*v) : "<SQL NULL>";
+}
+
+/// The error message of a failed result, empty otherwise. Boost.Test builds a check's message
+/// even when the check passes, so messages must not touch a missing error.
+template <class R>
+std::string error_of(const R& r) {
+  return r.has_value() ? std::string() : r.error().message;
+}
+
+/// Every column equal, with messages naming the column.
+void check_same(const run_row& got, const run_row& want);
+void check_same(const node_row& got, const node_row& want);
+
+/// Writes and requires success.
+void must_write(store& s, const write_batch& b);
+
+}  // namespace troupe::test

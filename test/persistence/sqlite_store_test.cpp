@@ -1,0 +1,231 @@
+#define BOOST_TEST_MODULE persistence sqlite store
+#include <boost/test/unit_test.hpp>
+
+#include <sqlite3.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+
+#include "test/persistence/conformance.hpp"
+
+namespace utf = boost::unit_test;
+namespace fs = std::filesystem;
+
+namespace troupe::test {
+
+namespace {
+
+/// A fresh database path under the temp directory; the files go when the test binary exits.
+struct temp_dir {
+  fs::path path;
+  temp_dir() {
+    path = fs::temp_directory_path() / ("troupe-sqlite-test-" + std::to_string(::getpid()));
+    fs::remove_all(path);
+    fs::create_directories(path);
+  }
+  ~temp_dir() {
+    std::error_code ec;
+    fs::remove_all(path, ec);
+  }
+};
+
+temp_dir& scratch() {
+  static temp_dir d;
+  return d;
+}
+
+std::string fresh_path() {
+  static std::atomic<int> n{0};
+  return (scratch().path / ("db" + std::to_string(n++) + ".db")).string();
+}
+
+std::unique_ptr<store> must_open(const std::string& path) {
+  auto s = open_store("sqlite://" + path);
+  BOOST_REQUIRE_MESSAGE(s.has_value(), "open failed: " << error_of(s));
+  return std::move(*s);
+}
+
+/// A raw connection, as another process would have.
+struct raw_db {
+  sqlite3* db = nullptr;
+  explicit raw_db(const std::string& path) {
+    BOOST_REQUIRE(sqlite3_open(path.c_str(), &db) == SQLITE_OK);
+  }
+  ~raw_db() { sqlite3_close(db); }
+  void exec(const std::string& sql) {
+    char* err = nullptr;
+    const int rc = sqlite3_exec(db, sql.c_str(), nullptr, nullptr, &err);
+    BOOST_REQUIRE_MESSAGE(rc == SQLITE_OK, sql << ": " << (err ? err : "?"));
+  }
+  std::string text(const std::string& sql) {
+    sqlite3_stmt* s = nullptr;
+    BOOST_REQUIRE(sqlite3_prepare_v2(db, sql.c_str(), -1, &s, nullptr) == SQLITE_OK);
+    std::string out;
+    while (sqlite3_step(s) == SQLITE_ROW) {
+      if (!out.empty()) {
+        out += "\n";
+      }
+      for (int i = 0; i < sqlite3_column_count(s); ++i) {
+        const auto* t = sqlite3_column_text(s, i);
+        out += (i ? "|" : "") + std::string(t ? reinterpret_cast<const char*>(t) : "NULL");
+      }
+    }
+    sqlite3_finalize(s);
+    return out;
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<store> make_test_store() {
+  return must_open(fresh_path());
+}
+
+boost::test_tools::assertion_result backend_available(utf::test_unit_id) {
+  return true;
+}
+
+BOOST_AUTO_TEST_SUITE(sqlite_schema)
+
+BOOST_AUTO_TEST_CASE(creates_a_fresh_database_file_in_wal_mode, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  BOOST_REQUIRE(!fs::exists(path));
+  auto s = must_open(path);
+  BOOST_TEST(fs::exists(path));
+  BOOST_TEST(s->describe() == "sqlite://" + path);
+  raw_db raw(path);
+  BOOST_TEST(raw.text("PRAGMA journal_mode") == "wal");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema") == "1");
+  BOOST_TEST(raw.text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
+             "cache_entries\nnode_executions\nruns\ntroupe_schema\nworkflows");
+}
+
+BOOST_AUTO_TEST_CASE(accepts_relative_paths, *utf::timeout(30)) {
+  const fs::path old = fs::current_path();
+  fs::current_path(scratch().path);
+  auto s = open_store("sqlite://relative.db");
+  fs::current_path(old);
+  BOOST_REQUIRE_MESSAGE(s.has_value(), error_of(s));
+  BOOST_TEST(fs::exists(scratch().path / "relative.db"));
+}
+
+BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  run_row run = sample_run("r1");
+  {
+    auto s = must_open(path);
+    must_write(*s, write_batch{{run}, {}, {}, {}});
+  }
+  raw_db raw(path);
+  const std::string schema_before = raw.text("SELECT sql FROM sqlite_master ORDER BY name");
+  auto again = must_open(path);
+  auto third = must_open(path);  // two stores on one file at once are fine too
+  BOOST_TEST(raw.text("SELECT sql FROM sqlite_master ORDER BY name") == schema_before);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema") == "1");
+  auto got = again->get_run("r1");
+  BOOST_REQUIRE(got.has_value() && got->has_value());
+  check_same(**got, run);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  must_open(path);
+  raw_db(path).exec("INSERT INTO troupe_schema (version) VALUES (99)");
+  auto s = open_store("sqlite://" + path);
+  BOOST_REQUIRE(!s.has_value());
+  BOOST_TEST(!s.error().transient);
+  BOOST_TEST(s.error().message ==
+             "database schema version 99 is newer than this troupe supports (1); upgrade troupe");
+}
+
+BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  raw_db(path).exec("CREATE TABLE runs (run_id TEXT PRIMARY KEY, something_else TEXT)");
+  auto s = open_store("sqlite://" + path);
+  BOOST_REQUIRE(!s.has_value());
+  BOOST_TEST(!s.error().transient, s.error().message);
+  BOOST_TEST(s.error().message.find("runs") != std::string::npos, s.error().message);
+
+  // Stamped as current but with a column missing: caught when the statements are prepared.
+  const std::string stamped = fresh_path();
+  {
+    raw_db raw(stamped);
+    raw.exec("CREATE TABLE troupe_schema (version INTEGER NOT NULL)");
+    raw.exec("INSERT INTO troupe_schema VALUES (1)");
+    raw.exec("CREATE TABLE runs (run_id TEXT PRIMARY KEY)");
+  }
+  auto t = open_store("sqlite://" + stamped);
+  BOOST_REQUIRE(!t.has_value());
+  BOOST_TEST(!t.error().transient, t.error().message);
+  BOOST_TEST(t.error().message.find("do not match") != std::string::npos, t.error().message);
+}
+
+BOOST_AUTO_TEST_CASE(a_missing_directory_is_a_permanent_error, *utf::timeout(30)) {
+  auto s = open_store("sqlite://" + (scratch().path / "no" / "such" / "dir.db").string());
+  BOOST_REQUIRE(!s.has_value());
+  BOOST_TEST(!s.error().transient, s.error().message);
+}
+
+BOOST_AUTO_TEST_CASE(reads_node_rows_through_the_primary_key_index, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  must_open(path);
+  const std::string plan = raw_db(path).text(
+      "EXPLAIN QUERY PLAN SELECT * FROM node_executions WHERE run_id = 'x' "
+      "ORDER BY started_at, node_id, item, attempt");
+  BOOST_TEST(
+      plan.find("USING INDEX sqlite_autoindex_node_executions_1 (run_id=?)") != std::string::npos,
+      plan);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(sqlite_errors)
+
+BOOST_AUTO_TEST_CASE(a_write_lock_held_elsewhere_fails_writes_transiently, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  raw_db other(path);
+  other.exec("BEGIN IMMEDIATE");
+  other.exec("INSERT INTO troupe_schema VALUES (1)");  // really holding the write lock
+  auto r = s->write(write_batch{{sample_run("r1")}, {}, {}, {}});
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(r.error().transient, r.error().message);
+  BOOST_TEST(r.error().message.find("locked") != std::string::npos, r.error().message);
+  // Readers are not blocked by the writer in WAL mode.
+  auto runs = s->list_runs({});
+  BOOST_TEST(runs.has_value());
+  other.exec("ROLLBACK");
+  must_write(*s, write_batch{{sample_run("r1")}, {}, {}, {}});
+  auto got = s->get_run("r1");
+  BOOST_REQUIRE(got.has_value());
+  BOOST_TEST(got->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(a_failure_late_in_a_batch_rolls_back_its_earlier_tables, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  raw_db(path).exec(
+      "CREATE TRIGGER boom BEFORE INSERT ON cache_entries WHEN NEW.key = 'boom' "
+      "BEGIN SELECT RAISE(ABORT, 'boom'); END");
+  write_batch b;
+  b.runs = {sample_run("r1")};
+  for (int i = 0; i < 100; ++i) {
+    b.nodes.push_back(sample_node("r1", "n", i));
+  }
+  b.workflows = {{"etl", "3", "h", "{}", 1}};
+  b.cache = {{"fine", "etl", "a", parse("1"), "output", 1},
+             {"boom", "etl", "a", parse("1"), "output", 2}};
+  auto r = s->write(b);
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(r.error().message.find("boom") != std::string::npos, r.error().message);
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT count(*) FROM runs") == "0");
+  BOOST_TEST(raw.text("SELECT count(*) FROM node_executions") == "0");
+  BOOST_TEST(raw.text("SELECT count(*) FROM workflows") == "0");
+  BOOST_TEST(raw.text("SELECT count(*) FROM cache_entries") == "0");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+}  // namespace troupe::test
