@@ -94,8 +94,7 @@ void send_rows(run_actor* self) {
   m.nodes = std::move(st.rows);
   st.rows.clear();
   if (st.services->mode == persistence_mode::sync) {
-    m.ack = true;
-    self->request(st.services->writer, caf::infinite, std::move(m))
+    self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
         .await([](caf::ok_atom) {},
                [self](caf::error& e) {
                  self->quit(std::move(e));  // the writer is gone: the engine is stopping
@@ -166,8 +165,7 @@ void finish(run_actor* self, const cmd::finish&) {
         st.services->mode == persistence_mode::sync) {
       // The caller hears of the end only once its final record is committed (group commit
       // with other runs: the writer batches these acknowledgements).
-      m.ack = true;
-      self->request(st.services->writer, caf::infinite, std::move(m))
+      self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
           .then([self, report](caf::ok_atom) { deliver(self, report); },
                 [self, report](caf::error&) { deliver(self, report); });
       return;

@@ -48,6 +48,11 @@ void writer_metrics::wait_below(std::size_t bound) {
   drained.wait(lock, [&] { return pending.load() < bound; });
 }
 
+bool writer_metrics::wait_errors(std::uint64_t n, std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex);
+  return drained.wait_for(lock, timeout, [&] { return errors.load() >= n; });
+}
+
 namespace {
 
 std::int64_t steady_us() {
@@ -143,11 +148,12 @@ bool flush(writer_actor* self) {
   auto res = st.db->write(b);
   auto t1 = steady_us();
   if (!res) {
-    st.metrics->errors.fetch_add(1);
     {
       std::lock_guard<std::mutex> lock(st.metrics->mutex);
+      st.metrics->errors.fetch_add(1);
       st.metrics->last_error = res.error().message;
     }
+    st.metrics->drained.notify_all();
     arm_retry(self);
     return false;
   }
@@ -206,9 +212,12 @@ bool write_each(writer_actor* self, const persist& m) {
     auto t0 = steady_us();
     auto res = st.db->write(b);
     if (!res) {
-      st.metrics->errors.fetch_add(1);
-      std::lock_guard<std::mutex> lock(st.metrics->mutex);
-      st.metrics->last_error = res.error().message;
+      {
+        std::lock_guard<std::mutex> lock(st.metrics->mutex);
+        st.metrics->errors.fetch_add(1);
+        st.metrics->last_error = res.error().message;
+      }
+      st.metrics->drained.notify_all();
       return false;
     }
     st.metrics->batches.fetch_add(1);
@@ -240,6 +249,35 @@ bool write_each(writer_actor* self, const persist& m) {
   return true;
 }
 
+caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
+  auto& st = self->state;
+  if (st.config.mode == persistence_mode::sync && !st.retrying && st.pending() == 0) {
+    st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size());
+    if (write_each(self, m)) {
+      return caf::ok_atom::value;
+    }
+    arm_retry(self);  // what failed joins the pending set and is retried with backoff
+  }
+  absorb(st, m);
+  caf::result<caf::ok_atom> answer = caf::ok_atom::value;
+  if (ack) {
+    auto rp = self->make_response_promise<caf::ok_atom>();
+    st.waiters.push_back(rp);
+    answer = rp;
+  }
+  if (st.retrying) {
+    return answer;  // the backoff timer flushes
+  }
+  if (st.pending() >= st.config.batch_max || st.draining) {
+    flush(self);
+  } else if (!st.timer_armed) {
+    st.timer_armed = true;
+    self->delayed_send(self, std::chrono::milliseconds(st.config.flush_ms), flush_due_atom::value,
+                       st.generation);
+  }
+  return answer;
+}
+
 caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, writer_config config,
                               std::shared_ptr<writer_metrics> metrics) {
   auto& st = self->state;
@@ -247,33 +285,9 @@ caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, wri
   st.config = config;
   st.metrics = std::move(metrics);
   return {
-      [self](persist& m) -> caf::result<caf::ok_atom> {
-        auto& st = self->state;
-        if (st.config.mode == persistence_mode::sync && !st.retrying && st.pending() == 0) {
-          st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size());
-          if (write_each(self, m)) {
-            return caf::ok_atom::value;
-          }
-          arm_retry(self);  // what failed joins the pending set and is retried with backoff
-        }
-        absorb(st, m);
-        caf::result<caf::ok_atom> answer = caf::ok_atom::value;
-        if (m.ack) {
-          auto rp = self->make_response_promise<caf::ok_atom>();
-          st.waiters.push_back(rp);
-          answer = rp;
-        }
-        if (st.retrying) {
-          return answer;  // the backoff timer flushes
-        }
-        if (st.pending() >= st.config.batch_max || st.draining) {
-          flush(self);
-        } else if (!st.timer_armed) {
-          st.timer_armed = true;
-          self->delayed_send(self, std::chrono::milliseconds(st.config.flush_ms),
-                             flush_due_atom::value, st.generation);
-        }
-        return answer;
+      [self](persist& m) { accept(self, m, false); },
+      [self](commit_atom, persist& m) -> caf::result<caf::ok_atom> {
+        return accept(self, m, true);
       },
       [self](flush_due_atom, std::uint64_t generation) {
         auto& st = self->state;

@@ -3,6 +3,7 @@
 // The writer's settings and counters, free of CAF headers so the embedding API can expose them.
 
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -51,6 +52,9 @@ struct writer_metrics {
 
   /// Blocks the calling producer while `pending >= bound`.
   void wait_below(std::size_t bound);
+  /// Blocks until at least `n` commits have failed, or `timeout` passes (then false). For tests
+  /// and operators watching a failing database; woken by the writer, never by polling.
+  bool wait_errors(std::uint64_t n, std::chrono::milliseconds timeout);
 };
 
 }  // namespace troupe

@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "apps/output.hpp"
+#include "apps/runs.hpp"
 #include "apps/signals.hpp"
 #include "runtime/engine.hpp"
 #include "workflow/task.hpp"
@@ -35,6 +36,10 @@ struct run_options {
   bool json = false;
   bool progress = false;
   int threads = 0;
+  std::string db = default_db;
+  persistence_mode mode = persistence_mode::async;
+  std::optional<std::size_t> batch_max;
+  std::optional<std::int64_t> flush_ms;
 };
 
 struct validate_options {
@@ -80,17 +85,9 @@ expected<std::string, std::string> read_file(const std::string& path, std::size_
   }
 }
 
-located_errors one_error(std::string message, std::string pointer = {}, std::string file = {}) {
-  return {located_error{std::move(file), validation_error{std::move(pointer), std::move(message)}}};
-}
-
 /// Prints errors in the mode the user asked for and returns the usage exit code.
 int report_errors(const located_errors& errors, bool json_mode) {
-  if (json_mode) {
-    std::cout << compact_json(errors_document(errors)) << '\n' << std::flush;
-  } else {
-    print_errors_text(std::cerr, errors);
-  }
+  print_errors(errors, json_mode);
   return exit_usage;
 }
 
@@ -167,9 +164,31 @@ struct cancel_state {
   bool requested = false;
 };
 
+/// The engine's message names the store by the URL it was given; a PostgreSQL password in it
+/// must not reach the terminal (or a CI log).
+std::string masked_store_error(std::string message, const std::string& url) {
+  const std::string shown = display_url(url);
+  if (shown != url) {
+    for (auto pos = message.find(url); pos != std::string::npos;
+         pos = message.find(url, pos + shown.size())) {
+      message.replace(pos, url.size(), shown);
+    }
+  }
+  return message;
+}
+
 int run_command(const run_options& o) {
   engine_config config;
   config.threads = o.threads;
+  config.store = o.db;
+  config.mode = o.mode;
+  config.writer.mode = o.mode;
+  if (o.batch_max) {
+    config.writer.batch_max = *o.batch_max;
+  }
+  if (o.flush_ms) {
+    config.writer.flush_ms = *o.flush_ms;
+  }
   const json_limits& limits = config.limits.json;
 
   auto text = read_file(o.file, limits.max_document_bytes);
@@ -177,7 +196,13 @@ int run_command(const run_options& o) {
     return report_errors(one_error(text.error()), o.json);
   }
 
-  engine eng(config);
+  std::optional<engine> eng_storage;
+  try {
+    eng_storage.emplace(config);
+  } catch (const engine_error& e) {
+    return report_errors(one_error(masked_store_error(e.what(), o.db)), o.json);
+  }
+  engine& eng = *eng_storage;
 
   cancel_state cancel;
   signal_waiter signals([&](int signal, int count) {
@@ -241,6 +266,9 @@ int run_command(const run_options& o) {
   }
 
   const run_result result = handle.wait();
+  // A one-shot process must not exit with log rows still queued in the writer (async mode):
+  // shutdown drains it, so `troupe runs show` finds the whole run afterwards.
+  eng.shutdown();
   signals.stop();
 
   if (o.json) {
@@ -254,6 +282,13 @@ int run_command(const run_options& o) {
       }
       std::cerr << '\n';
     }
+    if (o.mode != persistence_mode::memory) {
+      std::cout << "\nlog: " << display_url(o.db) << " (run " << result.run_id << ")\n";
+    }
+  }
+  if (o.mode != persistence_mode::memory && eng.metrics().pending.load() > 0) {
+    std::cerr << "troupe: warning: " << eng.metrics().pending.load()
+              << " log rows were not committed to " << display_url(o.db) << '\n';
   }
   std::cout.flush();
   if (!std::cout) {
@@ -294,6 +329,39 @@ int validate_command(const validate_options& o) {
   return exit_ok;
 }
 
+CLI::Option* add_db_option(CLI::App* command, std::string& db) {
+  return command
+      ->add_option("--db", db,
+                   "Where the execution log is: sqlite://PATH, postgres://..., or memory://.")
+      ->capture_default_str()
+      ->type_name("URL");
+}
+
+// CLI11's IsMember would say "memory2 not in {memory,async,durable,sync}"; these checks name the
+// option's meaning and every accepted value.
+CLI::Validator mode_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        persistence_mode m{};
+        return parse_persistence_mode(text, m)
+                   ? std::string()
+                   : "'" + text + "' is not a persistence mode; expected memory, async, durable "
+                                  "or sync";
+      },
+      "");
+}
+
+CLI::Validator status_check() {
+  return CLI::Validator(
+      [](std::string& text) -> std::string {
+        run_status s{};
+        return parse_run_status(text, s) ? std::string()
+                                         : "'" + text + "' is not a run status; expected one of " +
+                                               run_status_names();
+      },
+      "");
+}
+
 }  // namespace
 
 int run_cli(int argc, char** argv) {
@@ -321,6 +389,25 @@ int run_cli(int argc, char** argv) {
   run->add_option("--threads", run_opts.threads, "Actor scheduler threads (0: one per core).")
       ->check(CLI::Range(0, 1024))
       ->type_name("N");
+  add_db_option(run, run_opts.db);
+  run->add_option_function<std::string>(
+         "--mode",
+         [&run_opts](const std::string& text) { parse_persistence_mode(text, run_opts.mode); },
+         "What the log costs: memory (no database), async (default; the writer catches up, "
+         "and is drained before exit), durable (each run's end is committed), sync (a commit "
+         "per change).")
+      ->check(mode_check())
+      ->type_name("MODE");
+  run->add_option_function<std::size_t>(
+         "--batch-max", [&run_opts](std::size_t n) { run_opts.batch_max = n; },
+         "The writer commits once this many rows are pending (default 512).")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1'000'000}))
+      ->type_name("N");
+  run->add_option_function<std::int64_t>(
+         "--flush-ms", [&run_opts](std::int64_t n) { run_opts.flush_ms = n; },
+         "...or this many milliseconds after the first of them (default 5).")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000}))
+      ->type_name("N");
 
   validate_options validate_opts;
   CLI::App* validate =
@@ -330,9 +417,30 @@ int run_cli(int argc, char** argv) {
       ->type_name("FILE");
   validate->add_flag("--json", validate_opts.json, "Print the verdict as one JSON document.");
 
+  CLI::App* runs = app.add_subcommand("runs", "Read the execution log: list runs, show one.");
+  runs->require_subcommand(1);
+  runs_list_options list_opts;
+  CLI::App* list = runs->add_subcommand("list", "List runs, newest first.");
+  list->add_option("--status", list_opts.status, "Only runs with this status.")
+      ->check(status_check())
+      ->type_name("STATUS");
+  list->add_option("--workflow", list_opts.workflow, "Only runs of this workflow.")
+      ->type_name("NAME");
+  list->add_option("--limit", list_opts.limit, "At most this many runs (0: all; default 50).")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000'000}))
+      ->type_name("N");
+  add_db_option(list, list_opts.db);
+  list->add_flag("--json", list_opts.json, "Print the runs as one JSON document.");
+
+  runs_show_options show_opts;
+  CLI::App* show = runs->add_subcommand("show", "Show a run and every node execution of it.");
+  show->add_option("run", show_opts.run_id, "The run id.")->required()->type_name("RUN");
+  add_db_option(show, show_opts.db);
+  show->add_flag("--json", show_opts.json, "Print the run as one JSON document.");
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
-      std::string_view(argv[1]) != "validate") {
+      std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -345,13 +453,26 @@ int run_cli(int argc, char** argv) {
     std::cerr << app.help("", CLI::AppFormatMode::All);
     return exit_usage;
   } catch (const CLI::ParseError& e) {
-    std::cerr << "troupe: " << e.what() << "\n\n" << app.help();
+    // The help of the subcommand the user was typing, not the top level's.
+    const CLI::App* context = &app;
+    for (CLI::App* sub : {run, validate, runs, list, show}) {
+      if (sub->parsed()) {
+        context = sub;
+      }
+    }
+    std::cerr << "troupe: " << e.what() << "\n\n" << context->help();
     return exit_usage;
   }
 
   try {
     if (run->parsed()) {
       return run_command(run_opts);
+    }
+    if (list->parsed()) {
+      return runs_list_command(list_opts);
+    }
+    if (show->parsed()) {
+      return runs_show_command(show_opts);
     }
     return validate_command(validate_opts);
   } catch (const std::exception& e) {

@@ -6,6 +6,7 @@
 #include <iosfwd>
 #include <string>
 
+#include "persistence/store.hpp"
 #include "workflow/json.hpp"
 #include "workflow/plan.hpp"
 #include "workflow/run_report.hpp"
@@ -21,6 +22,11 @@ struct located_error {
 using located_errors = std::vector<located_error>;
 
 located_errors locate(const validation_errors& errors, const std::string& file = {});
+located_errors one_error(std::string message, std::string pointer = {}, std::string file = {});
+
+/// Errors in the mode the user asked for: the errors document on stdout (`--json`), or one line
+/// each on stderr.
+void print_errors(const located_errors& errors, bool json_mode);
 
 /// `0.05 ms`, `1.2 ms`, `345.6 ms`, `12.3 s`.
 std::string format_duration(double ms);
@@ -37,6 +43,27 @@ void print_node_table(std::ostream& out, const run_result& r);
 /// The text-mode report: summary line, node table and (when the run succeeded) its outputs. The
 /// run's error goes to stderr, with the other diagnostics.
 void print_run_text(std::ostream& out, const run_result& r);
+
+/// A store URL fit to print: a password (user info or `password=` parameter) becomes `***`.
+std::string display_url(std::string_view url);
+
+/// Wall-clock microseconds since the epoch as local time, `2024-05-01T14:03:07`; "-" for 0.
+std::string local_time(std::int64_t epoch_us);
+
+/// The same instant in UTC for JSON, `2024-05-01T12:03:07.123456Z`; null for 0.
+json::value utc_time_json(std::int64_t epoch_us);
+
+/// `troupe runs list --json`: one object per run, as the store returned them.
+json::value runs_document(const std::vector<run_row>& runs);
+
+/// `troupe runs show --json`: `{ "run": {...}, "nodes": [...] }`.
+json::value run_detail_document(const run_row& run, const std::vector<node_row>& nodes);
+
+/// The runs table, one line per run in the order given.
+void print_runs_table(std::ostream& out, const std::vector<run_row>& runs);
+
+/// A run's header (status, times, inputs, outputs, error) and its node execution table.
+void print_run_detail(std::ostream& out, const run_row& run, const std::vector<node_row>& nodes);
 
 /// `{ "errors": [ { "pointer": ..., "message": ... } ] }` (plus `file` where one is known).
 json::value errors_document(const located_errors& errors);

@@ -40,14 +40,17 @@ using drain_atom = caf::atom_constant<caf::atom("tr_drain")>;
 using flush_due_atom = caf::atom_constant<caf::atom("tr_flush")>;
 using retry_due_atom = caf::atom_constant<caf::atom("tr_retry")>;
 
-/// State changes for the writer. With `ack`, the sender asked with a request and is answered
-/// (`ok_atom`) only after a commit that includes these rows has succeeded.
+/// Marks a `persist` sent as a request, `request(writer, infinite, commit_atom, persist)`: the
+/// answer (`ok_atom`) comes only after a commit that includes these rows has succeeded. A plain
+/// `persist` gets no answer at all (a reply to a plain send would be an unexpected message).
+using commit_atom = caf::atom_constant<caf::atom("tr_commit")>;
+
+/// State changes for the writer.
 struct persist {
   std::vector<node_row> nodes;
   std::vector<run_row> runs;
   std::vector<workflow_row> workflows;
   std::vector<cache_row> cache;
-  bool ack = false;
 };
 
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.

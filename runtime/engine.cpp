@@ -147,6 +147,7 @@ struct engine::impl {
   std::string id_prefix;
   std::atomic<std::uint64_t> next_id{1};
   services_ptr services;
+  std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
 
   // Persistence: the writer owns its connection; queries use a second one (or, for memory://,
   // the same thread-safe store object).
@@ -328,6 +329,7 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
     m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics);
     svc->writer = m.writer;
   }
+  m.services_mut = svc;
   m.services = std::move(svc);
 }
 
@@ -513,7 +515,7 @@ expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view 
   return out;
 }
 
-const writer_metrics& engine::metrics() const { return *impl_->metrics; }
+writer_metrics& engine::metrics() const { return *impl_->metrics; }
 
 persistence_mode engine::mode() const { return impl_->config.mode; }
 
@@ -550,6 +552,9 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     self->request(m.writer, caf::infinite, drain_atom::value)
         .receive([](caf::ok_atom) {}, [](caf::error&) {});
     m.writer = caf::actor{};
+    // No run is left to read it; a live handle would keep the detached writer's thread (and
+    // so the actor system's destructor) waiting forever.
+    m.services_mut->writer = caf::actor{};
   }
   m.blocking->join();
   m.io_guard.reset();

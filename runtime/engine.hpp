@@ -126,7 +126,7 @@ class engine {
   expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) const;
 
   /// The writer's counters (all zero in memory mode).
-  const writer_metrics& metrics() const;
+  writer_metrics& metrics() const;
   persistence_mode mode() const;
 
   /// Stops accepting runs, lets running ones finish until `deadline`, cancels the rest, then

@@ -37,6 +37,8 @@ struct options {
   int mem_runs = 100000;
   int threads = 2;
   std::string only;
+  std::string store = "memory://";
+  persistence_mode mode = persistence_mode::memory;
   bool wants(const char* w) const { return only.empty() || only.find(w) != std::string::npos; }
 };
 
@@ -330,18 +332,27 @@ int main(int argc, char** argv) {
       o.threads = std::stoi(next());
     } else if (a == "--only") {
       o.only = next();
+    } else if (a == "--store") {
+      o.store = next();
+    } else if (a == "--mode") {
+      if (!parse_persistence_mode(next(), o.mode)) {
+        std::fprintf(stderr, "--mode: memory, async, durable or sync\n");
+        return 2;
+      }
     } else {
       std::fprintf(stderr,
                    "usage: bench_runtime [--repeat N] [--w3-runs N] [--mem-runs N] [--threads N] "
-                   "[--only W1,W2,W3,W4,MEM]\n");
+                   "[--only W1,W2,W3,W4,MEM] [--mode M] [--store URL]\n");
       return 2;
     }
   }
-  std::printf("troupe runtime scenarios: %d scheduler threads, medians of %d\n", o.threads,
-              o.repeat);
+  std::printf("troupe runtime scenarios: %d scheduler threads, medians of %d, mode %s, store %s\n",
+              o.threads, o.repeat, std::string(to_string(o.mode)).c_str(), o.store.c_str());
   {
     engine_config c;
     c.threads = o.threads;
+    c.mode = o.mode;
+    c.store = o.store;
     engine e(c);
     task_def instant;
     instant.name = "instant";
@@ -365,6 +376,17 @@ int main(int argc, char** argv) {
     }
     if (o.wants("W4")) {
       bench_w4(e, o);
+    }
+    if (o.mode != persistence_mode::memory) {
+      auto& m = e.metrics();
+      double commits = static_cast<double>(m.batches.load());
+      std::printf("%-44s %12llu batches, %llu rows (%llu received), avg batch %.1f, avg commit %.0f us, errors %llu\n",
+                  "writer", static_cast<unsigned long long>(m.batches.load()),
+                  static_cast<unsigned long long>(m.rows.load()),
+                  static_cast<unsigned long long>(m.rows_received.load()),
+                  commits > 0 ? static_cast<double>(m.rows.load()) / commits : 0.0,
+                  commits > 0 ? static_cast<double>(m.commit_us_total.load()) / commits : 0.0,
+                  static_cast<unsigned long long>(m.errors.load()));
     }
   }
   if (o.wants("MEM")) {

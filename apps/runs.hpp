@@ -1,0 +1,38 @@
+#pragma once
+
+// `troupe runs list|show`: read the execution log that `troupe run` (or any engine) wrote. They
+// open the store directly: a query needs no actor system.
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "workflow/run_state.hpp"
+
+namespace troupe::cli {
+
+/// The store every command uses unless `--db` says otherwise (DESIGN.md: the embedded default).
+inline constexpr const char* default_db = "sqlite://troupe.db";
+
+struct runs_list_options {
+  std::string db = default_db;
+  std::string status;  // empty: any
+  std::string workflow;
+  std::size_t limit = 50;
+  bool json = false;
+};
+
+struct runs_show_options {
+  std::string db = default_db;
+  std::string run_id;
+  bool json = false;
+};
+
+bool parse_run_status(std::string_view text, run_status& out);
+/// "pending, running, ..." for error messages.
+std::string run_status_names();
+
+int runs_list_command(const runs_list_options& o);
+int runs_show_command(const runs_show_options& o);
+
+}  // namespace troupe::cli

@@ -1,0 +1,266 @@
+#define BOOST_TEST_MODULE runtime_persistence
+#include <boost/test/unit_test.hpp>
+
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "persistence/failing_store.hpp"
+#include "runtime/engine.hpp"
+
+namespace troupe {
+std::ostream& operator<<(std::ostream& os, run_status s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, node_status s) { return os << to_string(s); }
+}  // namespace troupe
+
+using namespace troupe;
+using namespace std::chrono_literals;
+namespace utf = boost::unit_test;
+
+namespace {
+
+// Three nodes, one of which fails once and is retried: 4 executions, 6 state changes.
+constexpr const char* workflow_text = R"({"name":"logged","inputs":{"i":{"type":"integer"}},
+  "nodes":[{"id":"a","task":"echo","with":"{{ inputs.i }}"},
+           {"id":"flaky","task":"flaky","needs":["a"],"retry":{"max_attempts":2}},
+           {"id":"c","task":"echo","needs":["flaky"],"with":"{{ nodes.a.output + 1 }}"}],
+  "outputs":{"c":"{{ nodes.c.output }}"}})";
+
+task_def flaky_task() {
+  task_def t;
+  t.name = "flaky";
+  t.run = [](const json::value&, const task_call& c) {
+    return c.attempt == 1 ? task_result::failure("first attempt fails")
+                          : task_result::success("ok");
+  };
+  return t;
+}
+
+std::string temp_db(const std::string& name) {
+  auto dir = std::filesystem::temp_directory_path() /
+             ("troupe-persist-" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  auto path = dir / name;
+  std::filesystem::remove(path);
+  return "sqlite://" + path.string();
+}
+
+std::string pg_url() {
+#ifdef TROUPE_PG_DIR
+  std::ifstream in(std::string(TROUPE_PG_DIR) + "/url");
+  std::string url;
+  std::getline(in, url);
+  return url;
+#else
+  return {};
+#endif
+}
+
+engine_config config(persistence_mode mode, std::string url) {
+  engine_config c;
+  c.threads = 2;
+  c.mode = mode;
+  c.store = std::move(url);
+  c.writer.flush_ms = 2;
+  return c;
+}
+
+// Starts `runs` runs, waits for each, and returns their ids.
+std::vector<std::string> run_many(engine& e, int runs) {
+  BOOST_REQUIRE(e.register_task(flaky_task()));
+  auto p = e.register_workflow(workflow_text);
+  BOOST_REQUIRE(p.has_value());
+  std::vector<run_handle> hs;
+  for (int i = 0; i < runs; ++i) {
+    auto h = e.start(*p, json::object{{"i", i}});
+    BOOST_REQUIRE(h.has_value());
+    hs.push_back(*h);
+  }
+  std::vector<std::string> ids;
+  for (auto& h : hs) {
+    auto r = h.wait_for(60s);
+    BOOST_REQUIRE(r.has_value());
+    BOOST_TEST(r->status == run_status::succeeded);
+    ids.push_back(r->run_id);
+  }
+  return ids;
+}
+
+// Every run is in the log exactly once with its final status, and every execution of it.
+void check_log(store& db, const std::vector<std::string>& ids) {
+  for (auto& id : ids) {
+    auto run = db.get_run(id);
+    BOOST_REQUIRE(run.has_value());
+    BOOST_REQUIRE_MESSAGE(run->has_value(), "run " << id << " missing from the log");
+    BOOST_TEST((*run)->status == run_status::succeeded);
+    BOOST_TEST((*run)->workflow == "logged");
+    auto rows = db.node_rows(id);
+    BOOST_REQUIRE(rows.has_value());
+    std::map<std::string, node_status> last;
+    for (auto& r : *rows) {
+      last[r.node_id + "#" + std::to_string(r.attempt)] = r.status;
+    }
+    BOOST_TEST(rows->size() == 4u);  // a#1, flaky#1 (failed), flaky#2, c#1
+    BOOST_TEST(last["flaky#1"] == node_status::failed);
+    BOOST_TEST(last["flaky#2"] == node_status::succeeded);
+    BOOST_TEST(last["c#1"] == node_status::succeeded);
+  }
+  auto all = db.list_runs(run_query{std::nullopt, "logged", 0});
+  BOOST_REQUIRE(all.has_value());
+  BOOST_TEST(all->size() == ids.size());
+}
+
+void every_mode_logs_every_execution(const std::string& url_base, bool pg) {
+  for (auto mode : {persistence_mode::async, persistence_mode::durable, persistence_mode::sync}) {
+    BOOST_TEST_CONTEXT("mode " << to_string(mode)) {
+      std::string url = pg ? url_base : temp_db(std::string(to_string(mode)) + ".db");
+      std::vector<std::string> ids;
+      {
+        engine e(config(mode, url));
+        ids = run_many(e, 20);
+        if (mode != persistence_mode::async) {
+          // durable and sync report the end only after its commit: readable right now.
+          for (auto& id : ids) {
+            auto run = e.get_run(id);
+            BOOST_REQUIRE(run.has_value());
+            BOOST_REQUIRE(run->has_value());
+            BOOST_TEST((*run)->status == run_status::succeeded);
+          }
+        }
+        e.shutdown();  // async: the writer drains before the engine stops
+      }
+      auto db = open_store(url);
+      BOOST_REQUIRE(db.has_value());
+      if (pg) {
+        // The PostgreSQL database is shared by the modes: check only this mode's runs.
+        for (auto& id : ids) {
+          auto run = (*db)->get_run(id);
+          BOOST_REQUIRE(run.has_value());
+          BOOST_TEST(run->has_value());
+        }
+      } else {
+        check_log(**db, ids);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_SUITE(persistence_modes, *utf::timeout(180))
+
+BOOST_AUTO_TEST_CASE(every_mode_logs_every_execution_on_sqlite) {
+  every_mode_logs_every_execution("", false);
+}
+
+BOOST_AUTO_TEST_CASE(every_mode_logs_every_execution_on_postgresql) {
+  std::string url = pg_url();
+  if (url.empty()) {
+    BOOST_TEST_MESSAGE("skipped: no PostgreSQL test server (server binaries absent)");
+    return;
+  }
+  every_mode_logs_every_execution(url, true);
+}
+
+BOOST_AUTO_TEST_CASE(memory_mode_keeps_a_bounded_log_and_writes_nothing) {
+  engine_config c;
+  c.threads = 2;
+  c.mode = persistence_mode::memory;
+  c.memory_log_runs = 5;
+  c.store = temp_db("never.db");
+  engine e(c);
+  auto ids = run_many(e, 8);
+  auto runs = e.list_runs(run_query{});
+  BOOST_REQUIRE(runs.has_value());
+  BOOST_TEST(runs->size() == 5u);
+  BOOST_TEST(!std::filesystem::exists(c.store.substr(9)));
+  BOOST_TEST(e.metrics().batches.load() == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(the_writer_coalesces_states_of_one_attempt_into_one_row) {
+  auto mem = open_store("memory://");
+  BOOST_REQUIRE(mem.has_value());
+  std::shared_ptr<store> db(std::move(*mem));
+  engine_config c = config(persistence_mode::async, "");
+  c.store_object = db;
+  c.writer.flush_ms = 1000;  // only the batch size or the drain flushes
+  c.writer.batch_max = 100000;
+  std::vector<std::string> ids;
+  {
+    engine e(c);
+    ids = run_many(e, 50);
+    e.shutdown();
+    // Each run sent 8 node states (running + end for 4 executions) and 2 run states.
+    BOOST_TEST(e.metrics().rows_received.load() >= 50u * 10u);
+    BOOST_TEST(e.metrics().rows.load() < e.metrics().rows_received.load());
+    BOOST_TEST(e.metrics().batches.load() <= 3u);
+  }
+  check_log(*db, ids);
+}
+
+BOOST_AUTO_TEST_CASE(a_failing_database_loses_and_duplicates_nothing) {
+  auto mem = open_store("memory://");
+  BOOST_REQUIRE(mem.has_value());
+  auto failing = std::make_shared<failing_store>(std::move(*mem));
+  failing->set_failing(true, store_error{"disk full (injected)", true});
+  engine_config c = config(persistence_mode::async, "");
+  c.store_object = failing;
+  c.writer.retry_initial_ms = 1;
+  c.writer.retry_max_ms = 20;
+  std::vector<std::string> ids;
+  {
+    engine e(c);
+    ids = run_many(e, 30);  // async: runs finish while nothing can be written
+    // Wait (on the writer's signal) until the database has refused at least two commits.
+    BOOST_REQUIRE(e.metrics().wait_errors(2, 30s));
+    BOOST_TEST(e.metrics().pending.load() > 0u);
+    failing->heal();
+    e.shutdown();  // the drain waits for the retries to get through
+    BOOST_TEST(e.metrics().retries.load() >= 1u);
+    BOOST_TEST(e.metrics().pending.load() == 0u);
+  }
+  BOOST_TEST(failing->injected_failures() >= 1u);
+  check_log(*failing, ids);
+}
+
+BOOST_AUTO_TEST_CASE(durable_runs_wait_for_a_failing_database_then_complete) {
+  auto mem = open_store("memory://");
+  BOOST_REQUIRE(mem.has_value());
+  auto failing = std::make_shared<failing_store>(std::move(*mem));
+  failing->set_failing(true, store_error{"database is locked (injected)", true});
+  engine_config c = config(persistence_mode::durable, "");
+  c.store_object = failing;
+  c.writer.retry_initial_ms = 1;
+  c.writer.retry_max_ms = 10;
+  engine e(c);
+  BOOST_REQUIRE(e.register_task(flaky_task()));
+  auto p = e.register_workflow(workflow_text);
+  BOOST_REQUIRE(p.has_value());
+  auto h = e.start(*p, json::object{{"i", 1}});
+  BOOST_REQUIRE(h.has_value());
+  // Its end cannot be committed, so the caller is not told it ended.
+  BOOST_TEST(!h->wait_for(300ms).has_value());
+  failing->heal();
+  auto r = h->wait_for(30s);
+  BOOST_REQUIRE(r.has_value());
+  BOOST_TEST(r->status == run_status::succeeded);
+  auto run = failing->get_run(r->run_id);
+  BOOST_REQUIRE(run.has_value());
+  BOOST_REQUIRE(run->has_value());
+  BOOST_TEST((*run)->status == run_status::succeeded);
+}
+
+BOOST_AUTO_TEST_CASE(an_unopenable_store_is_a_clear_engine_error) {
+  engine_config c = config(persistence_mode::async, "sqlite:///nonexistent-dir/x/troupe.db");
+  BOOST_CHECK_EXCEPTION(engine e(c), engine_error, [](const engine_error& err) {
+    return std::string(err.what()).find("nonexistent-dir") != std::string::npos;
+  });
+  c.store = "mysql://nope";
+  BOOST_CHECK_THROW(engine e(c), engine_error);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
