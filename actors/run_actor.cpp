@@ -38,6 +38,9 @@ struct run_actor_state {
   std::vector<command> out;
   std::vector<command> batch;
   std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
+  // Events of this turn, delivered after the turn's rows went to the writer: whoever reacts to
+  // an event (say, by asking the writer to flush) is behind those rows in the writer's mailbox.
+  std::vector<run_event> events_due;
   bool done = false;
 
   static inline const char* name = "run";
@@ -46,6 +49,16 @@ struct run_actor_state {
 using run_actor = caf::stateful_actor<run_actor_state>;
 
 void drive(run_actor* self);
+
+void deliver_events(run_actor_state& st) {
+  if (st.events_due.empty()) {
+    return;
+  }
+  for (const auto& e : st.events_due) {
+    st.sink->event(e);
+  }
+  st.events_due.clear();
+}
 
 node_row to_row(const run_actor_state& st, const node_record& rec) {
   const auto& m = *st.machine;
@@ -177,6 +190,7 @@ void finish(run_actor* self, const cmd::finish&) {
 
 void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
   auto& st = self->state;
+  deliver_events(st);
   if (st.sink) {
     if (st.events) {
       run_event e;
@@ -223,7 +237,7 @@ void drive(run_actor* self) {
         case 3: {
           const auto& rec = std::get<cmd::record>(c).rec;
           if (st.events) {
-            st.sink->event(event_of(*st.machine, rec));
+            st.events_due.push_back(event_of(*st.machine, rec));
           }
           if (st.services->writer) {
             st.rows.push_back(to_row(st, rec));
@@ -240,6 +254,7 @@ void drive(run_actor* self) {
   if (!st.rows.empty() && !st.done) {
     send_rows(self);
   }
+  deliver_events(st);
 }
 
 caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_args args,
@@ -258,6 +273,12 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   // Records feed subscribers (and the writer); nobody listening means nothing to build.
   args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
+  for (auto& [node, output] : args.restored) {
+    st.machine->restore(node, std::move(output));
+  }
+  for (auto& [node, n] : args.prior_attempts) {
+    st.machine->continue_attempts(node, n);
+  }
   // A node actor that dies without answering (an exception escaped it) fails its attempt
   // instead of leaving the run waiting forever.
   self->set_down_handler([self](caf::down_msg& dm) {

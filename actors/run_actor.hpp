@@ -4,6 +4,8 @@
 #include <memory>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 #include <caf/actor.hpp>
 
@@ -62,6 +64,9 @@ struct run_spawn_args {
   run_options options;
   std::shared_ptr<run_sink> sink;  // may be null
   int depth = 0;                   // nesting level of `workflow` tasks
+  /// Resuming: nodes that succeeded before (index, output) and attempts already recorded.
+  std::vector<std::pair<std::size_t, json_ptr>> restored;
+  std::vector<std::pair<std::size_t, int>> prior_attempts;
 };
 
 /// Spawns the actor that runs one workflow run. `parent`, when valid, receives a `run_done`

@@ -345,8 +345,9 @@ CLI::Validator mode_check() {
         persistence_mode m{};
         return parse_persistence_mode(text, m)
                    ? std::string()
-                   : "'" + text + "' is not a persistence mode; expected memory, async, durable "
-                                  "or sync";
+                   : "'" + text +
+                         "' is not a persistence mode; expected memory, async, durable "
+                         "or sync";
       },
       "");
 }
@@ -355,9 +356,9 @@ CLI::Validator status_check() {
   return CLI::Validator(
       [](std::string& text) -> std::string {
         run_status s{};
-        return parse_run_status(text, s) ? std::string()
-                                         : "'" + text + "' is not a run status; expected one of " +
-                                               run_status_names();
+        return parse_run_status(text, s)
+                   ? std::string()
+                   : "'" + text + "' is not a run status; expected one of " + run_status_names();
       },
       "");
 }

@@ -6,8 +6,8 @@
 #include <charconv>
 #include <cmath>
 #include <cstdio>
-#include <iostream>
 #include <ctime>
+#include <iostream>
 #include <ostream>
 #include <string_view>
 #include <vector>
@@ -171,7 +171,9 @@ json::value text_or_null(const std::string& text) {
   return text.empty() ? json::value(nullptr) : json::value(text);
 }
 
-json::value value_or_null(const json_ptr& v) { return v ? *v : json::value(nullptr); }
+json::value value_or_null(const json_ptr& v) {
+  return v ? *v : json::value(nullptr);
+}
 
 json::object run_object(const run_row& r) {
   json::object o;
@@ -402,7 +404,7 @@ json::value run_detail_document(const run_row& run, const std::vector<node_row>&
 }
 
 void print_runs_table(std::ostream& out, const std::vector<run_row>& runs) {
-  const std::vector<column> columns = {{"RUN"},     {"WORKFLOW"},        {"VERSION"}, {"STATUS"},
+  const std::vector<column> columns = {{"RUN"},     {"WORKFLOW"},       {"VERSION"}, {"STATUS"},
                                        {"STARTED"}, {"DURATION", true}, {"ERROR"}};
   std::vector<std::vector<std::string>> rows;
   rows.reserve(runs.size());

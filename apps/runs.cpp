@@ -102,8 +102,8 @@ int runs_list_command(const runs_list_options& o) {
     std::cout << compact_json(runs_document(*runs)) << '\n';
   } else if (runs->empty()) {
     // An empty table would look like a bug; say what was searched.
-    std::cout << "no runs in " << display_url(o.db) << (q.status || !q.workflow.empty() ? " match" : "")
-              << '\n';
+    std::cout << "no runs in " << display_url(o.db)
+              << (q.status || !q.workflow.empty() ? " match" : "") << '\n';
   } else {
     print_runs_table(std::cout, *runs);
   }

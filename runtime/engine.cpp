@@ -389,6 +389,13 @@ expected<run_handle, validation_errors> engine::start(std::string_view workflow_
 
 expected<run_handle, validation_errors> engine::start(const plan_ptr& p, json::object inputs,
                                                       start_options options) {
+  return start_run(p, std::move(inputs), std::move(options), {}, {});
+}
+
+expected<run_handle, validation_errors> engine::start_run(
+    const plan_ptr& p, json::object inputs, start_options options,
+    std::vector<std::pair<std::size_t, json_ptr>> restored,
+    std::vector<std::pair<std::size_t, int>> prior_attempts) {
   auto& m = *impl_;
   if (!p) {
     return make_unexpected(one_error("", "no plan given"));
@@ -434,6 +441,8 @@ expected<run_handle, validation_errors> engine::start(const plan_ptr& p, json::o
   a.options.run_id = sh->id;
   a.options.max_concurrency = m.config.max_in_flight;
   a.sink = sh;
+  a.restored = std::move(restored);
+  a.prior_attempts = std::move(prior_attempts);
   // The lock orders this store before finished() clears it, should the run end at once.
   std::unique_lock<std::mutex> lock(sh->mutex);
   auto actor = spawn_run(m.services, std::move(a), caf::actor{});
@@ -518,6 +527,116 @@ expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view 
 writer_metrics& engine::metrics() const { return *impl_->metrics; }
 
 persistence_mode engine::mode() const { return impl_->config.mode; }
+
+expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
+                                                       start_options options) {
+  auto& m = *impl_;
+  auto fail = [](std::string msg) { return make_unexpected(one_error("", std::move(msg))); };
+  if (!m.query_store) {
+    return fail("resume needs a store: memory mode keeps no resumable log");
+  }
+  std::optional<run_row> run;
+  std::vector<node_row> rows;
+  std::optional<workflow_row> doc;
+  {
+    std::lock_guard<std::mutex> lock(m.query_mutex);
+    auto r = m.query_store->get_run(run_id);
+    if (!r) {
+      return fail("cannot read run '" + std::string(run_id) + "': " + r.error().message);
+    }
+    run = std::move(*r);
+    if (!run) {
+      return fail("no run '" + std::string(run_id) + "' in " + m.query_store->describe());
+    }
+    auto n = m.query_store->node_rows(run_id);
+    if (!n) {
+      return fail("cannot read the nodes of run '" + std::string(run_id) + "': " + n.error().message);
+    }
+    rows = std::move(*n);
+    if (!find_workflow(run->workflow, run->version)) {
+      auto w = m.query_store->get_workflow(run->workflow, run->version);
+      if (w && *w) {
+        doc = std::move(**w);
+      }
+    }
+  }
+  if (run->status == run_status::succeeded) {
+    return fail("run '" + std::string(run_id) + "' already succeeded");
+  }
+  plan_ptr p = find_workflow(run->workflow, run->version);
+  if (!p && doc) {
+    auto compiled = register_workflow(doc->document);
+    if (!compiled) {
+      return make_unexpected(std::move(compiled.error()));
+    }
+    p = *compiled;
+  }
+  if (!p) {
+    return fail("workflow '" + run->workflow + "' version '" + run->version +
+                "' is neither registered nor stored");
+  }
+  std::vector<std::pair<std::size_t, json_ptr>> restored;
+  std::map<std::size_t, int> attempts;
+  for (const auto& r : rows) {
+    const node_plan* np = p->find_node(r.node_id);
+    if (!np) {
+      continue;
+    }
+    if (r.item == -1 && r.status == node_status::succeeded) {
+      restored.emplace_back(np->index, r.output);
+    }
+    if (r.item == -1 || np->for_each) {
+      attempts[np->index] = std::max(attempts[np->index], r.attempt);
+    }
+  }
+  // A for_each node is resumed whole unless its aggregate succeeded: item-level restore would
+  // need per-item state the store keeps but the plan cannot yet seed.
+  json::object inputs = run->inputs && run->inputs->is_object() ? run->inputs->as_object()
+                                                                 : json::object{};
+  options.run_id = run->run_id;
+  return start_run(p, std::move(inputs), std::move(options), std::move(restored),
+                   {attempts.begin(), attempts.end()});
+}
+
+bool engine::flush(std::chrono::milliseconds timeout) {
+  auto& m = *impl_;
+  if (!m.writer) {
+    return true;
+  }
+  bool ok = false;
+  caf::scoped_actor self{*m.system};
+  self->request(m.writer, caf::timespan{timeout}, commit_atom::value, persist{})
+      .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
+  return ok;
+}
+
+std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished() {
+  auto& m = *impl_;
+  std::vector<expected<run_handle, validation_errors>> out;
+  if (!m.query_store) {
+    return out;
+  }
+  std::vector<run_row> runs;
+  {
+    std::lock_guard<std::mutex> lock(m.query_mutex);
+    auto r = m.query_store->unfinished_runs();
+    if (!r) {
+      out.push_back(make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
+      return out;
+    }
+    runs = std::move(*r);
+  }
+  for (const auto& r : runs) {
+    {
+      std::lock_guard<std::mutex> lock(m.runs_mutex);
+      if (m.live.count(r.run_id)) {
+        continue;  // running here already
+      }
+    }
+    out.push_back(resume(r.run_id));
+  }
+  return out;
+}
 
 std::size_t engine::active_runs() const {
   std::lock_guard<std::mutex> lock(impl_->runs_mutex);

@@ -11,6 +11,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "actors/writer_config.hpp"
@@ -116,6 +117,23 @@ class engine {
   expected<run_handle, validation_errors> start(std::string_view workflow_name,
                                                 json::object inputs, start_options options = {});
 
+  /// Resumes a run recorded in the store (not in memory mode): nodes that succeeded are not
+  /// executed again (their outputs come from the store); everything else runs, with attempt
+  /// numbers continuing after the recorded ones. For a failed, cancelled or timed-out run this
+  /// re-runs only what did not succeed. The workflow is the registered one of that name and
+  /// version, else the document stored with it. Errors: unknown run, a run that succeeded or is
+  /// running here, a workflow that no longer compiles.
+  expected<run_handle, validation_errors> resume(std::string_view run_id,
+                                                 start_options options = {});
+  /// Resumes every run the store still records as pending or running (left by a process that
+  /// died). Call it after registering the tasks those workflows use.
+  std::vector<expected<run_handle, validation_errors>> resume_unfinished();
+
+  /// Blocks until every state change recorded before this call (and handed to the writer) is
+  /// committed; false after `timeout`. Events a subscriber has seen were handed to the writer
+  /// before they were delivered. Returns true at once in memory mode.
+  bool flush(std::chrono::milliseconds timeout = std::chrono::seconds(30));
+
   /// Runs in progress right now.
   std::size_t active_runs() const;
 
@@ -136,6 +154,11 @@ class engine {
   struct impl;
 
  private:
+  expected<run_handle, validation_errors> start_run(
+      const plan_ptr& p, json::object inputs, start_options options,
+      std::vector<std::pair<std::size_t, json_ptr>> restored,
+      std::vector<std::pair<std::size_t, int>> prior_attempts);
+
   std::unique_ptr<impl> impl_;
 };
 

@@ -116,6 +116,18 @@ run_state::run_state(plan_ptr p, run_options options)
   }
 }
 
+void run_state::restore(std::size_t node, json_ptr output) {
+  if (status_ == run_status::pending && node < nodes_.size()) {
+    nodes_[node].restored = output ? std::move(output) : null_json();
+  }
+}
+
+void run_state::continue_attempts(std::size_t node, int prior_attempts) {
+  if (status_ == run_status::pending && node < nodes_.size() && prior_attempts > 0) {
+    nodes_[node].attempt_offset = prior_attempts;
+  }
+}
+
 void run_state::start(json::object inputs, std::int64_t now, std::vector<command>& out) {
   if (status_ != run_status::pending) {
     return;
@@ -141,6 +153,34 @@ void run_state::start(json::object inputs, std::int64_t now, std::vector<command
   }
   if (plan_->timeout_ms) {
     add_timer({timer_kind::run_timeout, {}, 0}, *plan_->timeout_ms, out);
+  }
+  // Resumed runs: what succeeded before is taken as done, in dependency order, so its output
+  // and published vars are in the context before anything that needs them becomes ready.
+  for (std::uint32_t n : plan_->topological_order) {
+    auto& ns = nodes_[n];
+    if (!ns.restored) {
+      continue;
+    }
+    const auto& np = plan_->nodes[n];
+    ns.ready_seen = true;
+    ns.summary.status = node_status::succeeded;
+    ns.summary.started_us = now;
+    ns.summary.finished_us = now;
+    for (const auto& [slot, tmpl] : np.publish) {
+      context_scope sc(plan_->names, ctx_, identity_, ns.restored.get());
+      if (auto v = tmpl.render(sc)) {
+        ctx_.set_var(slot, make_json(std::move(*v)));
+      }
+    }
+    ctx_.set_node(n, node_result{node_status::succeeded, ns.restored, nullptr});
+    ++nodes_done_;
+    for (std::size_t d : np.dependents) {
+      --nodes_[d].join;
+    }
+  }
+  if (nodes_done_ == nodes_.size()) {
+    finish_if_all_done(now, out);
+    return;
   }
   for (std::uint32_t n : plan_->topological_order) {
     if (finished()) {
@@ -280,7 +320,7 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
       node_record r;
       r.node = u.node;
       r.item = u.item;
-      r.attempt = u.attempt;
+      r.attempt = u.attempt + ns.attempt_offset;
       r.status = node_status::failed;
       r.error = err;
       r.started_us = now;
@@ -300,7 +340,7 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
     node_record r;
     r.node = u.node;
     r.item = u.item;
-    r.attempt = u.attempt;
+    r.attempt = u.attempt + ns.attempt_offset;
     r.status = node_status::running;
     r.input = input;
     r.started_us = now;
@@ -362,7 +402,7 @@ void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::
     node_record r;
     r.node = e.u.node;
     r.item = e.u.item;
-    r.attempt = e.u.attempt;
+    r.attempt = e.u.attempt + ns.attempt_offset;
     r.status = node_status::succeeded;
     r.input = e.input;
     r.output = out_ptr;
@@ -393,7 +433,7 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
   node_record r;
   r.node = e.u.node;
   r.item = e.u.item;
-  r.attempt = e.u.attempt;
+  r.attempt = e.u.attempt + ns.attempt_offset;
   r.status = how;
   r.input = e.input;
   r.error = error;
@@ -475,7 +515,7 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
       node_record r;
       r.node = n;
       r.item = e.u.item;
-      r.attempt = e.u.attempt;
+      r.attempt = e.u.attempt + ns.attempt_offset;
       r.status = node_status::cancelled;
       r.input = e.input;
       r.started_us = e.started_us;
@@ -512,6 +552,10 @@ void run_state::node_done(std::uint32_t n, std::int64_t now, std::vector<command
   if (finished() || nodes_done_ < nodes_.size()) {
     return;
   }
+  finish_if_all_done(now, out);
+}
+
+void run_state::finish_if_all_done(std::int64_t now, std::vector<command>& out) {
   json::object outputs;
   for (const auto& [name, tmpl] : plan_->outputs) {
     context_scope sc(plan_->names, ctx_, identity_);
@@ -600,7 +644,7 @@ void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
     node_record r;
     r.node = e.u.node;
     r.item = e.u.item;
-    r.attempt = e.u.attempt;
+    r.attempt = e.u.attempt + nodes_[e.u.node].attempt_offset;
     r.status = node_status::cancelled;
     r.input = e.input;
     r.started_us = e.started_us;

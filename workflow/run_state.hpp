@@ -108,6 +108,13 @@ class run_state {
  public:
   run_state(plan_ptr p, run_options options);
 
+  /// Resuming a run: before start(), marks a node as already succeeded with this output (read
+  /// back from the store). It is not executed again; its publish templates are applied again.
+  void restore(std::size_t node, json_ptr output);
+  /// Resuming a run: attempts of this node are numbered after the `prior_attempts` already
+  /// recorded, so new records do not overwrite the history.
+  void continue_attempts(std::size_t node, int prior_attempts);
+
   /// Starts the run with inputs already checked by bind_inputs().
   void start(json::object inputs, std::int64_t now_us, std::vector<command>& out);
   /// The outcome of an attempt. Unknown or stale execs (cancelled, timed out) are ignored.
@@ -185,6 +192,8 @@ class run_state {
     json_ptr items;  // the for_each array
     std::vector<json_ptr> item_outputs;
     std::vector<unit> retries_due;  // FIFO; a vector because an empty deque allocates
+    json_ptr restored;               // resumed runs: the output it had before
+    int attempt_offset = 0;          // resumed runs: attempts recorded before
   };
 
   void node_ready(std::uint32_t n, std::int64_t now, std::vector<command>& out);
@@ -200,6 +209,7 @@ class run_state {
   void node_failed(std::uint32_t n, std::string error, node_status how, std::int64_t now,
                    std::vector<command>& out);
   void node_done(std::uint32_t n, std::int64_t now, std::vector<command>& out);
+  void finish_if_all_done(std::int64_t now, std::vector<command>& out);
   void finish_run(run_status s, std::string error, std::int64_t now, std::vector<command>& out);
   void cancel_everything(std::int64_t now, std::vector<command>& out);
   void record(node_record r, std::vector<command>& out);

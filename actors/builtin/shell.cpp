@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -463,6 +464,14 @@ class shell_operation final : public operation,
                       asio::bind_executor(strand_, [self = shared_from_this()](error_code ec) {
                         self->on_exit(ec);
                       }));
+    // Asio registers descriptors edge-triggered. If the child exits between assign() above and
+    // the wait being queued, an epoll_wait on another I/O thread can consume that one edge with
+    // no operation waiting, and the wait would never complete. So look once now (after the wait
+    // is queued, so no exit can slip between the two): a pidfd stays readable after exit.
+    pollfd exited_already{pidfd, POLLIN, 0};
+    if (::poll(&exited_already, 1, 0) == 1) {
+      asio::post(strand_, [self = shared_from_this()] { self->on_exit({}); });
+    }
     asio::async_read(
         status_pipe_, asio::buffer(&exec_status_, sizeof exec_status_),
         asio::bind_executor(strand_, [self = shared_from_this()](error_code ec, std::size_t n) {
@@ -531,6 +540,13 @@ class shell_operation final : public operation,
                       asio::bind_executor(strand_, [self = shared_from_this()](error_code ec) {
                         self->on_stdin_writable(ec);
                       }));
+    // Edge-triggered registration (see the pidfd above): if the pipe is writable already, that
+    // edge may have been consumed before the wait was queued. Writes run on the strand, so a
+    // second call finds the work done or continues it.
+    pollfd writable{stdin_.native_handle(), POLLOUT, 0};
+    if (::poll(&writable, 1, 0) == 1) {
+      asio::post(strand_, [self = shared_from_this()] { self->on_stdin_writable({}); });
+    }
   }
 
   void on_stdin_writable(error_code ec) {

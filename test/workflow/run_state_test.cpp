@@ -545,3 +545,34 @@ BOOST_AUTO_TEST_CASE(same_events_give_the_same_commands) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(run_state_resume, *utf::timeout(30))
+
+BOOST_AUTO_TEST_CASE(restored_nodes_are_not_dispatched_and_their_outputs_are_seen) {
+  driver d(R"({"name":"resume","nodes":[
+      {"id":"a","task":"echo","with":1,"publish":{"seen":"{{ output + 100 }}"}},
+      {"id":"b","task":"echo","needs":["a"],"with":"{{ nodes.a.output + vars.seen }}"},
+      {"id":"c","task":"echo","needs":["b"],"with":"{{ nodes.b.output * 2 }}"}],
+    "outputs":{"c":"{{ nodes.c.output }}"}})");
+  d.rs.restore(0, make_json(5));
+  d.rs.continue_attempts(1, 2);  // b failed twice before the restart
+  d.start();
+  d.run_quick_tasks();
+  BOOST_TEST((d.dispatch_order() == std::vector<std::string>{"b", "c"}));
+  BOOST_TEST(d.outputs() == R"({"c":220})");
+  auto b = d.records_of("b");
+  BOOST_REQUIRE(!b.empty());
+  BOOST_TEST(b.front().attempt == 3);
+  BOOST_TEST(d.records_of("a").empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_run_whose_nodes_all_succeeded_before_finishes_at_once) {
+  driver d(R"({"name":"done","nodes":[{"id":"a","task":"echo","with":1}],
+    "outputs":{"a":"{{ nodes.a.output }}"}})");
+  d.rs.restore(0, make_json("kept"));
+  d.start();
+  BOOST_TEST(d.pending.empty());
+  BOOST_TEST(d.outputs() == R"({"a":"kept"})");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
