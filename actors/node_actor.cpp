@@ -128,7 +128,6 @@ void start_child_workflow(node_actor* self, const services_ptr& svc) {
   a.plan = std::move(p);
   a.inputs = std::move(*bound);
   a.options.run_id = svc->new_run_id();
-  a.options.max_concurrency = svc->max_in_flight;
   a.depth = st.args.depth + 1;
   st.child = spawn_run(svc, std::move(a), caf::actor_cast<caf::actor>(self));
 }

@@ -1,6 +1,7 @@
 #include "actors/run_actor.hpp"
 
 #include <chrono>
+#include <deque>
 #include <exception>
 #include <unordered_map>
 #include <utility>
@@ -11,6 +12,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "actors/inflight_gate.hpp"
 #include "messages/messages.hpp"
 
 namespace troupe {
@@ -37,6 +39,8 @@ struct run_actor_state {
   std::unordered_map<caf::actor_addr, std::uint64_t> exec_of_node;
   std::vector<command> out;
   std::vector<command> batch;
+  std::deque<cmd::dispatch> gated;  // waiting for a slot of the engine-wide limit
+  bool waiting_gate = false;        // queued in the gate, a permit may be on its way
   std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
   // Events of this turn, delivered after the turn's rows went to the writer: whoever reacts to
   // an event (say, by asking the writer to flush) is behind those rows in the writer's mailbox.
@@ -117,6 +121,8 @@ void send_rows(run_actor* self) {
   }
 }
 
+void spawn_attempt(run_actor* self, cmd::dispatch& d);
+
 void dispatch(run_actor* self, cmd::dispatch& d) {
   auto& st = self->state;
   auto& machine = *st.machine;
@@ -140,6 +146,22 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
     machine.task_finished(d.exec, std::move(r), now_us(), st.out);
     return;
   }
+  if (st.services->gate && !st.services->gate->try_acquire()) {
+    st.gated.push_back(std::move(d));
+    if (!st.waiting_gate) {
+      st.waiting_gate = true;
+      st.services->gate->wait(caf::actor_cast<caf::actor>(self));
+    }
+    return;
+  }
+  spawn_attempt(self, d);
+}
+
+void spawn_attempt(run_actor* self, cmd::dispatch& d) {
+  auto& st = self->state;
+  const auto& machine = *st.machine;
+  const auto& def = st.task_of_node[d.node];
+  const auto& np = machine.workflow().nodes[d.node];
   node_spawn_args a;
   a.exec = d.exec;
   a.task = def;
@@ -161,6 +183,9 @@ void forget_node(run_actor_state& st, std::uint64_t exec) {
   }
   st.exec_of_node.erase(it->second.address());
   st.node_of_exec.erase(it);
+  if (st.services->gate) {
+    st.services->gate->release();  // every node actor held one slot
+  }
 }
 
 void deliver(run_actor* self, std::shared_ptr<const run_result> report);
@@ -191,6 +216,11 @@ void finish(run_actor* self, const cmd::finish&) {
 void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
   auto& st = self->state;
   deliver_events(st);
+  st.gated.clear();
+  if (st.waiting_gate) {
+    st.waiting_gate = false;
+    st.services->gate->leave(caf::actor_cast<caf::actor>(self));
+  }
   if (st.sink) {
     if (st.events) {
       run_event e;
@@ -222,6 +252,7 @@ void drive(run_actor* self) {
           break;
         case 1: {
           auto exec = std::get<cmd::cancel_task>(c).exec;
+          std::erase_if(st.gated, [exec](const cmd::dispatch& g) { return g.exec == exec; });
           if (auto it = st.node_of_exec.find(exec); it != st.node_of_exec.end()) {
             self->send(it->second, cancel_atom::value);
             forget_node(st, exec);
@@ -319,6 +350,26 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         auto& st = self->state;
         st.machine->cancel(now_us(), st.out);
         drive(self);
+      },
+      [self](permit_atom) {
+        auto& st = self->state;
+        st.waiting_gate = false;
+        if (st.done) {
+          st.services->gate->pass();
+          return;
+        }
+        auto& gate = *st.services->gate;
+        while (!st.gated.empty() && gate.try_acquire()) {
+          cmd::dispatch d = std::move(st.gated.front());
+          st.gated.pop_front();
+          spawn_attempt(self, d);
+        }
+        if (!st.gated.empty()) {
+          st.waiting_gate = true;
+          gate.wait(caf::actor_cast<caf::actor>(self));
+        } else {
+          gate.pass();  // this wake found nothing to do: it may be someone else's slot
+        }
       },
   };
 }

@@ -24,6 +24,8 @@ class thread_pool;
 
 namespace troupe {
 
+class inflight_gate;
+
 /// What every run and node actor of one engine shares. Owned by the engine, which outlives all
 /// of its actors; immutable after the engine starts except through the functions' own locking.
 struct run_services {
@@ -38,7 +40,9 @@ struct run_services {
   /// A fresh run id.
   std::function<std::string()> new_run_id;
   int max_workflow_depth = 8;
-  int max_in_flight = 0;  // engine-wide limit per run (0: none)
+  int max_in_flight = 0;  // engine-wide limit on tasks in flight (0: none)
+  /// Enforces max_in_flight over all runs; null when there is no limit.
+  std::shared_ptr<inflight_gate> gate;
   /// The writer, or an invalid handle in memory mode (no database).
   caf::actor writer;
   persistence_mode mode = persistence_mode::memory;

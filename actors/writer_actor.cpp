@@ -131,23 +131,44 @@ bool flush(writer_actor* self) {
     st.waiters.clear();
     return true;
   }
+  // Rows move into the batch (no copies on the common path) and move back only if the commit
+  // fails, so nothing pending is lost.
   write_batch b;
   b.nodes.reserve(st.nodes.size());
   for (auto& [k, r] : st.nodes) {
-    b.nodes.push_back(r);
+    b.nodes.push_back(std::move(r));
   }
   b.runs.reserve(st.runs.size());
   for (auto& [k, r] : st.runs) {
-    b.runs.push_back(r);
+    b.runs.push_back(std::move(r));
   }
-  b.workflows = st.workflows;
+  b.workflows = std::move(st.workflows);
   for (auto& [k, r] : st.cache) {
-    b.cache.push_back(r);
+    b.cache.push_back(std::move(r));
   }
+  st.nodes.clear();
+  st.runs.clear();
+  st.workflows.clear();
+  st.cache.clear();
   auto t0 = steady_us();
   auto res = st.db->write(b);
   auto t1 = steady_us();
   if (!res) {
+    // Back into pending; rows that arrived meanwhile cannot exist (one thread), so each key is
+    // free and the newest state per key is still the one kept.
+    for (auto& r : b.nodes) {
+      auto key = node_key(r);
+      st.nodes.emplace(std::move(key), std::move(r));
+    }
+    for (auto& r : b.runs) {
+      auto key = r.run_id;
+      st.runs.emplace(std::move(key), std::move(r));
+    }
+    st.workflows = std::move(b.workflows);
+    for (auto& r : b.cache) {
+      auto key = r.key;
+      st.cache.emplace(std::move(key), std::move(r));
+    }
     {
       std::lock_guard<std::mutex> lock(st.metrics->mutex);
       st.metrics->errors.fetch_add(1);
@@ -166,10 +187,6 @@ bool flush(writer_actor* self) {
   while (n > prev && !st.metrics->max_batch.compare_exchange_weak(prev, n)) {
   }
   st.metrics->lag_us.store(t1 - st.first_pending_us);
-  st.nodes.clear();
-  st.runs.clear();
-  st.workflows.clear();
-  st.cache.clear();
   st.retrying = false;
   st.backoff_ms = 0;
   publish_pending(st);
@@ -268,7 +285,10 @@ caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   if (st.retrying) {
     return answer;  // the backoff timer flushes
   }
-  if (st.pending() >= st.config.batch_max || st.draining) {
+  // Group commit: a durable caller is waiting, and everything that queued up meanwhile (during
+  // the previous commit, typically) is absorbed: commit now rather than after flush_ms.
+  bool waiter_ready = !st.waiters.empty() && self->mailbox().empty();
+  if (st.pending() >= st.config.batch_max || st.draining || waiter_ready) {
     flush(self);
   } else if (!st.timer_armed) {
     st.timer_armed = true;

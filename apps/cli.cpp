@@ -298,6 +298,55 @@ int run_command(const run_options& o) {
   return result.status == run_status::succeeded ? exit_ok : exit_run_failed;
 }
 
+int resume_command(const runs_resume_options& o) {
+  engine_config config;
+  config.threads = o.threads;
+  config.store = o.db;
+  // Resuming is about not losing work: the answer waits for the commit of the run's end.
+  config.mode = persistence_mode::durable;
+  config.writer.mode = persistence_mode::durable;
+  std::optional<engine> eng_storage;
+  try {
+    eng_storage.emplace(config);
+  } catch (const engine_error& e) {
+    return report_errors(one_error(masked_store_error(e.what(), o.db)), o.json);
+  }
+  engine& eng = *eng_storage;
+  const json_limits& limits = config.limits.json;
+  for (const auto& path : o.registers) {
+    auto child = read_file(path, limits.max_document_bytes);
+    if (!child) {
+      return report_errors(one_error(child.error(), "", path), o.json);
+    }
+    auto registered = eng.register_workflow(std::string_view(*child));
+    if (!registered) {
+      return report_errors(locate(registered.error(), path), o.json);
+    }
+  }
+  auto resumed = eng.resume(o.run_id);
+  if (!resumed) {
+    // An unknown run or one that already succeeded is a failed request, not bad usage.
+    report_errors(locate(resumed.error()), o.json);
+    return exit_run_failed;
+  }
+  if (!o.json) {
+    std::cerr << "run " << resumed->id() << " resumed\n" << std::flush;
+  }
+  const run_result result = resumed->wait();
+  eng.shutdown();
+  if (o.json) {
+    std::cout << compact_json(to_json(result)) << '\n';
+  } else {
+    print_run_text(std::cout, result);
+    if (result.status != run_status::succeeded) {
+      std::cerr << "error: run " << to_string(result.status) << ": " << result.error << '\n';
+    }
+    std::cout << "\nlog: " << display_url(o.db) << " (run " << result.run_id << ")\n";
+  }
+  std::cout.flush();
+  return result.status == run_status::succeeded ? exit_ok : exit_run_failed;
+}
+
 int validate_command(const validate_options& o) {
   const workflow_limits limits;
   auto text = read_file(o.file, limits.json.max_document_bytes);
@@ -365,6 +414,8 @@ CLI::Validator status_check() {
 
 }  // namespace
 
+int runs_resume_command(const runs_resume_options& o) { return resume_command(o); }
+
 int run_cli(int argc, char** argv) {
   CLI::App app{"troupe: runs workflows of tasks on an embedded actor engine.", "troupe"};
   app.require_subcommand(1);
@@ -418,7 +469,7 @@ int run_cli(int argc, char** argv) {
       ->type_name("FILE");
   validate->add_flag("--json", validate_opts.json, "Print the verdict as one JSON document.");
 
-  CLI::App* runs = app.add_subcommand("runs", "Read the execution log: list runs, show one.");
+  CLI::App* runs = app.add_subcommand("runs", "The execution log: list runs, show one, resume one.");
   runs->require_subcommand(1);
   runs_list_options list_opts;
   CLI::App* list = runs->add_subcommand("list", "List runs, newest first.");
@@ -439,6 +490,19 @@ int run_cli(int argc, char** argv) {
   add_db_option(show, show_opts.db);
   show->add_flag("--json", show_opts.json, "Print the run as one JSON document.");
 
+  runs_resume_options resume_opts;
+  CLI::App* resume = runs->add_subcommand(
+      "resume", "Run again what did not succeed in a failed or interrupted run.");
+  resume->add_option("run", resume_opts.run_id, "The run id.")->required()->type_name("RUN");
+  add_db_option(resume, resume_opts.db);
+  resume->add_option("--register", resume_opts.registers,
+                     "Also register this workflow (for `workflow` tasks); repeatable.")
+      ->type_name("FILE");
+  resume->add_option("--threads", resume_opts.threads, "Scheduler threads (0: one per core).")
+      ->check(CLI::Range(0, 1024))
+      ->type_name("N");
+  resume->add_flag("--json", resume_opts.json, "Print the result as one JSON document.");
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
       std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs") {
@@ -456,7 +520,7 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
-    for (CLI::App* sub : {run, validate, runs, list, show}) {
+    for (CLI::App* sub : {run, validate, runs, list, show, resume}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -474,6 +538,9 @@ int run_cli(int argc, char** argv) {
     }
     if (show->parsed()) {
       return runs_show_command(show_opts);
+    }
+    if (resume->parsed()) {
+      return runs_resume_command(resume_opts);
     }
     return validate_command(validate_opts);
   } catch (const std::exception& e) {

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "workflow/run_state.hpp"
 
@@ -28,11 +29,22 @@ struct runs_show_options {
   bool json = false;
 };
 
+/// `troupe runs resume RUN`: runs again what did not succeed, on a durable engine over the log.
+struct runs_resume_options {
+  std::string db = default_db;
+  std::string run_id;
+  std::vector<std::string> registers;  // workflows a `workflow` task of the run calls
+  int threads = 0;
+  bool json = false;
+};
+
 bool parse_run_status(std::string_view text, run_status& out);
 /// "pending, running, ..." for error messages.
 std::string run_status_names();
 
 int runs_list_command(const runs_list_options& o);
 int runs_show_command(const runs_show_options& o);
+/// Defined in cli.cpp: it shares the run command's engine set-up and result printing.
+int runs_resume_command(const runs_resume_options& o);
 
 }  // namespace troupe::cli

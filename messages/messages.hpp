@@ -24,6 +24,8 @@ namespace troupe {
 using timer_atom = caf::atom_constant<caf::atom("tr_timer")>;
 /// Stop: sent to a run (cancel the run) or to a node actor (cancel its attempt).
 using cancel_atom = caf::atom_constant<caf::atom("tr_cancel")>;
+/// A slot of the engine-wide in-flight limit is free: try again (see actors/inflight_gate.hpp).
+using permit_atom = caf::atom_constant<caf::atom("tr_permit")>;
 /// A `sleep` task's delay has passed.
 using wake_atom = caf::atom_constant<caf::atom("tr_wake")>;
 

@@ -21,6 +21,7 @@
 
 #include <deque>
 
+#include "actors/inflight_gate.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
@@ -313,6 +314,9 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->new_run_id = [self] { return self->new_run_id(); };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
+  if (config.max_in_flight > 0) {
+    svc->gate = std::make_shared<inflight_gate>(static_cast<std::size_t>(config.max_in_flight));
+  }
   svc->mode = config.mode;
   svc->wall_offset_us = std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::system_clock::now().time_since_epoch())
@@ -439,7 +443,6 @@ expected<run_handle, validation_errors> engine::start_run(
   a.plan = p;
   a.inputs = std::move(*bound);
   a.options.run_id = sh->id;
-  a.options.max_concurrency = m.config.max_in_flight;
   a.sink = sh;
   a.restored = std::move(restored);
   a.prior_attempts = std::move(prior_attempts);

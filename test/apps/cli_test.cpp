@@ -787,4 +787,44 @@ BOOST_AUTO_TEST_CASE(a_store_that_cannot_be_opened_exits_2_naming_it, *utf::time
   BOOST_TEST(!std::filesystem::exists(dir.path() / "log.db"));
 }
 
+// A run that failed is resumed: what succeeded (and appended its line) is not run again, what
+// failed runs with attempt numbers after the recorded ones.
+BOOST_AUTO_TEST_CASE(runs_resume_reruns_only_what_did_not_succeed, *utf::timeout(60)) {
+  temp_dir dir;
+  const auto file = write_file(dir, "resumable.json", R"({
+    "name": "resumable",
+    "nodes": [
+      { "id": "effect", "task": "shell", "with": { "command": "echo ran >> effects.txt" } },
+      { "id": "gate", "task": "shell", "needs": ["effect"],
+        "with": { "command": "test -e open || { echo closed >&2; exit 4; }" } },
+      { "id": "after", "task": "echo", "needs": ["gate"], "with": "done" }
+    ],
+    "outputs": { "after": "{{ nodes.after.output }}" }
+  })");
+  const std::string id = run_logged(dir, file, {"--mode", "durable"}, 1);
+  write_file(dir, "open", "");
+  const auto r = troupe_in(dir, {"runs", "resume", id, "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
+  const json::value result = parse_stdout(r);
+  BOOST_TEST(result.at("status").as_string() == "succeeded");
+  BOOST_TEST(result.at("run_id").as_string() == id);
+  BOOST_TEST(json::serialize(result.at("outputs")) == R"({"after":"done"})");
+  std::ifstream effects(dir.path() / "effects.txt");
+  std::string line;
+  int lines = 0;
+  while (std::getline(effects, line)) {
+    ++lines;
+  }
+  BOOST_TEST(lines == 1);  // `effect` succeeded the first time: not run again
+  const auto shown = troupe_in(dir, {"runs", "show", id, "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(shown.exit_code == 0, shown.err);
+  const auto rows = node_executions(parse_stdout(shown));
+  BOOST_TEST(std::count(rows.begin(), rows.end(), "gate/1/failed") == 1);
+  BOOST_TEST(std::count(rows.begin(), rows.end(), "gate/2/succeeded") == 1);
+  BOOST_TEST(std::count(rows.begin(), rows.end(), "effect/1/succeeded") == 1);
+  // Resuming a run that succeeded, or one that does not exist, is refused.
+  BOOST_TEST(troupe_in(dir, {"runs", "resume", id, "--db", db_url(dir)}).exit_code == 1);
+  BOOST_TEST(troupe_in(dir, {"runs", "resume", "nope", "--db", db_url(dir)}).exit_code == 1);
+}
+
 BOOST_AUTO_TEST_SUITE_END()

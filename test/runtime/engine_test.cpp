@@ -218,6 +218,33 @@ BOOST_AUTO_TEST_CASE(for_each_concurrency_is_observed_at_the_workers) {
              R"({"all":[0,10,20,30,40,50,60,70,80,90,100,110]})");
 }
 
+BOOST_AUTO_TEST_CASE(the_engine_wide_in_flight_limit_holds_across_runs) {
+  engine_config c = cfg(2);
+  c.max_in_flight = 3;
+  engine e(c);
+  held_task held;
+  BOOST_REQUIRE(e.register_task(held.def("held")));
+  auto p = must_register(e, R"({"name":"wide","nodes":[
+      {"id":"each","task":"held","for_each":"{{ range(5) }}","with":"{{ item }}"}],
+    "outputs":{"sum":"{{ sum(nodes.each.output) }}"}})");
+  std::vector<run_handle> hs;
+  for (int i = 0; i < 4; ++i) {
+    auto h = e.start(p, {});
+    BOOST_REQUIRE(h.has_value());
+    hs.push_back(*h);
+  }
+  for (int i = 0; i < 20; ++i) {
+    BOOST_REQUIRE(held.complete_next([](const json::value& in) { return task_result::success(in); }));
+  }
+  for (auto& h : hs) {
+    auto r = h.wait_for(30s);
+    BOOST_REQUIRE(r.has_value());
+    BOOST_TEST(r->status == run_status::succeeded);
+    BOOST_TEST(boost::json::serialize(r->outputs) == R"({"sum":10})");
+  }
+  BOOST_TEST(held.max_in_flight == 3);  // 20 attempts over 4 runs, never more than 3 at once
+}
+
 BOOST_AUTO_TEST_CASE(cancel_mid_run_starts_no_task_after_the_cancel) {
   engine e(cfg(2));
   held_task held;
