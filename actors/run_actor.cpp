@@ -52,6 +52,35 @@ struct run_actor_state {
 
 using run_actor = caf::stateful_actor<run_actor_state>;
 
+// Command buffers are only needed while a run actor handles a message. An idle run (100,000 of
+// them may wait on a sleep) keeps none: it lends its buffers to the thread when it goes idle and
+// borrows them back when a message arrives, so a thread owns one warm pair at most.
+thread_local std::vector<command> spare_out;
+thread_local std::vector<command> spare_batch;
+
+void borrow_buffers(run_actor_state& st) {
+  if (st.out.capacity() == 0) {
+    st.out.swap(spare_out);
+  }
+  if (st.batch.capacity() == 0) {
+    st.batch.swap(spare_batch);
+  }
+}
+
+void return_buffers(run_actor_state& st) {
+  if (!st.out.empty() || !st.batch.empty()) {
+    return;
+  }
+  if (spare_out.capacity() < st.out.capacity()) {
+    spare_out.swap(st.out);
+  }
+  if (spare_batch.capacity() < st.batch.capacity()) {
+    spare_batch.swap(st.batch);
+  }
+  std::vector<command>().swap(st.out);
+  std::vector<command>().swap(st.batch);
+}
+
 void drive(run_actor* self);
 
 void deliver_events(run_actor_state& st) {
@@ -286,6 +315,7 @@ void drive(run_actor* self) {
     send_rows(self);
   }
   deliver_events(st);
+  return_buffers(st);
 }
 
 caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_args args,
@@ -320,6 +350,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
     }
     auto exec = it->second;
     forget_node(st, exec);
+    borrow_buffers(st);
     st.machine->task_finished(
         exec,
         task_result::failure("node actor ended without a result: " +
@@ -327,6 +358,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         now_us(), st.out);
     drive(self);
   });
+  borrow_buffers(st);
   st.machine->start(std::move(args.inputs), now_us(), st.out);
   if (st.services->writer) {
     persist m;
@@ -337,17 +369,20 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   return {
       [self](attempt_done& m) {
         auto& st = self->state;
+        borrow_buffers(st);
         forget_node(st, m.exec);
         st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
         drive(self);
       },
       [self](timer_atom, std::uint64_t timer) {
         auto& st = self->state;
+        borrow_buffers(st);
         st.machine->timer_fired(timer, now_us(), st.out);
         drive(self);
       },
       [self](cancel_atom) {
         auto& st = self->state;
+        borrow_buffers(st);
         st.machine->cancel(now_us(), st.out);
         drive(self);
       },

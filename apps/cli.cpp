@@ -19,6 +19,7 @@
 #include <utility>
 #include <vector>
 
+#include "apps/load.hpp"
 #include "apps/output.hpp"
 #include "apps/runs.hpp"
 #include "apps/signals.hpp"
@@ -503,9 +504,13 @@ int run_cli(int argc, char** argv) {
       ->type_name("N");
   resume->add_flag("--json", resume_opts.json, "Print the result as one JSON document.");
 
+  load_options load_opts;
+  CLI::App* load = add_load_command(app, load_opts);
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
-      std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs") {
+      std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs" &&
+      std::string_view(argv[1]) != "load") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -520,7 +525,7 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
-    for (CLI::App* sub : {run, validate, runs, list, show, resume}) {
+    for (CLI::App* sub : {run, validate, runs, list, show, resume, load}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -541,6 +546,9 @@ int run_cli(int argc, char** argv) {
     }
     if (resume->parsed()) {
       return runs_resume_command(resume_opts);
+    }
+    if (load->parsed()) {
+      return load_command(load_opts);
     }
     return validate_command(validate_opts);
   } catch (const std::exception& e) {

@@ -39,7 +39,7 @@ struct run_handle::shared final : run_sink {
 
   mutable std::mutex mutex;
   mutable std::condition_variable cv;
-  std::optional<run_result> result;
+  std::shared_ptr<const run_result> result;  // set once; a pointer keeps open runs small
   std::vector<std::function<void(const run_result&)>> callbacks;
   caf::actor actor;
 
@@ -49,7 +49,7 @@ struct run_handle::shared final : run_sink {
     std::vector<std::function<void(const run_result&)>> cbs;
     {
       std::lock_guard<std::mutex> lock(mutex);
-      result = r;
+      result = std::make_shared<const run_result>(r);
       cbs.swap(callbacks);
       actor = caf::actor{};
     }
@@ -69,21 +69,24 @@ const std::string& run_handle::id() const { return s_->id; }
 
 std::optional<run_result> run_handle::wait_for(std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(s_->mutex);
-  if (!s_->cv.wait_for(lock, timeout, [&] { return s_->result.has_value(); })) {
+  if (!s_->cv.wait_for(lock, timeout, [&] { return s_->result != nullptr; })) {
     return std::nullopt;
   }
-  return s_->result;
+  return *s_->result;
 }
 
 run_result run_handle::wait() const {
   std::unique_lock<std::mutex> lock(s_->mutex);
-  s_->cv.wait(lock, [&] { return s_->result.has_value(); });
+  s_->cv.wait(lock, [&] { return s_->result != nullptr; });
   return *s_->result;
 }
 
 std::optional<run_result> run_handle::try_result() const {
   std::lock_guard<std::mutex> lock(s_->mutex);
-  return s_->result;
+  if (!s_->result) {
+    return std::nullopt;
+  }
+  return *s_->result;
 }
 
 void run_handle::on_finished(std::function<void(const run_result&)> callback) const {

@@ -118,7 +118,7 @@ run_state::run_state(plan_ptr p, run_options options)
 
 void run_state::restore(std::size_t node, json_ptr output) {
   if (status_ == run_status::pending && node < nodes_.size()) {
-    nodes_[node].restored = output ? std::move(output) : null_json();
+    nodes_[node].x().restored = output ? std::move(output) : null_json();
   }
 }
 
@@ -158,7 +158,7 @@ void run_state::start(json::object inputs, std::int64_t now, std::vector<command
   // and published vars are in the context before anything that needs them becomes ready.
   for (std::uint32_t n : plan_->topological_order) {
     auto& ns = nodes_[n];
-    if (!ns.restored) {
+    if (!ns.extra || !ns.extra->restored) {
       continue;
     }
     const auto& np = plan_->nodes[n];
@@ -167,12 +167,12 @@ void run_state::start(json::object inputs, std::int64_t now, std::vector<command
     ns.summary.started_us = now;
     ns.summary.finished_us = now;
     for (const auto& [slot, tmpl] : np.publish) {
-      context_scope sc(plan_->names, ctx_, identity_, ns.restored.get());
+      context_scope sc(plan_->names, ctx_, identity_, ns.extra->restored.get());
       if (auto v = tmpl.render(sc)) {
         ctx_.set_var(slot, make_json(std::move(*v)));
       }
     }
-    ctx_.set_node(n, node_result{node_status::succeeded, ns.restored, nullptr});
+    ctx_.set_node(n, node_result{node_status::succeeded, ns.extra->restored, nullptr});
     ++nodes_done_;
     for (std::size_t d : np.dependents) {
       --nodes_[d].join;
@@ -233,10 +233,11 @@ void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<comman
                   node_status::failed, now, out);
       return;
     }
-    ns.items = make_json(std::move(*v));
-    ns.unit_count = ns.items->as_array().size();
+    auto& x = ns.x();
+    x.items = make_json(std::move(*v));
+    ns.unit_count = static_cast<std::uint32_t>(x.items->as_array().size());
     ns.summary.items = static_cast<std::int64_t>(ns.unit_count);
-    ns.item_outputs.assign(ns.unit_count, nullptr);
+    x.item_outputs.assign(ns.unit_count, nullptr);
     if (ns.unit_count == 0) {
       node_succeeded(n, make_json(json::array{}), now, out);
       return;
@@ -252,7 +253,7 @@ void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<comman
 
 bool run_state::launchable(const node_state& ns) const {
   return ns.summary.status == node_status::running &&
-         (!ns.retries_due.empty() || ns.next_unit < ns.unit_count);
+         (ns.has_retries() || ns.next_unit < ns.unit_count);
 }
 
 void run_state::pump(std::int64_t now, std::vector<command>& out) {
@@ -273,9 +274,10 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
       continue;  // re-queued when one of its units finishes
     }
     unit u;
-    if (!ns.retries_due.empty()) {
-      u = ns.retries_due.front();
-      ns.retries_due.erase(ns.retries_due.begin());
+    if (ns.has_retries()) {
+      auto& due = ns.extra->retries_due;
+      u = due.front();
+      due.erase(due.begin());
     } else {
       std::size_t i = ns.next_unit++;
       u = unit{n, np.for_each ? static_cast<std::int64_t>(i) : -1, 1};
@@ -297,7 +299,7 @@ context run_state::view_for(const unit& u) const {
   if (u.item < 0) {
     return ctx_;
   }
-  const auto& items = nodes_[u.node].items;
+  const auto& items = nodes_[u.node].extra->items;
   // Aliasing pointer: the item is read in place inside the shared array, never copied.
   json_ptr item(items, &items->as_array()[static_cast<std::size_t>(u.item)]);
   return ctx_.with_item(std::move(item), u.item);
@@ -414,14 +416,14 @@ void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::
     node_succeeded(e.u.node, std::move(out_ptr), now, out);
     return;
   }
-  ns.item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
+  ns.extra->item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
   if (++ns.units_done == ns.unit_count) {
     json::array arr;
     arr.reserve(ns.unit_count);
-    for (auto& o : ns.item_outputs) {
+    for (auto& o : ns.extra->item_outputs) {
       arr.push_back(o ? *o : json::value(nullptr));
     }
-    ns.item_outputs.clear();
+    ns.extra->item_outputs.clear();
     node_succeeded(e.u.node, make_json(std::move(arr)), now, out);
   }
 }
@@ -449,7 +451,7 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
     if (delay > 0) {
       add_timer({timer_kind::retry, next, 0}, delay, out);
     } else {
-      ns.retries_due.push_back(next);
+      ns.x().retries_due.push_back(next);
     }
     return;
   }
@@ -496,7 +498,9 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
   ns.summary.status = how;
   ns.summary.finished_us = now;
   ns.summary.error = error;
-  ns.retries_due.clear();
+  if (ns.extra) {
+    ns.extra->retries_due.clear();
+  }
   ns.next_unit = ns.unit_count;
   // Sibling items still in flight lose their purpose once the node has failed.
   if (ns.in_flight > 0) {
@@ -590,7 +594,7 @@ void run_state::timer_fired(std::uint64_t timer, std::int64_t now, std::vector<c
       if (ns.summary.status != node_status::running) {
         return;
       }
-      ns.retries_due.push_back(t.u);
+      ns.x().retries_due.push_back(t.u);
       if (!ns.queued) {
         ns.queued = true;
         launch_queue_.push_back(t.u.node);

@@ -2,6 +2,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -180,20 +181,33 @@ class run_state {
     unit u;              // retry
     std::uint64_t exec;  // attempt_timeout
   };
-  struct node_state {
-    node_summary summary;
-    std::uint32_t join = 0;
-    bool ready_seen = false;
-    bool queued = false;
-    std::uint32_t in_flight = 0;
-    std::size_t unit_count = 0;  // items, or 1 outside for_each
-    std::size_t next_unit = 0;
-    std::size_t units_done = 0;
+  // What only some nodes need (for_each, retries, resume), allocated on first use: with
+  // 100,000 runs held open, every byte of the per-node state counts ten times per W3 run.
+  struct node_extra {
     json_ptr items;  // the for_each array
     std::vector<json_ptr> item_outputs;
     std::vector<unit> retries_due;  // FIFO; a vector because an empty deque allocates
-    json_ptr restored;               // resumed runs: the output it had before
-    int attempt_offset = 0;          // resumed runs: attempts recorded before
+    json_ptr restored;              // resumed runs: the output it had before
+  };
+  struct node_state {
+    node_summary summary;
+    std::uint32_t join = 0;
+    std::uint32_t in_flight = 0;
+    std::uint32_t unit_count = 0;  // items, or 1 outside for_each
+    std::uint32_t next_unit = 0;
+    std::uint32_t units_done = 0;
+    int attempt_offset = 0;  // resumed runs: attempts recorded before
+    bool ready_seen = false;
+    bool queued = false;
+    std::unique_ptr<node_extra> extra;
+
+    node_extra& x() {
+      if (!extra) {
+        extra = std::make_unique<node_extra>();
+      }
+      return *extra;
+    }
+    bool has_retries() const { return extra && !extra->retries_due.empty(); }
   };
 
   void node_ready(std::uint32_t n, std::int64_t now, std::vector<command>& out);
