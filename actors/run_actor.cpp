@@ -30,7 +30,7 @@ std::int64_t now_us() {
 struct run_actor_state {
   std::unique_ptr<run_state> machine;
   services_ptr services;
-  std::vector<std::shared_ptr<const task_def>> task_of_node;  // resolved once per run
+  task_table tasks;  // node index -> task, shared by the runs of this plan
   std::shared_ptr<run_sink> sink;
   bool events = false;
   caf::actor parent;
@@ -155,7 +155,7 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d);
 void dispatch(run_actor* self, cmd::dispatch& d) {
   auto& st = self->state;
   auto& machine = *st.machine;
-  const auto& def = st.task_of_node[d.node];
+  const auto& def = (*st.tasks)[d.node];
   const auto& np = machine.workflow().nodes[d.node];
   if (!def) {
     machine.task_finished(d.exec, task_result::failure("unknown task '" + np.task + "'"), now_us(),
@@ -189,7 +189,7 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
 void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   auto& st = self->state;
   const auto& machine = *st.machine;
-  const auto& def = st.task_of_node[d.node];
+  const auto& def = (*st.tasks)[d.node];
   const auto& np = machine.workflow().nodes[d.node];
   node_spawn_args a;
   a.exec = d.exec;
@@ -326,11 +326,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   st.events = st.sink && st.sink->wants_events();
   st.parent = std::move(parent);
   st.depth = args.depth;
-  auto registry = st.services->tasks();
-  st.task_of_node.reserve(args.plan->nodes.size());
-  for (const auto& n : args.plan->nodes) {
-    st.task_of_node.push_back(registry->find_shared(n.task));
-  }
+  st.tasks = st.services->tasks_for(args.plan);
   // Records feed subscribers (and the writer); nobody listening means nothing to build.
   args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));

@@ -26,6 +26,9 @@ namespace troupe {
 
 class inflight_gate;
 
+/// Node index -> its task definition (null: unknown task), resolved once per plan and registry.
+using task_table = std::shared_ptr<const std::vector<std::shared_ptr<const task_def>>>;
+
 /// What every run and node actor of one engine shares. Owned by the engine, which outlives all
 /// of its actors; immutable after the engine starts except through the functions' own locking.
 struct run_services {
@@ -35,6 +38,9 @@ struct run_services {
   /// The task registry as of now (a snapshot: registrations after a run started do not change
   /// the tasks that run sees).
   std::function<std::shared_ptr<const task_registry>()> tasks;
+  /// The plan's nodes resolved against the current registry; every run of a plan shares one
+  /// table (until a task is registered again).
+  std::function<task_table(const plan_ptr&)> tasks_for;
   /// A registered workflow by name and version (empty: the latest), for `workflow` tasks.
   std::function<plan_ptr(std::string_view name, std::string_view version)> find_workflow;
   /// A fresh run id.

@@ -40,6 +40,7 @@ class latency_histogram {
   void record(std::uint64_t value) {
     counts_[index_of(value)].fetch_add(1, std::memory_order_relaxed);
     total_.fetch_add(1, std::memory_order_relaxed);
+    sum_.fetch_add(value, std::memory_order_relaxed);
     std::uint64_t seen = max_.load(std::memory_order_relaxed);
     while (value > seen && !max_.compare_exchange_weak(seen, value, std::memory_order_relaxed)) {
     }
@@ -47,6 +48,13 @@ class latency_histogram {
 
   std::uint64_t count() const { return total_.load(std::memory_order_relaxed); }
   std::uint64_t max() const { return max_.load(std::memory_order_relaxed); }
+  /// Exact (not bucketed): with the runs in flight it checks Little's law, in flight = rate x mean.
+  double mean() const {
+    const std::uint64_t n = count();
+    return n == 0
+               ? 0.0
+               : static_cast<double>(sum_.load(std::memory_order_relaxed)) / static_cast<double>(n);
+  }
 
   /// The value at quantile `q` (0..1): the highest value of the bucket holding the
   /// ceil(q * count)-th smallest sample, capped at the exact maximum (so p100 == max, and no
@@ -100,6 +108,7 @@ class latency_histogram {
   std::array<std::atomic<std::uint64_t>, bucket_count> counts_{};
   std::atomic<std::uint64_t> total_{0};
   std::atomic<std::uint64_t> max_{0};
+  std::atomic<std::uint64_t> sum_{0};  // 2^64 ns is 584 years of summed latency
 };
 
 }  // namespace troupe::cli

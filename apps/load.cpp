@@ -6,10 +6,12 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cmath>
 #include <condition_variable>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -333,6 +335,7 @@ struct mode_result {
   std::string store;
   phase_result phase;
   std::uint64_t p50 = 0, p90 = 0, p99 = 0, p999 = 0, max = 0;  // ns
+  double mean_ns = 0;
   long peak_rss_kb = 0;
   bool rss_reset = false;
   double drain_ms = 0;
@@ -499,6 +502,7 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
   r.p99 = hist->percentile(0.99);
   r.p999 = hist->percentile(0.999);
   r.max = hist->max();
+  r.mean_ns = hist->mean();
 
   // Async callers never waited for the log; how long it takes to catch up is part of the cost.
   const auto drain_start = clk::now();
@@ -559,9 +563,9 @@ void print_text(const load_plan& p, const workflow_info& info,
   const bool open = p.drive.rate.has_value();
   const mode_result& first = results.front();
   const std::vector<std::pair<std::string, std::size_t>> head = {
-      {"MODE", 8},  {"RUNS", 10}, {"ERRORS", 7},   {"RUNS/S", 10}, {"x", 6},
-      {"P50", 9},   {"x", 6},     {"P90", 9},      {"P99", 9},     {"x", 6},
-      {"P99.9", 9}, {"MAX", 9},   {"PEAK RSS", 11}};
+      {"MODE", 8},  {"RUNS", 10}, {"ERRORS", 7}, {"RUNS/S", 10},  {"x", 6},
+      {"P50", 9},   {"x", 6},     {"P90", 9},    {"P99", 9},      {"x", 6},
+      {"P99.9", 9}, {"MAX", 9},   {"MEAN", 9},   {"PEAK RSS", 11}};
   auto row = [&](const std::vector<std::string>& cells, bool with_late, const std::string& late) {
     for (std::size_t i = 0; i < cells.size(); ++i) {
       if (i > 0) {
@@ -590,6 +594,7 @@ void print_text(const load_plan& p, const workflow_info& info,
          fmt_latency(r.p90), fmt_latency(r.p99),
          fmt_ratio(ratio(static_cast<double>(r.p99), static_cast<double>(first.p99))),
          fmt_latency(r.p999), fmt_latency(r.max),
+         fmt_latency(static_cast<std::uint64_t>(r.mean_ns)),
          fmt_count(static_cast<double>(r.peak_rss_kb)) + " KB"},
         open, fmt_latency(static_cast<std::uint64_t>(r.phase.max_lateness.count())));
   }
@@ -655,11 +660,9 @@ json::value result_json(const mode_result& r, const mode_result& first, bool ope
   o["stopped_early"] = r.phase.stopped_early;
   o["seconds"] = r.phase.seconds;
   o["throughput"] = r.throughput();
-  o["latency_us"] = json::object{{"p50", us_of(r.p50)},
-                                 {"p90", us_of(r.p90)},
-                                 {"p99", us_of(r.p99)},
-                                 {"p99.9", us_of(r.p999)},
-                                 {"max", us_of(r.max)}};
+  o["latency_us"] =
+      json::object{{"p50", us_of(r.p50)},    {"p90", us_of(r.p90)}, {"p99", us_of(r.p99)},
+                   {"p99.9", us_of(r.p999)}, {"max", us_of(r.max)}, {"mean", r.mean_ns / 1000.0}};
   o["ratio"] = json::object{
       {"throughput", ratio_json(ratio(r.throughput(), first.throughput()))},
       {"p50", ratio_json(ratio(static_cast<double>(r.p50), static_cast<double>(first.p50)))},
@@ -696,7 +699,8 @@ void print_json(const load_plan& p, const workflow_info& info,
   doc["nodes"] = info.nodes;
   doc["loop"] = p.drive.rate ? "open" : "closed";
   doc["rate"] = p.drive.rate ? json::value(*p.drive.rate) : json::value(nullptr);
-  doc["in_flight"] = p.drive.in_flight;
+  // 0 means no cap (open loop only): null, rather than a number that reads as "nothing in flight".
+  doc["in_flight"] = p.drive.in_flight > 0 ? json::value(p.drive.in_flight) : json::value(nullptr);
   doc["runs"] = p.drive.runs ? json::value(*p.drive.runs) : json::value(nullptr);
   doc["duration_s"] = p.drive.duration
                           ? json::value(std::chrono::duration<double>(*p.drive.duration).count())
@@ -814,7 +818,7 @@ std::optional<std::string> settle(const load_options& o, load_plan& p) {
       return "unknown scenario '" + o.scenario + "'; expected W1, W2, W3 or W4";
     }
     p.scenario = s;
-    p.workflow_text = json::serialize(doc);
+    p.workflow_text = to_json_text(doc);
   } else {
     std::string error;
     auto text = read_text(o.file, limits.max_document_bytes, error);

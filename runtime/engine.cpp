@@ -171,6 +171,30 @@ struct engine::impl {
     }
   }
 
+  // (plan, registry snapshot) -> resolved tasks. Registering a task makes a new snapshot, so a
+  // stale table is simply never looked up again; plans live as long as the engine.
+  mutable std::mutex table_mutex;
+  std::map<std::pair<const plan*, const task_registry*>, task_table> tables;
+
+  task_table task_table_for(const plan_ptr& p) {
+    auto reg = task_snapshot();
+    std::lock_guard<std::mutex> lock(table_mutex);
+    auto& t = tables[{p.get(), reg.get()}];
+    if (!t) {
+      auto v = std::make_shared<std::vector<std::shared_ptr<const task_def>>>();
+      v->reserve(p->nodes.size());
+      for (const auto& n : p->nodes) {
+        v->push_back(reg->find_shared(n.task));
+      }
+      t = std::move(v);
+      held_registries.push_back(std::move(reg));  // keeps the key's pointer unique
+      held_plans.push_back(p);
+    }
+    return t;
+  }
+  std::vector<std::shared_ptr<const task_registry>> held_registries;
+  std::vector<plan_ptr> held_plans;
+
   std::shared_ptr<const task_registry> task_snapshot() const {
     std::lock_guard<std::mutex> lock(tasks_mutex);
     return tasks;
@@ -313,6 +337,7 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->blocking = m.blocking.get();
   impl* self = impl_.get();
   svc->tasks = [self] { return self->task_snapshot(); };
+  svc->tasks_for = [self](const plan_ptr& p) { return self->task_table_for(p); };
   svc->find_workflow = [self](std::string_view n, std::string_view v) { return self->find(n, v); };
   svc->new_run_id = [self] { return self->new_run_id(); };
   svc->max_workflow_depth = config.max_workflow_depth;

@@ -25,7 +25,7 @@ run_result make_report(const run_state& rs) {
     if (s.started_us >= 0 && s.finished_us >= s.started_us) {
       n.duration_ms = static_cast<double>(s.finished_us - s.started_us) / 1000.0;
     }
-    n.error = s.error;
+    n.error = s.error();
     n.cache = s.cache;
     n.items = s.items;
     r.nodes.push_back(std::move(n));

@@ -497,7 +497,7 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
   }
   ns.summary.status = how;
   ns.summary.finished_us = now;
-  ns.summary.error = error;
+  ns.summary.error_text = std::make_shared<const std::string>(error);
   if (ns.extra) {
     ns.extra->retries_due.clear();
   }
@@ -705,7 +705,7 @@ void run_state::node_record_out(std::uint32_t n, std::int64_t now, json_ptr outp
   r.attempt = 0;
   r.status = ns.summary.status;
   r.output = std::move(output);
-  r.error = ns.summary.error;
+  r.error = ns.summary.error();
   r.started_us = ns.summary.started_us >= 0 ? ns.summary.started_us : now;
   r.finished_us = now;
   record(std::move(r), out);

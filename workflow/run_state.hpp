@@ -90,12 +90,18 @@ struct run_options {
 /// the store.
 struct node_summary {
   node_status status = node_status::pending;
+  cache_status cache = cache_status::off;
   int attempts = 0;  // attempts started, over all items
   std::int64_t started_us = -1;
   std::int64_t finished_us = -1;
-  std::string error;
-  cache_status cache = cache_status::off;
   std::int64_t items = -1;  // for_each: number of items; -1 otherwise
+  // Most nodes never fail: a pointer keeps the summary small (held per node of every open run).
+  std::shared_ptr<const std::string> error_text;
+
+  const std::string& error() const {
+    static const std::string none;
+    return error_text ? *error_text : none;
+  }
 };
 
 /// The run state machine: a plain class that takes events (start, task_finished, timer_fired,
