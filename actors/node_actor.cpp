@@ -38,14 +38,18 @@ using node_actor = caf::stateful_actor<node_actor_state>;
 // The node actor currently inside a task's start() on this thread, if any.
 thread_local node_actor* detail_starting = nullptr;
 
+// After answering, the actor stays alive and idle: its run may hand it the next attempt
+// (`node_spawn_args`). Terminating a CAF 0.17 actor wakes the clock thread and the registry's
+// condition variable, which cost more than the attempt itself for a task that completes at once.
 void answer(node_actor* self, task_result r) {
   auto& st = self->state;
   if (st.answered) {
     return;
   }
   st.answered = true;
+  st.op.reset();
+  st.child = caf::actor{};
   self->send(st.run, attempt_done{st.args.exec, std::move(r)});
-  self->quit();
 }
 
 task_result run_guarded(const task_def& def, const json::value& input, const task_call& call) {
@@ -74,7 +78,7 @@ void start_sleep(node_actor* self) {
     return;
   }
   self->delayed_send(self, std::chrono::microseconds(static_cast<std::int64_t>(v * 1000)),
-                     wake_atom::value);
+                     wake_atom::value, self->state.args.exec);
 }
 
 void start_child_workflow(node_actor* self, const services_ptr& svc) {
@@ -132,22 +136,23 @@ void start_child_workflow(node_actor* self, const services_ptr& svc) {
   st.child = spawn_run(svc, std::move(a), caf::actor_cast<caf::actor>(self));
 }
 
-caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
-                            node_spawn_args args) {
+void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
   auto& st = self->state;
   st.args = std::move(args);
-  st.run = std::move(run);
+  st.answered = false;
+  st.sync_result.reset();
   const task_def& def = *st.args.task;
   caf::actor me = caf::actor_cast<caf::actor>(self);
-  // Anything that reports from another thread goes through the actor's mailbox. A task that
+  // Anything that reports from another thread goes through the actor's mailbox, tagged with
+  // its attempt (a late report must not answer a later attempt of a reused actor). A task that
   // completes inside its own start() call (on this thread) is answered directly instead: the
   // thread-local marks "this actor is inside start()", so no other thread can take that path.
-  auto report = [me, raw = self](task_result r) {
+  auto report = [me, raw = self, exec = st.args.exec](task_result r) {
     if (detail_starting == raw) {
       raw->state.sync_result = std::move(r);
       return;
     }
-    caf::anon_send(me, attempt_done{0, std::move(r)});
+    caf::anon_send(me, attempt_done{exec, std::move(r)});
   };
   switch (def.kind) {
     case task_kind::quick:
@@ -177,7 +182,6 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
       detail_starting = nullptr;
       if (st.sync_result) {
         answer(self, std::move(*st.sync_result));
-        return {};
       }
       break;
     }
@@ -195,10 +199,28 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
       }
       break;
   }
+}
+
+caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
+                            node_spawn_args args) {
+  self->state.run = std::move(run);
+  begin(self, svc, std::move(args));
   return {
-      [self](attempt_done& m) { answer(self, std::move(m.result)); },
-      [self](wake_atom) { answer(self, task_result::success(nullptr)); },
+      [self, svc](node_spawn_args& next) { begin(self, svc, std::move(next)); },
+      [self](attempt_done& m) {
+        if (m.exec == self->state.args.exec) {
+          answer(self, std::move(m.result));
+        }
+      },
+      [self](wake_atom, std::uint64_t exec) {
+        if (exec == self->state.args.exec) {
+          answer(self, task_result::success(nullptr));
+        }
+      },
       [self](run_done& m) {
+        if (!self->state.child) {
+          return;  // a child of an attempt that was already answered
+        }
         const run_result& r = *m.result;
         if (r.status == run_status::succeeded) {
           answer(self, task_result::success(r.outputs));
@@ -222,6 +244,10 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
 }
 
 }  // namespace
+
+void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_args args) {
+  run->send(node, std::move(args));
+}
 
 caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
                       node_spawn_args args) {

@@ -39,6 +39,7 @@ struct run_actor_state {
   std::unordered_map<caf::actor_addr, std::uint64_t> exec_of_node;
   std::vector<command> out;
   std::vector<command> batch;
+  std::vector<caf::actor> idle_nodes;  // answered their last attempt; reused for the next
   std::deque<cmd::dispatch> gated;  // waiting for a slot of the engine-wide limit
   bool waiting_gate = false;        // queued in the gate, a permit may be on its way
   std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
@@ -200,7 +201,14 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   a.item = d.item;
   a.attempt = d.attempt;
   a.depth = st.depth;
-  auto node = spawn_node(st.services, self, std::move(a));
+  caf::actor node;
+  if (!st.idle_nodes.empty()) {
+    node = std::move(st.idle_nodes.back());
+    st.idle_nodes.pop_back();
+    reuse_node(node, self, std::move(a));
+  } else {
+    node = spawn_node(st.services, self, std::move(a));
+  }
   st.exec_of_node.emplace(node.address(), d.exec);
   st.node_of_exec.emplace(d.exec, std::move(node));
 }
@@ -245,6 +253,10 @@ void finish(run_actor* self, const cmd::finish&) {
 void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
   auto& st = self->state;
   deliver_events(st);
+  for (auto& node : st.idle_nodes) {
+    self->send(node, cancel_atom::value);  // idle node actors end with their run
+  }
+  st.idle_nodes.clear();
   st.gated.clear();
   if (st.waiting_gate) {
     st.waiting_gate = false;
@@ -340,6 +352,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   // instead of leaving the run waiting forever.
   self->set_down_handler([self](caf::down_msg& dm) {
     auto& st = self->state;
+    std::erase_if(st.idle_nodes, [&](const caf::actor& a) { return a.address() == dm.source; });
     auto it = st.exec_of_node.find(dm.source);
     if (it == st.exec_of_node.end() || st.done) {
       return;
@@ -366,6 +379,9 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
       [self](attempt_done& m) {
         auto& st = self->state;
         borrow_buffers(st);
+        if (auto it = st.node_of_exec.find(m.exec); it != st.node_of_exec.end()) {
+          st.idle_nodes.push_back(it->second);  // it answered and waits for more work
+        }
         forget_node(st, m.exec);
         st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
         drive(self);

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include <caf/actor.hpp>
+#include <caf/allowed_unsafe_message_type.hpp>
 
 #include "actors/writer_actor.hpp"
 
@@ -101,5 +102,11 @@ struct node_spawn_args {
 /// monitored from birth.
 caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
                       node_spawn_args args);
+/// Hands the next attempt to an idle node actor of the same run (one that answered its last
+/// attempt). Node actors are reused within a run; a cancelled one quits instead.
+void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_args args);
 
 }  // namespace troupe
+
+// Sent from a run actor to its own idle node actors: local-only.
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::node_spawn_args)
