@@ -205,6 +205,8 @@ BOOST_AUTO_TEST_CASE(for_each_concurrency_is_observed_at_the_workers) {
     "outputs":{"all":"{{ nodes.each.output }}"}})");
   auto h = e.start(p, {});
   BOOST_REQUIRE(h.has_value());
+  // Three start at once (the limit), and only a completion lets a fourth start.
+  BOOST_REQUIRE(held.wait_started(3));
   for (int i = 0; i < 12; ++i) {
     BOOST_REQUIRE(held.complete_next([](const json::value& in) {
       return task_result::success(in.to_number<int>() * 10);
@@ -233,6 +235,7 @@ BOOST_AUTO_TEST_CASE(the_engine_wide_in_flight_limit_holds_across_runs) {
     BOOST_REQUIRE(h.has_value());
     hs.push_back(*h);
   }
+  BOOST_REQUIRE(held.wait_started(3));
   for (int i = 0; i < 20; ++i) {
     BOOST_REQUIRE(held.complete_next([](const json::value& in) { return task_result::success(in); }));
   }
