@@ -40,7 +40,9 @@ struct run_actor_state {
   std::vector<command> out;
   std::vector<command> batch;
   std::vector<caf::actor> idle_nodes;  // answered their last attempt; reused for the next
-  std::deque<cmd::dispatch> gated;  // waiting for a slot of the engine-wide limit
+  // Waiting for a slot of the engine-wide limit. A vector: an empty std::deque allocates ~600
+  // bytes, and every open run has one of these.
+  std::vector<cmd::dispatch> gated;
   bool waiting_gate = false;        // queued in the gate, a permit may be on its way
   std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
   // Events of this turn, delivered after the turn's rows went to the writer: whoever reacts to
@@ -408,7 +410,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         auto& gate = *st.services->gate;
         while (!st.gated.empty() && gate.try_acquire()) {
           cmd::dispatch d = std::move(st.gated.front());
-          st.gated.pop_front();
+          st.gated.erase(st.gated.begin());
           spawn_attempt(self, d);
         }
         if (!st.gated.empty()) {

@@ -384,8 +384,10 @@ class progress_printer {
       last_runs = runs;
       last_t = now;
       const target_counters w = target_.counters();
-      std::cerr << "\r\033[K" << label_ << ' '
-                << fmt_count(std::chrono::duration<double>(now - start).count()) << " s  "
+      char elapsed[32];
+      std::snprintf(elapsed, sizeof elapsed, "%.1f s",
+                    std::chrono::duration<double>(now - start).count());
+      std::cerr << "\r\033[K" << label_ << ' ' << elapsed << "  "
                 << fmt_count(static_cast<double>(runs)) << " runs  " << fmt_count(rate)
                 << " runs/s  p50 " << fmt_latency(hist_.percentile(0.5)) << "  p99 "
                 << fmt_latency(hist_.percentile(0.99)) << "  in flight " << live_.outstanding.load()
