@@ -252,6 +252,13 @@ void bench_w3(engine& e, const options& o) {
   row(label, "runs/s", o.w3_runs / s, 1e6 / percentile(fl, 0.5));
   row("W3 latency p50", "us", percentile(lat, 0.5), percentile(fl, 0.5));
   row("W3 latency p99", "us", percentile(lat, 0.99), percentile(fl, 0.99));
+  double mean = 0;
+  for (double v : lat) {
+    mean += v / static_cast<double>(lat.size());
+  }
+  // With 64 in flight the mean must equal 64 / throughput (Little's law): a cross-check that
+  // the percentiles above are not hiding where the time goes.
+  row("W3 latency mean (64 / throughput)", "us", mean, 0);
 }
 
 void bench_w4(engine& e, const options& o) {
