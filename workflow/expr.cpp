@@ -2448,18 +2448,6 @@ void scan_template(std::string_view s, std::vector<scanned>& parts,
     parts.push_back({false, lit, n});
 }
 
-void append_pointer_token(std::string& pointer, std::string_view key) {
-  pointer += '/';
-  for (char c : key) {
-    if (c == '~') {
-      pointer += "~0";
-    } else if (c == '/') {
-      pointer += "~1";
-    } else {
-      pointer += c;
-    }
-  }
-}
 
 // Null when `v` holds no expression: the caller keeps it as a constant.
 tnode_ptr compile_string(std::string_view s, const std::string& pointer,

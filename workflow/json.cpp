@@ -41,19 +41,6 @@ std::string at_position(std::string_view text, std::size_t offset) {
   return "line " + std::to_string(line) + ", column " + std::to_string(column);
 }
 
-// JSON pointer token escaping (RFC 6901), so the reported location can be followed.
-void append_pointer_token(std::string& pointer, std::string_view token) {
-  pointer += '/';
-  for (char c : token) {
-    if (c == '~') {
-      pointer += "~0";
-    } else if (c == '/') {
-      pointer += "~1";
-    } else {
-      pointer += c;
-    }
-  }
-}
 
 // Finds the first string (or key) over the limit. Depth is already bounded by the parser, so
 // recursion here cannot run away.
@@ -376,6 +363,20 @@ std::string_view json_kind_name(const json::value& v) {
       return "object";
   }
   return "null";
+}
+
+// JSON pointer token escaping (RFC 6901), so the reported location can be followed.
+void append_pointer_token(std::string& pointer, std::string_view token) {
+  pointer += '/';
+  for (char c : token) {
+    if (c == '~') {
+      pointer += "~0";
+    } else if (c == '/') {
+      pointer += "~1";
+    } else {
+      pointer += c;
+    }
+  }
 }
 
 }  // namespace troupe

@@ -48,6 +48,10 @@ std::string canonical_json(const json::value& v);
 /// A 128-bit content hash (XXH3-128) of a byte string, as 32 lowercase hex digits.
 std::string content_hash(std::string_view bytes);
 
+/// Appends "/" and `token` escaped per RFC 6901 (`~` as `~0`, `/` as `~1`), so a pointer to a
+/// key holding those characters can still be followed.
+void append_pointer_token(std::string& pointer, std::string_view token);
+
 /// Shortcut: content_hash(canonical_json(v)).
 std::string canonical_hash(const json::value& v);
 

@@ -66,23 +66,10 @@ namespace {
 
 constexpr std::string_view input_type_list = "string, number, integer, boolean, array, object, any";
 
-// RFC 6901 escaping, so a key holding '/' or '~' still points at the right member.
-void append_token(std::string& pointer, std::string_view token) {
-  pointer += '/';
-  for (char c : token) {
-    if (c == '~') {
-      pointer += "~0";
-    } else if (c == '/') {
-      pointer += "~1";
-    } else {
-      pointer += c;
-    }
-  }
-}
 
 std::string child(std::string_view base, std::string_view token) {
   std::string out(base);
-  append_token(out, token);
+  append_pointer_token(out, token);
   return out;
 }
 
@@ -412,7 +399,7 @@ class compiler {
       return;
     }
     for (const auto& kv : v.get_object()) {
-      append_token(pointer, kv.key());
+      append_pointer_token(pointer, kv.key());
       if (kv.key().size() > limits.max_string_bytes) {
         error(pointer, "key too long: " + std::to_string(kv.key().size()) + " bytes (limit " +
                            std::to_string(limits.max_string_bytes) + ")");
@@ -501,7 +488,7 @@ class compiler {
       }
     } else if (const auto* o = v.if_object()) {
       for (const auto& kv : *o) {
-        append_token(pointer, kv.key());
+        append_pointer_token(pointer, kv.key());
         ok = check_template_sizes(kv.value(), pointer) && ok;
         pointer.resize(mark);
       }
