@@ -1,5 +1,7 @@
 #include "apps/output.hpp"
 
+#include "persistence/store.hpp"
+
 #include <boost/json/serialize.hpp>
 
 #include <algorithm>
@@ -304,29 +306,8 @@ void print_errors_text(std::ostream& err, const located_errors& errors) {
 }
 
 std::string display_url(std::string_view url) {
-  std::string out(url);
-  const auto scheme_end = out.find("://");
-  if (scheme_end != std::string::npos) {
-    const auto start = scheme_end + 3;
-    const auto at = out.find('@', start);
-    const auto slash = out.find('/', start);
-    if (at != std::string::npos && (slash == std::string::npos || at < slash)) {
-      const auto colon = out.find(':', start);
-      if (colon != std::string::npos && colon < at) {
-        out.replace(colon + 1, at - colon - 1, "***");
-      }
-    }
-  }
-  for (std::size_t pos = out.find("password="); pos != std::string::npos;
-       pos = out.find("password=", pos + 1)) {
-    if (pos > 0 && out[pos - 1] != '?' && out[pos - 1] != '&' && out[pos - 1] != ' ') {
-      continue;
-    }
-    const auto value = pos + 9;
-    const auto end = std::min(out.find_first_of("& ", value), out.size());
-    out.replace(value, end - value, "***");
-  }
-  return out;
+  // The same masking the stores use for describe(): one rule for every URL troupe prints.
+  return masked_store_url(url);
 }
 
 std::string local_time(std::int64_t epoch_us) {

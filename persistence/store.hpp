@@ -126,6 +126,9 @@ class store {
 /// schema migrations; a database whose schema is newer than this program knows is refused.
 expected<std::unique_ptr<store>, store_error> open_store(std::string_view url);
 
+/// `url` with any password replaced by `***` (user:pass@ and password=...), for messages.
+std::string masked_store_url(std::string_view url);
+
 /// The schema version this program writes.
 int schema_version();
 
