@@ -8,8 +8,8 @@
 #include <vector>
 
 #include <caf/actor_system.hpp>
-#include <caf/response_handle.hpp>
 #include <caf/event_based_actor.hpp>
+#include <caf/response_handle.hpp>
 #include <caf/stateful_actor.hpp>
 
 #include "actors/inflight_gate.hpp"
@@ -43,8 +43,15 @@ struct run_actor_state {
   // Waiting for a slot of the engine-wide limit. A vector: an empty std::deque allocates ~600
   // bytes, and every open run has one of these.
   std::vector<cmd::dispatch> gated;
-  bool waiting_gate = false;        // queued in the gate, a permit may be on its way
-  std::vector<node_row> rows;  // records of this turn, sent to the writer in one message
+  bool waiting_gate = false;          // queued in the gate, a permit may be on its way
+  std::vector<node_row> rows;         // records of this turn, sent to the writer in one message
+  std::vector<cache_row> cache_rows;  // outputs cached this turn, sent along with `rows`
+  // Cache keys of attempts running in node actors, to store their output when it succeeds.
+  struct cached_exec {
+    std::uint32_t node;
+    std::string key;
+  };
+  std::unordered_map<std::uint64_t, cached_exec> key_of_exec;
   // Events of this turn, delivered after the turn's rows went to the writer: whoever reacts to
   // an event (say, by asking the writer to flush) is behind those rows in the writer's mailbox.
   std::vector<run_event> events_due;
@@ -142,6 +149,8 @@ void send_rows(run_actor* self) {
   persist m;
   m.nodes = std::move(st.rows);
   st.rows.clear();
+  m.cache = std::move(st.cache_rows);
+  st.cache_rows.clear();
   if (st.services->mode == persistence_mode::sync) {
     self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
         .await([](caf::ok_atom) {},
@@ -155,6 +164,27 @@ void send_rows(run_actor* self) {
 
 void spawn_attempt(run_actor* self, cmd::dispatch& d);
 
+// A successful output of a cached node: into the engine's memory cache now, and to the store
+// with this turn's records (the writer upserts it; other engines on the database see it after
+// that commit). Failures are never cached.
+void remember(run_actor_state& st, const std::string& key, std::uint32_t node, json_ptr output) {
+  if (key.empty() || !st.services->cache_remember) {
+    return;
+  }
+  st.services->cache_remember(key, output);
+  if (st.services->writer) {
+    const auto& m = *st.machine;
+    cache_row row;
+    row.key = key;
+    row.workflow = m.workflow().name;
+    row.node_id = m.workflow().nodes[node].id;
+    row.value = std::move(output);
+    row.kind = "output";
+    row.created_at = now_us() + st.services->wall_offset_us;
+    st.cache_rows.push_back(std::move(row));
+  }
+}
+
 void dispatch(run_actor* self, cmd::dispatch& d) {
   auto& st = self->state;
   auto& machine = *st.machine;
@@ -165,6 +195,13 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
                           st.out);
     return;
   }
+  if (!d.cache_key.empty() && st.services->cache_lookup) {
+    // A hit never starts the task: no call, no node actor, no slot of the engine-wide limit.
+    if (auto hit = st.services->cache_lookup(d.cache_key)) {
+      machine.task_finished_cached(d.exec, std::move(hit), now_us(), st.out);
+      return;
+    }
+  }
   if (def->kind == task_kind::quick) {
     task_call call{machine.run_id(), np.id, d.item, d.attempt};
     task_result r;
@@ -174,6 +211,9 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
       r = task_result::failure(std::string("task threw: ") + e.what());
     } catch (...) {
       r = task_result::failure("task threw an unknown exception");
+    }
+    if (r.ok && !d.cache_key.empty()) {
+      remember(st, d.cache_key, d.node, make_json(r.output));
     }
     machine.task_finished(d.exec, std::move(r), now_us(), st.out);
     return;
@@ -213,9 +253,13 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   }
   st.exec_of_node.emplace(node.address(), d.exec);
   st.node_of_exec.emplace(d.exec, std::move(node));
+  if (!d.cache_key.empty()) {
+    st.key_of_exec.emplace(d.exec, run_actor_state::cached_exec{d.node, std::move(d.cache_key)});
+  }
 }
 
 void forget_node(run_actor_state& st, std::uint64_t exec) {
+  st.key_of_exec.erase(exec);
   auto it = st.node_of_exec.find(exec);
   if (it == st.node_of_exec.end()) {
     return;
@@ -237,6 +281,8 @@ void finish(run_actor* self, const cmd::finish&) {
     persist m;
     m.nodes = std::move(st.rows);
     st.rows.clear();
+    m.cache = std::move(st.cache_rows);
+    st.cache_rows.clear();
     m.runs.push_back(run_row_of(st));
     if (st.services->mode == persistence_mode::durable ||
         st.services->mode == persistence_mode::sync) {
@@ -325,7 +371,7 @@ void drive(run_actor* self) {
     }
     st.batch.clear();
   }
-  if (!st.rows.empty() && !st.done) {
+  if ((!st.rows.empty() || !st.cache_rows.empty()) && !st.done) {
     send_rows(self);
   }
   deliver_events(st);
@@ -362,11 +408,10 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
     auto exec = it->second;
     forget_node(st, exec);
     borrow_buffers(st);
-    st.machine->task_finished(
-        exec,
-        task_result::failure("node actor ended without a result: " +
-                             self->system().render(dm.reason)),
-        now_us(), st.out);
+    st.machine->task_finished(exec,
+                              task_result::failure("node actor ended without a result: " +
+                                                   self->system().render(dm.reason)),
+                              now_us(), st.out);
     drive(self);
   });
   borrow_buffers(st);
@@ -383,6 +428,11 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         borrow_buffers(st);
         if (auto it = st.node_of_exec.find(m.exec); it != st.node_of_exec.end()) {
           st.idle_nodes.push_back(it->second);  // it answered and waits for more work
+        }
+        if (auto k = st.key_of_exec.find(m.exec); k != st.key_of_exec.end() && m.result.ok) {
+          // A copy: the state machine takes the result by value. Only cached nodes pay it,
+          // once per execution of their task.
+          remember(st, k->second.key, k->second.node, make_json(m.result.output));
         }
         forget_node(st, m.exec);
         st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);

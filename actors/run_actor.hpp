@@ -53,6 +53,12 @@ struct run_services {
   /// The writer, or an invalid handle in memory mode (no database).
   caf::actor writer;
   persistence_mode mode = persistence_mode::memory;
+  /// Memoized node outputs by cache key (nodes with `cache`): the engine's bounded memory cache
+  /// over the store. Thread-safe; called on run actors' threads. `cache_lookup` returns null on
+  /// a miss; `cache_remember` fills memory only (the run actor sends the store row to the
+  /// writer with its records). Either may be empty: caching is then off.
+  std::function<json_ptr(const std::string& key)> cache_lookup;
+  std::function<void(const std::string& key, const json_ptr& output)> cache_remember;
   /// Added to steady-clock microseconds to get wall-clock microseconds for stored rows.
   std::int64_t wall_offset_us = 0;
 };

@@ -3,6 +3,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
+#include <list>
 #include <map>
 #include <mutex>
 #include <random>
@@ -65,7 +66,9 @@ struct run_handle::shared final : run_sink {
 
 run_handle::run_handle(std::shared_ptr<shared> s) : s_(std::move(s)) {}
 
-const std::string& run_handle::id() const { return s_->id; }
+const std::string& run_handle::id() const {
+  return s_->id;
+}
 
 std::optional<run_result> run_handle::wait_for(std::chrono::milliseconds timeout) const {
   std::unique_lock<std::mutex> lock(s_->mutex);
@@ -120,6 +123,48 @@ std::int64_t wall_us() {
       .count();
 }
 
+// Node outputs by cache key, bounded, least recently used dropped first. Shared by every run
+// actor of the engine (any thread), so one mutex guards it; it is held only for the map work,
+// never during a store read.
+class output_cache {
+ public:
+  explicit output_cache(std::size_t capacity) : capacity_(capacity) {}
+
+  json_ptr find(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = index_.find(key);
+    if (it == index_.end()) {
+      return nullptr;
+    }
+    entries_.splice(entries_.begin(), entries_, it->second);  // now the most recently used
+    return it->second->second;
+  }
+
+  void put(const std::string& key, json_ptr value) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (capacity_ == 0) {
+      return;
+    }
+    if (auto it = index_.find(key); it != index_.end()) {
+      it->second->second = std::move(value);
+      entries_.splice(entries_.begin(), entries_, it->second);
+      return;
+    }
+    entries_.emplace_front(key, std::move(value));
+    index_.emplace(key, entries_.begin());
+    while (entries_.size() > capacity_) {
+      index_.erase(entries_.back().first);
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  std::mutex mutex_;
+  std::size_t capacity_;
+  std::list<std::pair<std::string, json_ptr>> entries_;  // most recently used first
+  std::unordered_map<std::string, std::list<std::pair<std::string, json_ptr>>::iterator> index_;
+};
+
 }  // namespace
 
 struct engine::impl {
@@ -159,6 +204,30 @@ struct engine::impl {
   caf::actor writer;
   std::shared_ptr<store> query_store;
   mutable std::mutex query_mutex;
+  std::unique_ptr<output_cache> outputs_cache;
+
+  // Memory first; on a miss the store (not in memory mode), whose hit is kept in memory. The
+  // store read is a synchronous point lookup on the calling run actor's thread, serialized with
+  // the engine's other queries: acceptable for SQLite/PostgreSQL here, but the thing to move to
+  // a cache actor with an asynchronous reply later. Memory hits never touch the store.
+  json_ptr cache_lookup(const std::string& key) {
+    if (auto v = outputs_cache->find(key)) {
+      return v;
+    }
+    if (!query_store) {
+      return nullptr;
+    }
+    auto row = [&] {
+      std::lock_guard<std::mutex> lock(query_mutex);
+      return query_store->get_cache(key);
+    }();
+    // A store that cannot answer is a miss: the task runs, which is always correct.
+    if (!row || !*row || (*row)->kind != "output" || !(*row)->value) {
+      return nullptr;
+    }
+    outputs_cache->put(key, (*row)->value);
+    return (*row)->value;
+  }
   // Memory mode: the most recent finished runs, oldest first.
   mutable std::mutex log_mutex;
   std::deque<std::shared_ptr<const run_result>> memory_log;
@@ -291,8 +360,9 @@ validation_errors one_error(std::string pointer, std::string message) {
 engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   auto& m = *impl_;
   m.config = config;
-  int threads = config.threads > 0 ? config.threads
-                                   : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+  int threads = config.threads > 0
+                    ? config.threads
+                    : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   m.caf_config.set("scheduler.max-threads", threads);
   std::unique_ptr<store> writer_store;
   if (config.mode != persistence_mode::memory && config.store_object) {
@@ -340,6 +410,11 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->tasks_for = [self](const plan_ptr& p) { return self->task_table_for(p); };
   svc->find_workflow = [self](std::string_view n, std::string_view v) { return self->find(n, v); };
   svc->new_run_id = [self] { return self->new_run_id(); };
+  m.outputs_cache = std::make_unique<output_cache>(config.cache_entries);
+  svc->cache_lookup = [self](const std::string& key) { return self->cache_lookup(key); };
+  svc->cache_remember = [self](const std::string& key, const json_ptr& output) {
+    self->outputs_cache->put(key, output);
+  };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
   if (config.max_in_flight > 0) {
@@ -355,9 +430,9 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   if (config.mode != persistence_mode::memory) {
     writer_config wc = config.writer;
     wc.mode = config.mode;
-    std::unique_ptr<store> ws = m.shared_memory_store
-                                    ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
-                                    : std::move(writer_store);
+    std::unique_ptr<store> ws =
+        m.shared_memory_store ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
+                              : std::move(writer_store);
     m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics);
     svc->writer = m.writer;
   }
@@ -365,7 +440,9 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   m.services = std::move(svc);
 }
 
-engine::~engine() { shutdown(); }
+engine::~engine() {
+  shutdown();
+}
 
 bool engine::register_task(task_def def) {
   std::lock_guard<std::mutex> lock(impl_->tasks_mutex);
@@ -377,7 +454,9 @@ bool engine::register_task(task_def def) {
   return true;
 }
 
-std::shared_ptr<const task_registry> engine::tasks() const { return impl_->task_snapshot(); }
+std::shared_ptr<const task_registry> engine::tasks() const {
+  return impl_->task_snapshot();
+}
 
 expected<plan_ptr, validation_errors> engine::register_workflow(std::string_view json_text) {
   auto tasks = impl_->task_snapshot();
@@ -555,9 +634,13 @@ expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view 
   return out;
 }
 
-writer_metrics& engine::metrics() const { return *impl_->metrics; }
+writer_metrics& engine::metrics() const {
+  return *impl_->metrics;
+}
 
-persistence_mode engine::mode() const { return impl_->config.mode; }
+persistence_mode engine::mode() const {
+  return impl_->config.mode;
+}
 
 expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
                                                        start_options options) {
@@ -581,7 +664,8 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
     }
     auto n = m.query_store->node_rows(run_id);
     if (!n) {
-      return fail("cannot read the nodes of run '" + std::string(run_id) + "': " + n.error().message);
+      return fail("cannot read the nodes of run '" + std::string(run_id) +
+                  "': " + n.error().message);
     }
     rows = std::move(*n);
     if (!find_workflow(run->workflow, run->version)) {
@@ -622,8 +706,8 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
   }
   // A for_each node is resumed whole unless its aggregate succeeded: item-level restore would
   // need per-item state the store keeps but the plan cannot yet seed.
-  json::object inputs = run->inputs && run->inputs->is_object() ? run->inputs->as_object()
-                                                                 : json::object{};
+  json::object inputs =
+      run->inputs && run->inputs->is_object() ? run->inputs->as_object() : json::object{};
   options.run_id = run->run_id;
   return start_run(p, std::move(inputs), std::move(options), std::move(restored),
                    {attempts.begin(), attempts.end()});
@@ -652,7 +736,8 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
     std::lock_guard<std::mutex> lock(m.query_mutex);
     auto r = m.query_store->unfinished_runs();
     if (!r) {
-      out.push_back(make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
+      out.push_back(
+          make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
       return out;
     }
     runs = std::move(*r);

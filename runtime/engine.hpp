@@ -50,6 +50,9 @@ struct engine_config {
   std::shared_ptr<troupe::store> store_object;
   /// Memory mode keeps this many finished runs for queries.
   std::size_t memory_log_runs = 1000;
+  /// Node outputs (`cache` on a node) kept in memory, least recently used dropped first; the
+  /// store keeps them all (not in memory mode). 0: memory keeps none, every lookup asks the store.
+  std::size_t cache_entries = 10000;
 };
 
 /// The engine could not start (for example its database cannot be opened).
@@ -114,8 +117,8 @@ class engine {
   /// before anything runs.
   expected<run_handle, validation_errors> start(const plan_ptr& p, json::object inputs,
                                                 start_options options = {});
-  expected<run_handle, validation_errors> start(std::string_view workflow_name,
-                                                json::object inputs, start_options options = {});
+  expected<run_handle, validation_errors> start(std::string_view workflow_name, json::object inputs,
+                                                start_options options = {});
 
   /// Resumes a run recorded in the store (not in memory mode): nodes that succeeded are not
   /// executed again (their outputs come from the store); everything else runs, with attempt

@@ -1,5 +1,7 @@
 #include "workflow/run_state.hpp"
 
+#include "workflow/cache_key.hpp"
+
 #include <algorithm>
 #include <utility>
 
@@ -108,7 +110,8 @@ run_state::run_state(plan_ptr p, run_options options)
     nodes_[i].join = static_cast<std::uint32_t>(plan_->nodes[i].needs.size());
   }
   std::size_t engine_limit = options_.max_concurrency > 0 ? options_.max_concurrency : 0;
-  std::size_t plan_limit = plan_->max_concurrency ? static_cast<std::size_t>(*plan_->max_concurrency) : 0;
+  std::size_t plan_limit =
+      plan_->max_concurrency ? static_cast<std::size_t>(*plan_->max_concurrency) : 0;
   if (engine_limit && plan_limit) {
     run_limit_ = std::min(engine_limit, plan_limit);
   } else {
@@ -145,8 +148,8 @@ void run_state::start(json::object inputs, std::int64_t now, std::vector<command
     context_scope sc(plan_->names, ctx_, identity_);
     auto v = init->render(sc);
     if (!v) {
-      finish_run(run_status::failed,
-                 field_error("var", plan_->var_names[slot], "", v.error()), now, out);
+      finish_run(run_status::failed, field_error("var", plan_->var_names[slot], "", v.error()), now,
+                 out);
       return;
     }
     ctx_.set_var(slot, make_json(std::move(*v)));
@@ -204,8 +207,7 @@ void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<comman
     context_scope sc(plan_->names, ctx_, identity_);
     auto v = np.when->render(sc);
     if (!v) {
-      node_failed(n, field_error("node", np.id, "when", v.error()), node_status::failed, now,
-                  out);
+      node_failed(n, field_error("node", np.id, "when", v.error()), node_status::failed, now, out);
       return;
     }
     if (!truthy(*v)) {
@@ -348,7 +350,14 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
     r.started_us = now;
     record(std::move(r), out);
   }
-  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input)});
+  std::string key;
+  if (np.cache_version) {
+    const json::value* item =
+        u.item >= 0 ? &ns.extra->items->as_array()[static_cast<std::size_t>(u.item)] : nullptr;
+    key = cache_key(np, *input, item);
+  }
+  out.emplace_back(
+      cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input), std::move(key)});
   if (np.timeout_ms) {
     inflight_.find(exec)->timeout_timer =
         add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
@@ -365,6 +374,17 @@ std::uint64_t run_state::add_timer(timer_entry t, std::int64_t delay_ms,
 
 void run_state::task_finished(std::uint64_t exec, task_result result, std::int64_t now,
                               std::vector<command>& out) {
+  exec_finished(exec, std::move(result), nullptr, now, out);
+}
+
+void run_state::task_finished_cached(std::uint64_t exec, json_ptr output, std::int64_t now,
+                                     std::vector<command>& out) {
+  exec_finished(exec, task_result{}, output ? std::move(output) : null_json(), now, out);
+}
+
+// `cached`: the output the driver found in the cache (the task did not run), else null.
+void run_state::exec_finished(std::uint64_t exec, task_result result, json_ptr cached,
+                              std::int64_t now, std::vector<command>& out) {
   if (finished()) {
     return;
   }
@@ -378,8 +398,13 @@ void run_state::task_finished(std::uint64_t exec, task_result result, std::int64
     timers_.erase(e.timeout_timer);
   }
   --nodes_[e.u.node].in_flight;
-  if (result.ok) {
-    unit_succeeded(e, std::move(result.output), now, out);
+  if (cached) {
+    unit_succeeded(e, std::move(cached), cache_status::hit, now, out);
+  } else if (result.ok) {
+    // A cached node that had to run its task missed (the driver looked it up first).
+    unit_succeeded(e, make_json(std::move(result.output)),
+                   plan_->nodes[e.u.node].cache_version ? cache_status::miss : cache_status::off,
+                   now, out);
   } else {
     unit_failed(e, std::move(result.error), node_status::failed, now, out);
   }
@@ -393,13 +418,18 @@ void run_state::task_finished(std::uint64_t exec, task_result result, std::int64
   }
 }
 
-void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::int64_t now,
-                               std::vector<command>& out) {
+void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_status cache,
+                               std::int64_t now, std::vector<command>& out) {
   auto& ns = nodes_[e.u.node];
   if (ns.summary.status != node_status::running) {
     return;
   }
-  json_ptr out_ptr = make_json(std::move(output));
+  // The node says `hit` only when every unit (item) came from the cache: one execution of the
+  // task makes it a `miss`.
+  if (cache == cache_status::miss ||
+      (cache == cache_status::hit && ns.summary.cache == cache_status::off)) {
+    ns.summary.cache = cache;
+  }
   if (options_.emit_records) {
     node_record r;
     r.node = e.u.node;
@@ -408,6 +438,7 @@ void run_state::unit_succeeded(const inflight_exec& e, json::value output, std::
     r.status = node_status::succeeded;
     r.input = e.input;
     r.output = out_ptr;
+    r.cache = cache;
     r.started_us = e.started_us;
     r.finished_us = now;
     record(std::move(r), out);
@@ -439,9 +470,14 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
   r.status = how;
   r.input = e.input;
   r.error = error;
+  // A failed attempt of a cached node was looked up and missed; its output is never stored.
+  r.cache = np.cache_version ? cache_status::miss : cache_status::off;
   r.started_us = e.started_us;
   r.finished_us = now;
   record(std::move(r), out);
+  if (np.cache_version) {
+    ns.summary.cache = cache_status::miss;
+  }
   if (ns.summary.status != node_status::running) {
     return;
   }
@@ -538,8 +574,8 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
     node_done(n, now, out);
     return;
   }
-  finish_run(run_status::failed, "node '" + np.id + "' " + std::string(to_string(how)) + ": " + error,
-             now, out);
+  finish_run(run_status::failed,
+             "node '" + np.id + "' " + std::string(to_string(how)) + ": " + error, now, out);
 }
 
 void run_state::node_done(std::uint32_t n, std::int64_t now, std::vector<command>& out) {
@@ -706,6 +742,7 @@ void run_state::node_record_out(std::uint32_t n, std::int64_t now, json_ptr outp
   r.status = ns.summary.status;
   r.output = std::move(output);
   r.error = ns.summary.error();
+  r.cache = ns.summary.cache;
   r.started_us = ns.summary.started_us >= 0 ? ns.summary.started_us : now;
   r.finished_us = now;
   record(std::move(r), out);

@@ -50,6 +50,10 @@ struct dispatch {
   std::int64_t item = -1;
   int attempt = 1;
   json_ptr input;
+  /// The node's cache key (workflow/cache_key.hpp) when it has a `cache` field, else empty.
+  /// With a key the driver looks the output up first and reports a hit with
+  /// task_finished_cached() instead of running the task.
+  std::string cache_key;
 };
 /// Stop an attempt that is in flight; any result it still reports is ignored.
 struct cancel_task {
@@ -127,6 +131,11 @@ class run_state {
   /// The outcome of an attempt. Unknown or stale execs (cancelled, timed out) are ignored.
   void task_finished(std::uint64_t exec, task_result result, std::int64_t now_us,
                      std::vector<command>& out);
+  /// The outcome of an attempt whose output came from the cache (the task did not run): like a
+  /// successful task_finished(), but its records and the node summary say `cache: hit`. A
+  /// cached node that ran its task says `miss`; nodes without `cache` say `off`.
+  void task_finished_cached(std::uint64_t exec, json_ptr output, std::int64_t now_us,
+                            std::vector<command>& out);
   void timer_fired(std::uint64_t timer, std::int64_t now_us, std::vector<command>& out);
   void cancel(std::int64_t now_us, std::vector<command>& out);
 
@@ -222,7 +231,9 @@ class run_state {
   void launch(unit u, std::int64_t now, std::vector<command>& out);
   void unit_failed(const inflight_exec& e, std::string error, node_status how, std::int64_t now,
                    std::vector<command>& out);
-  void unit_succeeded(const inflight_exec& e, json::value output, std::int64_t now,
+  void exec_finished(std::uint64_t exec, task_result result, json_ptr cached, std::int64_t now,
+                     std::vector<command>& out);
+  void unit_succeeded(const inflight_exec& e, json_ptr output, cache_status cache, std::int64_t now,
                       std::vector<command>& out);
   void node_succeeded(std::uint32_t n, json_ptr output, std::int64_t now,
                       std::vector<command>& out);

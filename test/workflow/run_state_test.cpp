@@ -10,13 +10,21 @@
 #include <string>
 #include <vector>
 
+#include "workflow/cache_key.hpp"
 #include "workflow/plan.hpp"
 #include "workflow/run_state.hpp"
 #include "workflow/task.hpp"
 
 namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, node_status s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, run_status s) {
+  return os << to_string(s);
+}
+std::ostream& operator<<(std::ostream& os, node_status s) {
+  return os << to_string(s);
+}
+std::ostream& operator<<(std::ostream& os, cache_status s) {
+  return os << to_string(s);
+}
 }  // namespace troupe
 
 using namespace troupe;
@@ -46,8 +54,8 @@ struct driver {
 
   plan_ptr p;
   run_state rs;
-  std::vector<command> log;             // every command ever emitted
-  std::vector<cmd::dispatch> pending;   // dispatched, not yet completed by the test
+  std::vector<command> log;            // every command ever emitted
+  std::vector<cmd::dispatch> pending;  // dispatched, not yet completed by the test
   std::vector<timer> timers;
   std::vector<std::uint64_t> cancelled;
   std::int64_t now_us = 0;
@@ -267,8 +275,9 @@ BOOST_AUTO_TEST_CASE(for_each_never_exceeds_its_concurrency_and_keeps_item_order
   }
   BOOST_TEST(d.max_pending == 2u);
   BOOST_TEST(d.rs.max_in_flight_seen() == 2u);
-  BOOST_TEST(d.outputs() ==
-             R"({"all":[{"i":0,"v":1},{"i":1,"v":4},{"i":2,"v":9},{"i":3,"v":16},{"i":4,"v":25}]})");
+  BOOST_TEST(
+      d.outputs() ==
+      R"({"all":[{"i":0,"v":1},{"i":1,"v":4},{"i":2,"v":9},{"i":3,"v":16},{"i":4,"v":25}]})");
   BOOST_TEST(d.rs.summary(0).items == 5);
 }
 
@@ -350,9 +359,8 @@ BOOST_AUTO_TEST_CASE(attempt_timeout_cancels_the_task_and_retries) {
   BOOST_TEST(d.rs.status() == run_status::failed);
   BOOST_TEST(d.status("slow") == node_status::timed_out);
   auto recs = d.records_of("slow");
-  BOOST_TEST(std::count_if(recs.begin(), recs.end(), [](auto& r) {
-               return r.status == node_status::timed_out;
-             }) == 2);
+  BOOST_TEST(std::count_if(recs.begin(), recs.end(),
+                           [](auto& r) { return r.status == node_status::timed_out; }) == 2);
 }
 
 BOOST_AUTO_TEST_CASE(a_timed_out_node_with_on_error_continue_ends_failed) {
@@ -573,6 +581,152 @@ BOOST_AUTO_TEST_CASE(a_run_whose_nodes_all_succeeded_before_finishes_at_once) {
   d.start();
   BOOST_TEST(d.pending.empty());
   BOOST_TEST(d.outputs() == R"({"a":"kept"})");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(run_state_cache, *utf::timeout(30))
+
+namespace {
+
+const char* cached_echo = R"({"name":"c","nodes":[
+    {"id":"a","task":"echo","with":"{{ inputs }}","cache":{"version":"v1"}},
+    {"id":"b","task":"echo","needs":["a"],"with":"{{ nodes.a.output }}"}],
+  "outputs":{"a":"{{ nodes.a.output }}","b":"{{ nodes.b.output }}"}})";
+
+std::string key_of(const plan_ptr& p, std::string_view input, const json::value* item = nullptr) {
+  return cache_key(p->nodes[0], boost::json::parse(input), item);
+}
+
+plan_ptr with_version(const char* version) {
+  return compile(
+      std::string(R"({"name":"c","nodes":[{"id":"a","task":"echo","cache":{"version":")") +
+      version + R"("}}]})");
+}
+
+// Completes every pending dispatch of a cached node from `cache` when the key is there (the
+// run actor's job), otherwise with the echo task, storing its output as the run actor does.
+void run_with_cache(driver& d, std::map<std::string, json_ptr>& cache, int& task_runs) {
+  while (!d.pending.empty() && !d.rs.finished()) {
+    cmd::dispatch x = d.pending.front();
+    d.pending.erase(d.pending.begin());
+    std::vector<command> out;
+    if (auto it = cache.find(x.cache_key); !x.cache_key.empty() && it != cache.end()) {
+      d.rs.task_finished_cached(x.exec, it->second, d.now_us, out);
+    } else {
+      ++task_runs;
+      if (!x.cache_key.empty()) {
+        cache[x.cache_key] = x.input;
+      }
+      d.rs.task_finished(x.exec, task_result::success(*x.input), d.now_us, out);
+    }
+    d.absorb(out);
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(cache_keys_ignore_key_order_and_number_spelling) {
+  auto p = with_version("v1");
+  auto k = key_of(p, R"({"a":1,"b":{"x":2.0,"y":[1,"s"]}})");
+  BOOST_TEST(k.size() == 32u);
+  BOOST_TEST(k == key_of(p, R"({"b":{"y":[1.0,"s"],"x":2},"a":1.0})"));
+  BOOST_TEST(k != key_of(p, R"({"a":1,"b":{"x":2.5,"y":[1,"s"]}})"));
+}
+
+BOOST_AUTO_TEST_CASE(a_different_version_or_item_gives_a_different_cache_key) {
+  auto v1 = with_version("v1");
+  auto v2 = with_version("v2");
+  BOOST_TEST(key_of(v1, "{}") != key_of(v2, "{}"));
+  json::value one = 1, two = 2, null = nullptr;
+  BOOST_TEST(key_of(v1, "{}", &one) != key_of(v1, "{}", &two));
+  BOOST_TEST(key_of(v1, "{}", &one) != key_of(v1, "{}"));
+  // A null item is the same as no item: the key holds "item": null either way.
+  BOOST_TEST(key_of(v1, "{}", &null) == key_of(v1, "{}"));
+}
+
+BOOST_AUTO_TEST_CASE(a_node_without_cache_has_no_key_and_records_off) {
+  driver d(R"({"name":"n","nodes":[{"id":"a","task":"echo","with":1}]})");
+  BOOST_TEST(cache_key(d.p->nodes[0], json::value(1), nullptr).empty());
+  d.start();
+  BOOST_REQUIRE(d.pending.size() == 1u);
+  BOOST_TEST(d.pending[0].cache_key.empty());
+  d.succeed("a", "1");
+  for (const auto& r : d.records_of("a")) {
+    BOOST_TEST(r.cache == cache_status::off);
+  }
+  BOOST_TEST(d.rs.summary(0).cache == cache_status::off);
+}
+
+BOOST_AUTO_TEST_CASE(a_cached_node_misses_first_and_hits_on_the_same_inputs) {
+  std::map<std::string, json_ptr> cache;
+  int runs = 0;
+  driver first(cached_echo);
+  first.start(R"({"x":1})");
+  BOOST_REQUIRE(!first.pending.empty());
+  BOOST_TEST(first.pending[0].cache_key ==
+             cache_key(first.p->nodes[0], boost::json::parse(R"({"x":1})"), nullptr));
+  run_with_cache(first, cache, runs);
+  BOOST_TEST(runs == 2);  // a and b
+  BOOST_TEST(first.rs.summary(0).cache == cache_status::miss);
+  BOOST_TEST(first.rs.summary(1).cache == cache_status::off);
+  BOOST_TEST(first.records_of("a").back().cache == cache_status::miss);
+
+  driver second(cached_echo);
+  second.start(R"({"x":1.0})");  // same value, other spelling
+  run_with_cache(second, cache, runs);
+  BOOST_TEST(runs == 3);  // only b ran again
+  BOOST_TEST(second.rs.summary(0).cache == cache_status::hit);
+  auto recs = second.records_of("a");
+  BOOST_REQUIRE(!recs.empty());
+  BOOST_TEST(recs.back().cache == cache_status::hit);
+  BOOST_TEST((recs.back().status == node_status::succeeded));
+  BOOST_TEST(second.outputs() == R"({"a":{"x":1},"b":{"x":1}})");
+}
+
+BOOST_AUTO_TEST_CASE(for_each_items_have_their_own_keys_and_the_node_hits_only_if_all_did) {
+  const char* wf = R"({"name":"fe","nodes":[
+      {"id":"a","task":"echo","for_each":"{{ inputs.xs }}","with":"{{ item }}",
+       "cache":{}}],
+    "outputs":{"a":"{{ nodes.a.output }}"}})";
+  std::map<std::string, json_ptr> cache;
+  int runs = 0;
+  driver first(wf);
+  first.start(R"({"xs":[1,2]})");
+  BOOST_REQUIRE(first.pending.size() == 2u);
+  BOOST_TEST(first.pending[0].cache_key != first.pending[1].cache_key);
+  run_with_cache(first, cache, runs);
+  BOOST_TEST(runs == 2);
+
+  driver second(wf);
+  second.start(R"({"xs":[2,3]})");
+  run_with_cache(second, cache, runs);
+  BOOST_TEST(runs == 3);  // item 3 only
+  BOOST_TEST(second.rs.summary(0).cache == cache_status::miss);
+  BOOST_TEST(second.outputs() == R"({"a":[2,3]})");
+  auto recs = second.records_of("a");
+  auto item0 = std::find_if(recs.begin(), recs.end(), [](const node_record& r) {
+    return r.item == 0 && r.status == node_status::succeeded;
+  });
+  BOOST_REQUIRE(item0 != recs.end());
+  BOOST_TEST(item0->cache == cache_status::hit);
+  BOOST_TEST(recs.back().attempt == 0);  // the node-level record carries the node's status
+  BOOST_TEST(recs.back().cache == cache_status::miss);
+
+  driver third(wf);
+  third.start(R"({"xs":[3,1]})");
+  run_with_cache(third, cache, runs);
+  BOOST_TEST(runs == 3);
+  BOOST_TEST(third.rs.summary(0).cache == cache_status::hit);
+}
+
+BOOST_AUTO_TEST_CASE(a_failed_attempt_of_a_cached_node_records_a_miss) {
+  driver d(R"({"name":"f","nodes":[{"id":"a","task":"echo","with":1,"cache":{}}]})");
+  d.start();
+  d.fail("a");
+  BOOST_TEST(d.rs.status() == run_status::failed);
+  BOOST_TEST(d.records_of("a").back().cache == cache_status::miss);
+  BOOST_TEST(d.rs.summary(0).cache == cache_status::miss);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
