@@ -26,8 +26,8 @@ namespace {
 struct node_actor_state {
   node_spawn_args args;
   caf::actor run;
-  operation_ptr op;      // shell, http
-  caf::actor child;      // workflow
+  operation_ptr op;  // shell, http
+  caf::actor child;  // workflow
   bool answered = false;
   std::optional<task_result> sync_result;  // set when a task completed inside start()
 
@@ -106,9 +106,9 @@ void start_child_workflow(node_actor* self, const services_ptr& svc) {
   }
   plan_ptr p = svc->find_workflow(name->as_string(), version);
   if (!p) {
-    answer(self, task_result::failure("workflow: no registered workflow '" +
-                                      std::string(name->as_string()) + "'" +
-                                      (version.empty() ? "" : " version '" + std::string(version) + "'")));
+    answer(self, task_result::failure(
+                     "workflow: no registered workflow '" + std::string(name->as_string()) + "'" +
+                     (version.empty() ? "" : " version '" + std::string(version) + "'")));
     return;
   }
   json::object given;

@@ -85,7 +85,9 @@ struct writer_state {
 
   static inline const char* name = "writer";
 
-  std::size_t pending() const { return nodes.size() + runs.size() + workflows.size() + cache.size(); }
+  std::size_t pending() const {
+    return nodes.size() + runs.size() + workflows.size() + cache.size();
+  }
 };
 using writer_actor = caf::stateful_actor<writer_state>;
 

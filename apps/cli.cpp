@@ -415,7 +415,9 @@ CLI::Validator status_check() {
 
 }  // namespace
 
-int runs_resume_command(const runs_resume_options& o) { return resume_command(o); }
+int runs_resume_command(const runs_resume_options& o) {
+  return resume_command(o);
+}
 
 int run_cli(int argc, char** argv) {
   CLI::App app{"troupe: runs workflows of tasks on an embedded actor engine.", "troupe"};
@@ -470,7 +472,8 @@ int run_cli(int argc, char** argv) {
       ->type_name("FILE");
   validate->add_flag("--json", validate_opts.json, "Print the verdict as one JSON document.");
 
-  CLI::App* runs = app.add_subcommand("runs", "The execution log: list runs, show one, resume one.");
+  CLI::App* runs =
+      app.add_subcommand("runs", "The execution log: list runs, show one, resume one.");
   runs->require_subcommand(1);
   runs_list_options list_opts;
   CLI::App* list = runs->add_subcommand("list", "List runs, newest first.");
@@ -496,8 +499,9 @@ int run_cli(int argc, char** argv) {
       "resume", "Run again what did not succeed in a failed or interrupted run.");
   resume->add_option("run", resume_opts.run_id, "The run id.")->required()->type_name("RUN");
   add_db_option(resume, resume_opts.db);
-  resume->add_option("--register", resume_opts.registers,
-                     "Also register this workflow (for `workflow` tasks); repeatable.")
+  resume
+      ->add_option("--register", resume_opts.registers,
+                   "Also register this workflow (for `workflow` tasks); repeatable.")
       ->type_name("FILE");
   resume->add_option("--threads", resume_opts.threads, "Scheduler threads (0: one per core).")
       ->check(CLI::Range(0, 1024))
@@ -507,10 +511,25 @@ int run_cli(int argc, char** argv) {
   load_options load_opts;
   CLI::App* load = add_load_command(app, load_opts);
 
+  CLI::App* cache = app.add_subcommand("cache", "Memoized node outputs: list or clear them.");
+  cache->require_subcommand(1);
+  cache_options cache_list_opts;
+  CLI::App* cache_list = cache->add_subcommand("list", "List cache entries.");
+  cache_list->add_option("--workflow", cache_list_opts.workflow, "Only this workflow's entries.")
+      ->type_name("NAME");
+  add_db_option(cache_list, cache_list_opts.db);
+  cache_list->add_flag("--json", cache_list_opts.json, "Print the entries as one JSON document.");
+  cache_options cache_clear_opts;
+  CLI::App* cache_clear = cache->add_subcommand("clear", "Remove cache entries.");
+  cache_clear->add_option("--workflow", cache_clear_opts.workflow, "Only this workflow's entries.")
+      ->type_name("NAME");
+  add_db_option(cache_clear, cache_clear_opts.db);
+  cache_clear->add_flag("--json", cache_clear_opts.json, "Print the count as JSON.");
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
       std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs" &&
-      std::string_view(argv[1]) != "load") {
+      std::string_view(argv[1]) != "cache" && std::string_view(argv[1]) != "load") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -525,7 +544,8 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
-    for (CLI::App* sub : {run, validate, runs, list, show, resume, load}) {
+    for (CLI::App* sub :
+         {run, validate, runs, list, show, resume, load, cache, cache_list, cache_clear}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -543,6 +563,12 @@ int run_cli(int argc, char** argv) {
     }
     if (show->parsed()) {
       return runs_show_command(show_opts);
+    }
+    if (cache_list->parsed()) {
+      return cache_list_command(cache_list_opts);
+    }
+    if (cache_clear->parsed()) {
+      return cache_clear_command(cache_clear_opts);
     }
     if (resume->parsed()) {
       return runs_resume_command(resume_opts);

@@ -137,4 +137,54 @@ int runs_show_command(const runs_show_options& o) {
   return std::cout ? exit_ok : exit_run_failed;
 }
 
+int cache_list_command(const cache_options& o) {
+  auto db = open_for_reading(o.db, o.json);
+  if (!db) {
+    return exit_usage;
+  }
+  auto entries = db->list_cache(o.workflow);
+  if (!entries) {
+    return store_failure(o.db, entries.error(), o.json);
+  }
+  if (o.json) {
+    json::array list;
+    for (const auto& e : *entries) {
+      list.push_back(json::object{{"key", e.key},
+                                  {"workflow", e.workflow},
+                                  {"node_id", e.node_id},
+                                  {"kind", e.kind},
+                                  {"created_at", e.created_at},
+                                  {"value", e.value ? *e.value : json::value(nullptr)}});
+    }
+    std::cout << compact_json(json::object{{"entries", std::move(list)}}) << '\n';
+  } else if (entries->empty()) {
+    std::cout << "no cache entries in " << display_url(o.db) << '\n';
+  } else {
+    for (const auto& e : *entries) {
+      std::cout << e.key << "  " << e.workflow << "  " << e.node_id << "  " << e.kind << '\n';
+    }
+  }
+  std::cout.flush();
+  return std::cout ? exit_ok : exit_run_failed;
+}
+
+int cache_clear_command(const cache_options& o) {
+  auto db = open_for_reading(o.db, o.json);
+  if (!db) {
+    return exit_usage;
+  }
+  auto removed = db->clear_cache(o.workflow);
+  if (!removed) {
+    return store_failure(o.db, removed.error(), o.json);
+  }
+  if (o.json) {
+    std::cout << compact_json(json::object{{"removed", *removed}}) << '\n';
+  } else {
+    std::cout << "removed " << *removed << " cache entr" << (*removed == 1 ? "y" : "ies")
+              << " from " << display_url(o.db) << '\n';
+  }
+  std::cout.flush();
+  return std::cout ? exit_ok : exit_run_failed;
+}
+
 }  // namespace troupe::cli

@@ -38,12 +38,21 @@ struct runs_resume_options {
   bool json = false;
 };
 
+/// `troupe cache list|clear [--workflow W]`: the memoized node outputs in the log's database.
+struct cache_options {
+  std::string db = default_db;
+  std::string workflow;  // empty: all
+  bool json = false;
+};
+
 bool parse_run_status(std::string_view text, run_status& out);
 /// "pending, running, ..." for error messages.
 std::string run_status_names();
 
 int runs_list_command(const runs_list_options& o);
 int runs_show_command(const runs_show_options& o);
+int cache_list_command(const cache_options& o);
+int cache_clear_command(const cache_options& o);
 /// Defined in cli.cpp: it shares the run command's engine set-up and result printing.
 int runs_resume_command(const runs_resume_options& o);
 

@@ -38,5 +38,7 @@ expected<std::unique_ptr<store>, store_error> open_store(std::string_view url) {
 }  // namespace troupe
 
 namespace troupe {
-std::string masked_store_url(std::string_view url) { return detail::mask_url(url); }
+std::string masked_store_url(std::string_view url) {
+  return detail::mask_url(url);
+}
 }  // namespace troupe

@@ -1,5 +1,6 @@
 #include "runtime/engine.hpp"
 
+#include <algorithm>
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
@@ -784,8 +785,16 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
   if (m.writer) {
     // Everything the runs recorded reaches the database before the engine stops.
     caf::scoped_actor self{*m.system};
-    self->request(m.writer, caf::infinite, drain_atom::value)
-        .receive([](caf::ok_atom) {}, [](caf::error&) {});
+    // A database that stays down must not hang the process forever: past the drain deadline
+    // the writer is stopped and what it still holds is reported (metrics().pending), not lost
+    // silently.
+    bool drained = false;
+    self->request(m.writer, caf::timespan{std::max(deadline, m.config.drain_deadline)},
+                  drain_atom::value)
+        .receive([&](caf::ok_atom) { drained = true; }, [](caf::error&) {});
+    if (!drained) {
+      caf::anon_send_exit(m.writer, caf::exit_reason::user_shutdown);
+    }
     m.writer = caf::actor{};
     // No run is left to read it; a live handle would keep the detached writer's thread (and
     // so the actor system's destructor) waiting forever.

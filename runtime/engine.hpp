@@ -45,6 +45,10 @@ struct engine_config {
   /// runs in memory), async, durable (a run's end is reported after its commit), sync.
   persistence_mode mode = persistence_mode::memory;
   writer_config writer;
+  /// At shutdown, how long the writer may keep retrying a failing database to commit what it
+  /// still holds (at least shutdown's own deadline); past it the rows are counted in
+  /// metrics().pending and dropped.
+  std::chrono::milliseconds drain_deadline{std::chrono::seconds(30)};
   /// Tests and embedders may hand in a store object instead of a URL (it must be safe to call
   /// from two threads: the writer writes while queries read). Overrides `store`.
   std::shared_ptr<troupe::store> store_object;

@@ -68,9 +68,13 @@ context context::with_node(std::size_t index, node_result r) const {
   return next;
 }
 
-void context::set_node(std::size_t index, node_result r) { nodes_.assign(index, std::move(r)); }
+void context::set_node(std::size_t index, node_result r) {
+  nodes_.assign(index, std::move(r));
+}
 
-void context::set_var(std::size_t slot, json_ptr value) { vars_.assign(slot, std::move(value)); }
+void context::set_var(std::size_t slot, json_ptr value) {
+  vars_.assign(slot, std::move(value));
+}
 
 context context::with_var(std::size_t slot, json_ptr value) const {
   context next = *this;

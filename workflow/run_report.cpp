@@ -36,7 +36,7 @@ run_result make_report(const run_state& rs) {
 run_event event_of(const run_state& rs, const node_record& rec) {
   run_event e;
   e.what = rec.status == node_status::running ? run_event::kind::node_started
-                                               : run_event::kind::node_finished;
+                                              : run_event::kind::node_finished;
   e.run_id = rs.run_id();
   e.node_id = rs.workflow().nodes[rec.node].id;
   e.item = rec.item;

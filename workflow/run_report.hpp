@@ -37,8 +37,8 @@ struct run_result {
   std::string run_id;
   std::string workflow;
   run_status status = run_status::pending;
-  json::value outputs;  // an object when succeeded, else null
-  std::string error;    // empty when succeeded
+  json::value outputs;             // an object when succeeded, else null
+  std::string error;               // empty when succeeded
   std::vector<node_report> nodes;  // document order
   double duration_ms = 0;
 };

@@ -110,19 +110,21 @@ json::value w3(const char* first, json::value first_with) {
 json::value w4() {
   json::array nodes;
   for (int i = 0; i < 100; ++i) {
-    nodes.push_back(json::object{{"id", "r" + std::to_string(i)}, {"task", "echo"},
-                                 {"with", "{{ inputs.blob }}"}});
+    nodes.push_back(json::object{
+        {"id", "r" + std::to_string(i)}, {"task", "echo"}, {"with", "{{ inputs.blob }}"}});
   }
   json::array needs;
   for (int i = 0; i < 100; ++i) {
     needs.push_back(json::value("r" + std::to_string(i)));
   }
-  nodes.push_back(json::object{{"id", "each"}, {"task", "echo"}, {"needs", std::move(needs)},
-                               {"for_each", "{{ range(1000) }}"}, {"with", "{{ item }}"}});
-  return json::object{
-      {"name", "w4"},
-      {"inputs", json::object{{"blob", json::object{{"type", "string"}}}}},
-      {"nodes", std::move(nodes)}};
+  nodes.push_back(json::object{{"id", "each"},
+                               {"task", "echo"},
+                               {"needs", std::move(needs)},
+                               {"for_each", "{{ range(1000) }}"},
+                               {"with", "{{ item }}"}});
+  return json::object{{"name", "w4"},
+                      {"inputs", json::object{{"blob", json::object{{"type", "string"}}}}},
+                      {"nodes", std::move(nodes)}};
 }
 
 // The floor: the state machine alone, each dispatch answered at once.
@@ -418,13 +420,15 @@ int main(int argc, char** argv) {
     if (o.mode != persistence_mode::memory) {
       auto& m = e.metrics();
       double commits = static_cast<double>(m.batches.load());
-      std::printf("%-44s %12llu batches, %llu rows (%llu received), avg batch %.1f, avg commit %.0f us, errors %llu\n",
-                  "writer", static_cast<unsigned long long>(m.batches.load()),
-                  static_cast<unsigned long long>(m.rows.load()),
-                  static_cast<unsigned long long>(m.rows_received.load()),
-                  commits > 0 ? static_cast<double>(m.rows.load()) / commits : 0.0,
-                  commits > 0 ? static_cast<double>(m.commit_us_total.load()) / commits : 0.0,
-                  static_cast<unsigned long long>(m.errors.load()));
+      std::printf(
+          "%-44s %12llu batches, %llu rows (%llu received), avg batch %.1f, avg commit %.0f us, "
+          "errors %llu\n",
+          "writer", static_cast<unsigned long long>(m.batches.load()),
+          static_cast<unsigned long long>(m.rows.load()),
+          static_cast<unsigned long long>(m.rows_received.load()),
+          commits > 0 ? static_cast<double>(m.rows.load()) / commits : 0.0,
+          commits > 0 ? static_cast<double>(m.commit_us_total.load()) / commits : 0.0,
+          static_cast<unsigned long long>(m.errors.load()));
     }
   }
   if (o.wants("MEM")) {

@@ -827,4 +827,47 @@ BOOST_AUTO_TEST_CASE(runs_resume_reruns_only_what_did_not_succeed, *utf::timeout
   BOOST_TEST(troupe_in(dir, {"runs", "resume", "nope", "--db", db_url(dir)}).exit_code == 1);
 }
 
+// A cached node's output is reused by the next process on the same database, listed by
+// `troupe cache list` and gone after `troupe cache clear`.
+BOOST_AUTO_TEST_CASE(cache_entries_are_reused_listed_and_cleared, *utf::timeout(60)) {
+  temp_dir dir;
+  const auto file = write_file(dir, "memo.json", R"({
+    "name": "memo",
+    "nodes": [
+      { "id": "slow", "task": "shell", "cache": { "version": "v1" },
+        "with": { "command": "echo ran >> effects.txt; echo 42", "output": "json" } }
+    ],
+    "outputs": { "v": "{{ nodes.slow.output }}" }
+  })");
+  run_logged(dir, file, {"--mode", "durable"});
+  const auto second = troupe_in(dir, {"run", file, "--json", "--db", db_url(dir)});
+  BOOST_TEST_REQUIRE(second.exit_code == 0, second.err);
+  const json::value result = parse_stdout(second);
+  BOOST_TEST(json::serialize(result.at("outputs")) == R"({"v":42})");
+  BOOST_TEST(result.at("nodes").at(0).at("cache").as_string() == "hit");
+  std::ifstream effects(dir.path() / "effects.txt");
+  std::string line;
+  int lines = 0;
+  while (std::getline(effects, line)) {
+    ++lines;
+  }
+  BOOST_TEST(lines == 1);
+
+  const auto listed = troupe_in(dir, {"cache", "list", "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(listed.exit_code == 0, listed.err);
+  const auto entries = parse_stdout(listed).at("entries").as_array();
+  BOOST_TEST_REQUIRE(entries.size() == 1u);
+  BOOST_TEST(entries[0].at("workflow").as_string() == "memo");
+  BOOST_TEST(json::serialize(entries[0].at("value")) == "42");
+  const auto other =
+      troupe_in(dir, {"cache", "list", "--workflow", "other", "--db", db_url(dir), "--json"});
+  BOOST_TEST(parse_stdout(other).at("entries").as_array().empty());
+
+  const auto cleared = troupe_in(dir, {"cache", "clear", "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(cleared.exit_code == 0, cleared.err);
+  BOOST_TEST(parse_stdout(cleared).at("removed").to_number<int>() == 1);
+  const auto after = troupe_in(dir, {"cache", "list", "--db", db_url(dir), "--json"});
+  BOOST_TEST(parse_stdout(after).at("entries").as_array().empty());
+}
+
 BOOST_AUTO_TEST_SUITE_END()

@@ -70,8 +70,8 @@ int wait_exit(child& c) {
 
 BOOST_AUTO_TEST_CASE(a_killed_durable_process_resumes_every_run_and_reruns_no_success,
                      *utf::timeout(120)) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("troupe-crash-" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("troupe-crash-" + std::to_string(::getpid()));
   std::filesystem::remove_all(dir);
   std::filesystem::create_directories(dir);
   std::string db = "sqlite://" + (dir / "log.db").string();

@@ -21,8 +21,12 @@
 #include "runtime/engine.hpp"
 
 namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, node_status s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, run_status s) {
+  return os << to_string(s);
+}
+std::ostream& operator<<(std::ostream& os, node_status s) {
+  return os << to_string(s);
+}
 }  // namespace troupe
 
 using namespace troupe;
@@ -208,9 +212,8 @@ BOOST_AUTO_TEST_CASE(for_each_concurrency_is_observed_at_the_workers) {
   // Three start at once (the limit), and only a completion lets a fourth start.
   BOOST_REQUIRE(held.wait_started(3));
   for (int i = 0; i < 12; ++i) {
-    BOOST_REQUIRE(held.complete_next([](const json::value& in) {
-      return task_result::success(in.to_number<int>() * 10);
-    }));
+    BOOST_REQUIRE(held.complete_next(
+        [](const json::value& in) { return task_result::success(in.to_number<int>() * 10); }));
   }
   auto r = h->wait_for(30s);
   BOOST_REQUIRE(r.has_value());
@@ -237,7 +240,8 @@ BOOST_AUTO_TEST_CASE(the_engine_wide_in_flight_limit_holds_across_runs) {
   }
   BOOST_REQUIRE(held.wait_started(3));
   for (int i = 0; i < 20; ++i) {
-    BOOST_REQUIRE(held.complete_next([](const json::value& in) { return task_result::success(in); }));
+    BOOST_REQUIRE(
+        held.complete_next([](const json::value& in) { return task_result::success(in); }));
   }
   for (auto& h : hs) {
     auto r = h.wait_for(30s);
@@ -334,8 +338,7 @@ BOOST_AUTO_TEST_CASE(blocking_tasks_run_on_the_pool_and_exceptions_fail_the_atte
 
 BOOST_AUTO_TEST_CASE(a_hanging_shell_task_is_killed_at_its_timeout) {
   engine e(cfg(2));
-  auto dir = std::filesystem::temp_directory_path() /
-             ("troupe-hang-" + std::to_string(::getpid()));
+  auto dir = std::filesystem::temp_directory_path() / ("troupe-hang-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto pidfile = (dir / "pid").string();
   auto p = must_register(e, R"({"name":"hang","inputs":{"pidfile":{"type":"string"}},"nodes":[
@@ -415,7 +418,8 @@ BOOST_AUTO_TEST_CASE(shutdown_lets_running_work_finish_then_refuses_new_runs) {
 
 BOOST_AUTO_TEST_CASE(shutdown_past_its_deadline_cancels_what_is_still_running) {
   engine e(cfg(2));
-  auto p = must_register(e, R"({"name":"s","nodes":[{"id":"z","task":"sleep","with":{"ms":60000}}]})");
+  auto p =
+      must_register(e, R"({"name":"s","nodes":[{"id":"z","task":"sleep","with":{"ms":60000}}]})");
   auto h = e.start(p, {});
   BOOST_REQUIRE(h.has_value());
   e.shutdown(50ms);

@@ -13,8 +13,12 @@
 #include "runtime/engine.hpp"
 
 namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) { return os << to_string(s); }
-std::ostream& operator<<(std::ostream& os, node_status s) { return os << to_string(s); }
+std::ostream& operator<<(std::ostream& os, run_status s) {
+  return os << to_string(s);
+}
+std::ostream& operator<<(std::ostream& os, node_status s) {
+  return os << to_string(s);
+}
 }  // namespace troupe
 
 using namespace troupe;
@@ -41,8 +45,8 @@ task_def flaky_task() {
 }
 
 std::string temp_db(const std::string& name) {
-  auto dir = std::filesystem::temp_directory_path() /
-             ("troupe-persist-" + std::to_string(::getpid()));
+  auto dir =
+      std::filesystem::temp_directory_path() / ("troupe-persist-" + std::to_string(::getpid()));
   std::filesystem::create_directories(dir);
   auto path = dir / name;
   std::filesystem::remove(path);
@@ -293,6 +297,23 @@ BOOST_AUTO_TEST_CASE(durable_runs_wait_for_a_failing_database_then_complete) {
   BOOST_REQUIRE(run.has_value());
   BOOST_REQUIRE(run->has_value());
   BOOST_TEST((*run)->status == run_status::succeeded);
+}
+
+BOOST_AUTO_TEST_CASE(shutdown_gives_up_on_a_database_that_stays_down_and_reports_it) {
+  auto mem = open_store("memory://");
+  BOOST_REQUIRE(mem.has_value());
+  auto failing = std::make_shared<failing_store>(std::move(*mem));
+  failing->set_failing(true, store_error{"disk full (injected)", true});
+  engine_config c = config(persistence_mode::async, "");
+  c.store_object = failing;
+  c.writer.retry_initial_ms = 5;
+  c.writer.retry_max_ms = 20;
+  c.drain_deadline = 200ms;
+  engine e(c);
+  run_many(e, 3);
+  e.shutdown(0ms);  // returns although nothing could be committed
+  BOOST_TEST(e.metrics().pending.load() > 0u);
+  BOOST_TEST(failing->successful_writes() == 0u);
 }
 
 BOOST_AUTO_TEST_CASE(an_unopenable_store_is_a_clear_engine_error) {
