@@ -193,7 +193,12 @@ class phase {
         cv_.wait(lock, [this] { return live_.outstanding.load() < options_.in_flight; });
         driver_waiting_.store(false);
       }
-      std::this_thread::sleep_until(scheduled);  // pacing: a schedule, not a state poll
+      {
+        // Pacing: wait for the scheduled arrival time; a stop request ends the wait early when
+        // a run's end happens to wake this condition variable (otherwise at the next arrival).
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait_until(lock, scheduled, [this] { return stop_.load(std::memory_order_relaxed); });
+      }
       const auto late = clk::now() - scheduled;
       if (late > max_lateness_) {
         max_lateness_ = std::chrono::duration_cast<std::chrono::nanoseconds>(late);
