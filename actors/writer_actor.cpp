@@ -196,6 +196,8 @@ bool flush(writer_actor* self) {
     w.deliver(caf::ok_atom::value);
   }
   st.waiters.clear();
+  // After the answers: housekeeping (a WAL checkpoint) must not sit in anyone's latency.
+  st.db->maintain();
   return true;
 }
 

@@ -55,6 +55,7 @@ class failing_store final : public store {
   expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override;
   expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override;
   expected<std::size_t, store_error> clear_cache(std::string_view workflow) override;
+  void maintain() override;
 
  private:
   // Which failure applies to this write, if any: taken under mu_ so the error and the fail

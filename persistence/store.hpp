@@ -119,6 +119,11 @@ class store {
   virtual expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) = 0;
   /// Returns the number of entries removed; empty workflow: all.
   virtual expected<std::size_t, store_error> clear_cache(std::string_view workflow) = 0;
+
+  /// Housekeeping the writer runs after it has answered the callers of a commit, so that no
+  /// caller waits for it (SQLite checkpoints its write-ahead log here rather than inside a
+  /// commit). Failures are not reported: the next write meets any real trouble.
+  virtual void maintain() {}
 };
 
 /// Opens a store by URL: `memory://`, `sqlite://PATH` (relative or absolute; `sqlite://troupe.db`

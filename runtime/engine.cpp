@@ -348,6 +348,7 @@ class shared_store final : public store {
   expected<std::size_t, store_error> clear_cache(std::string_view w) override {
     return s_->clear_cache(w);
   }
+  void maintain() override { s_->maintain(); }
 
  private:
   std::shared_ptr<store> s_;

@@ -246,6 +246,11 @@ class timed_store : public store {
   expected<std::size_t, store_error> clear_cache(std::string_view workflow) override {
     return inner_ ? inner_->clear_cache(workflow) : std::size_t{0};
   }
+  void maintain() override {
+    if (inner_) {
+      inner_->maintain();
+    }
+  }
 
  private:
   std::unique_ptr<store> inner_;
