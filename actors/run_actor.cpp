@@ -147,6 +147,7 @@ run_row run_row_of(const run_actor_state& st) {
 void send_rows(run_actor* self) {
   auto& st = self->state;
   persist m;
+  m.sent_us = now_us();
   m.nodes = std::move(st.rows);
   st.rows.clear();
   m.cache = std::move(st.cache_rows);
@@ -279,6 +280,7 @@ void finish(run_actor* self, const cmd::finish&) {
   auto report = std::make_shared<const run_result>(make_report(*st.machine));
   if (st.services->writer) {
     persist m;
+    m.sent_us = now_us();
     m.nodes = std::move(st.rows);
     st.rows.clear();
     m.cache = std::move(st.cache_rows);
@@ -418,6 +420,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   st.machine->start(std::move(args.inputs), now_us(), st.out);
   if (st.services->writer) {
     persist m;
+    m.sent_us = now_us();
     m.runs.push_back(run_row_of(st));
     self->send(st.services->writer, std::move(m));
   }

@@ -202,8 +202,9 @@ bool flush(writer_actor* self) {
 }
 
 void absorb(writer_state& st, persist& m) {
-  if (st.pending() == 0) {
-    st.first_pending_us = steady_us();
+  const std::int64_t arrived = m.sent_us > 0 ? m.sent_us : steady_us();
+  if (st.pending() == 0 || arrived < st.first_pending_us) {
+    st.first_pending_us = arrived;
   }
   st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size() + m.workflows.size() +
                                       m.cache.size());
@@ -295,9 +296,20 @@ caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   if (st.pending() >= st.config.batch_max || st.draining || waiter_ready) {
     flush(self);
   } else if (!st.timer_armed) {
-    st.timer_armed = true;
-    self->delayed_send(self, std::chrono::milliseconds(st.config.flush_ms), flush_due_atom::value,
-                       st.generation);
+    // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
+    // during a long commit may already be due.
+    const std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - steady_us();
+    if (due <= 0) {
+      // Overdue. If more is queued, absorb it first (the next message re-checks): when the
+      // writer is behind it must batch more, not commit each message alone.
+      if (self->mailbox().empty()) {
+        flush(self);
+      }
+    } else {
+      st.timer_armed = true;
+      self->delayed_send(self, std::chrono::microseconds(due), flush_due_atom::value,
+                         st.generation);
+    }
   }
   return answer;
 }

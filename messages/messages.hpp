@@ -53,6 +53,9 @@ struct persist {
   std::vector<run_row> runs;
   std::vector<workflow_row> workflows;
   std::vector<cache_row> cache;
+  /// When the sender handed these rows over (steady clock, µs; 0: unknown). The writer's
+  /// flush_ms counts from here, not from when it got round to reading them.
+  std::int64_t sent_us = 0;
 };
 
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.

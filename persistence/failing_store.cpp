@@ -88,7 +88,9 @@ expected<std::optional<cache_row>, store_error> failing_store::get_cache(std::st
 expected<std::vector<cache_row>, store_error> failing_store::list_cache(std::string_view workflow) {
   return inner_->list_cache(workflow);
 }
-void failing_store::maintain() { inner_->maintain(); }
+void failing_store::maintain() {
+  inner_->maintain();
+}
 
 expected<std::size_t, store_error> failing_store::clear_cache(std::string_view workflow) {
   return inner_->clear_cache(workflow);
