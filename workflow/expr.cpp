@@ -161,24 +161,10 @@ std::string_view sv(const json::string& s) noexcept {
   return {s.data(), s.size()};
 }
 
+// Users see "number" for any numeric kind in expression errors ("cannot add string and
+// number"); everything else is named as the validator names it.
 std::string_view kind_name(const json::value& v) noexcept {
-  switch (v.kind()) {
-    case json::kind::null:
-      return "null";
-    case json::kind::bool_:
-      return "boolean";
-    case json::kind::int64:
-    case json::kind::uint64:
-    case json::kind::double_:
-      return "number";
-    case json::kind::string:
-      return "string";
-    case json::kind::array:
-      return "array";
-    case json::kind::object:
-      return "object";
-  }
-  return "value";
+  return v.is_number() ? std::string_view("number") : json_kind_name(v);
 }
 
 std::string quoted(std::string_view s) {
