@@ -1,5 +1,6 @@
 #include <chrono>
 #include <exception>
+#include <functional>
 #include <optional>
 #include <utility>
 
@@ -13,7 +14,21 @@
 
 #include "actors/builtin/operation.hpp"
 #include "actors/run_actor.hpp"
+#include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
+
+namespace troupe {
+
+/// The rest of an attempt, after work done on the blocking pool (a store read, a compile):
+/// runs in the node actor's own handler, and only if the attempt is still the current one.
+struct node_step {
+  std::uint64_t exec = 0;
+  std::function<void()> run;
+};
+
+}  // namespace troupe
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::node_step)
 
 namespace troupe {
 
@@ -25,13 +40,22 @@ namespace {
 // leaves from the actor's own thread.
 struct node_actor_state {
   node_spawn_args args;
+  services_ptr services;
   caf::actor run;
   operation_ptr op;  // shell, http
-  caf::actor child;  // workflow
+  caf::actor child;  // workflow, dynamic
   bool answered = false;
   std::optional<task_result> sync_result;  // set when a task completed inside start()
+  // `dynamic` nodes run in two steps: the task generates a workflow, then a child run runs it.
+  // `workflow` tasks report their child run too.
+  bool generating = false;
+  bool report_child = false;
+  bool from_store = false;  // the answer is a cached output read from the store
+  run_state::dynamic_outcome outcome;
 
   static inline const char* name = "node";
+  std::string_view trace_run() const { return args.run_id; }
+  std::string_view trace_node() const { return args.node_id; }
 };
 using node_actor = caf::stateful_actor<node_actor_state>;
 
@@ -41,15 +65,162 @@ thread_local node_actor* detail_starting = nullptr;
 // After answering, the actor stays alive and idle: its run may hand it the next attempt
 // (`node_spawn_args`). Terminating a CAF 0.17 actor wakes the clock thread and the registry's
 // condition variable, which cost more than the attempt itself for a task that completes at once.
+void run_generated(node_actor* self, json::value generated);
+void start_task(node_actor* self);
+void use_generated(node_actor* self, expected<plan_ptr, validation_errors> compiled);
+
 void answer(node_actor* self, task_result r) {
   auto& st = self->state;
   if (st.answered) {
     return;
   }
+  if (st.generating && r.ok) {
+    st.generating = false;
+    st.op.reset();
+    run_generated(self, std::move(r.output));
+    return;
+  }
   st.answered = true;
   st.op.reset();
   st.child = caf::actor{};
-  self->send(st.run, attempt_done{st.args.exec, std::move(r)});
+  attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store};
+  if (st.args.dynamic || st.report_child) {
+    m.dynamic = true;
+    m.outcome = std::move(st.outcome);
+  }
+  self->send(st.run, std::move(m));
+}
+
+// Runs `work` on the blocking pool, then `then(result)` back on this actor's thread, unless the
+// attempt was answered or replaced meanwhile. The actor outlives the message or drops it (a
+// message to a dead actor is discarded), so `self` in the continuation is safe.
+template <class Work, class Then>
+void off_thread(node_actor* self, Work work, Then then) {
+  auto& st = self->state;
+  caf::actor me = caf::actor_cast<caf::actor>(self);
+  boost::asio::post(*st.services->blocking, [me, self, exec = st.args.exec,
+                                             work = std::move(work),
+                                             then = std::move(then)]() mutable {
+    auto result = work();
+    caf::anon_send(me, node_step{exec, [self, then = std::move(then),
+                                        result = std::move(result)]() mutable {
+                                   then(self, std::move(result));
+                                 }});
+  });
+}
+
+// The node's label among its parent's child runs: an item of a for_each has its own child.
+std::string parent_label(const node_spawn_args& a) {
+  return a.item < 0 ? a.node_id : a.node_id + "[" + std::to_string(a.item) + "]";
+}
+
+void start_child_run(node_actor* self, plan_ptr p, const json::object& given,
+                     const char* what) {
+  auto& st = self->state;
+  const auto& svc = st.services;
+  if (st.args.depth + 1 > svc->max_workflow_depth) {
+    answer(self, task_result::failure(std::string(what) + ": nesting deeper than " +
+                                      std::to_string(svc->max_workflow_depth) +
+                                      " levels (max_workflow_depth)"));
+    return;
+  }
+  auto bound = bind_inputs(*p, given);
+  if (!bound) {
+    std::string msg = std::string(what) + ": bad inputs for '" + p->name + "':";
+    for (const auto& e : bound.error()) {
+      msg += " " + e.pointer + ": " + e.message + ";";
+    }
+    answer(self, task_result::failure(std::move(msg)));
+    return;
+  }
+  run_spawn_args a;
+  a.inputs = std::move(*bound);
+  a.depth = st.args.depth + 1;
+  a.parent_run_id = st.args.run_id;
+  a.parent_node_id = parent_label(st.args);
+  a.plan = std::move(p);
+  auto spawn = [](node_actor* self, run_spawn_args a, std::optional<resume_point> prior) {
+    auto& st = self->state;
+    if (prior) {
+      a.options.run_id = std::move(prior->run_id);
+      a.restored = std::move(prior->restored);
+      a.prior_attempts = std::move(prior->prior_attempts);
+    } else {
+      a.options.run_id = st.services->new_run_id();
+    }
+    st.outcome.child_run = a.options.run_id;
+    st.child = spawn_run(st.services, std::move(a), caf::actor_cast<caf::actor>(self));
+  };
+  if (!st.args.dynamic || !svc->prior_child) {
+    spawn(self, std::move(a), std::nullopt);
+    return;
+  }
+  // A dynamic node that runs again (a retry, or its run resumed after a crash or a failure)
+  // continues its earlier child of the same plan: what succeeded there is not run again.
+  auto shared_args = std::make_shared<run_spawn_args>(std::move(a));
+  off_thread(
+      self,
+      [svc, shared_args] {
+        return svc->prior_child(shared_args->parent_run_id, shared_args->parent_node_id,
+                                *shared_args->plan);
+      },
+      [spawn, shared_args](node_actor* self, std::optional<resume_point> prior) {
+        spawn(self, std::move(*shared_args), std::move(prior));
+      });
+}
+
+// The generator's output is a workflow: validate and compile it (equal documents share one
+// plan), remember it under the node's cache key, and run it as a child.
+void run_generated(node_actor* self, json::value generated) {
+  auto& st = self->state;
+  const auto& svc = st.services;
+  if (!svc->compile_dynamic) {
+    answer(self, task_result::failure("dynamic: this engine cannot compile workflows"));
+    return;
+  }
+  off_thread(
+      self,
+      [svc, doc = std::make_shared<const json::value>(std::move(generated))] {
+        return svc->compile_dynamic(*doc);
+      },
+      [](node_actor* self, expected<plan_ptr, validation_errors> compiled) {
+        use_generated(self, std::move(compiled));
+      });
+}
+
+void use_generated(node_actor* self, expected<plan_ptr, validation_errors> compiled) {
+  auto& st = self->state;
+  const auto& svc = st.services;
+  const dynamic_attempt& dyn = *st.args.dynamic;
+  if (!compiled) {
+    std::string msg = "dynamic: the generated workflow is invalid:";
+    for (const auto& e : compiled.error()) {
+      msg += " " + (e.pointer.empty() ? std::string("/") : e.pointer) + ": " + e.message + ";";
+    }
+    answer(self, task_result::failure(std::move(msg)));
+    return;
+  }
+  plan_ptr p = std::move(*compiled);
+  if (!dyn.spec_key.empty()) {
+    if (svc->spec_remember) {
+      svc->spec_remember(dyn.spec_key, p);
+    }
+    if (svc->writer) {
+      cache_row row;
+      row.key = dyn.spec_key;
+      row.workflow = dyn.workflow;
+      row.node_id = st.args.node_id;
+      row.value = std::make_shared<const json::value>(p->source);
+      row.kind = "spec";
+      row.created_at = std::chrono::duration_cast<std::chrono::microseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+      persist m;
+      m.cache.push_back(std::move(row));
+      self->send(svc->writer, std::move(m));
+    }
+  }
+  start_child_run(self, std::move(p), dyn.inputs->as_object(), "dynamic");
 }
 
 task_result run_guarded(const task_def& def, const json::value& input, const task_call& call) {
@@ -98,12 +269,6 @@ void start_child_workflow(node_actor* self, const services_ptr& svc) {
     }
     version = v->as_string();
   }
-  if (st.args.depth + 1 > svc->max_workflow_depth) {
-    answer(self, task_result::failure("workflow: nesting deeper than " +
-                                      std::to_string(svc->max_workflow_depth) +
-                                      " levels (max_workflow_depth)"));
-    return;
-  }
   plan_ptr p = svc->find_workflow(name->as_string(), version);
   if (!p) {
     answer(self, task_result::failure(
@@ -111,29 +276,17 @@ void start_child_workflow(node_actor* self, const services_ptr& svc) {
                      (version.empty() ? "" : " version '" + std::string(version) + "'")));
     return;
   }
-  json::object given;
+  static const json::object none;
+  const json::object* given = &none;
   if (const json::value* i = o->if_contains("inputs")) {
     if (!i->is_object()) {
       answer(self, task_result::failure("workflow: 'inputs' must be an object"));
       return;
     }
-    given = i->as_object();
+    given = &i->as_object();
   }
-  auto bound = bind_inputs(*p, given);
-  if (!bound) {
-    std::string msg = "workflow: bad inputs for '" + p->name + "':";
-    for (const auto& e : bound.error()) {
-      msg += " " + e.pointer + ": " + e.message + ";";
-    }
-    answer(self, task_result::failure(std::move(msg)));
-    return;
-  }
-  run_spawn_args a;
-  a.plan = std::move(p);
-  a.inputs = std::move(*bound);
-  a.options.run_id = svc->new_run_id();
-  a.depth = st.args.depth + 1;
-  st.child = spawn_run(svc, std::move(a), caf::actor_cast<caf::actor>(self));
+  st.report_child = true;
+  start_child_run(self, std::move(p), *given, "workflow");
 }
 
 void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
@@ -141,6 +294,46 @@ void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
   st.args = std::move(args);
   st.answered = false;
   st.sync_result.reset();
+  st.report_child = false;
+  st.from_store = false;
+  st.outcome = {};
+  st.generating = static_cast<bool>(st.args.dynamic);
+  if (st.generating && !st.args.dynamic->spec_key.empty() && svc->spec_lookup) {
+    // A spec hit skips the generating task and the compile.
+    off_thread(
+        self, [svc, key = st.args.dynamic->spec_key] { return svc->spec_lookup(key); },
+        [](node_actor* self, plan_ptr p) {
+          auto& st = self->state;
+          if (!p) {
+            st.outcome.spec_cache = cache_status::miss;
+            start_task(self);
+            return;
+          }
+          st.generating = false;
+          st.outcome.spec_cache = cache_status::hit;
+          start_child_run(self, std::move(p), st.args.dynamic->inputs->as_object(), "dynamic");
+        });
+    return;
+  }
+  if (!st.args.stored_key.empty() && svc->cache_load) {
+    off_thread(
+        self, [svc, key = st.args.stored_key] { return svc->cache_load(key); },
+        [](node_actor* self, json_ptr hit) {
+          if (!hit) {
+            start_task(self);
+            return;
+          }
+          self->state.from_store = true;
+          answer(self, task_result::success(*hit));
+        });
+    return;
+  }
+  start_task(self);
+}
+
+void start_task(node_actor* self) {
+  auto& st = self->state;
+  const auto& svc = st.services;
   const task_def& def = *st.args.task;
   caf::actor me = caf::actor_cast<caf::actor>(self);
   // Anything that reports from another thread goes through the actor's mailbox, tagged with
@@ -152,7 +345,7 @@ void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
       raw->state.sync_result = std::move(r);
       return;
     }
-    caf::anon_send(me, attempt_done{exec, std::move(r)});
+    caf::anon_send(me, attempt_done{exec, std::move(r), false, {}});
   };
   switch (def.kind) {
     case task_kind::quick:
@@ -204,9 +397,15 @@ void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
 caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
                             node_spawn_args args) {
   self->state.run = std::move(run);
+  self->state.services = svc;
   begin(self, svc, std::move(args));
   return {
       [self, svc](node_spawn_args& next) { begin(self, svc, std::move(next)); },
+      [self](node_step& step) {
+        if (step.exec == self->state.args.exec && !self->state.answered) {
+          step.run();
+        }
+      },
       [self](attempt_done& m) {
         if (m.exec == self->state.args.exec) {
           answer(self, std::move(m.result));
@@ -251,6 +450,12 @@ void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_
 
 caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
                       node_spawn_args args) {
+  if (services->trace) {
+    return trace::spawn_traced<node_actor, caf::monitored>(*run, services->trace.get(),
+                                                           node_behavior, services,
+                                                           caf::actor_cast<caf::actor>(run),
+                                                           std::move(args));
+  }
   return run->spawn<caf::monitored>(node_behavior, services, caf::actor_cast<caf::actor>(run),
                                     std::move(args));
 }

@@ -13,6 +13,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include "actors/inflight_gate.hpp"
+#include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
 
 namespace troupe {
@@ -34,6 +35,12 @@ struct run_actor_state {
   std::shared_ptr<run_sink> sink;
   bool events = false;
   caf::actor parent;
+  // Child runs only (a pointer: most runs have no parent, and every open run holds its state).
+  struct parent_ids {
+    std::string run_id;
+    std::string node_id;
+  };
+  std::unique_ptr<const parent_ids> parent_of;
   int depth = 0;
   std::unordered_map<std::uint64_t, caf::actor> node_of_exec;
   std::unordered_map<caf::actor_addr, std::uint64_t> exec_of_node;
@@ -58,6 +65,9 @@ struct run_actor_state {
   bool done = false;
 
   static inline const char* name = "run";
+  std::string_view trace_run() const {
+    return machine ? std::string_view(machine->run_id()) : std::string_view();
+  }
 };
 
 using run_actor = caf::stateful_actor<run_actor_state>;
@@ -115,6 +125,8 @@ node_row to_row(const run_actor_state& st, const node_record& rec) {
   r.output = rec.output;
   r.error = rec.error;
   r.cache = rec.cache;
+  r.spec_cache = rec.spec_cache;
+  r.child_run_id = rec.child_run;
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = rec.started_us ? rec.started_us + off : 0;
   r.finished_at = rec.finished_us ? rec.finished_us + off : 0;
@@ -135,6 +147,10 @@ run_row run_row_of(const run_actor_state& st) {
     r.outputs = m.outputs();
   }
   r.error = m.error();
+  if (st.parent_of) {
+    r.parent_run_id = st.parent_of->run_id;
+    r.parent_node_id = st.parent_of->node_id;
+  }
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = m.started_us() + off;
   r.finished_at = m.finished() ? m.finished_us() + off : 0;
@@ -196,14 +212,19 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
                           st.out);
     return;
   }
-  if (!d.cache_key.empty() && st.services->cache_lookup) {
+  // A dynamic node always gets a node actor: it generates, compiles and waits for a child
+  // run, and its cache key names the generated workflow (the node actor looks that up).
+  if (!d.dynamic_inputs && !d.cache_key.empty() && st.services->cache_lookup) {
     // A hit never starts the task: no call, no node actor, no slot of the engine-wide limit.
     if (auto hit = st.services->cache_lookup(d.cache_key)) {
       machine.task_finished_cached(d.exec, std::move(hit), now_us(), st.out);
       return;
     }
   }
-  if (def->kind == task_kind::quick) {
+  // Not in memory but maybe in the store: a node actor reads it on the blocking pool, so even
+  // a quick task's attempt leaves this thread.
+  if (def->kind == task_kind::quick && !d.dynamic_inputs &&
+      (d.cache_key.empty() || !st.services->cache_load)) {
     task_call call{machine.run_id(), np.id, d.item, d.attempt};
     task_result r;
     try {
@@ -244,6 +265,14 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   a.item = d.item;
   a.attempt = d.attempt;
   a.depth = st.depth;
+  const bool dynamic = static_cast<bool>(d.dynamic_inputs);
+  if (!dynamic && !d.cache_key.empty() && st.services->cache_load) {
+    a.stored_key = d.cache_key;
+  }
+  if (dynamic) {
+    a.dynamic = std::make_shared<const dynamic_attempt>(
+        dynamic_attempt{std::move(d.dynamic_inputs), std::move(d.cache_key), machine.workflow().name});
+  }
   caf::actor node;
   if (!st.idle_nodes.empty()) {
     node = std::move(st.idle_nodes.back());
@@ -254,7 +283,7 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   }
   st.exec_of_node.emplace(node.address(), d.exec);
   st.node_of_exec.emplace(d.exec, std::move(node));
-  if (!d.cache_key.empty()) {
+  if (!dynamic && !d.cache_key.empty()) {
     st.key_of_exec.emplace(d.exec, run_actor_state::cached_exec{d.node, std::move(d.cache_key)});
   }
 }
@@ -388,6 +417,10 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   st.events = st.sink && st.sink->wants_events();
   st.parent = std::move(parent);
   st.depth = args.depth;
+  if (!args.parent_run_id.empty()) {
+    st.parent_of = std::make_unique<const run_actor_state::parent_ids>(
+        run_actor_state::parent_ids{std::move(args.parent_run_id), std::move(args.parent_node_id)});
+  }
   st.tasks = st.services->tasks_for(args.plan);
   // Records feed subscribers (and the writer); nobody listening means nothing to build.
   args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
@@ -432,13 +465,22 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         if (auto it = st.node_of_exec.find(m.exec); it != st.node_of_exec.end()) {
           st.idle_nodes.push_back(it->second);  // it answered and waits for more work
         }
-        if (auto k = st.key_of_exec.find(m.exec); k != st.key_of_exec.end() && m.result.ok) {
+        if (auto k = st.key_of_exec.find(m.exec);
+            k != st.key_of_exec.end() && m.result.ok && !m.cached) {
           // A copy: the state machine takes the result by value. Only cached nodes pay it,
           // once per execution of their task.
           remember(st, k->second.key, k->second.node, make_json(m.result.output));
         }
         forget_node(st, m.exec);
-        st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
+        if (m.dynamic) {
+          st.machine->task_finished_dynamic(m.exec, std::move(m.result), std::move(m.outcome),
+                                            now_us(), st.out);
+        } else if (m.cached) {
+          st.machine->task_finished_cached(m.exec, make_json(std::move(m.result.output)),
+                                           now_us(), st.out);
+        } else {
+          st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
+        }
         drive(self);
       },
       [self](timer_atom, std::uint64_t timer) {
@@ -479,6 +521,10 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
 }  // namespace
 
 caf::actor spawn_run(const services_ptr& services, run_spawn_args args, const caf::actor& parent) {
+  if (services->trace) {
+    return trace::spawn_traced<run_actor>(*services->system, services->trace.get(), run_behavior,
+                                          services, std::move(args), parent);
+  }
   return services->system->spawn(run_behavior, services, std::move(args), parent);
 }
 

@@ -2,6 +2,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -26,6 +27,17 @@ class thread_pool;
 namespace troupe {
 
 class inflight_gate;
+namespace trace {
+class tracer;
+}
+
+/// Where a child run picks up: its id and what it had done (succeeded nodes with their
+/// outputs, attempts already recorded). Built from the store's rows.
+struct resume_point {
+  std::string run_id;
+  std::vector<std::pair<std::size_t, json_ptr>> restored;
+  std::vector<std::pair<std::size_t, int>> prior_attempts;
+};
 
 /// Node index -> its task definition (null: unknown task), resolved once per plan and registry.
 using task_table = std::shared_ptr<const std::vector<std::shared_ptr<const task_def>>>;
@@ -54,13 +66,36 @@ struct run_services {
   caf::actor writer;
   persistence_mode mode = persistence_mode::memory;
   /// Memoized node outputs by cache key (nodes with `cache`): the engine's bounded memory cache
-  /// over the store. Thread-safe; called on run actors' threads. `cache_lookup` returns null on
-  /// a miss; `cache_remember` fills memory only (the run actor sends the store row to the
+  /// over the store. Thread-safe; called on run actors' threads. `cache_lookup` (memory only)
+  /// returns null on a miss; `cache_remember` fills memory only (the run actor sends the store row to the
   /// writer with its records). Either may be empty: caching is then off.
   std::function<json_ptr(const std::string& key)> cache_lookup;
   std::function<void(const std::string& key, const json_ptr& output)> cache_remember;
+  /// The store behind the memory cache (blocking: called on the blocking pool, never on an
+  /// actor's thread); a hit is kept in memory. Empty without a store.
+  std::function<json_ptr(const std::string& key)> cache_load;
+  /// `dynamic` nodes. Compiles a generated workflow against the current task registry; equal
+  /// documents (by content hash) share one plan. Called on node actors' threads.
+  std::function<expected<plan_ptr, validation_errors>(const json::value& document)>
+      compile_dynamic;
+  /// The spec cache: a compiled child plan by the node's cache key (memory first, then the
+  /// store's "spec" entry, compiled once), null on a miss; `spec_remember` fills memory only
+  /// (the node actor sends the store row to the writer). Either may be empty: no spec cache.
+  /// `compile_dynamic`, `spec_lookup` and `prior_child` may block (a compile, a store read):
+  /// node actors call them on the blocking pool.
+  std::function<plan_ptr(const std::string& key)> spec_lookup;
+  std::function<void(const std::string& key, const plan_ptr& plan)> spec_remember;
+  /// The child run an attempt of a dynamic node continues: the newest child of (parent run,
+  /// parent node label) with this plan hash, as the store has it. nullopt: start a fresh one.
+  /// Empty without a store.
+  std::function<std::optional<resume_point>(const std::string& parent_run,
+                                            const std::string& parent_node, const plan& child)>
+      prior_child;
   /// Added to steady-clock microseconds to get wall-clock microseconds for stored rows.
   std::int64_t wall_offset_us = 0;
+  /// Actor traces (actors/trace.hpp): null when tracing is off, and then actors are spawned
+  /// without any tracing code.
+  std::shared_ptr<trace::tracer> trace;
 };
 using services_ptr = std::shared_ptr<const run_services>;
 
@@ -80,7 +115,11 @@ struct run_spawn_args {
   json::object inputs;  // already checked by bind_inputs
   run_options options;
   std::shared_ptr<run_sink> sink;  // may be null
-  int depth = 0;                   // nesting level of `workflow` tasks
+  int depth = 0;                   // nesting level of `workflow` and `dynamic` tasks
+  /// Child runs: who started them (stored with the run; the node label has `[item]` inside a
+  /// for_each).
+  std::string parent_run_id;
+  std::string parent_node_id;
   /// Resuming: nodes that succeeded before (index, output) and attempts already recorded.
   std::vector<std::pair<std::size_t, json_ptr>> restored;
   std::vector<std::pair<std::size_t, int>> prior_attempts;
@@ -93,6 +132,14 @@ caf::actor spawn_run(const services_ptr& services, run_spawn_args args, const ca
 /// Spawns the actor that runs one attempt of a task that takes time (anything not quick). It
 /// sends `attempt_done{exec, result}` to `run` exactly once unless it is cancelled first
 /// (`cancel_atom`), then quits.
+/// What an attempt of a `dynamic` node needs beyond a task's: shared, since most attempts have
+/// none and the spawn arguments are copied per attempt.
+struct dynamic_attempt {
+  json_ptr inputs;        // the child run's inputs (`dynamic.inputs` rendered)
+  std::string spec_key;   // the spec cache key; empty without `cache`
+  std::string workflow;   // the parent's workflow name, for the stored cache entry
+};
+
 struct node_spawn_args {
   std::uint64_t exec = 0;
   std::shared_ptr<const task_def> task;
@@ -102,6 +149,10 @@ struct node_spawn_args {
   std::int64_t item = -1;
   int attempt = 1;
   int depth = 0;
+  std::shared_ptr<const dynamic_attempt> dynamic;  // null unless the node is `dynamic`
+  /// A cached node whose output was not in memory: look it up in the store before running the
+  /// task (off the run actor's thread). Empty otherwise.
+  std::string stored_key;
 };
 /// Spawned from the run actor's own thread (`run` is its self pointer): the new actor goes on
 /// that worker's local queue instead of through the scheduler's shared one, and it is

@@ -1,6 +1,11 @@
 #include "actors/writer_actor.hpp"
 
+#include <sys/resource.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <unordered_map>
 #include <utility>
@@ -11,6 +16,7 @@
 #include <caf/response_promise.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
 
 namespace troupe {
@@ -75,7 +81,11 @@ struct writer_state {
   std::vector<caf::response_promise> waiters;  // durable: answered after the commit
 
   std::uint64_t generation = 0;  // bumping it makes an armed flush timer stale
+  // While rows are pending (and no retry is due), exactly one of these holds a flush message
+  // of the current generation: a timer for the batch's age, or a message queued behind what is
+  // already in the mailbox. Without one, rows would wait for traffic that may never come.
   bool timer_armed = false;
+  bool flush_queued = false;
   bool retrying = false;  // a failed commit waits for its backoff timer
   std::int64_t backoff_ms = 0;
   std::int64_t first_pending_us = 0;
@@ -84,6 +94,8 @@ struct writer_state {
   bool draining = false;
 
   static inline const char* name = "writer";
+  std::uint64_t trace_rows() const { return metrics ? metrics->rows.load() : 0; }
+  std::uint64_t trace_batches() const { return metrics ? metrics->batches.load() : 0; }
 
   std::size_t pending() const {
     return nodes.size() + runs.size() + workflows.size() + cache.size();
@@ -126,6 +138,7 @@ bool flush(writer_actor* self) {
   auto& st = self->state;
   ++st.generation;
   st.timer_armed = false;
+  st.flush_queued = false;
   if (st.pending() == 0) {
     for (auto& w : st.waiters) {
       w.deliver(caf::ok_atom::value);
@@ -271,6 +284,39 @@ bool write_each(writer_actor* self, const persist& m) {
   return true;
 }
 
+// Decides when what is pending gets committed.
+void schedule_flush(writer_actor* self) {
+  auto& st = self->state;
+  if (st.pending() == 0 && st.waiters.empty()) {
+    return;
+  }
+  const bool queue_empty = self->mailbox().empty();
+  // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
+  // during a long commit may already be due.
+  const std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - steady_us();
+  // Group commit: a durable caller is waiting, and everything that queued up meanwhile (during
+  // the previous commit, typically) is absorbed: commit now rather than after flush_ms.
+  const bool waiter = !st.waiters.empty();
+  if (st.pending() >= st.config.batch_max || st.draining || ((waiter || due <= 0) && queue_empty)) {
+    flush(self);
+    return;
+  }
+  if (waiter || due <= 0) {
+    // Due, but more is queued: absorb it first (when the writer is behind it must batch more,
+    // not commit each message alone), then commit. The message goes behind the queue.
+    if (!st.flush_queued) {
+      st.flush_queued = true;
+      self->send(self, flush_due_atom::value, st.generation);
+    }
+    return;
+  }
+  if (!st.timer_armed) {
+    st.timer_armed = true;
+    self->delayed_send(self, std::chrono::microseconds(due), flush_due_atom::value,
+                       st.generation);
+  }
+}
+
 caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   auto& st = self->state;
   if (st.config.mode == persistence_mode::sync && !st.retrying && st.pending() == 0) {
@@ -290,27 +336,7 @@ caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   if (st.retrying) {
     return answer;  // the backoff timer flushes
   }
-  // Group commit: a durable caller is waiting, and everything that queued up meanwhile (during
-  // the previous commit, typically) is absorbed: commit now rather than after flush_ms.
-  bool waiter_ready = !st.waiters.empty() && self->mailbox().empty();
-  if (st.pending() >= st.config.batch_max || st.draining || waiter_ready) {
-    flush(self);
-  } else if (!st.timer_armed) {
-    // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
-    // during a long commit may already be due.
-    const std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - steady_us();
-    if (due <= 0) {
-      // Overdue. If more is queued, absorb it first (the next message re-checks): when the
-      // writer is behind it must batch more, not commit each message alone.
-      if (self->mailbox().empty()) {
-        flush(self);
-      }
-    } else {
-      st.timer_armed = true;
-      self->delayed_send(self, std::chrono::microseconds(due), flush_due_atom::value,
-                         st.generation);
-    }
-  }
+  schedule_flush(self);
   return answer;
 }
 
@@ -320,6 +346,15 @@ caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, wri
   st.db = std::move(db);
   st.config = config;
   st.metrics = std::move(metrics);
+  if (config.nice != 0) {
+    // A detached actor is initialized on its own thread: this renices only the writer.
+    const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+    errno = 0;
+    int current = ::getpriority(PRIO_PROCESS, tid);
+    if (errno == 0) {
+      ::setpriority(PRIO_PROCESS, tid, current + config.nice);  // best effort
+    }
+  }
   return {
       [self](persist& m) { accept(self, m, false); },
       [self](commit_atom, persist& m) -> caf::result<caf::ok_atom> {
@@ -359,8 +394,13 @@ caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, wri
 }  // namespace
 
 caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
-                        std::shared_ptr<writer_metrics> metrics) {
+                        std::shared_ptr<writer_metrics> metrics, trace::tracer* trace) {
   std::shared_ptr<store> shared(std::move(st));  // spawn() arguments must be copyable
+  if (trace != nullptr) {
+    return trace::spawn_traced<writer_actor, caf::detached>(sys, trace, writer_behavior,
+                                                            std::move(shared), config,
+                                                            std::move(metrics));
+  }
   return sys.spawn<caf::detached>(writer_behavior, std::move(shared), config, std::move(metrics));
 }
 

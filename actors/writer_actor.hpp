@@ -15,8 +15,13 @@
 
 namespace troupe {
 
-/// Spawns the writer on a thread of its own (its store calls block). It owns `store`.
+namespace trace {
+class tracer;
+}
+
+/// Spawns the writer on a thread of its own (its store calls block). It owns `store`. With a
+/// tracer, it is a traced actor (actors/trace.hpp).
 caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
-                        std::shared_ptr<writer_metrics> metrics);
+                        std::shared_ptr<writer_metrics> metrics, trace::tracer* trace = nullptr);
 
 }  // namespace troupe

@@ -31,6 +31,10 @@ struct writer_config {
   /// A failed commit is retried after this backoff, doubling up to the cap.
   std::int64_t retry_initial_ms = 10;
   std::int64_t retry_max_ms = 2000;
+  /// Added to the writer thread's nice value (Linux; 0: unchanged). Writing the log is
+  /// background work: when the cores are busy, the scheduler threads that carry callers' runs
+  /// should get them first, and the writer catches up in the gaps (batching only improves).
+  int nice = 10;
 };
 
 /// The writer's counters, shared with the engine (read from any thread). Also the place where

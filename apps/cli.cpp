@@ -23,6 +23,7 @@
 #include "apps/output.hpp"
 #include "apps/runs.hpp"
 #include "apps/signals.hpp"
+#include "apps/trace_cmd.hpp"
 #include "runtime/engine.hpp"
 #include "workflow/task.hpp"
 
@@ -41,6 +42,7 @@ struct run_options {
   persistence_mode mode = persistence_mode::async;
   std::optional<std::size_t> batch_max;
   std::optional<std::int64_t> flush_ms;
+  std::string trace;  // actor trace file; empty: off
 };
 
 struct validate_options {
@@ -184,6 +186,7 @@ int run_command(const run_options& o) {
   config.store = o.db;
   config.mode = o.mode;
   config.writer.mode = o.mode;
+  config.trace_file = o.trace;
   if (o.batch_max) {
     config.writer.batch_max = *o.batch_max;
   }
@@ -271,6 +274,9 @@ int run_command(const run_options& o) {
   // shutdown drains it, so `troupe runs show` finds the whole run afterwards.
   eng.shutdown();
   signals.stop();
+  if (!o.trace.empty() && (!o.json || o.progress)) {
+    std::cerr << "trace: " << o.trace << " (troupe trace summary " << o.trace << ")\n";
+  }
 
   if (o.json) {
     std::cout << compact_json(to_json(result)) << '\n';
@@ -441,6 +447,10 @@ int run_cli(int argc, char** argv) {
       ->type_name("FILE");
   run->add_flag("--json", run_opts.json, "Print the result as one JSON document.");
   run->add_flag("--progress", run_opts.progress, "Print node events on stderr as they happen.");
+  run->add_option("--trace", run_opts.trace,
+                  "Write every actor message as Chrome trace JSON (Perfetto) to FILE; see "
+                  "`troupe trace`.")
+      ->type_name("FILE");
   run->add_option("--threads", run_opts.threads, "Actor scheduler threads (0: one per core).")
       ->check(CLI::Range(0, 1024))
       ->type_name("N");
@@ -510,6 +520,8 @@ int run_cli(int argc, char** argv) {
 
   load_options load_opts;
   CLI::App* load = add_load_command(app, load_opts);
+  trace_options trace_opts;
+  CLI::App* trace = add_trace_command(app, trace_opts);
 
   CLI::App* cache = app.add_subcommand("cache", "Memoized node outputs: list or clear them.");
   cache->require_subcommand(1);
@@ -529,7 +541,8 @@ int run_cli(int argc, char** argv) {
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
       std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs" &&
-      std::string_view(argv[1]) != "cache" && std::string_view(argv[1]) != "load") {
+      std::string_view(argv[1]) != "cache" && std::string_view(argv[1]) != "load" &&
+      std::string_view(argv[1]) != "trace") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -545,7 +558,8 @@ int run_cli(int argc, char** argv) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
     for (CLI::App* sub :
-         {run, validate, runs, list, show, resume, load, cache, cache_list, cache_clear}) {
+         {run, validate, runs, list, show, resume, load, cache, cache_list, cache_clear, trace,
+          trace_opts.summary, trace_opts.sequence}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -575,6 +589,9 @@ int run_cli(int argc, char** argv) {
     }
     if (load->parsed()) {
       return load_command(load_opts);
+    }
+    if (trace->parsed()) {
+      return trace_command(trace_opts);
     }
     return validate_command(validate_opts);
   } catch (const std::exception& e) {

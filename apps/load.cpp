@@ -440,6 +440,14 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
   config.mode = mode;
   config.writer.mode = mode;
   config.store = r.store;
+  if (!config.trace_file.empty() && p.modes.size() > 1) {
+    // One trace per mode, named as --db names its per-mode files: PATH-MODE.EXT.
+    const std::string& f = config.trace_file;
+    const auto dot = f.find_last_of('.');
+    const bool ext = dot != std::string::npos && f.find('/', dot) == std::string::npos;
+    config.trace_file = ext ? f.substr(0, dot) + "-" + std::string(to_string(mode)) + f.substr(dot)
+                            : f + "-" + std::string(to_string(mode));
+  }
 
   // The previous mode's engine is gone: what is resident now is the baseline this mode grows.
   r.rss_reset = reset_peak_rss();
@@ -798,6 +806,7 @@ std::optional<std::string> settle(const load_options& o, load_plan& p) {
     p.base.writer.flush_ms = *o.flush_ms;
   }
   p.db = o.db;
+  p.base.trace_file = o.trace;
 
   // The workflow.
   const json_limits& limits = p.base.limits.json;
@@ -905,6 +914,10 @@ CLI::App* add_load_command(CLI::App& app, load_options& o) {
           "...or this many milliseconds after the first of them (default 5).")
       ->check(CLI::Range(std::int64_t{0}, std::int64_t{60'000}))
       ->type_name("N");
+  load->add_option("--trace", o.trace,
+                   "Write every actor message as Chrome trace JSON to FILE (with --compare, "
+                   "FILE-MODE.EXT per mode); see `troupe trace`. Traces grow fast: use few runs.")
+      ->type_name("FILE");
   load->add_flag("--json", o.json, "Print the results as one JSON document.");
   return load;
 }

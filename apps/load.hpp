@@ -29,6 +29,7 @@ struct load_options {
   std::optional<std::string> compare;
   std::optional<std::size_t> batch_max;
   std::optional<std::int64_t> flush_ms;
+  std::string trace;  // actor trace file; with several modes, FILE-MODE.EXT each
   bool json = false;
 };
 

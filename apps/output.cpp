@@ -245,6 +245,12 @@ void print_node_table(std::ostream& out, const run_result& r) {
     columns.push_back({"ITEMS", true});
   }
   columns.push_back({"CACHE"});
+  const bool any_dynamic = std::any_of(r.nodes.begin(), r.nodes.end(),
+                                       [](const node_report& n) { return n.dynamic; });
+  if (any_dynamic) {
+    columns.push_back({"SPEC"});
+    columns.push_back({"CHILD RUN"});
+  }
   columns.push_back({"DURATION", true});
   columns.push_back({"ERROR"});
 
@@ -257,6 +263,10 @@ void print_node_table(std::ostream& out, const run_result& r) {
       row.push_back(n.items >= 0 ? std::to_string(n.items) : "-");
     }
     row.push_back(std::string(to_string(n.cache)));
+    if (any_dynamic) {
+      row.push_back(n.dynamic ? std::string(to_string(n.spec_cache)) : "-");
+      row.push_back(n.child_run.empty() ? "-" : n.child_run);
+    }
     // A node that never ran has no duration worth showing; "0.0 ms" would claim it ran.
     row.push_back(n.attempts > 0 ? format_duration(n.duration_ms) : "-");
     row.push_back(n.error.empty() ? "" : one_line(n.error));
@@ -371,6 +381,8 @@ json::value run_detail_document(const run_row& run, const std::vector<node_row>&
     o["duration_ms"] = duration_json(n.started_at, n.finished_at);
     o["error"] = text_or_null(n.error);
     o["cache"] = to_string(n.cache);
+    o["spec_cache"] = to_string(n.spec_cache);
+    o["child_run_id"] = text_or_null(n.child_run_id);
     o["input"] = value_or_null(n.input);
     o["output"] = value_or_null(n.output);
     if (!n.worker.empty()) {
@@ -420,10 +432,18 @@ void print_run_detail(std::ostream& out, const run_row& run, const std::vector<n
   if (any_items) {
     columns.push_back({"ITEM", true});
   }
-  for (column c : std::vector<column>{
-           {"ATTEMPT", true}, {"STATUS"}, {"CACHE"}, {"DURATION", true}, {"ERROR"}}) {
+  for (column c : std::vector<column>{{"ATTEMPT", true}, {"STATUS"}, {"CACHE"}}) {
     columns.push_back(std::move(c));
   }
+  const bool any_child = std::any_of(nodes.begin(), nodes.end(), [](const node_row& n) {
+    return !n.child_run_id.empty() || n.spec_cache != cache_status::off;
+  });
+  if (any_child) {
+    columns.push_back({"SPEC"});
+    columns.push_back({"CHILD RUN"});
+  }
+  columns.push_back({"DURATION", true});
+  columns.push_back({"ERROR"});
   std::vector<std::vector<std::string>> rows;
   rows.reserve(nodes.size());
   for (const auto& n : nodes) {
@@ -435,6 +455,10 @@ void print_run_detail(std::ostream& out, const run_row& run, const std::vector<n
     row.push_back(n.attempt > 0 ? std::to_string(n.attempt) : "-");
     row.push_back(std::string(to_string(n.status)));
     row.push_back(std::string(to_string(n.cache)));
+    if (any_child) {
+      row.push_back(std::string(to_string(n.spec_cache)));
+      row.push_back(n.child_run_id.empty() ? "-" : n.child_run_id);
+    }
     row.push_back(duration_between(n.started_at, n.finished_at));
     row.push_back(one_line(n.error));
     rows.push_back(std::move(row));

@@ -33,6 +33,11 @@ using wake_atom = caf::atom_constant<caf::atom("tr_wake")>;
 struct attempt_done {
   std::uint64_t exec = 0;
   task_result result;
+  /// Attempts of `dynamic` nodes: where the child plan came from and the child run started.
+  bool dynamic = false;
+  run_state::dynamic_outcome outcome;
+  /// The output came from the store's cache: the task did not run.
+  bool cached = false;
 };
 
 /// Ask the writer to flush everything pending and answer `ok_atom` once it is committed (or

@@ -38,6 +38,9 @@ class memory_store final : public store {
         if (auto s = status_name(n.cache); !s) {
           return make_unexpected(s.error());
         }
+        if (auto s = status_name(n.spec_cache); !s) {
+          return make_unexpected(s.error());
+        }
       }
       std::lock_guard lock(mu_);
       for (const auto& r : batch.runs) {
@@ -63,7 +66,8 @@ class memory_store final : public store {
         std::lock_guard lock(mu_);
         for (const auto& [id, r] : runs_) {
           if ((!q.status || r.status == *q.status) &&
-              (q.workflow.empty() || r.workflow == q.workflow)) {
+              (q.workflow.empty() || r.workflow == q.workflow) &&
+              (q.parent_run_id.empty() || r.parent_run_id == q.parent_run_id)) {
             out.push_back(r);
           }
         }

@@ -5,7 +5,7 @@
 //   WITH r AS (INSERT INTO runs (...) SELECT * FROM unnest($1::text[], ...) ON CONFLICT ...),
 //        n AS (...), w AS (...), c AS (...) SELECT 1
 // A single statement is its own transaction, so the batch is atomic without BEGIN/COMMIT. The
-// statement text never changes with the batch size (35 parameters whatever the row count), so it
+// statement text never changes with the batch size (37 parameters whatever the row count), so it
 // is parsed and planned once per connection, where multi-row VALUES would send and parse a new
 // statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
 // no per-table statement and no BEGIN/COMMIT messages. Arrays travel as text array literals.
@@ -18,6 +18,7 @@
 #include <array>
 #include <charconv>
 #include <mutex>
+#include <stdexcept>
 
 #include "persistence/detail/common.hpp"
 
@@ -88,12 +89,25 @@ constexpr const char* schema_v1[] = {
     "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
 };
 
+// Version 2: what `dynamic` and `workflow` node executions record, and a run's children by parent.
+// The defaults keep version 1 rows valid; with a constant default, ADD COLUMN rewrites no table
+// (PostgreSQL 11 and later).
+constexpr const char* schema_v2[] = {
+    "ALTER TABLE node_executions ADD COLUMN spec_cache text NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id text NOT NULL DEFAULT ''",
+    // Partial: top-level runs (parent_run_id '') are most runs and never searched by parent, so
+    // writing them costs no index entry. started_at, run_id serve the ORDER BY of list_runs.
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+};
+
 struct migration {
   int version;
   const char* const* statements;
   std::size_t count;
 };
-constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)}};
+constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
+                                    {2, schema_v2, std::size(schema_v2)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 // SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
@@ -191,22 +205,42 @@ std::string unnest_upsert(const table_spec& t, int& param) {
   return sql;
 }
 
+// The first parameter of each table's arrays in the write statement (0-based), in the order
+// write_sql() numbers them.
+constexpr int run_params = 0;
+constexpr int node_params = run_params + 12;
+constexpr int workflow_params = node_params + 14;
+constexpr int cache_params = workflow_params + 5;
+constexpr int write_param_count = cache_params + 6;
+
 std::string write_sql() {
-  // Parameters are numbered in call order, so the calls are sequenced one statement each.
+  // Parameters are numbered in call order, so the calls are sequenced one statement each. The
+  // checks catch a column added to a table_spec but not to the offsets above (and so to
+  // encode()): the open fails instead of every write.
   int param = 1;
+  auto table = [&](const table_spec& t, int first) {
+    if (param != first + 1) {
+      throw std::logic_error(std::string("write statement: parameters of ") + t.name +
+                             " start at $" + std::to_string(param) + ", encode() expects $" +
+                             std::to_string(first + 1));
+    }
+    return unnest_upsert(t, param);
+  };
   std::string sql = "WITH r AS (";
-  sql += unnest_upsert(runs_table, param);
+  sql += table(runs_table, run_params);
   sql += "), n AS (";
-  sql += unnest_upsert(nodes_table, param);
+  sql += table(nodes_table, node_params);
   sql += "), w AS (";
-  sql += unnest_upsert(workflows_table, param);
+  sql += table(workflows_table, workflow_params);
   sql += "), c AS (";
-  sql += unnest_upsert(cache_table, param);
+  sql += table(cache_table, cache_params);
   sql += ") SELECT 1";
+  if (param != write_param_count + 1) {
+    throw std::logic_error("write statement: " + std::to_string(param - 1) +
+                           " parameters, encode() fills " + std::to_string(write_param_count));
+  }
   return sql;
 }
-
-constexpr int write_param_count = 12 + 12 + 5 + 6;
 
 struct statement {
   const char* name;
@@ -221,6 +255,7 @@ const std::string cache_cols = column_list(cache_table);
 enum statement_id : std::size_t {
   s_write,
   s_list_runs,
+  s_list_child_runs,
   s_get_run,
   s_node_rows,
   s_unfinished,
@@ -238,6 +273,14 @@ const std::array<statement, s_count>& statements() {
                                " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
                                "($2::text IS NULL OR workflow = $2::text) "
                                "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
+      // A statement of its own rather than "$4 IS NULL OR ...", which a generic plan cannot
+      // serve from an index; the literal `<> ''` term lets the planner use the partial index
+      // runs_parent.
+      {"troupe_list_child_runs",
+       "SELECT " + run_cols +
+           " FROM runs WHERE parent_run_id = $4::text AND parent_run_id <> '' AND "
+           "($1::text IS NULL OR status = $1::text) AND ($2::text IS NULL OR workflow = $2::text) "
+           "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
       {"troupe_get_run", "SELECT " + run_cols + " FROM runs WHERE run_id = $1::text"},
       {"troupe_node_rows", "SELECT " + node_cols +
                                " FROM node_executions WHERE run_id = $1::text "
@@ -340,6 +383,14 @@ expected<node_row, store_error> read_node(const PGresult* res, int i) {
   r.started_at = int_value(res, i, 9);
   r.finished_at = int_value(res, i, 10);
   r.worker = text_value(res, i, 11);
+  auto spec_cache = parse_cache_status(text_value(res, i, 12));
+  if (!spec_cache) {
+    return make_unexpected(store_error{
+        where + ": unknown spec cache status '" + std::string(text_value(res, i, 12)) + "'",
+        false});
+  }
+  r.spec_cache = *spec_cache;
+  r.child_run_id = text_value(res, i, 13);
   return r;
 }
 
@@ -476,9 +527,11 @@ class postgres_store final : public store {
       const std::string limit = std::to_string(q.limit);
       const char* values[] = {q.status ? status.c_str() : nullptr,
                               q.workflow.empty() ? nullptr : q.workflow.c_str(),
-                              q.limit == 0 ? nullptr : limit.c_str()};
+                              q.limit == 0 ? nullptr : limit.c_str(), q.parent_run_id.c_str()};
       std::lock_guard lock(mu_);
-      auto res = run(s_list_runs, values, 3, PGRES_TUPLES_OK, "list runs");
+      auto res = q.parent_run_id.empty()
+                     ? run(s_list_runs, values, 3, PGRES_TUPLES_OK, "list runs")
+                     : run(s_list_child_runs, values, 4, PGRES_TUPLES_OK, "list runs");
       if (!res) {
         return make_unexpected(res.error());
       }
@@ -707,18 +760,19 @@ class postgres_store final : public store {
       if (!status) {
         return make_unexpected(status.error());
       }
-      a[0].text(r->run_id);
-      a[1].text(r->workflow);
-      a[2].text(r->version);
-      a[3].text(r->plan_hash);
-      a[4].text(*status);
-      a[5].json(r->inputs);
-      a[6].json(r->outputs);
-      a[7].text(r->error);
-      a[8].integer(r->started_at);
-      a[9].integer(r->finished_at);
-      a[10].text(r->parent_run_id);
-      a[11].text(r->parent_node_id);
+      array_literal* p = &a[run_params];
+      p[0].text(r->run_id);
+      p[1].text(r->workflow);
+      p[2].text(r->version);
+      p[3].text(r->plan_hash);
+      p[4].text(*status);
+      p[5].json(r->inputs);
+      p[6].json(r->outputs);
+      p[7].text(r->error);
+      p[8].integer(r->started_at);
+      p[9].integer(r->finished_at);
+      p[10].text(r->parent_run_id);
+      p[11].text(r->parent_node_id);
     }
     for (const node_row* r : last_wins(batch.nodes, node_key)) {
       auto status = status_name(r->status);
@@ -729,33 +783,42 @@ class postgres_store final : public store {
       if (!cache) {
         return make_unexpected(cache.error());
       }
-      a[12].text(r->run_id);
-      a[13].text(r->node_id);
-      a[14].integer(r->item);
-      a[15].integer(r->attempt);
-      a[16].text(*status);
-      a[17].json(r->input);
-      a[18].json(r->output);
-      a[19].text(r->error);
-      a[20].text(*cache);
-      a[21].integer(r->started_at);
-      a[22].integer(r->finished_at);
-      a[23].text(r->worker);
+      auto spec_cache = status_name(r->spec_cache);
+      if (!spec_cache) {
+        return make_unexpected(spec_cache.error());
+      }
+      array_literal* p = &a[node_params];
+      p[0].text(r->run_id);
+      p[1].text(r->node_id);
+      p[2].integer(r->item);
+      p[3].integer(r->attempt);
+      p[4].text(*status);
+      p[5].json(r->input);
+      p[6].json(r->output);
+      p[7].text(r->error);
+      p[8].text(*cache);
+      p[9].integer(r->started_at);
+      p[10].integer(r->finished_at);
+      p[11].text(r->worker);
+      p[12].text(*spec_cache);
+      p[13].text(r->child_run_id);
     }
     for (const workflow_row* r : last_wins(batch.workflows, workflow_key)) {
-      a[24].text(r->name);
-      a[25].text(r->version);
-      a[26].text(r->hash);
-      a[27].text(r->document);
-      a[28].integer(r->registered_at);
+      array_literal* p = &a[workflow_params];
+      p[0].text(r->name);
+      p[1].text(r->version);
+      p[2].text(r->hash);
+      p[3].text(r->document);
+      p[4].integer(r->registered_at);
     }
     for (const cache_row* r : last_wins(batch.cache, cache_key)) {
-      a[29].text(r->key);
-      a[30].text(r->workflow);
-      a[31].text(r->node_id);
-      a[32].json(r->value);
-      a[33].text(r->kind);
-      a[34].integer(r->created_at);
+      array_literal* p = &a[cache_params];
+      p[0].text(r->key);
+      p[1].text(r->workflow);
+      p[2].text(r->node_id);
+      p[3].json(r->value);
+      p[4].text(r->kind);
+      p[5].integer(r->created_at);
     }
     std::array<std::string, write_param_count> out;
     for (std::size_t i = 0; i < out.size(); ++i) {

@@ -106,12 +106,25 @@ constexpr const char* schema_v1[] = {
     "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
 };
 
+// Version 2: what `dynamic` and `workflow` node executions record, and a run's children by parent.
+// The defaults keep version 1 rows valid, and ADD COLUMN with a constant default only changes
+// the schema: no table is rewritten however many rows it holds.
+constexpr const char* schema_v2[] = {
+    "ALTER TABLE node_executions ADD COLUMN spec_cache TEXT NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id TEXT NOT NULL DEFAULT ''",
+    // Partial: top-level runs (parent_run_id '') are most runs and never searched by parent, so
+    // writing them costs no index entry. started_at, run_id serve the ORDER BY of list_runs.
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+};
+
 struct migration {
   int version;
   const char* const* statements;
   std::size_t count;
 };
-constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)}};
+constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
+                                    {2, schema_v2, std::size(schema_v2)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 enum query_id : std::size_t {
@@ -119,6 +132,7 @@ enum query_id : std::size_t {
   q_commit,
   q_rollback,
   q_list_runs,
+  q_list_child_runs,
   q_get_run,
   q_node_rows,
   q_unfinished,
@@ -145,6 +159,13 @@ std::string query_sql(query_id q) {
     case q_list_runs:
       return "SELECT " + run_cols +
              " FROM runs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) "
+             "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
+    case q_list_child_runs:
+      // A statement of its own rather than "?4 IS NULL OR ...", which no index can serve; the
+      // literal `<> ''` term is what lets SQLite use the partial index runs_parent.
+      return "SELECT " + run_cols +
+             " FROM runs WHERE parent_run_id = ?4 AND parent_run_id <> '' AND "
+             "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) "
              "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
     case q_get_run:
       return "SELECT " + run_cols + " FROM runs WHERE run_id = ?1";
@@ -332,7 +353,7 @@ class sqlite_store final : public store {
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("sqlite list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
       std::lock_guard lock(mu_);
-      sqlite3_stmt* s = queries_[q_list_runs].get();
+      sqlite3_stmt* s = queries_[q.parent_run_id.empty() ? q_list_runs : q_list_child_runs].get();
       reset_guard g{s};
       if (q.status) {
         const std::string_view name = to_string(*q.status);
@@ -347,6 +368,9 @@ class sqlite_store final : public store {
         sqlite3_bind_null(s, 2);
       }
       sqlite3_bind_int64(s, 3, q.limit == 0 ? -1 : static_cast<std::int64_t>(q.limit));
+      if (!q.parent_run_id.empty()) {
+        bind_text(s, 4, q.parent_run_id);
+      }
       return read_all<run_row>(s, "list runs", &sqlite_store::read_run);
     });
   }
@@ -605,6 +629,10 @@ class sqlite_store final : public store {
     if (!cache) {
       return make_unexpected(cache.error());
     }
+    auto spec_cache = status_name(r.spec_cache);
+    if (!spec_cache) {
+      return make_unexpected(spec_cache.error());
+    }
     b.text(r.run_id);
     b.text(r.node_id);
     b.integer(r.item);
@@ -617,6 +645,8 @@ class sqlite_store final : public store {
     b.integer(r.started_at);
     b.integer(r.finished_at);
     b.text(r.worker);
+    b.text(*spec_cache);
+    b.text(r.child_run_id);
     return true;
   }
   static expected<bool, store_error> bind(binder& b, const workflow_row& r) {
@@ -756,6 +786,13 @@ class sqlite_store final : public store {
     r.started_at = sqlite3_column_int64(s, 9);
     r.finished_at = sqlite3_column_int64(s, 10);
     r.worker = column_text(s, 11);
+    auto spec_cache = parse_cache_status(column_text(s, 12));
+    if (!spec_cache) {
+      return make_unexpected(store_error{
+          where + ": unknown spec cache status '" + std::string(column_text(s, 12)) + "'", false});
+    }
+    r.spec_cache = *spec_cache;
+    r.child_run_id = column_text(s, 13);
     return r;
   }
 

@@ -56,6 +56,11 @@ struct node_row {
   std::int64_t started_at = 0;
   std::int64_t finished_at = 0;
   std::string worker;  // which process/node ran it; empty for the local engine
+  /// `dynamic` nodes: whether the generated child plan came from the cache (`off` without
+  /// `cache`, and for every other node).
+  cache_status spec_cache = cache_status::off;
+  /// `dynamic` and `workflow` nodes: the child run this execution started or resumed.
+  std::string child_run_id;
 };
 
 struct workflow_row {
@@ -91,6 +96,9 @@ struct run_query {
   std::optional<run_status> status;
   std::string workflow;    // empty: any
   std::size_t limit = 50;  // 0: no limit
+  /// Empty: any; else only the child runs of that run. Last, so that aggregate initializers
+  /// written as {status, workflow, limit} keep their meaning.
+  std::string parent_run_id;
 };
 
 class store {

@@ -25,6 +25,7 @@
 
 #include "actors/inflight_gate.hpp"
 #include "actors/run_actor.hpp"
+#include "actors/trace.hpp"
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 
@@ -37,7 +38,7 @@ namespace troupe {
 struct run_handle::shared final : run_sink {
   std::string id;
   std::function<void(const run_event&)> on_event;
-  std::function<void()> on_end;  // engine bookkeeping, called after waiters are released
+  std::function<void()> on_end;  // engine bookkeeping, called before waiters are released
 
   mutable std::mutex mutex;
   mutable std::condition_variable cv;
@@ -55,12 +56,14 @@ struct run_handle::shared final : run_sink {
       cbs.swap(callbacks);
       actor = caf::actor{};
     }
+    // The engine's bookkeeping first: a caller woken below may at once read the run back
+    // (memory mode's log) or resume it, and must not find it still listed as running.
+    if (on_end) {
+      on_end();
+    }
     cv.notify_all();
     for (auto& cb : cbs) {
       cb(r);
-    }
-    if (on_end) {
-      on_end();
     }
   }
 };
@@ -124,14 +127,43 @@ std::int64_t wall_us() {
       .count();
 }
 
-// Node outputs by cache key, bounded, least recently used dropped first. Shared by every run
-// actor of the engine (any thread), so one mutex guards it; it is held only for the map work,
-// never during a store read.
-class output_cache {
- public:
-  explicit output_cache(std::size_t capacity) : capacity_(capacity) {}
+validation_errors one_error(std::string pointer, std::string message) {
+  return validation_errors{validation_error{std::move(pointer), std::move(message)}};
+}
 
-  json_ptr find(const std::string& key) {
+// A run's progress as the store has it: succeeded nodes keep their outputs, and attempts are
+// numbered after those recorded. A for_each node is resumed whole unless its aggregate
+// succeeded: item-level restore would need per-item state the store keeps but the plan cannot
+// yet seed.
+resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows) {
+  resume_point out;
+  out.run_id = std::move(run_id);
+  std::map<std::size_t, int> attempts;
+  for (const auto& r : rows) {
+    const node_plan* np = p.find_node(r.node_id);
+    if (!np) {
+      continue;
+    }
+    if (r.item == -1 && r.status == node_status::succeeded) {
+      out.restored.emplace_back(np->index, r.output);
+    }
+    if (r.item == -1 || np->for_each) {
+      attempts[np->index] = std::max(attempts[np->index], r.attempt);
+    }
+  }
+  out.prior_attempts.assign(attempts.begin(), attempts.end());
+  return out;
+}
+
+// Values by key (node outputs by cache key, compiled plans by spec key or content hash),
+// bounded, least recently used dropped first. Shared by every actor of the engine (any thread),
+// so one mutex guards it; it is held only for the map work, never during a store read.
+template <class Ptr>
+class lru_cache {
+ public:
+  explicit lru_cache(std::size_t capacity) : capacity_(capacity) {}
+
+  Ptr find(const std::string& key) {
     std::lock_guard<std::mutex> lock(mutex_);
     auto it = index_.find(key);
     if (it == index_.end()) {
@@ -141,7 +173,7 @@ class output_cache {
     return it->second->second;
   }
 
-  void put(const std::string& key, json_ptr value) {
+  void put(const std::string& key, Ptr value) {
     std::lock_guard<std::mutex> lock(mutex_);
     if (capacity_ == 0) {
       return;
@@ -162,14 +194,18 @@ class output_cache {
  private:
   std::mutex mutex_;
   std::size_t capacity_;
-  std::list<std::pair<std::string, json_ptr>> entries_;  // most recently used first
-  std::unordered_map<std::string, std::list<std::pair<std::string, json_ptr>>::iterator> index_;
+  std::list<std::pair<std::string, Ptr>> entries_;  // most recently used first
+  std::unordered_map<std::string, typename std::list<std::pair<std::string, Ptr>>::iterator>
+      index_;
 };
+using output_cache = lru_cache<json_ptr>;
 
 }  // namespace
 
 struct engine::impl {
   engine_config config;
+  // Declared before the actor system: traced actors record into it until the system is gone.
+  std::shared_ptr<trace::tracer> trace;
   caf::actor_system_config caf_config;
   std::unique_ptr<caf::actor_system> system;
   boost::asio::io_context io;
@@ -207,16 +243,12 @@ struct engine::impl {
   mutable std::mutex query_mutex;
   std::unique_ptr<output_cache> outputs_cache;
 
-  // Memory first; on a miss the store (not in memory mode), whose hit is kept in memory. The
-  // store read is a synchronous point lookup on the calling run actor's thread, serialized with
-  // the engine's other queries: acceptable for SQLite/PostgreSQL here, but the thing to move to
-  // a cache actor with an asynchronous reply later. Memory hits never touch the store.
-  json_ptr cache_lookup(const std::string& key) {
+  // The store behind the memory cache (not in memory mode); a hit is kept in memory. A point
+  // lookup serialized with the engine's other queries, called by node actors on the blocking
+  // pool: run actors only ever look at memory.
+  json_ptr cache_load(const std::string& key) {
     if (auto v = outputs_cache->find(key)) {
-      return v;
-    }
-    if (!query_store) {
-      return nullptr;
+      return v;  // another run stored it meanwhile
     }
     auto row = [&] {
       std::lock_guard<std::mutex> lock(query_mutex);
@@ -229,6 +261,92 @@ struct engine::impl {
     outputs_cache->put(key, (*row)->value);
     return (*row)->value;
   }
+  // Dynamic workflows: compiled plans by content hash (equal generated documents share one
+  // plan) and by spec cache key (a hit skips the generating task as well as the compile).
+  std::unique_ptr<lru_cache<plan_ptr>> dynamic_plans;
+  std::unique_ptr<lru_cache<plan_ptr>> spec_plans;
+  std::atomic<std::size_t> dynamic_compiles{0};
+
+  expected<plan_ptr, validation_errors> compile_dynamic(const json::value& generated) {
+    json::value parsed;
+    const json::value* doc = &generated;
+    if (generated.is_string()) {
+      // A generator that prints its workflow (a shell script without `output: json`).
+      auto r = parse_json(generated.as_string(), config.limits.json);
+      if (!r) {
+        return make_unexpected(
+            one_error("", "the task's output is a string that is not JSON: " + r.error().message));
+      }
+      parsed = std::move(*r);
+      doc = &parsed;
+    }
+    std::string hash = canonical_hash(*doc);
+    if (auto p = dynamic_plans->find(hash)) {
+      return p;
+    }
+    auto registry = task_snapshot();
+    compile_options o;
+    o.tasks = registry.get();
+    o.limits = config.limits;
+    auto p = compile_workflow(*doc, o);
+    ++dynamic_compiles;
+    if (p) {
+      dynamic_plans->put(hash, *p);
+    }
+    return p;
+  }
+
+  // Same shape as cache_lookup: memory, then the store, whose document is compiled once.
+  plan_ptr spec_lookup(const std::string& key) {
+    if (auto p = spec_plans->find(key)) {
+      return p;
+    }
+    if (!query_store) {
+      return nullptr;
+    }
+    auto row = [&] {
+      std::lock_guard<std::mutex> lock(query_mutex);
+      return query_store->get_cache(key);
+    }();
+    if (!row || !*row || (*row)->kind != "spec" || !(*row)->value) {
+      return nullptr;
+    }
+    // A stored spec that no longer compiles (say, a task it names is gone) is a miss: the
+    // generator runs again.
+    auto p = compile_dynamic(*(*row)->value);
+    if (!p) {
+      return nullptr;
+    }
+    spec_plans->put(key, *p);
+    return *p;
+  }
+
+  std::optional<resume_point> prior_child(const std::string& parent_run,
+                                          const std::string& parent_node, const plan& child) {
+    if (!query_store) {
+      return std::nullopt;
+    }
+    std::lock_guard<std::mutex> lock(query_mutex);
+    run_query q;
+    q.parent_run_id = parent_run;
+    q.limit = 0;
+    auto runs = query_store->list_runs(q);
+    if (!runs) {
+      return std::nullopt;  // a fresh child is always correct, only slower
+    }
+    for (const auto& r : *runs) {  // newest first
+      if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
+        continue;
+      }
+      auto rows = query_store->node_rows(r.run_id);
+      if (!rows) {
+        return std::nullopt;
+      }
+      return resume_point_of(child, r.run_id, *rows);
+    }
+    return std::nullopt;
+  }
+
   // Memory mode: the most recent finished runs, oldest first.
   mutable std::mutex log_mutex;
   std::deque<std::shared_ptr<const run_result>> memory_log;
@@ -354,9 +472,6 @@ class shared_store final : public store {
   std::shared_ptr<store> s_;
 };
 
-validation_errors one_error(std::string pointer, std::string message) {
-  return validation_errors{validation_error{std::move(pointer), std::move(message)}};
-}
 }  // namespace
 
 engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
@@ -393,6 +508,13 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
   m.caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
+  if (!config.trace_file.empty()) {
+    try {
+      m.trace = std::make_shared<trace::tracer>(config.trace_file);
+    } catch (const std::exception& e) {
+      throw engine_error(e.what());
+    }
+  }
   m.system = std::make_unique<caf::actor_system>(m.caf_config);
   for (int i = 0; i < std::max(1, config.io_threads); ++i) {
     m.io_threads.emplace_back([&m] { m.io.run(); });
@@ -413,9 +535,22 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->find_workflow = [self](std::string_view n, std::string_view v) { return self->find(n, v); };
   svc->new_run_id = [self] { return self->new_run_id(); };
   m.outputs_cache = std::make_unique<output_cache>(config.cache_entries);
-  svc->cache_lookup = [self](const std::string& key) { return self->cache_lookup(key); };
+  svc->cache_lookup = [self](const std::string& key) { return self->outputs_cache->find(key); };
+  if (m.query_store) {
+    svc->cache_load = [self](const std::string& key) { return self->cache_load(key); };
+  }
   svc->cache_remember = [self](const std::string& key, const json_ptr& output) {
     self->outputs_cache->put(key, output);
+  };
+  m.dynamic_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
+  m.spec_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
+  svc->compile_dynamic = [self](const json::value& doc) { return self->compile_dynamic(doc); };
+  svc->spec_lookup = [self](const std::string& key) { return self->spec_lookup(key); };
+  svc->spec_remember = [self](const std::string& key, const plan_ptr& p) {
+    self->spec_plans->put(key, p);
+  };
+  svc->prior_child = [self](const std::string& run, const std::string& node, const plan& child) {
+    return self->prior_child(run, node, child);
   };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
@@ -435,9 +570,10 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
     std::unique_ptr<store> ws =
         m.shared_memory_store ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
                               : std::move(writer_store);
-    m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics);
+    m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics, m.trace.get());
     svc->writer = m.writer;
   }
+  svc->trace = m.trace;
   m.services_mut = svc;
   m.services = std::move(svc);
 }
@@ -692,27 +828,12 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
     return fail("workflow '" + run->workflow + "' version '" + run->version +
                 "' is neither registered nor stored");
   }
-  std::vector<std::pair<std::size_t, json_ptr>> restored;
-  std::map<std::size_t, int> attempts;
-  for (const auto& r : rows) {
-    const node_plan* np = p->find_node(r.node_id);
-    if (!np) {
-      continue;
-    }
-    if (r.item == -1 && r.status == node_status::succeeded) {
-      restored.emplace_back(np->index, r.output);
-    }
-    if (r.item == -1 || np->for_each) {
-      attempts[np->index] = std::max(attempts[np->index], r.attempt);
-    }
-  }
-  // A for_each node is resumed whole unless its aggregate succeeded: item-level restore would
-  // need per-item state the store keeps but the plan cannot yet seed.
+  resume_point from = resume_point_of(*p, run->run_id, rows);
   json::object inputs =
       run->inputs && run->inputs->is_object() ? run->inputs->as_object() : json::object{};
   options.run_id = run->run_id;
-  return start_run(p, std::move(inputs), std::move(options), std::move(restored),
-                   {attempts.begin(), attempts.end()});
+  return start_run(p, std::move(inputs), std::move(options), std::move(from.restored),
+                   std::move(from.prior_attempts));
 }
 
 bool engine::flush(std::chrono::milliseconds timeout) {
@@ -745,6 +866,9 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
     runs = std::move(*r);
   }
   for (const auto& r : runs) {
+    if (!r.parent_run_id.empty()) {
+      continue;  // a child run continues when its parent's node runs again
+    }
     {
       std::lock_guard<std::mutex> lock(m.runs_mutex);
       if (m.live.count(r.run_id)) {
@@ -754,6 +878,10 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
     out.push_back(resume(r.run_id));
   }
   return out;
+}
+
+std::size_t engine::dynamic_compiles() const {
+  return impl_->dynamic_compiles.load();
 }
 
 std::size_t engine::active_runs() const {
@@ -808,6 +936,9 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     t.join();
   }
   m.system.reset();  // waits for the last actors (cancelled node actors) to quit
+  if (m.trace) {
+    m.trace->stop();  // every traced actor is gone: the file can be completed
+  }
 }
 
 }  // namespace troupe

@@ -57,6 +57,14 @@ struct engine_config {
   /// Node outputs (`cache` on a node) kept in memory, least recently used dropped first; the
   /// store keeps them all (not in memory mode). 0: memory keeps none, every lookup asks the store.
   std::size_t cache_entries = 10000;
+  /// Actor traces: when set, every message sent to and handled by the engine's actors is
+  /// written to this file as Chrome trace event JSON (Perfetto, chrome://tracing; `troupe trace`
+  /// summarises it). Empty: off, and the actors carry no tracing code. The file is complete
+  /// after shutdown(). A file that cannot be opened is an engine_error.
+  std::string trace_file;
+  /// Compiled plans of generated (`dynamic`) workflows kept in memory, by content hash and by
+  /// spec cache key each; least recently used dropped first.
+  std::size_t dynamic_plans = 1000;
 };
 
 /// The engine could not start (for example its database cannot be opened).
@@ -143,6 +151,9 @@ class engine {
 
   /// Runs in progress right now.
   std::size_t active_runs() const;
+  /// Generated (`dynamic`) workflows compiled so far: equal documents and spec cache hits
+  /// reuse a compiled plan, so this counts only the real compiles.
+  std::size_t dynamic_compiles() const;
 
   /// The execution log. In memory mode: the recent runs kept in memory; otherwise the store
   /// (what the writer has committed so far).

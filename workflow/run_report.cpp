@@ -28,6 +28,11 @@ run_result make_report(const run_state& rs) {
     n.error = s.error();
     n.cache = s.cache;
     n.items = s.items;
+    if (p.nodes[i].dynamic_inputs) {
+      n.dynamic = true;
+      n.spec_cache = s.spec_cache;
+      n.child_run = rs.child_run(i);
+    }
     r.nodes.push_back(std::move(n));
   }
   return r;
@@ -66,6 +71,10 @@ json::value to_json(const run_result& r) {
     j["cache"] = to_string(n.cache);
     if (n.items >= 0) {
       j["items"] = n.items;
+    }
+    if (n.dynamic) {
+      j["spec_cache"] = to_string(n.spec_cache);
+      j["child_run"] = n.child_run.empty() ? json::value(nullptr) : json::value(n.child_run);
     }
     nodes.push_back(std::move(j));
   }

@@ -30,6 +30,9 @@ struct node_report {
   std::string error;
   cache_status cache = cache_status::off;
   std::int64_t items = -1;  // for_each nodes only
+  bool dynamic = false;     // the fields below are shown for `dynamic` nodes only
+  cache_status spec_cache = cache_status::off;
+  std::string child_run;
 };
 
 /// The answer to a run, built from the run's memory (never read back from a store).

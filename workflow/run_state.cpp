@@ -312,15 +312,32 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
   const auto& np = plan_->nodes[u.node];
   ++ns.summary.attempts;
   json_ptr input;
-  if (np.with.is_constant() && np.constant_input) {
+  json_ptr dynamic_inputs;
+  if (np.with.is_constant() && np.constant_input && !np.dynamic_inputs) {
     input = np.constant_input;
   } else {
     context view = view_for(u);
     context_scope sc(plan_->names, view, identity_);
-    auto v = np.with.render(sc);
-    if (!v) {
+    std::string err;
+    if (np.with.is_constant() && np.constant_input) {
+      input = np.constant_input;
+    } else if (auto v = np.with.render(sc)) {
+      input = make_json(std::move(*v));
+    } else {
+      err = field_error("node", np.id, "with", v.error());
+    }
+    if (err.empty() && np.dynamic_inputs) {
+      if (auto d = np.dynamic_inputs->render(sc); !d) {
+        err = field_error("node", np.id, "dynamic/inputs", d.error());
+      } else if (!d->is_object()) {
+        err = "node '" + np.id + "' field 'dynamic/inputs': must render to an object (the " +
+              "child run's inputs), got " + std::string(json_kind_name(*d));
+      } else {
+        dynamic_inputs = make_json(std::move(*d));
+      }
+    }
+    if (!err.empty()) {
       // A template error is deterministic: retrying cannot fix it.
-      std::string err = field_error("node", np.id, "with", v.error());
       node_record r;
       r.node = u.node;
       r.item = u.item;
@@ -335,7 +352,6 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
                   node_status::failed, now, out);
       return;
     }
-    input = make_json(std::move(*v));
   }
   std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0}, next_exec_++);
   ++ns.in_flight;
@@ -356,8 +372,8 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
         u.item >= 0 ? &ns.extra->items->as_array()[static_cast<std::size_t>(u.item)] : nullptr;
     key = cache_key(np, *input, item);
   }
-  out.emplace_back(
-      cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input), std::move(key)});
+  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input),
+                                 std::move(key), std::move(dynamic_inputs)});
   if (np.timeout_ms) {
     inflight_.find(exec)->timeout_timer =
         add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
@@ -374,17 +390,29 @@ std::uint64_t run_state::add_timer(timer_entry t, std::int64_t delay_ms,
 
 void run_state::task_finished(std::uint64_t exec, task_result result, std::int64_t now,
                               std::vector<command>& out) {
-  exec_finished(exec, std::move(result), nullptr, now, out);
+  exec_finished(exec, std::move(result), nullptr, nullptr, now, out);
+}
+
+void run_state::task_finished_dynamic(std::uint64_t exec, task_result result, dynamic_outcome how,
+                                      std::int64_t now, std::vector<command>& out) {
+  exec_finished(exec, std::move(result), nullptr, &how, now, out);
+}
+
+const std::string& run_state::child_run(std::size_t node) const {
+  static const std::string none;
+  const auto& ns = nodes_[node];
+  return ns.extra ? ns.extra->child_run : none;
 }
 
 void run_state::task_finished_cached(std::uint64_t exec, json_ptr output, std::int64_t now,
                                      std::vector<command>& out) {
-  exec_finished(exec, task_result{}, output ? std::move(output) : null_json(), now, out);
+  exec_finished(exec, task_result{}, output ? std::move(output) : null_json(), nullptr, now, out);
 }
 
 // `cached`: the output the driver found in the cache (the task did not run), else null.
 void run_state::exec_finished(std::uint64_t exec, task_result result, json_ptr cached,
-                              std::int64_t now, std::vector<command>& out) {
+                              dynamic_outcome* dynamic, std::int64_t now,
+                              std::vector<command>& out) {
   if (finished()) {
     return;
   }
@@ -398,15 +426,22 @@ void run_state::exec_finished(std::uint64_t exec, task_result result, json_ptr c
     timers_.erase(e.timeout_timer);
   }
   --nodes_[e.u.node].in_flight;
+  if (dynamic && !dynamic->child_run.empty()) {
+    nodes_[e.u.node].x().child_run = dynamic->child_run;
+  }
   if (cached) {
-    unit_succeeded(e, std::move(cached), cache_status::hit, now, out);
+    unit_succeeded(e, std::move(cached), cache_status::hit, nullptr, now, out);
   } else if (result.ok) {
-    // A cached node that had to run its task missed (the driver looked it up first).
-    unit_succeeded(e, make_json(std::move(result.output)),
-                   plan_->nodes[e.u.node].cache_version ? cache_status::miss : cache_status::off,
-                   now, out);
+    // A cached node that had to run its task missed (the driver looked it up first). A
+    // dynamic node's key names its generated workflow: a spec hit skipped the task.
+    cache_status c = cache_status::off;
+    if (plan_->nodes[e.u.node].cache_version) {
+      c = dynamic && dynamic->spec_cache == cache_status::hit ? cache_status::hit
+                                                              : cache_status::miss;
+    }
+    unit_succeeded(e, make_json(std::move(result.output)), c, dynamic, now, out);
   } else {
-    unit_failed(e, std::move(result.error), node_status::failed, now, out);
+    unit_failed(e, std::move(result.error), node_status::failed, now, out, dynamic);
   }
   if (!finished()) {
     auto& ns = nodes_[e.u.node];
@@ -419,7 +454,8 @@ void run_state::exec_finished(std::uint64_t exec, task_result result, json_ptr c
 }
 
 void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_status cache,
-                               std::int64_t now, std::vector<command>& out) {
+                               dynamic_outcome* dynamic, std::int64_t now,
+                               std::vector<command>& out) {
   auto& ns = nodes_[e.u.node];
   if (ns.summary.status != node_status::running) {
     return;
@@ -430,6 +466,9 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
       (cache == cache_status::hit && ns.summary.cache == cache_status::off)) {
     ns.summary.cache = cache;
   }
+  if (dynamic) {
+    ns.summary.spec_cache = dynamic->spec_cache;
+  }
   if (options_.emit_records) {
     node_record r;
     r.node = e.u.node;
@@ -439,6 +478,10 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
     r.input = e.input;
     r.output = out_ptr;
     r.cache = cache;
+    if (dynamic) {
+      r.spec_cache = dynamic->spec_cache;
+      r.child_run = dynamic->child_run;
+    }
     r.started_us = e.started_us;
     r.finished_us = now;
     record(std::move(r), out);
@@ -460,7 +503,8 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
 }
 
 void run_state::unit_failed(const inflight_exec& e, std::string error, node_status how,
-                            std::int64_t now, std::vector<command>& out) {
+                            std::int64_t now, std::vector<command>& out,
+                            dynamic_outcome* dynamic) {
   auto& ns = nodes_[e.u.node];
   const auto& np = plan_->nodes[e.u.node];
   node_record r;
@@ -472,12 +516,23 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
   r.error = error;
   // A failed attempt of a cached node was looked up and missed; its output is never stored.
   r.cache = np.cache_version ? cache_status::miss : cache_status::off;
+  if (dynamic) {
+    // A spec hit skipped the generator; the failure was inside the child (or its inputs).
+    if (np.cache_version && dynamic->spec_cache == cache_status::hit) {
+      r.cache = cache_status::hit;
+    }
+    r.spec_cache = dynamic->spec_cache;
+    r.child_run = dynamic->child_run;
+    ns.summary.spec_cache = dynamic->spec_cache;
+  }
   r.started_us = e.started_us;
   r.finished_us = now;
-  record(std::move(r), out);
   if (np.cache_version) {
-    ns.summary.cache = cache_status::miss;
+    ns.summary.cache = r.cache == cache_status::hit && ns.summary.cache != cache_status::miss
+                           ? cache_status::hit
+                           : cache_status::miss;
   }
+  record(std::move(r), out);
   if (ns.summary.status != node_status::running) {
     return;
   }

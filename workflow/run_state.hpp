@@ -37,6 +37,8 @@ struct node_record {
   json_ptr output;
   std::string error;
   cache_status cache = cache_status::off;
+  cache_status spec_cache = cache_status::off;  // `dynamic` nodes: the generated plan's
+  std::string child_run;                        // `dynamic` nodes: the child run, once started
   std::int64_t started_us = 0;
   std::int64_t finished_us = 0;  // 0 while running
 };
@@ -52,8 +54,13 @@ struct dispatch {
   json_ptr input;
   /// The node's cache key (workflow/cache_key.hpp) when it has a `cache` field, else empty.
   /// With a key the driver looks the output up first and reports a hit with
-  /// task_finished_cached() instead of running the task.
+  /// task_finished_cached() instead of running the task. For a `dynamic` node the key names
+  /// the generated workflow instead (the spec cache), and the driver reports with
+  /// task_finished_dynamic().
   std::string cache_key;
+  /// `dynamic` nodes: `dynamic.inputs` rendered in the node's scope, the child run's inputs.
+  /// Null for every other node.
+  json_ptr dynamic_inputs;
 };
 /// Stop an attempt that is in flight; any result it still reports is ignored.
 struct cancel_task {
@@ -95,6 +102,7 @@ struct run_options {
 struct node_summary {
   node_status status = node_status::pending;
   cache_status cache = cache_status::off;
+  cache_status spec_cache = cache_status::off;  // `dynamic` nodes with `cache`
   int attempts = 0;  // attempts started, over all items
   std::int64_t started_us = -1;
   std::int64_t finished_us = -1;
@@ -136,6 +144,16 @@ class run_state {
   /// cached node that ran its task says `miss`; nodes without `cache` say `off`.
   void task_finished_cached(std::uint64_t exec, json_ptr output, std::int64_t now_us,
                             std::vector<command>& out);
+  /// What the driver did for an attempt of a `dynamic` node: where the child plan came from
+  /// (`hit` also means the generating task did not run) and which child run it started.
+  struct dynamic_outcome {
+    cache_status spec_cache = cache_status::off;
+    std::string child_run;
+  };
+  /// The outcome of an attempt of a `dynamic` node: `result` is the child run's outcome (its
+  /// outputs on success), or the generator's or the compiler's failure.
+  void task_finished_dynamic(std::uint64_t exec, task_result result, dynamic_outcome how,
+                             std::int64_t now_us, std::vector<command>& out);
   void timer_fired(std::uint64_t timer, std::int64_t now_us, std::vector<command>& out);
   void cancel(std::int64_t now_us, std::vector<command>& out);
 
@@ -147,6 +165,8 @@ class run_state {
   const plan& workflow() const { return *plan_; }
   const plan_ptr& shared_plan() const { return plan_; }
   const node_summary& summary(std::size_t node) const { return nodes_[node].summary; }
+  /// `dynamic` nodes: the child run of the latest attempt that started one; empty otherwise.
+  const std::string& child_run(std::size_t node) const;
   std::size_t in_flight() const { return inflight_.size(); }
   std::size_t max_in_flight_seen() const { return max_inflight_seen_; }
   const std::string& run_id() const { return identity_.id; }
@@ -203,6 +223,7 @@ class run_state {
     std::vector<json_ptr> item_outputs;
     std::vector<unit> retries_due;  // FIFO; a vector because an empty deque allocates
     json_ptr restored;              // resumed runs: the output it had before
+    std::string child_run;          // dynamic nodes: the latest child run
   };
   struct node_state {
     node_summary summary;
@@ -230,11 +251,11 @@ class run_state {
   bool launchable(const node_state& ns) const;
   void launch(unit u, std::int64_t now, std::vector<command>& out);
   void unit_failed(const inflight_exec& e, std::string error, node_status how, std::int64_t now,
-                   std::vector<command>& out);
-  void exec_finished(std::uint64_t exec, task_result result, json_ptr cached, std::int64_t now,
-                     std::vector<command>& out);
-  void unit_succeeded(const inflight_exec& e, json_ptr output, cache_status cache, std::int64_t now,
-                      std::vector<command>& out);
+                   std::vector<command>& out, dynamic_outcome* dynamic = nullptr);
+  void exec_finished(std::uint64_t exec, task_result result, json_ptr cached,
+                     dynamic_outcome* dynamic, std::int64_t now, std::vector<command>& out);
+  void unit_succeeded(const inflight_exec& e, json_ptr output, cache_status cache,
+                      dynamic_outcome* dynamic, std::int64_t now, std::vector<command>& out);
   void node_succeeded(std::uint32_t n, json_ptr output, std::int64_t now,
                       std::vector<command>& out);
   void node_failed(std::uint32_t n, std::string error, node_status how, std::int64_t now,

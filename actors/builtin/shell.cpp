@@ -15,9 +15,9 @@
 #include <boost/asio/strand.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
-#include <poll.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -460,18 +460,7 @@ class shell_operation final : public operation,
     stderr_.pipe.assign(err.release_read());
     status_pipe_.assign(status.release_read());
 
-    pidfd_.async_wait(asio::posix::stream_descriptor::wait_read,
-                      asio::bind_executor(strand_, [self = shared_from_this()](error_code ec) {
-                        self->on_exit(ec);
-                      }));
-    // Asio registers descriptors edge-triggered. If the child exits between assign() above and
-    // the wait being queued, an epoll_wait on another I/O thread can consume that one edge with
-    // no operation waiting, and the wait would never complete. So look once now (after the wait
-    // is queued, so no exit can slip between the two): a pidfd stays readable after exit.
-    pollfd exited_already{pidfd, POLLIN, 0};
-    if (::poll(&exited_already, 1, 0) == 1) {
-      asio::post(strand_, [self = shared_from_this()] { self->on_exit({}); });
-    }
+    wait_for_exit();
     asio::async_read(
         status_pipe_, asio::buffer(&exec_status_, sizeof exec_status_),
         asio::bind_executor(strand_, [self = shared_from_this()](error_code ec, std::size_t n) {
@@ -523,9 +512,39 @@ class shell_operation final : public operation,
     maybe_finish();
   }
 
+  void wait_for_exit() {
+    pidfd_.async_wait(asio::posix::stream_descriptor::wait_read,
+                      asio::bind_executor(strand_, [self = shared_from_this()](error_code ec) {
+                        self->on_exit(ec);
+                      }));
+    // Asio registers descriptors edge-triggered. If the child exits between assign() and the
+    // wait being queued, an epoll_wait on another I/O thread can consume that one edge with no
+    // operation waiting, and the wait would never complete. So look once now (after the wait is
+    // queued, so no exit can slip between the two): a pidfd stays readable after exit.
+    if (has_exited()) {
+      asio::post(strand_, [self = shared_from_this()] { self->on_exit({}); });
+    }
+  }
+
+  /// poll(2) on the pidfd is the kernel's own answer: readable once the whole process is gone.
+  bool has_exited() {
+    pollfd exited{pidfd_.native_handle(), POLLIN, 0};
+    return ::poll(&exited, 1, 0) == 1;
+  }
+
   void on_exit(error_code ec) {
-    if (ec == asio::error::operation_aborted) {
-      return;  // only after finish() closed the pidfd
+    if (ec == asio::error::operation_aborted || exited_ || !pidfd_.is_open()) {
+      return;  // finish() closed the pidfd, or the other of the two notifications came first
+    }
+    // Asio's readiness is only a hint. Its epoll reactor recycles the per-descriptor state of a
+    // closed descriptor at once, so an event meant for the old descriptor (another operation's
+    // pipe) can be performed on this pidfd: one already taken from epoll, or one from a
+    // registration that outlives close() while a forked child still holds the file. The wait
+    // then completes while the process still runs. Trusting it made waitid find nothing to
+    // collect, failed the task with "not exited" and left the child an unreaped zombie.
+    if (!has_exited()) {
+      wait_for_exit();
+      return;
     }
     exited_ = true;
     maybe_finish();

@@ -37,9 +37,11 @@ constexpr column_spec run_columns[] = {
     {"finished_at", "bigint"}, {"parent_run_id", "text"}, {"parent_node_id", "text"},
 };
 constexpr column_spec node_columns[] = {
-    {"run_id", "text"}, {"node_id", "text"},      {"item", "bigint"},        {"attempt", "integer"},
-    {"status", "text"}, {"input", "text"},        {"output", "text"},        {"error", "text"},
-    {"cache", "text"},  {"started_at", "bigint"}, {"finished_at", "bigint"}, {"worker", "text"},
+    {"run_id", "text"},       {"node_id", "text"},       {"item", "bigint"},
+    {"attempt", "integer"},   {"status", "text"},        {"input", "text"},
+    {"output", "text"},       {"error", "text"},         {"cache", "text"},
+    {"started_at", "bigint"}, {"finished_at", "bigint"}, {"worker", "text"},
+    {"spec_cache", "text"},   {"child_run_id", "text"},
 };
 constexpr column_spec workflow_columns[] = {
     {"name", "text"},     {"version", "text"},         {"hash", "text"},

@@ -19,7 +19,7 @@
 namespace troupe::detail {
 
 /// The schema version this build creates and understands.
-inline constexpr int current_schema_version = 1;
+inline constexpr int current_schema_version = 2;
 
 std::string schema_too_new_message(long long found);
 

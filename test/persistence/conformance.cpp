@@ -40,6 +40,8 @@ void check_same(const node_row& got, const node_row& want) {
   BOOST_TEST(got.started_at == want.started_at);
   BOOST_TEST(got.finished_at == want.finished_at);
   BOOST_TEST(got.worker == want.worker);
+  BOOST_TEST(to_string(got.spec_cache) == to_string(want.spec_cache));
+  BOOST_TEST(got.child_run_id == want.child_run_id);
 }
 
 void must_write(store& s, const write_batch& b) {
@@ -95,6 +97,8 @@ BOOST_AUTO_TEST_CASE(reads_back_every_column_it_wrote, *utf::timeout(60)) {
   done.cache = cache_status::miss;
   done.worker = "worker-\u00fc-1";
   done.error = "NULL";  // the word, not SQL NULL
+  done.spec_cache = cache_status::hit;
+  done.child_run_id = "child-\u00e9-\"7\"";
   node_row skipped = sample_node("run-1", "report", -1, 0);
   skipped.status = node_status::skipped;
   skipped.input = nullptr;
@@ -104,6 +108,8 @@ BOOST_AUTO_TEST_CASE(reads_back_every_column_it_wrote, *utf::timeout(60)) {
   node_row json_null = sample_node("run-1", "noop");
   json_null.output = parse("null");  // JSON null, distinct from no output
   json_null.cache = cache_status::hit;
+  json_null.spec_cache = cache_status::miss;
+  json_null.child_run_id = "run-1.noop.0";
 
   workflow_row wf{"etl", "3", "hash-1", R"({"name": "etl", "tasks": []})", 42};
   cache_row entry{"k1", "etl", "fetch", parse(R"([1, "two", {"three": 3}])"), "output", 77};
@@ -228,6 +234,35 @@ BOOST_AUTO_TEST_CASE(replaces_every_column_when_a_row_is_written_again, *utf::ti
   check_same(must_get_run("r1"), r);
 }
 
+BOOST_AUTO_TEST_CASE(replaces_the_spec_cache_and_child_run_when_a_node_is_written_again,
+                     *utf::timeout(60)) {
+  // A `dynamic` node: running with its child started, then resumed with another child, then
+  // written as a plain node again (the defaults must overwrite, not keep, the old values).
+  node_row n = sample_node("r1", "spawn");
+  n.status = node_status::running;
+  n.spec_cache = cache_status::miss;
+  n.child_run_id = "child-a";
+  must_write(*s, write_batch{{}, {n}, {}, {}});
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], n);
+
+  n.status = node_status::succeeded;
+  n.spec_cache = cache_status::hit;
+  n.child_run_id = "child-b";
+  must_write(*s, write_batch{{}, {n}, {}, {}});
+  nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], n);
+
+  n.spec_cache = cache_status::off;
+  n.child_run_id.clear();
+  must_write(*s, write_batch{{}, {n}, {}, {}});
+  nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], n);
+}
+
 BOOST_AUTO_TEST_CASE(writes_nothing_from_a_batch_with_an_invalid_row, *utf::timeout(60)) {
   node_row bad = sample_node("r1", "bad");
   bad.attempt = -1;  // attempts count from 0
@@ -306,16 +341,65 @@ BOOST_AUTO_TEST_CASE(lists_runs_newest_first_with_filters_and_a_limit, *utf::tim
 
   using v = std::vector<std::string>;
   BOOST_TEST(ids(must_list({})) == (v{"d", "b", "c", "a", "e"}), boost::test_tools::per_element());
-  BOOST_TEST(ids(must_list({run_status::succeeded, "", 50})) == (v{"d", "c", "a"}),
+  BOOST_TEST(ids(must_list(runs_query().status(run_status::succeeded))) == (v{"d", "c", "a"}),
              boost::test_tools::per_element());
-  BOOST_TEST(ids(must_list({std::nullopt, "etl", 50})) == (v{"d", "b", "a"}),
+  BOOST_TEST(ids(must_list(runs_query().workflow("etl"))) == (v{"d", "b", "a"}),
              boost::test_tools::per_element());
-  BOOST_TEST(ids(must_list({run_status::succeeded, "etl", 50})) == (v{"d", "a"}),
+  BOOST_TEST(
+      ids(must_list(runs_query().status(run_status::succeeded).workflow("etl"))) == (v{"d", "a"}),
+      boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().limit(2))) == (v{"d", "b"}),
              boost::test_tools::per_element());
-  BOOST_TEST(ids(must_list({std::nullopt, "", 2})) == (v{"d", "b"}),
+  BOOST_TEST(ids(must_list(runs_query().limit(0))).size() == 5u);  // 0: no limit
+  BOOST_TEST(must_list(runs_query().status(run_status::cancelled)).empty());
+}
+
+BOOST_AUTO_TEST_CASE(lists_the_child_runs_of_a_run, *utf::timeout(60)) {
+  write_batch b;
+  auto add = [&](std::string id, std::int64_t started, std::string parent,
+                 run_status st = run_status::succeeded, std::string wf = "etl") {
+    run_row r = sample_run(std::move(id), started);
+    r.status = st;
+    r.workflow = std::move(wf);
+    r.parent_node_id = parent.empty() ? "" : "spawn";
+    r.parent_run_id = std::move(parent);
+    b.runs.push_back(r);
+  };
+  add("p1", 10, "");
+  add("p2", 20, "");
+  add("c1", 100, "p1");
+  add("c2", 300, "p1", run_status::failed);
+  add("c3", 200, "p1", run_status::succeeded, "report");
+  add("c4", 300, "p1");  // same start as c2: run_id breaks the tie
+  add("d1", 400, "p2");
+  add("g1", 500, "c1");  // a grandchild is not a child
+  must_write(*s, b);
+
+  using v = std::vector<std::string>;
+  BOOST_TEST(ids(must_list(runs_query().children_of("p1"))) == (v{"c4", "c2", "c3", "c1"}),
              boost::test_tools::per_element());
-  BOOST_TEST(ids(must_list({std::nullopt, "", 0})).size() == 5u);  // 0: no limit
-  BOOST_TEST(must_list({run_status::cancelled, "", 50}).empty());
+  BOOST_TEST(ids(must_list(runs_query().children_of("p2"))) == (v{"d1"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().children_of("c1"))) == (v{"g1"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(must_list(runs_query().children_of("g1")).empty());
+  BOOST_TEST(must_list(runs_query().children_of("nope")).empty());
+  // With the other filters and the limit.
+  BOOST_TEST(ids(must_list(runs_query().status(run_status::succeeded).children_of("p1"))) ==
+                 (v{"c4", "c3", "c1"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().workflow("report").children_of("p1"))) == (v{"c3"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(must_list(runs_query().workflow("report").children_of("p2")).empty());
+  BOOST_TEST(ids(must_list(runs_query().children_of("p1").limit(2))) == (v{"c4", "c2"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().children_of("p1").limit(0))).size() == 4u);
+  // Empty: any run, children and top-level alike.
+  BOOST_TEST(ids(must_list(runs_query().children_of(""))).size() == 8u);
+  // The rows come back whole, parent columns included.
+  auto children = must_list(runs_query().children_of("p2"));
+  BOOST_REQUIRE_EQUAL(children.size(), 1u);
+  check_same(children[0], b.runs[6]);
 }
 
 BOOST_AUTO_TEST_CASE(finds_unfinished_runs_oldest_first, *utf::timeout(60)) {
@@ -434,7 +518,7 @@ BOOST_AUTO_TEST_CASE(can_be_read_from_one_thread_while_another_writes, *utf::tim
   std::size_t reads = 0;
   std::size_t last_seen = 0;
   while (last_seen < 200 && !failed) {
-    auto rows = s->list_runs({std::nullopt, "", 0});
+    auto rows = s->list_runs(runs_query().limit(0));
     if (!rows) {
       failed = !rows.error().transient;
       continue;

@@ -70,6 +70,32 @@ std::string error_of(const R& r) {
   return r.has_value() ? std::string() : r.error().message;
 }
 
+/// A run_query built by field name: positional initializers depend on the order run_query
+/// declares its fields in, and partial ones draw -Wmissing-field-initializers.
+class runs_query {
+ public:
+  runs_query& status(run_status s) {
+    q_.status = s;
+    return *this;
+  }
+  runs_query& workflow(std::string w) {
+    q_.workflow = std::move(w);
+    return *this;
+  }
+  runs_query& children_of(std::string parent_run_id) {
+    q_.parent_run_id = std::move(parent_run_id);
+    return *this;
+  }
+  runs_query& limit(std::size_t n) {
+    q_.limit = n;
+    return *this;
+  }
+  operator run_query() const { return q_; }
+
+ private:
+  run_query q_;
+};
+
 /// Every column equal, with messages naming the column.
 void check_same(const run_row& got, const run_row& want);
 void check_same(const node_row& got, const node_row& want);

@@ -101,11 +101,13 @@ boost::test_tools::assertion_result backend_available(utf::test_unit_id) {
 
 BOOST_AUTO_TEST_SUITE(postgres_schema, *utf::precondition(backend_available))
 
-BOOST_AUTO_TEST_CASE(creates_the_tables_and_stamps_version_one, *utf::timeout(60)) {
+BOOST_AUTO_TEST_CASE(creates_the_tables_and_stamps_every_version, *utf::timeout(60)) {
   const std::string url = fresh_schema_url();
   auto s = must_open(url);
   pg_conn raw(url);
-  BOOST_TEST(raw.exec("SELECT string_agg(version::text, ',') FROM troupe_schema") == "1");
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2");
   BOOST_TEST(raw.exec("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM "
                       "information_schema.tables WHERE table_schema = '" +
                       schema_of(url) + "'") ==
@@ -118,7 +120,9 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
   must_write(*must_open(url), write_batch{{run}, {}, {}, {}});
   auto again = must_open(url);
   pg_conn raw(url);
-  BOOST_TEST(raw.exec("SELECT count(*) FROM troupe_schema") == "1");
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -146,7 +150,8 @@ BOOST_AUTO_TEST_CASE(concurrent_opens_of_a_fresh_database_do_not_race, *utf::tim
     BOOST_TEST(e.empty(), e);
   }
   BOOST_TEST(opened == 6);
-  BOOST_TEST(pg_conn(url).exec("SELECT count(*) FROM troupe_schema") == "1");
+  BOOST_TEST(pg_conn(url).exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
+                               "troupe_schema") == "1,2");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) {
@@ -157,7 +162,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (1); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (2); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(60)) {
@@ -170,7 +175,7 @@ BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout
   const std::string stamped = fresh_schema_url();
   pg_conn raw(stamped);
   raw.exec("CREATE TABLE troupe_schema (version integer NOT NULL)");
-  raw.exec("INSERT INTO troupe_schema VALUES (1)");
+  raw.exec("INSERT INTO troupe_schema VALUES (" + std::to_string(schema_version()) + ")");
   raw.exec("CREATE TABLE runs (run_id text PRIMARY KEY)");
   auto t = open_store(stamped);
   BOOST_REQUIRE(!t.has_value());
@@ -200,6 +205,182 @@ BOOST_AUTO_TEST_CASE(a_failure_late_in_a_batch_rolls_back_its_earlier_tables, *u
   BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "0");
   BOOST_TEST(raw.exec("SELECT count(*) FROM workflows") == "0");
   BOOST_TEST(raw.exec("SELECT count(*) FROM cache_entries") == "0");
+}
+
+BOOST_AUTO_TEST_CASE(lists_child_runs_through_the_parent_index_with_a_generic_plan,
+                     *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  pg_conn raw(url);
+  // The store's troupe_list_child_runs statement, planned as a prepared statement is after its
+  // first executions: once for any parameter values.
+  raw.exec("SET plan_cache_mode = force_generic_plan");
+  raw.exec("SET enable_seqscan = off");
+  raw.exec(
+      "PREPARE children(text, text, bigint, text) AS SELECT * FROM runs WHERE parent_run_id = "
+      "$4::text AND parent_run_id <> '' AND ($1::text IS NULL OR status = $1::text) AND "
+      "($2::text IS NULL OR workflow = $2::text) ORDER BY started_at DESC, run_id DESC "
+      "LIMIT $3::bigint");
+  PGresult* r = PQexec(raw.c, "EXPLAIN EXECUTE children(NULL, NULL, 50, 'p')");
+  BOOST_REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  std::string plan;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    plan += std::string(PQgetvalue(r, i, 0)) + "\n";
+  }
+  PQclear(r);
+  BOOST_TEST(plan.find("runs_parent") != std::string::npos, plan);
+  BOOST_TEST(plan.find("Sort") == std::string::npos, plan);  // the index gives the order
+}
+
+// Version 1 exactly as troupe wrote it (postgres_store.cpp before version 2), with its
+// bookkeeping: troupe_schema holding one row, 1.
+constexpr const char* v1_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  version text NOT NULL,
+  plan_hash text NOT NULL,
+  status text NOT NULL,
+  inputs text,
+  outputs text,
+  error text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  parent_run_id text NOT NULL,
+  parent_node_id text NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id text COLLATE "C" NOT NULL,
+  node_id text COLLATE "C" NOT NULL,
+  item bigint NOT NULL CHECK (item >= -1),
+  attempt integer NOT NULL CHECK (attempt >= 0),
+  status text NOT NULL,
+  input text,
+  output text,
+  error text NOT NULL,
+  cache text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  worker text NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name text COLLATE "C" NOT NULL,
+  version text COLLATE "C" NOT NULL,
+  hash text NOT NULL,
+  document text NOT NULL,
+  registered_at bigint NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  node_id text NOT NULL,
+  value text,
+  kind text NOT NULL,
+  created_at bigint NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version integer NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+};
+
+/// Columns and indexes of the tables in `schema`, one line each, with the schema name left out.
+std::string describe_schema(pg_conn& raw, const std::string& schema) {
+  const std::string in_schema = "'" + schema + "'";
+  return raw.exec(
+      "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (SELECT table_name || '.' || "
+      "column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, "
+      "'-') || ' ' || coalesce(collation_name, '-') AS line FROM information_schema.columns "
+      "WHERE table_schema = " +
+      in_schema + " UNION ALL SELECT replace(indexdef, " + in_schema +
+      " || '.', '') FROM pg_indexes WHERE schemaname = " + in_schema + ") lines");
+}
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  {
+    pg_conn raw(url);
+    raw.exec("BEGIN");
+    for (const char* sql : v1_schema) {
+      raw.exec(sql);
+    }
+    raw.exec("COMMIT");
+    raw.exec(
+        "INSERT INTO runs VALUES ('parent', 'etl', '3', 'abc123', 'succeeded', '{\"n\":3}', "
+        "'{\"ok\":true}', '', 1000, 2000, '', '')");
+    raw.exec(
+        "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
+        "0, 'parent', 'spawn')");
+    raw.exec(
+        "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
+        "'{\"x\":1}', '{\"y\":[1,2.5]}', '', 'miss', 10, 20, 'w1')");
+    raw.exec("INSERT INTO workflows VALUES ('etl', '3', 'h', '{}', 42)");
+    raw.exec("INSERT INTO cache_entries VALUES ('k', 'etl', 'spawn', '1', 'output', 7)");
+  }
+
+  auto s = must_open(url);
+  pg_conn raw(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2");
+
+  run_row parent = sample_run("parent");
+  parent.status = run_status::succeeded;
+  parent.inputs = parse(R"({"n":3})");
+  parent.outputs = parse(R"({"ok":true})");
+  parent.finished_at = 2000;
+  auto got = s->get_run("parent");
+  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
+  check_same(**got, parent);
+
+  node_row v1_node = sample_node("parent", "spawn");
+  v1_node.input = parse(R"({"x":1})");
+  v1_node.output = parse(R"({"y":[1,2.5]})");
+  v1_node.cache = cache_status::miss;
+  v1_node.worker = "w1";
+  auto nodes = s->node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 1u);
+  check_same((*nodes)[0], v1_node);  // spec_cache off, child_run_id empty: the defaults
+
+  auto children = s->list_runs(runs_query().children_of("parent"));
+  BOOST_REQUIRE_MESSAGE(children.has_value(), error_of(children));
+  BOOST_REQUIRE_EQUAL(children->size(), 1u);
+  BOOST_TEST((*children)[0].run_id == "child");
+  BOOST_TEST((*children)[0].parent_node_id == "spawn");
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value() && w->has_value());
+  BOOST_TEST((*w)->registered_at == 42);
+  auto c = s->get_cache("k");
+  BOOST_REQUIRE(c.has_value() && c->has_value());
+  BOOST_TEST(same_json((*c)->value, parse("1")));
+
+  // Version 2 writes, one batch: the old row replaced, a new one added.
+  node_row replaced = v1_node;
+  replaced.spec_cache = cache_status::hit;
+  replaced.child_run_id = "child";
+  node_row added = sample_node("parent", "spawn", -1, 2);
+  added.spec_cache = cache_status::miss;
+  added.child_run_id = "child-2";
+  must_write(*s, write_batch{{}, {replaced, added}, {}, {}});
+  nodes = s->node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  check_same((*nodes)[0], replaced);
+  check_same((*nodes)[1], added);
+
+  // The migrated schema is the one a fresh database gets, and opening again changes nothing.
+  const std::string fresh = fresh_schema_url();
+  must_open(fresh);
+  const std::string migrated = describe_schema(raw, schema_of(url));
+  BOOST_TEST(migrated.find("node_executions.spec_cache text NO 'off'::text") != std::string::npos,
+             migrated);
+  BOOST_TEST(migrated.find("CREATE INDEX runs_parent") != std::string::npos, migrated);
+  BOOST_TEST(migrated == describe_schema(raw, schema_of(fresh)));
+  must_open(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2");
 }
 
 BOOST_AUTO_TEST_CASE(masks_the_password_in_its_description, *utf::timeout(60)) {

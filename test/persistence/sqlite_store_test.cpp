@@ -96,7 +96,7 @@ BOOST_AUTO_TEST_CASE(creates_a_fresh_database_file_in_wal_mode, *utf::timeout(30
   BOOST_TEST(s->describe() == "sqlite://" + path);
   raw_db raw(path);
   BOOST_TEST(raw.text("PRAGMA journal_mode") == "wal");
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema") == "1");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
   BOOST_TEST(raw.text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
              "cache_entries\nnode_executions\nruns\ntroupe_schema\nworkflows");
 }
@@ -122,7 +122,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(30)) {
   auto again = must_open(path);
   auto third = must_open(path);  // two stores on one file at once are fine too
   BOOST_TEST(raw.text("SELECT sql FROM sqlite_master ORDER BY name") == schema_before);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema") == "1");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -136,7 +136,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(30)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (1); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (2); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(30)) {
@@ -152,7 +152,7 @@ BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout
   {
     raw_db raw(stamped);
     raw.exec("CREATE TABLE troupe_schema (version INTEGER NOT NULL)");
-    raw.exec("INSERT INTO troupe_schema VALUES (1)");
+    raw.exec("INSERT INTO troupe_schema VALUES (" + std::to_string(schema_version()) + ")");
     raw.exec("CREATE TABLE runs (run_id TEXT PRIMARY KEY)");
   }
   auto t = open_store("sqlite://" + stamped);
@@ -176,6 +176,155 @@ BOOST_AUTO_TEST_CASE(reads_node_rows_through_the_primary_key_index, *utf::timeou
   BOOST_TEST(
       plan.find("USING INDEX sqlite_autoindex_node_executions_1 (run_id=?)") != std::string::npos,
       plan);
+}
+
+BOOST_AUTO_TEST_CASE(lists_child_runs_through_the_parent_index, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  must_open(path);
+  // The store's q_list_child_runs statement.
+  const std::string plan = raw_db(path).text(
+      "EXPLAIN QUERY PLAN SELECT * FROM runs WHERE parent_run_id = 'x' AND parent_run_id <> '' "
+      "AND (NULL IS NULL OR status = NULL) AND (NULL IS NULL OR workflow = NULL) "
+      "ORDER BY started_at DESC, run_id DESC LIMIT 50");
+  BOOST_TEST(plan.find("USING INDEX runs_parent (parent_run_id=?)") != std::string::npos, plan);
+  BOOST_TEST(plan.find("TEMP B-TREE") == std::string::npos, plan);  // the index gives the order
+}
+
+// Version 1 exactly as troupe wrote it (sqlite_store.cpp before version 2), with its
+// bookkeeping: troupe_schema holding one row, 1.
+constexpr const char* v1_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  version TEXT NOT NULL,
+  plan_hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  inputs TEXT,
+  outputs TEXT,
+  error TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  parent_run_id TEXT NOT NULL,
+  parent_node_id TEXT NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  item INTEGER NOT NULL CHECK (item >= -1),
+  attempt INTEGER NOT NULL CHECK (attempt >= 0),
+  status TEXT NOT NULL,
+  input TEXT,
+  output TEXT,
+  error TEXT NOT NULL,
+  cache TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  worker TEXT NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  document TEXT NOT NULL,
+  registered_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  value TEXT,
+  kind TEXT NOT NULL,
+  created_at INTEGER NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version INTEGER NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+};
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  {
+    raw_db raw(path);
+    raw.exec("PRAGMA journal_mode=WAL");
+    raw.exec("BEGIN");
+    for (const char* sql : v1_schema) {
+      raw.exec(sql);
+    }
+    raw.exec("COMMIT");
+    raw.exec(
+        "INSERT INTO runs VALUES ('parent', 'etl', '3', 'abc123', 'succeeded', '{\"n\":3}', "
+        "'{\"ok\":true}', '', 1000, 2000, '', '')");
+    raw.exec(
+        "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
+        "0, 'parent', 'spawn')");
+    raw.exec(
+        "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
+        "'{\"x\":1}', '{\"y\":[1,2.5]}', '', 'miss', 10, 20, 'w1')");
+    raw.exec("INSERT INTO workflows VALUES ('etl', '3', 'h', '{}', 42)");
+    raw.exec("INSERT INTO cache_entries VALUES ('k', 'etl', 'spawn', '1', 'output', 7)");
+  }
+
+  auto s = must_open(path);
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
+
+  run_row parent = sample_run("parent");
+  parent.status = run_status::succeeded;
+  parent.inputs = parse(R"({"n":3})");
+  parent.outputs = parse(R"({"ok":true})");
+  parent.finished_at = 2000;
+  auto got = s->get_run("parent");
+  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
+  check_same(**got, parent);
+
+  node_row v1_node = sample_node("parent", "spawn");
+  v1_node.input = parse(R"({"x":1})");
+  v1_node.output = parse(R"({"y":[1,2.5]})");
+  v1_node.cache = cache_status::miss;
+  v1_node.worker = "w1";
+  auto nodes = s->node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 1u);
+  check_same((*nodes)[0], v1_node);  // spec_cache off, child_run_id empty: the defaults
+
+  auto children = s->list_runs(runs_query().children_of("parent"));
+  BOOST_REQUIRE_MESSAGE(children.has_value(), error_of(children));
+  BOOST_REQUIRE_EQUAL(children->size(), 1u);
+  BOOST_TEST((*children)[0].run_id == "child");
+  BOOST_TEST((*children)[0].parent_node_id == "spawn");
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value() && w->has_value());
+  BOOST_TEST((*w)->registered_at == 42);
+  auto c = s->get_cache("k");
+  BOOST_REQUIRE(c.has_value() && c->has_value());
+  BOOST_TEST(same_json((*c)->value, parse("1")));
+
+  // Version 2 writes: the old row replaced, a new one added.
+  node_row replaced = v1_node;
+  replaced.spec_cache = cache_status::hit;
+  replaced.child_run_id = "child";
+  node_row added = sample_node("parent", "spawn", -1, 2);
+  added.spec_cache = cache_status::miss;
+  added.child_run_id = "child-2";
+  must_write(*s, write_batch{{}, {replaced, added}, {}, {}});
+  nodes = s->node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  check_same((*nodes)[0], replaced);
+  check_same((*nodes)[1], added);
+
+  // The migrated schema is the one a fresh database gets, and opening again changes nothing.
+  const std::string fresh = fresh_path();
+  must_open(fresh);
+  const std::string schema_sql =
+      "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name";
+  const std::string migrated = raw.text(schema_sql);
+  BOOST_TEST(migrated.find("child_run_id TEXT NOT NULL DEFAULT ''") != std::string::npos, migrated);
+  BOOST_TEST(migrated.find("CREATE INDEX runs_parent") != std::string::npos, migrated);
+  BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
+  must_open(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -101,6 +101,10 @@ int main(int argc, char** argv) {
   for (auto& h : handles) {
     auto r = h.wait();
     ok += r.status == run_status::succeeded;
+    if (r.status != run_status::succeeded) {
+      // On the test's stderr, so that a failed check says why the run did not succeed.
+      std::fprintf(stderr, "run %s did not succeed: %s\n", r.run_id.c_str(), r.error.c_str());
+    }
   }
   e.shutdown();
   std::fprintf(stdout, "done %d %zu\n", ok, handles.size());

@@ -113,7 +113,10 @@ void check_log(store& db, const std::vector<std::string>& ids) {
     BOOST_TEST(last["flaky#2"] == node_status::succeeded);
     BOOST_TEST(last["c#1"] == node_status::succeeded);
   }
-  auto all = db.list_runs(run_query{std::nullopt, "logged", 0});
+  run_query logged;
+  logged.workflow = "logged";
+  logged.limit = 0;
+  auto all = db.list_runs(logged);
   BOOST_REQUIRE(all.has_value());
   BOOST_TEST(all->size() == ids.size());
 }

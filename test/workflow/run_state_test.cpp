@@ -729,4 +729,67 @@ BOOST_AUTO_TEST_CASE(a_failed_attempt_of_a_cached_node_records_a_miss) {
   BOOST_TEST(d.rs.summary(0).cache == cache_status::miss);
 }
 
+const char* dynamic_wf = R"({"name":"d","inputs":{"n":{"type":"integer"}},"nodes":[
+    {"id":"gen","task":"echo","with":{"n":"{{ inputs.n }}"},
+     "dynamic":{"inputs":{"base":"{{ inputs.n * 10 }}"}},"cache":{"version":"v1"},
+     "retry":{"max_attempts":2}},
+    {"id":"after","task":"echo","needs":["gen"],"with":"{{ nodes.gen.output.sum }}"}],
+    "outputs":{"sum":"{{ nodes.after.output }}"}})";
+
+BOOST_AUTO_TEST_CASE(a_dynamic_dispatch_carries_the_child_inputs_and_a_spec_key) {
+  driver d(dynamic_wf);
+  d.start(R"({"n":4})");
+  cmd::dispatch gen = d.take("gen");
+  BOOST_REQUIRE(gen.dynamic_inputs);
+  BOOST_TEST(boost::json::serialize(*gen.dynamic_inputs) == R"({"base":40})");
+  // The spec key differs from the key an ordinary node with the same task and input would get.
+  driver plain(R"({"name":"p","nodes":[{"id":"gen","task":"echo","with":{"n":4},
+      "cache":{"version":"v1"}}]})");
+  plain.start();
+  BOOST_TEST(!gen.cache_key.empty());
+  BOOST_TEST(gen.cache_key != plain.take("gen").cache_key);
+  // The child failed: the attempt records its spec status and child run, and is retried.
+  std::vector<command> out;
+  d.rs.task_finished_dynamic(gen.exec, task_result::failure("child run c1 failed"),
+                             {cache_status::miss, "c1"}, d.now_us, out);
+  d.absorb(out);
+  auto records = d.records_of("gen");
+  BOOST_REQUIRE(records.size() == 3u);  // running, failed, and the retry running
+  auto failed = records[1];
+  BOOST_TEST(failed.status == node_status::failed);
+  BOOST_TEST(failed.spec_cache == cache_status::miss);
+  BOOST_TEST(failed.child_run == "c1");
+  // The retry found the spec in the cache: both statuses say hit.
+  cmd::dispatch again = d.take("gen");
+  BOOST_TEST(again.attempt == 2);
+  d.rs.task_finished_dynamic(again.exec, task_result::success(boost::json::parse(R"({"sum":7})")),
+                             {cache_status::hit, "c1"}, d.now_us, out);
+  d.absorb(out);
+  auto ok = d.records_of("gen").back();
+  BOOST_TEST(ok.status == node_status::succeeded);
+  BOOST_TEST(ok.cache == cache_status::hit);
+  BOOST_TEST(ok.spec_cache == cache_status::hit);
+  BOOST_TEST(d.rs.summary(0).spec_cache == cache_status::hit);
+  BOOST_TEST(d.rs.child_run(0) == "c1");
+  d.run_quick_tasks();
+  BOOST_TEST(d.outputs() == R"({"sum":7})");
+}
+
+BOOST_AUTO_TEST_CASE(dynamic_inputs_that_fail_to_render_fail_the_node_before_dispatch) {
+  driver d(R"({"name":"d","nodes":[{"id":"gen","task":"echo","with":1,
+      "dynamic":{"inputs":"{{ [1] }}"},"retry":{"max_attempts":3}}]})");
+  d.start();
+  BOOST_TEST(d.pending.empty());
+  BOOST_TEST(d.rs.status() == run_status::failed);
+  BOOST_TEST(d.rs.summary(0).error().find("dynamic/inputs") != std::string::npos,
+             d.rs.summary(0).error());
+  BOOST_TEST(d.rs.summary(0).error().find("array") != std::string::npos);
+  driver missing(R"({"name":"d","nodes":[{"id":"gen","task":"echo","with":1,
+      "dynamic":{"inputs":{"x":"{{ vars.nope }}"}}}]})");
+  missing.start();
+  BOOST_TEST(missing.rs.status() == run_status::failed);
+  BOOST_TEST(missing.rs.summary(0).error().find("dynamic/inputs/x") != std::string::npos,
+             missing.rs.summary(0).error());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
