@@ -492,6 +492,9 @@ int run_cli(int argc, char** argv) {
       ->type_name("STATUS");
   list->add_option("--workflow", list_opts.workflow, "Only runs of this workflow.")
       ->type_name("NAME");
+  list->add_option("--parent", list_opts.parent,
+                   "Only the child runs of this run (dynamic and workflow nodes).")
+      ->type_name("RUN");
   list->add_option("--limit", list_opts.limit, "At most this many runs (0: all; default 50).")
       ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000'000}))
       ->type_name("N");

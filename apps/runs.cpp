@@ -89,6 +89,7 @@ int runs_list_command(const runs_list_options& o) {
     q.status = s;
   }
   q.workflow = o.workflow;
+  q.parent_run_id = o.parent;
   q.limit = o.limit;
   auto db = open_for_reading(o.db, o.json);
   if (!db) {
@@ -103,7 +104,7 @@ int runs_list_command(const runs_list_options& o) {
   } else if (runs->empty()) {
     // An empty table would look like a bug; say what was searched.
     std::cout << "no runs in " << display_url(o.db)
-              << (q.status || !q.workflow.empty() ? " match" : "") << '\n';
+              << (q.status || !q.workflow.empty() || !q.parent_run_id.empty() ? " match" : "") << '\n';
   } else {
     print_runs_table(std::cout, *runs);
   }

@@ -19,6 +19,7 @@ struct runs_list_options {
   std::string db = default_db;
   std::string status;  // empty: any
   std::string workflow;
+  std::string parent;  // only the child runs of this run
   std::size_t limit = 50;
   bool json = false;
 };

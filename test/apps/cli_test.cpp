@@ -647,6 +647,51 @@ void expect_the_run_logged_completely(const std::string& mode) {
   }
 }
 
+// examples/dynamic.json twice on one database: the second run's generator is a spec cache
+// hit, and the log links each child run to its parent both ways.
+BOOST_AUTO_TEST_CASE(dynamic_children_are_linked_in_the_log_and_the_spec_is_reused,
+                     *utf::timeout(60)) {
+  temp_dir dir;
+  const std::string file = std::string(TROUPE_SOURCE_DIR) + "/examples/dynamic.json";
+  std::vector<std::string> args = {"run", file, "--json", "--db", db_url(dir), "--mode", "durable"};
+  const auto first = troupe_in(dir, args);
+  BOOST_TEST_REQUIRE(first.exit_code == 0, first.err);
+  const auto second = troupe_in(dir, args);
+  BOOST_TEST_REQUIRE(second.exit_code == 0, second.err);
+  const json::value a = parse_stdout(first), b = parse_stdout(second);
+  BOOST_TEST(a.at("nodes").as_array().at(0).at("spec_cache") == json::value("miss"));
+  BOOST_TEST(b.at("nodes").as_array().at(0).at("spec_cache") == json::value("hit"));
+  BOOST_TEST(b.at("nodes").as_array().at(0).at("cache") == json::value("hit"));
+  BOOST_TEST(b.at("outputs") == a.at("outputs"));
+  const std::string parent(b.at("run_id").as_string());
+  const std::string child(b.at("nodes").as_array().at(0).at("child_run").as_string());
+
+  const json::array children = listed_runs(dir, {"--parent", parent});
+  BOOST_TEST_REQUIRE(children.size() == 1u);
+  BOOST_TEST(children[0].at("run_id") == json::value(child));
+  BOOST_TEST(children[0].at("workflow") == json::value("squares"));
+
+  const auto show_child = troupe_in(dir, {"runs", "show", child, "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(show_child.exit_code == 0, show_child.err);
+  const json::value c = parse_stdout(show_child);
+  BOOST_TEST(c.at("run").at("parent_run_id") == json::value(parent));
+  BOOST_TEST(c.at("run").at("parent_node_id") == json::value("generate"));
+  const auto show_parent = troupe_in(dir, {"runs", "show", parent, "--db", db_url(dir), "--json"});
+  BOOST_TEST_REQUIRE(show_parent.exit_code == 0, show_parent.err);
+  bool linked = false;
+  const json::value p = parse_stdout(show_parent);
+  for (const auto& n : p.at("nodes").as_array()) {
+    if (n.at("node_id") == json::value("generate")) {
+      linked = n.at("child_run_id") == json::value(child) &&
+               n.at("spec_cache") == json::value("hit");
+    }
+  }
+  BOOST_TEST(linked);
+  const auto text = troupe_in(dir, {"runs", "show", parent, "--db", db_url(dir)});
+  BOOST_TEST(contains(text.out, "CHILD RUN"), text.out);
+  BOOST_TEST(contains(text.out, child), text.out);
+}
+
 BOOST_AUTO_TEST_CASE(a_durable_run_is_listed_and_shows_every_node_execution, *utf::timeout(60)) {
   expect_the_run_logged_completely("durable");
 }
@@ -844,7 +889,7 @@ BOOST_AUTO_TEST_CASE(cache_entries_are_reused_listed_and_cleared, *utf::timeout(
   BOOST_TEST_REQUIRE(second.exit_code == 0, second.err);
   const json::value result = parse_stdout(second);
   BOOST_TEST(json::serialize(result.at("outputs")) == R"({"v":42})");
-  BOOST_TEST(result.at("nodes").at(0).at("cache").as_string() == "hit");
+  BOOST_TEST(result.at("nodes").as_array().at(0).at("cache").as_string() == "hit");
   std::ifstream effects(dir.path() / "effects.txt");
   std::string line;
   int lines = 0;
