@@ -85,7 +85,9 @@ struct writer_state {
   // of the current generation: a timer for the batch's age, or a message queued behind what is
   // already in the mailbox. Without one, rows would wait for traffic that may never come.
   bool timer_armed = false;
+  std::int64_t timer_due_us = 0;  // when the armed timer fires
   bool flush_queued = false;
+  std::int64_t first_waiter_us = 0;  // when the oldest durable waiter's rows were sent
   bool retrying = false;  // a failed commit waits for its backoff timer
   std::int64_t backoff_ms = 0;
   std::int64_t first_pending_us = 0;
@@ -291,17 +293,19 @@ void schedule_flush(writer_actor* self) {
     return;
   }
   const bool queue_empty = self->mailbox().empty();
+  const std::int64_t now = steady_us();
   // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
   // during a long commit may already be due.
-  const std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - steady_us();
-  // Group commit: a durable caller is waiting, and everything that queued up meanwhile (during
-  // the previous commit, typically) is absorbed: commit now rather than after flush_ms.
-  const bool waiter = !st.waiters.empty();
-  if (st.pending() >= st.config.batch_max || st.draining || ((waiter || due <= 0) && queue_empty)) {
+  std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - now;
+  if (!st.waiters.empty()) {
+    // Group commit: durable callers wait, so the batch is due after the commit window.
+    due = std::min(due, st.first_waiter_us + st.config.commit_delay_us - now);
+  }
+  if (st.pending() >= st.config.batch_max || st.draining || (due <= 0 && queue_empty)) {
     flush(self);
     return;
   }
-  if (waiter || due <= 0) {
+  if (due <= 0) {
     // Due, but more is queued: absorb it first (when the writer is behind it must batch more,
     // not commit each message alone), then commit. The message goes behind the queue.
     if (!st.flush_queued) {
@@ -310,8 +314,11 @@ void schedule_flush(writer_actor* self) {
     }
     return;
   }
-  if (!st.timer_armed) {
+  // A waiter can make the batch due sooner than an armed timer: arm another one (the same
+  // generation; whichever fires first commits, the later one is stale).
+  if (!st.timer_armed || now + due < st.timer_due_us) {
     st.timer_armed = true;
+    st.timer_due_us = now + due;
     self->delayed_send(self, std::chrono::microseconds(due), flush_due_atom::value,
                        st.generation);
   }
@@ -330,6 +337,9 @@ caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   caf::result<caf::ok_atom> answer = caf::ok_atom::value;
   if (ack) {
     auto rp = self->make_response_promise<caf::ok_atom>();
+    if (st.waiters.empty()) {
+      st.first_waiter_us = m.sent_us > 0 ? m.sent_us : steady_us();
+    }
     st.waiters.push_back(rp);
     answer = rp;
   }

@@ -25,16 +25,23 @@ struct writer_config {
   std::size_t batch_max = 512;
   /// ...or this long after the first of them, whichever comes first.
   std::int64_t flush_ms = 5;
+  /// Durable callers waiting for a commit are answered by a commit at most this long after the
+  /// first of them asked (sooner when batch_max is reached). Committing at once for every
+  /// waiter makes batches of a run or two, and a writer that spends its time on per-commit cost
+  /// queues everyone behind it; a short window lets one commit answer many runs.
+  std::int64_t commit_delay_us = 500;
   /// Past this many pending rows, new runs wait before they start (producers are slowed
   /// instead of memory growing without bound).
   std::size_t pending_max = 200000;
   /// A failed commit is retried after this backoff, doubling up to the cap.
   std::int64_t retry_initial_ms = 10;
   std::int64_t retry_max_ms = 2000;
-  /// Added to the writer thread's nice value (Linux; 0: unchanged). Writing the log is
-  /// background work: when the cores are busy, the scheduler threads that carry callers' runs
-  /// should get them first, and the writer catches up in the gaps (batching only improves).
-  int nice = 10;
+  /// Added to the writer thread's nice value (Linux; 0: unchanged). A positive value lets the
+  /// scheduler threads that carry callers' runs have the CPU first when this process is alone
+  /// on busy cores; but any other process then wins over the writer too, and durable callers
+  /// wait for it: measured on a shared 2-core machine, +10 tripled durable's p99
+  /// (docs/benchmarks.md). Off by default.
+  int nice = 0;
 };
 
 /// The writer's counters, shared with the engine (read from any thread). Also the place where

@@ -62,6 +62,8 @@ struct options {
   double max_seconds = 60;   // a closed loop stops starting runs after this long
   double sync_seconds = 20;  // ...and sync's after this long
   std::int64_t flush_ms = 5;
+  std::int64_t commit_delay_us = writer_config{}.commit_delay_us;
+  int writer_nice = writer_config{}.nice;
   std::size_t batch_max = 512;
   std::size_t pending_max = 200000;
   int threads = 2;
@@ -305,6 +307,8 @@ engine_config config_for(const options& o, persistence_mode mode, const target& 
   c.store = mode == persistence_mode::memory ? "memory://" : t.url;
   c.writer.batch_max = o.batch_max;
   c.writer.flush_ms = o.flush_ms;
+  c.writer.commit_delay_us = o.commit_delay_us;
+  c.writer.nice = o.writer_nice;
   c.writer.pending_max = o.pending_max;
   return c;
 }
@@ -673,8 +677,9 @@ void bench_store(const options& o, const target& t) {
   std::printf("\n=== %s  %s ===\n", t.label.c_str(), t.url.c_str());
   std::printf(
       "W3 = A -> B1..B8 -> C (echo/noop quick tasks); %d scheduler threads; writer batch_max %zu, "
-      "flush_ms %lld, pending_max %zu\n",
-      o.threads, o.batch_max, static_cast<long long>(o.flush_ms), o.pending_max);
+      "flush_ms %lld, commit_delay_us %lld, writer nice +%d, pending_max %zu\n",
+      o.threads, o.batch_max, static_cast<long long>(o.flush_ms),
+      static_cast<long long>(o.commit_delay_us), o.writer_nice, o.pending_max);
   std::fflush(stdout);
 
   // 1. Closed loop, modes interleaved with a fresh database each.
@@ -864,7 +869,8 @@ void bench_store(const options& o, const target& t) {
       stderr,
       "usage: bench_persistence [--store-sqlite PATH] [--pg-url URL] [--pg-truncate] [--runs N]\n"
       "         [--sync-divisor D] [--open-seconds S] [--rate R] [--rate-fraction F]\n"
-      "         [--flush-ms MS] [--batch-max N] [--pending-max N] [--threads N]\n"
+      "         [--flush-ms MS] [--commit-delay-us US] [--writer-nice N] [--batch-max N]\n"
+      "         [--pending-max N] [--threads N]\n"
       "         [--raw-seconds S] [--max-seconds S] [--sync-seconds S] [--only sqlite|pg]\n"
       "         [--quick]\n");
   std::exit(2);
@@ -902,6 +908,10 @@ int main(int argc, char** argv) {
         o.rate_fraction = std::stod(next());
       } else if (a == "--flush-ms") {
         o.flush_ms = std::stoll(next());
+      } else if (a == "--commit-delay-us") {
+        o.commit_delay_us = std::stoll(next());
+      } else if (a == "--writer-nice") {
+        o.writer_nice = std::stoi(next());
       } else if (a == "--batch-max") {
         o.batch_max = std::stoul(next());
       } else if (a == "--pending-max") {
