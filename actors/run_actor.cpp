@@ -133,6 +133,39 @@ node_row to_row(const run_actor_state& st, const node_record& rec) {
   return r;
 }
 
+// Rows of this turn by node (row index + 1; 0: none), for nodes outside for_each. An inline
+// quick task's "running" record and its final one land in the same turn: the final one takes the
+// first one's place, so the writer never receives (nor coalesces) a row that is already stale.
+// Thread-local scratch: a turn runs on one thread, and every entry a turn sets is cleared when
+// its rows leave (clear_turn_rows).
+thread_local std::vector<std::uint32_t> turn_row;
+thread_local std::vector<std::uint32_t> turn_touched;
+
+void add_row(run_actor_state& st, const node_record& rec) {
+  if (rec.item < 0 && rec.attempt > 0) {
+    if (turn_row.size() <= rec.node) {
+      turn_row.resize(rec.node + 1, 0);
+    }
+    std::uint32_t& slot = turn_row[rec.node];
+    if (slot != 0 && st.rows[slot - 1].attempt == rec.attempt) {
+      st.rows[slot - 1] = to_row(st, rec);
+      return;
+    }
+    if (slot == 0) {
+      turn_touched.push_back(rec.node);
+    }
+    slot = static_cast<std::uint32_t>(st.rows.size() + 1);
+  }
+  st.rows.push_back(to_row(st, rec));
+}
+
+void clear_turn_rows() {
+  for (auto n : turn_touched) {
+    turn_row[n] = 0;
+  }
+  turn_touched.clear();
+}
+
 run_row run_row_of(const run_actor_state& st) {
   const auto& m = *st.machine;
   const plan& p = m.workflow();
@@ -166,6 +199,7 @@ void send_rows(run_actor* self) {
   m.sent_us = now_us();
   m.nodes = std::move(st.rows);
   st.rows.clear();
+  clear_turn_rows();
   m.cache = std::move(st.cache_rows);
   st.cache_rows.clear();
   if (st.services->mode == persistence_mode::sync) {
@@ -312,6 +346,7 @@ void finish(run_actor* self, const cmd::finish&) {
     m.sent_us = now_us();
     m.nodes = std::move(st.rows);
     st.rows.clear();
+    clear_turn_rows();
     m.cache = std::move(st.cache_rows);
     st.cache_rows.clear();
     m.runs.push_back(run_row_of(st));
@@ -391,7 +426,7 @@ void drive(run_actor* self) {
             st.events_due.push_back(event_of(*st.machine, rec));
           }
           if (st.services->writer) {
-            st.rows.push_back(to_row(st, rec));
+            add_row(st, rec);
           }
           break;
         }

@@ -2,11 +2,7 @@
 
 #include "persistence/store.hpp"
 
-#include <boost/json/serialize.hpp>
-
 #include <algorithm>
-#include <charconv>
-#include <cmath>
 #include <cstdio>
 #include <ctime>
 #include <iostream>
@@ -40,71 +36,6 @@ std::string one_line(std::string_view text) {
     out += "...";
   }
   return out;
-}
-
-// Boost.JSON writes doubles as `7.4E-2`; people read `0.074`. The shortest round-trip form keeps
-// the value exact, and a `.0` keeps an integral double a double for whoever parses it back.
-void append_double(std::string& out, double d) {
-  if (!std::isfinite(d)) {
-    out += "null";  // JSON has no infinities; Boost.JSON would write an out-of-range literal
-    return;
-  }
-  char buf[64];
-  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, d);
-  const std::string_view text(buf, ec == std::errc() ? static_cast<std::size_t>(end - buf) : 0);
-  out += text;
-  if (text.find_first_of(".eE") == std::string_view::npos) {
-    out += ".0";
-  }
-}
-
-// indent < 0: compact, on one line.
-void write(std::string& out, const json::value& v, int indent) {
-  const bool pretty = indent >= 0;
-  const auto newline = [&](int level) {
-    if (pretty) {
-      out.push_back('\n');
-      out.append(static_cast<std::size_t>(level) * 2, ' ');
-    }
-  };
-  const int inner = pretty ? indent + 1 : -1;
-  if (const json::object* o = v.if_object(); o != nullptr && !o->empty()) {
-    out.push_back('{');
-    bool first = true;
-    for (const auto& member : *o) {
-      if (!first) {
-        out.push_back(',');
-      }
-      first = false;
-      newline(inner);
-      out += json::serialize(json::string_view(member.key()));
-      out += pretty ? ": " : ":";
-      write(out, member.value(), inner);
-    }
-    newline(indent);
-    out.push_back('}');
-    return;
-  }
-  if (const json::array* a = v.if_array(); a != nullptr && !a->empty()) {
-    out.push_back('[');
-    bool first = true;
-    for (const auto& element : *a) {
-      if (!first) {
-        out.push_back(',');
-      }
-      first = false;
-      newline(inner);
-      write(out, element, inner);
-    }
-    newline(indent);
-    out.push_back(']');
-    return;
-  }
-  if (const double* d = v.if_double()) {
-    append_double(out, *d);
-    return;
-  }
-  out += json::serialize(v);
 }
 
 struct column {
@@ -227,14 +158,14 @@ std::string format_duration(double ms) {
 
 std::string pretty_json(const json::value& v) {
   std::string out;
-  write(out, v, 0);
+  json_style style;
+  style.pretty = true;
+  append_json(out, v, style);
   return out;
 }
 
 std::string compact_json(const json::value& v) {
-  std::string out;
-  write(out, v, -1);
-  return out;
+  return to_json_text(v);
 }
 
 void print_node_table(std::ostream& out, const run_result& r) {

@@ -4,7 +4,7 @@
 
 namespace troupe {
 
-failing_store::failing_store(std::unique_ptr<store> inner) : inner_(std::move(inner)) {}
+failing_store::failing_store(std::unique_ptr<store> inner) : forwarding_store(std::move(inner)) {}
 
 void failing_store::fail_next_writes(std::size_t n, store_error error, fail_point when) {
   std::lock_guard lock(mu_);
@@ -43,7 +43,7 @@ std::optional<std::pair<store_error, failing_store::fail_point>> failing_store::
 }
 
 std::string failing_store::describe() const {
-  return "failing(" + inner_->describe() + ")";
+  return "failing(" + inner().describe() + ")";
 }
 
 expected<bool, store_error> failing_store::write(const write_batch& batch) {
@@ -53,7 +53,7 @@ expected<bool, store_error> failing_store::write(const write_batch& batch) {
     ++injected_;
     return make_unexpected(std::move(failure->first));
   }
-  auto r = inner_->write(batch);
+  auto r = inner().write(batch);
   if (!r) {
     return r;
   }
@@ -64,36 +64,6 @@ expected<bool, store_error> failing_store::write(const write_batch& batch) {
   ++successes_;
   rows_ += batch.size();
   return r;
-}
-
-expected<std::vector<run_row>, store_error> failing_store::list_runs(const run_query& q) {
-  return inner_->list_runs(q);
-}
-expected<std::optional<run_row>, store_error> failing_store::get_run(std::string_view run_id) {
-  return inner_->get_run(run_id);
-}
-expected<std::vector<node_row>, store_error> failing_store::node_rows(std::string_view run_id) {
-  return inner_->node_rows(run_id);
-}
-expected<std::vector<run_row>, store_error> failing_store::unfinished_runs() {
-  return inner_->unfinished_runs();
-}
-expected<std::optional<workflow_row>, store_error> failing_store::get_workflow(
-    std::string_view name, std::string_view version) {
-  return inner_->get_workflow(name, version);
-}
-expected<std::optional<cache_row>, store_error> failing_store::get_cache(std::string_view key) {
-  return inner_->get_cache(key);
-}
-expected<std::vector<cache_row>, store_error> failing_store::list_cache(std::string_view workflow) {
-  return inner_->list_cache(workflow);
-}
-void failing_store::maintain() {
-  inner_->maintain();
-}
-
-expected<std::size_t, store_error> failing_store::clear_cache(std::string_view workflow) {
-  return inner_->clear_cache(workflow);
 }
 
 }  // namespace troupe

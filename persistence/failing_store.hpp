@@ -10,11 +10,11 @@
 #include <memory>
 #include <mutex>
 
-#include "persistence/store.hpp"
+#include "persistence/forwarding_store.hpp"
 
 namespace troupe {
 
-class failing_store final : public store {
+class failing_store final : public forwarding_store {
  public:
   /// When an injected failure happens relative to the real write.
   enum class fail_point {
@@ -42,27 +42,14 @@ class failing_store final : public store {
   /// Rows in the successful writes (write_batch::size()).
   std::size_t rows_written() const { return rows_.load(); }
 
-  store& inner() { return *inner_; }
-
   std::string describe() const override;
   expected<bool, store_error> write(const write_batch& batch) override;
-  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override;
-  expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) override;
-  expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override;
-  expected<std::vector<run_row>, store_error> unfinished_runs() override;
-  expected<std::optional<workflow_row>, store_error> get_workflow(
-      std::string_view name, std::string_view version) override;
-  expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override;
-  expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override;
-  expected<std::size_t, store_error> clear_cache(std::string_view workflow) override;
-  void maintain() override;
 
  private:
   // Which failure applies to this write, if any: taken under mu_ so the error and the fail
   // point read together are the ones set together.
   std::optional<std::pair<store_error, fail_point>> take_failure();
 
-  std::unique_ptr<store> inner_;
   mutable std::mutex mu_;
   std::atomic<std::size_t> fail_next_{0};
   std::atomic<bool> failing_{false};

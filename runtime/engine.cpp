@@ -28,6 +28,7 @@
 #include "actors/trace.hpp"
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
+#include "persistence/forwarding_store.hpp"
 
 namespace troupe {
 
@@ -436,41 +437,7 @@ namespace {
 
 // Lets the writer own a handle to a store the engine also queries (memory:// only: a second
 // open would be a different, empty store). The memory store locks internally.
-class shared_store final : public store {
- public:
-  explicit shared_store(std::shared_ptr<store> s) : s_(std::move(s)) {}
-  std::string describe() const override { return s_->describe(); }
-  expected<bool, store_error> write(const write_batch& b) override { return s_->write(b); }
-  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
-    return s_->list_runs(q);
-  }
-  expected<std::optional<run_row>, store_error> get_run(std::string_view id) override {
-    return s_->get_run(id);
-  }
-  expected<std::vector<node_row>, store_error> node_rows(std::string_view id) override {
-    return s_->node_rows(id);
-  }
-  expected<std::vector<run_row>, store_error> unfinished_runs() override {
-    return s_->unfinished_runs();
-  }
-  expected<std::optional<workflow_row>, store_error> get_workflow(std::string_view n,
-                                                                  std::string_view v) override {
-    return s_->get_workflow(n, v);
-  }
-  expected<std::optional<cache_row>, store_error> get_cache(std::string_view k) override {
-    return s_->get_cache(k);
-  }
-  expected<std::vector<cache_row>, store_error> list_cache(std::string_view w) override {
-    return s_->list_cache(w);
-  }
-  expected<std::size_t, store_error> clear_cache(std::string_view w) override {
-    return s_->clear_cache(w);
-  }
-  void maintain() override { s_->maintain(); }
-
- private:
-  std::shared_ptr<store> s_;
-};
+using shared_store = forwarding_store;
 
 }  // namespace
 

@@ -178,104 +178,10 @@ std::string quoted(std::string_view s) {
 
 // ---- text -----------------------------------------------------------------------------------
 
-void append_quoted_json(std::string& out, std::string_view s) {
-  static constexpr char hex[] = "0123456789abcdef";
-  out += '"';
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\r':
-        out += "\\r";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      case '\b':
-        out += "\\b";
-        break;
-      case '\f':
-        out += "\\f";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          out += "\\u00";
-          out += hex[(static_cast<unsigned char>(c) >> 4) & 0xf];
-          out += hex[static_cast<unsigned char>(c) & 0xf];
-        } else {
-          out += c;
-        }
-    }
-  }
-  out += '"';
-}
-
-template <class N>
-void append_number(std::string& out, N n) {
-  std::array<char, 32> buf;
-  auto [end, ec] = std::to_chars(buf.data(), buf.data() + buf.size(), n);
-  (void)ec;  // 32 bytes hold any int64, uint64 or shortest double
-  out.append(buf.data(), end);
-}
-
+// Compact, in document order, numbers as they read in text (2.0 -> 2).
 void append_json(std::string& out, const json::value& v) {
-  switch (v.kind()) {
-    case json::kind::null:
-      out += "null";
-      break;
-    case json::kind::bool_:
-      out += v.get_bool() ? "true" : "false";
-      break;
-    case json::kind::int64:
-      append_number(out, v.get_int64());
-      break;
-    case json::kind::uint64:
-      append_number(out, v.get_uint64());
-      break;
-    case json::kind::double_:
-      if (std::isfinite(v.get_double())) {
-        append_number(out, v.get_double());
-      } else {
-        out += "null";
-      }
-      break;
-    case json::kind::string:
-      append_quoted_json(out, sv(v.get_string()));
-      break;
-    case json::kind::array: {
-      out += '[';
-      bool first = true;
-      for (const auto& e : v.get_array()) {
-        if (!first)
-          out += ',';
-        first = false;
-        append_json(out, e);
-      }
-      out += ']';
-      break;
-    }
-    case json::kind::object: {
-      out += '{';
-      bool first = true;
-      for (const auto& kv : v.get_object()) {
-        if (!first)
-          out += ',';
-        first = false;
-        append_quoted_json(out, std::string_view(kv.key().data(), kv.key().size()));
-        out += ':';
-        append_json(out, kv.value());
-      }
-      out += '}';
-      break;
-    }
-  }
+  static constexpr json_style style{false, json_style::doubles::shortest, false};
+  troupe::append_json(out, v, style);
 }
 
 // Strings bare, everything else compact JSON: how values appear inside interpolated text.

@@ -1,7 +1,6 @@
 #include "workflow/json.hpp"
 
 #include <boost/json/parse_options.hpp>
-#include <boost/json/serialize.hpp>
 #include <boost/json/stream_parser.hpp>
 
 #include <algorithm>
@@ -135,13 +134,13 @@ void append_integer(Out& out, Int i) {
 }
 
 template <class Out>
-void append_double(Out& out, double d) {
+void append_double(Out& out, double d, json_style::doubles form) {
   if (!std::isfinite(d)) {
     // JSON has no spelling for these; values built in code may still hold them.
     out += "null";
     return;
   }
-  if (d == std::trunc(d)) {
+  if (form == json_style::doubles::integral_as_integer && d == std::trunc(d)) {
     // Integers keep one spelling whatever kind they were parsed as: 1, 1.0 and 1e0 are equal.
     if (d >= -9223372036854775808.0 && d < 9223372036854775808.0) {
       append_integer(out, static_cast<std::int64_t>(d));
@@ -154,7 +153,12 @@ void append_double(Out& out, double d) {
   }
   char buf[64];
   auto res = std::to_chars(buf, buf + sizeof buf, d);
-  out.append(buf, static_cast<std::size_t>(res.ptr - buf));
+  const std::string_view text(buf, static_cast<std::size_t>(res.ptr - buf));
+  out += text;
+  if (form == json_style::doubles::keep_point &&
+      text.find_first_of(".e") == std::string_view::npos) {
+    out += ".0";
+  }
 }
 
 // The same escapes as Boost.JSON's serializer, without its per-call allocation: canonical text
@@ -204,7 +208,15 @@ void append_string(Out& out, std::string_view s) {
 }
 
 template <class Out>
-void append_canonical(Out& out, const json::value& v) {
+void append_value(Out& out, const json::value& v, const json_style& style, int level) {
+  const auto newline = [&](int at) {
+    if (style.pretty) {
+      out += '\n';
+      for (int i = 0; i < at; ++i) {
+        out += "  ";
+      }
+    }
+  };
   switch (v.kind()) {
     case json::kind::null:
       out += "null";
@@ -219,51 +231,71 @@ void append_canonical(Out& out, const json::value& v) {
       append_integer(out, v.get_uint64());
       break;
     case json::kind::double_:
-      append_double(out, v.get_double());
+      append_double(out, v.get_double(), style.numbers);
       break;
     case json::kind::string:
       append_string(out, v.get_string());
       break;
     case json::kind::array: {
+      const auto& a = v.get_array();
       out += '[';
       bool first = true;
-      for (const auto& e : v.get_array()) {
+      for (const auto& e : a) {
         if (!first) {
           out += ',';
         }
         first = false;
-        append_canonical(out, e);
+        newline(level + 1);
+        append_value(out, e, style, level + 1);
+      }
+      if (!a.empty()) {
+        newline(level);
       }
       out += ']';
       break;
     }
     case json::kind::object: {
       const auto& o = v.get_object();
-      std::vector<const json::key_value_pair*> members;
-      members.reserve(o.size());
-      for (const auto& kv : o) {
-        members.push_back(&kv);
-      }
-      // string_view ordering compares as unsigned bytes, which is what "sorted by bytes" means.
-      std::sort(members.begin(), members.end(), [](const auto* a, const auto* b) {
-        return std::string_view(a->key()) < std::string_view(b->key());
-      });
       out += '{';
       bool first = true;
-      for (const auto* kv : members) {
+      const auto member = [&](const json::key_value_pair& kv) {
         if (!first) {
           out += ',';
         }
         first = false;
-        append_string(out, kv->key());
-        out += ':';
-        append_canonical(out, kv->value());
+        newline(level + 1);
+        append_string(out, kv.key());
+        out += style.pretty ? ": " : ":";
+        append_value(out, kv.value(), style, level + 1);
+      };
+      if (style.sort_keys) {
+        std::vector<const json::key_value_pair*> members;
+        members.reserve(o.size());
+        for (const auto& kv : o) {
+          members.push_back(&kv);
+        }
+        // string_view ordering compares as unsigned bytes, which is what "sorted by bytes" means.
+        std::sort(members.begin(), members.end(), [](const auto* a, const auto* b) {
+          return std::string_view(a->key()) < std::string_view(b->key());
+        });
+        for (const auto* kv : members) {
+          member(*kv);
+        }
+      } else {
+        for (const auto& kv : o) {
+          member(kv);
+        }
+      }
+      if (!o.empty()) {
+        newline(level);
       }
       out += '}';
       break;
     }
   }
 }
+
+constexpr json_style canonical_style{true, json_style::doubles::integral_as_integer, false};
 
 std::string to_hex(XXH128_hash_t h) {
   char buf[33];
@@ -323,13 +355,19 @@ expected<json::value, json_parse_error> parse_json(std::string_view text,
   }
 }
 
+void append_json(std::string& out, const json::value& v, const json_style& style) {
+  detail::append_value(out, v, style, 0);
+}
+
 std::string to_json_text(const json::value& v) {
-  return json::serialize(v);
+  std::string out;
+  append_json(out, v);
+  return out;
 }
 
 std::string canonical_json(const json::value& v) {
   std::string out;
-  detail::append_canonical(out, v);
+  detail::append_value(out, v, detail::canonical_style, 0);
   return out;
 }
 
@@ -340,7 +378,7 @@ std::string content_hash(std::string_view bytes) {
 std::string canonical_hash(const json::value& v) {
   // Same bytes as content_hash(canonical_json(v)), streamed.
   auto sink = std::make_unique<detail::hash_sink>();
-  detail::append_canonical(*sink, v);
+  detail::append_value(*sink, v, detail::canonical_style, 0);
   return detail::to_hex(sink->digest());
 }
 

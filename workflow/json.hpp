@@ -37,7 +37,31 @@ struct json_parse_error {
 expected<json::value, json_parse_error> parse_json(std::string_view text,
                                                   const json_limits& limits = {});
 
-/// Compact JSON text of a value (Boost.JSON's serializer).
+/// How append_json spells a value. One writer serves every text the program produces, so that
+/// strings are escaped one way everywhere.
+struct json_style {
+  enum class doubles {
+    /// Shortest round-trip form, with ".0" on an integral one (1.0 -> 1.0): the text parses
+    /// back to the same value of the same kind.
+    keep_point,
+    /// Shortest round-trip form (1.0 -> 1, 1e15 -> 1e+15): how expressions interpolate numbers.
+    shortest,
+    /// Integral ones as integers (1.0 -> 1, 1e2 -> 100), others shortest: canonical_json.
+    integral_as_integer,
+  };
+  /// Object keys sorted by bytes rather than in document order.
+  bool sort_keys = false;
+  doubles numbers = doubles::keep_point;
+  /// One member or element a line, indented two spaces a level; empty containers stay `{}` and
+  /// `[]`.
+  bool pretty = false;
+};
+
+/// Appends the JSON text of `v`. Infinities and NaN, which JSON cannot spell but values built
+/// in code may hold, are written as null.
+void append_json(std::string& out, const json::value& v, const json_style& style = {});
+
+/// Compact JSON text of a value, in document order, doubles keeping their kind (1.0 -> 1.0).
 std::string to_json_text(const json::value& v);
 
 /// Canonical JSON: object keys sorted by bytes, numbers that are mathematically integers written

@@ -14,6 +14,7 @@
 
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
+#include "persistence/forwarding_store.hpp"
 
 using namespace troupe;
 using namespace std::chrono_literals;
@@ -22,13 +23,9 @@ namespace {
 
 // A memory store whose writes can be held at the door, and which tells the test about every
 // write: the test steps the writer from outside without sleeping.
-class gated_store final : public store {
+class gated_store final : public forwarding_store {
  public:
-  gated_store() {
-    auto opened = open_store("memory://");
-    BOOST_REQUIRE(opened.has_value());
-    inner_ = std::move(*opened);
-  }
+  gated_store() : forwarding_store(open_memory()) {}
 
   void hold() {
     std::lock_guard<std::mutex> lock(mutex_);
@@ -61,7 +58,7 @@ class gated_store final : public store {
       cv_.wait(lock, [&] { return !held_; });
       blocked_ = false;
     }
-    auto r = inner_->write(b);
+    auto r = forwarding_store::write(b);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       rows_ += b.nodes.size();
@@ -69,34 +66,14 @@ class gated_store final : public store {
     cv_.notify_all();
     return r;
   }
-  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
-    return inner_->list_runs(q);
-  }
-  expected<std::optional<run_row>, store_error> get_run(std::string_view id) override {
-    return inner_->get_run(id);
-  }
-  expected<std::vector<node_row>, store_error> node_rows(std::string_view id) override {
-    return inner_->node_rows(id);
-  }
-  expected<std::vector<run_row>, store_error> unfinished_runs() override {
-    return inner_->unfinished_runs();
-  }
-  expected<std::optional<workflow_row>, store_error> get_workflow(std::string_view n,
-                                                                  std::string_view v) override {
-    return inner_->get_workflow(n, v);
-  }
-  expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override {
-    return inner_->get_cache(key);
-  }
-  expected<std::vector<cache_row>, store_error> list_cache(std::string_view w) override {
-    return inner_->list_cache(w);
-  }
-  expected<std::size_t, store_error> clear_cache(std::string_view w) override {
-    return inner_->clear_cache(w);
-  }
 
  private:
-  std::unique_ptr<store> inner_;
+  static std::unique_ptr<store> open_memory() {
+    auto opened = open_store("memory://");
+    BOOST_REQUIRE(opened.has_value());
+    return std::move(*opened);
+  }
+
   std::mutex mutex_;
   std::condition_variable cv_;
   bool held_ = false;

@@ -16,6 +16,7 @@
 namespace json = boost::json;
 namespace utf = boost::unit_test;
 using troupe::test::child;
+using troupe::test::contains;
 using troupe::test::process_result;
 using troupe::test::run_troupe;
 using troupe::test::temp_dir;
@@ -66,13 +67,6 @@ constexpr const char* long_sleep = R"({
   ]
 })";
 
-std::string write_file(const temp_dir& dir, const std::string& name, const std::string& text) {
-  const auto path = dir.path() / name;
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  return path.string();
-}
-
 process_result troupe_in(const temp_dir& dir, const std::vector<std::string>& args) {
   return run_troupe(args, dir.path());
 }
@@ -110,10 +104,6 @@ std::string message_at(const json::array& errors, const std::string& pointer) {
   return {};
 }
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 json::value outputs_of(const process_result& r) {
   const json::value doc = parse_stdout(r);
   return doc.at("outputs");
@@ -139,7 +129,7 @@ BOOST_AUTO_TEST_CASE(a_missing_workflow_file_is_named_and_exits_2, *utf::timeout
 BOOST_AUTO_TEST_CASE(malformed_json_gives_an_errors_document_with_the_parse_error,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "broken.json", R"({"name": "x", "nodes": [)");
+  const auto file = dir.write_file("broken.json", R"({"name": "x", "nodes": [)");
   const auto r = troupe_in(dir, {"run", file, "--json"});
   BOOST_TEST(r.exit_code == 2);
   const auto errors = errors_of(r);
@@ -153,7 +143,7 @@ BOOST_AUTO_TEST_CASE(malformed_json_gives_an_errors_document_with_the_parse_erro
 
 BOOST_AUTO_TEST_CASE(an_invalid_workflow_lists_every_error_with_its_pointer, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "invalid.json", R"({
+  const auto file = dir.write_file("invalid.json", R"({
     "name": "Not A Valid Name",
     "nodes": [
       { "id": "a", "task": "echo" },
@@ -180,7 +170,7 @@ BOOST_AUTO_TEST_CASE(an_invalid_workflow_lists_every_error_with_its_pointer, *ut
 
 BOOST_AUTO_TEST_CASE(a_cycle_is_rejected_with_its_members_named, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "cycle.json", R"({
+  const auto file = dir.write_file("cycle.json", R"({
     "name": "cycle",
     "nodes": [
       { "id": "first", "task": "echo", "needs": ["third"] },
@@ -202,7 +192,7 @@ BOOST_AUTO_TEST_CASE(a_cycle_is_rejected_with_its_members_named, *utf::timeout(6
 
 BOOST_AUTO_TEST_CASE(an_unknown_task_is_rejected_with_its_pointer, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "task.json", R"({
+  const auto file = dir.write_file("task.json", R"({
     "name": "unknown_task", "nodes": [ { "id": "x", "task": "teleport" } ] })");
   const auto r = troupe_in(dir, {"run", file, "--json"});
   BOOST_TEST(r.exit_code == 2);
@@ -211,7 +201,7 @@ BOOST_AUTO_TEST_CASE(an_unknown_task_is_rejected_with_its_pointer, *utf::timeout
 
 BOOST_AUTO_TEST_CASE(a_missing_required_input_is_rejected_with_its_pointer, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "needs_integer.json", needs_integer);
+  const auto file = dir.write_file("needs_integer.json", needs_integer);
   const auto r = troupe_in(dir, {"run", file, "--json"});
   BOOST_TEST(r.exit_code == 2);
   BOOST_TEST(contains(message_at(errors_of(r), "/inputs/x"), "x"));
@@ -224,7 +214,7 @@ BOOST_AUTO_TEST_CASE(a_missing_required_input_is_rejected_with_its_pointer, *utf
 BOOST_AUTO_TEST_CASE(an_input_of_the_wrong_type_or_unknown_is_rejected_with_its_pointer,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "needs_integer.json", needs_integer);
+  const auto file = dir.write_file("needs_integer.json", needs_integer);
   const auto wrong = troupe_in(dir, {"run", file, "--json", "--input", "x=abc"});
   BOOST_TEST(wrong.exit_code == 2);
   BOOST_TEST(contains(message_at(errors_of(wrong), "/inputs/x"), "integer"));
@@ -236,7 +226,7 @@ BOOST_AUTO_TEST_CASE(an_input_of_the_wrong_type_or_unknown_is_rejected_with_its_
 
 BOOST_AUTO_TEST_CASE(an_unknown_option_prints_usage_on_stderr_and_exits_2, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--frobnicate"});
   BOOST_TEST(r.exit_code == 2);
   BOOST_TEST(r.out.empty());
@@ -275,7 +265,7 @@ BOOST_AUTO_TEST_CASE(help_prints_usage_on_stderr_and_exits_2, *utf::timeout(60))
 
 BOOST_AUTO_TEST_CASE(an_input_without_an_equals_sign_is_rejected, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "needs_integer.json", needs_integer);
+  const auto file = dir.write_file("needs_integer.json", needs_integer);
   const auto text = troupe_in(dir, {"run", file, "--input", "x"});
   BOOST_TEST(text.exit_code == 2);
   BOOST_TEST(contains(text.err, "NAME=VALUE"));
@@ -287,7 +277,7 @@ BOOST_AUTO_TEST_CASE(an_input_without_an_equals_sign_is_rejected, *utf::timeout(
 
 BOOST_AUTO_TEST_CASE(a_bad_thread_count_is_a_usage_error, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--threads", "-1"});
   BOOST_TEST(r.exit_code == 2);
   BOOST_TEST(contains(r.err, "--threads"));
@@ -297,7 +287,7 @@ BOOST_AUTO_TEST_CASE(an_oversized_document_is_refused_with_the_limit, *utf::time
   temp_dir dir;
   const std::string huge = "{\"name\": \"huge\", \"description\": \"" +
                            std::string(20u << 20, 'x') + "\", \"nodes\": []}";
-  const auto file = write_file(dir, "huge.json", huge);
+  const auto file = dir.write_file("huge.json", huge);
   const auto r = troupe_in(dir, {"run", file, "--json"});
   BOOST_TEST(r.exit_code == 2);
   const std::string message(errors_of(r)[0].at("message").as_string());
@@ -311,13 +301,13 @@ BOOST_AUTO_TEST_CASE(an_oversized_document_is_refused_with_the_limit, *utf::time
 
 BOOST_AUTO_TEST_CASE(an_inputs_file_must_hold_a_json_object, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "echo_inputs.json", echo_inputs);
-  const auto array = write_file(dir, "array.json", "[1, 2]");
+  const auto file = dir.write_file("echo_inputs.json", echo_inputs);
+  const auto array = dir.write_file("array.json", "[1, 2]");
   const auto r = troupe_in(dir, {"run", file, "--json", "--inputs", array});
   BOOST_TEST(r.exit_code == 2);
   BOOST_TEST(contains(std::string(errors_of(r)[0].at("message").as_string()), "object"));
 
-  const auto malformed = write_file(dir, "malformed.json", "{\"n\": ");
+  const auto malformed = dir.write_file("malformed.json", "{\"n\": ");
   const auto bad = troupe_in(dir, {"run", file, "--inputs", malformed});
   BOOST_TEST(bad.exit_code == 2);
   BOOST_TEST(contains(bad.err, "malformed.json"));
@@ -330,8 +320,8 @@ BOOST_AUTO_TEST_CASE(an_inputs_file_must_hold_a_json_object, *utf::timeout(60)) 
 BOOST_AUTO_TEST_CASE(a_registered_workflow_with_errors_is_reported_with_its_file,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
-  const auto child_file = write_file(dir, "child.json", R"({"name": "child", "nodes": []})");
+  const auto file = dir.write_file("two_steps.json", two_steps);
+  const auto child_file = dir.write_file("child.json", R"({"name": "child", "nodes": []})");
   const auto r = troupe_in(dir, {"run", file, "--json", "--register", child_file});
   BOOST_TEST(r.exit_code == 2);
   const auto errors = errors_of(r);
@@ -345,7 +335,7 @@ BOOST_AUTO_TEST_SUITE(inputs)
 BOOST_AUTO_TEST_CASE(input_values_are_json_when_they_parse_and_strings_otherwise,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "echo_inputs.json", echo_inputs);
+  const auto file = dir.write_file("echo_inputs.json", echo_inputs);
   const auto r = troupe_in(dir, {"run", file, "--json", "--input", "n=3", "--input", "s=abc",
                                  "--input", R"(u=["a"])", "--input", R"(q="3")", "--input", "e="});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
@@ -357,9 +347,9 @@ BOOST_AUTO_TEST_CASE(input_values_are_json_when_they_parse_and_strings_otherwise
 
 BOOST_AUTO_TEST_CASE(input_flags_override_the_inputs_file, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "echo_inputs.json", echo_inputs);
+  const auto file = dir.write_file("echo_inputs.json", echo_inputs);
   const auto inputs =
-      write_file(dir, "inputs.json", R"({"n": 1, "s": "from file", "u": [], "from_file": true})");
+      dir.write_file("inputs.json", R"({"n": 1, "s": "from file", "u": [], "from_file": true})");
   const auto r = troupe_in(
       dir, {"run", file, "--json", "--inputs", inputs, "--input", "n=2", "--input", "u={}"});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
@@ -376,7 +366,7 @@ BOOST_AUTO_TEST_SUITE(validate)
 
 BOOST_AUTO_TEST_CASE(a_valid_workflow_is_reported_ok_in_both_modes, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto text = troupe_in(dir, {"validate", file});
   BOOST_TEST(text.exit_code == 0);
   BOOST_TEST(contains(text.out, "ok: two_steps version 1, 2 nodes"));
@@ -394,7 +384,7 @@ BOOST_AUTO_TEST_CASE(a_valid_workflow_is_reported_ok_in_both_modes, *utf::timeou
 BOOST_AUTO_TEST_CASE(an_invalid_workflow_is_reported_with_pointers_in_both_modes,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "bad.json", R"({
+  const auto file = dir.write_file("bad.json", R"({
     "name": "bad", "nodes": [ { "id": "a", "task": "echo", "needs": ["ghost"] },
                               { "id": "b", "task": "nope" } ] })");
   const auto text = troupe_in(dir, {"validate", file});
@@ -424,7 +414,7 @@ BOOST_AUTO_TEST_SUITE(running)
 
 BOOST_AUTO_TEST_CASE(text_mode_shows_the_node_table_and_the_outputs, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--input", "who=table"});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   BOOST_TEST(contains(r.out, "two_steps"));
@@ -457,7 +447,7 @@ BOOST_AUTO_TEST_CASE(text_mode_shows_the_node_table_and_the_outputs, *utf::timeo
 
 BOOST_AUTO_TEST_CASE(json_mode_prints_exactly_one_document_with_every_field, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--json"});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   const json::value doc = parse_stdout(r);
@@ -480,7 +470,7 @@ BOOST_AUTO_TEST_CASE(json_mode_prints_exactly_one_document_with_every_field, *ut
 
 BOOST_AUTO_TEST_CASE(a_failing_run_exits_1_with_its_error, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "breaks.json", breaks);
+  const auto file = dir.write_file("breaks.json", breaks);
   const auto text = troupe_in(dir, {"run", file});
   BOOST_TEST(text.exit_code == 1);
   BOOST_TEST(contains(text.out, "failed"));
@@ -498,7 +488,7 @@ BOOST_AUTO_TEST_CASE(a_failing_run_exits_1_with_its_error, *utf::timeout(60)) {
 
 BOOST_AUTO_TEST_CASE(progress_reports_node_events_on_stderr, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--json", "--progress"});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   BOOST_TEST(contains(r.err, "node hello started"));
@@ -515,7 +505,7 @@ BOOST_AUTO_TEST_SUITE(cancellation)
 void interrupt_and_expect_cancelled(int signal, std::vector<std::string> extra_args,
                                     bool json_mode) {
   temp_dir dir;
-  const auto file = write_file(dir, "long_sleep.json", long_sleep);
+  const auto file = dir.write_file("long_sleep.json", long_sleep);
   std::vector<std::string> args = {"run", file};
   args.insert(args.end(), extra_args.begin(), extra_args.end());
   child c(args, dir.path());
@@ -606,7 +596,7 @@ std::vector<std::string> node_executions(const json::value& shown) {
 // process reads it back complete.
 void expect_the_run_logged_completely(const std::string& mode) {
   temp_dir dir;
-  const auto file = write_file(dir, "logged.json", logged);
+  const auto file = dir.write_file("logged.json", logged);
   const std::string id = run_logged(dir, file, {"--mode", mode});
 
   const json::array runs = listed_runs(dir);
@@ -703,14 +693,14 @@ BOOST_AUTO_TEST_CASE(an_async_run_is_logged_completely_by_the_time_the_process_e
 
 BOOST_AUTO_TEST_CASE(a_sync_run_with_tiny_batches_is_logged_completely, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "logged.json", logged);
+  const auto file = dir.write_file("logged.json", logged);
   run_logged(dir, file, {"--mode", "sync", "--batch-max", "1", "--flush-ms", "0"});
   BOOST_TEST(listed_runs(dir).at(0).at("status") == json::value("succeeded"));
 }
 
 BOOST_AUTO_TEST_CASE(memory_mode_writes_no_database, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file, "--mode", "memory", "--db", db_url(dir)});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   BOOST_TEST(!contains(r.out, "log:"));
@@ -721,7 +711,7 @@ BOOST_AUTO_TEST_CASE(memory_mode_writes_no_database, *utf::timeout(60)) {
 BOOST_AUTO_TEST_CASE(by_default_the_log_goes_to_troupe_db_and_text_mode_says_so,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto r = troupe_in(dir, {"run", file});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   BOOST_TEST(std::filesystem::exists(dir.path() / "troupe.db"));
@@ -740,8 +730,8 @@ BOOST_AUTO_TEST_CASE(by_default_the_log_goes_to_troupe_db_and_text_mode_says_so,
 BOOST_AUTO_TEST_CASE(runs_list_filters_by_status_and_workflow_and_limits_newest_first,
                      *utf::timeout(60)) {
   temp_dir dir;
-  const auto ok_file = write_file(dir, "two_steps.json", two_steps);
-  const auto bad_file = write_file(dir, "breaks.json", breaks);
+  const auto ok_file = dir.write_file("two_steps.json", two_steps);
+  const auto bad_file = dir.write_file("breaks.json", breaks);
   const std::string first = run_logged(dir, ok_file, {});
   const std::string failed = run_logged(dir, bad_file, {}, 1);
   const std::string last = run_logged(dir, ok_file, {});
@@ -769,7 +759,7 @@ BOOST_AUTO_TEST_CASE(runs_list_filters_by_status_and_workflow_and_limits_newest_
 
 BOOST_AUTO_TEST_CASE(showing_an_unknown_run_exits_1_naming_the_database, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   run_logged(dir, file, {});
   const auto r = troupe_in(dir, {"runs", "show", "no-such-run", "--db", db_url(dir)});
   BOOST_TEST(r.exit_code == 1);
@@ -783,7 +773,7 @@ BOOST_AUTO_TEST_CASE(showing_an_unknown_run_exits_1_naming_the_database, *utf::t
 
 BOOST_AUTO_TEST_CASE(a_bad_mode_status_or_writer_setting_is_a_usage_error, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const auto mode = troupe_in(dir, {"run", file, "--mode", "fast"});
   BOOST_TEST(mode.exit_code == 2);
   BOOST_TEST(mode.out.empty());
@@ -809,7 +799,7 @@ BOOST_AUTO_TEST_CASE(a_bad_mode_status_or_writer_setting_is_a_usage_error, *utf:
 
 BOOST_AUTO_TEST_CASE(a_store_that_cannot_be_opened_exits_2_naming_it, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "two_steps.json", two_steps);
+  const auto file = dir.write_file("two_steps.json", two_steps);
   const std::string bad = "sqlite:///nonexistent/dir/x.db";
   const auto text = troupe_in(dir, {"run", file, "--db", bad});
   BOOST_TEST(text.exit_code == 2);
@@ -836,7 +826,7 @@ BOOST_AUTO_TEST_CASE(a_store_that_cannot_be_opened_exits_2_naming_it, *utf::time
 // failed runs with attempt numbers after the recorded ones.
 BOOST_AUTO_TEST_CASE(runs_resume_reruns_only_what_did_not_succeed, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "resumable.json", R"({
+  const auto file = dir.write_file("resumable.json", R"({
     "name": "resumable",
     "nodes": [
       { "id": "effect", "task": "shell", "with": { "command": "echo ran >> effects.txt" } },
@@ -847,7 +837,7 @@ BOOST_AUTO_TEST_CASE(runs_resume_reruns_only_what_did_not_succeed, *utf::timeout
     "outputs": { "after": "{{ nodes.after.output }}" }
   })");
   const std::string id = run_logged(dir, file, {"--mode", "durable"}, 1);
-  write_file(dir, "open", "");
+  dir.write_file("open", "");
   const auto r = troupe_in(dir, {"runs", "resume", id, "--db", db_url(dir), "--json"});
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   const json::value result = parse_stdout(r);
@@ -876,7 +866,7 @@ BOOST_AUTO_TEST_CASE(runs_resume_reruns_only_what_did_not_succeed, *utf::timeout
 // `troupe cache list` and gone after `troupe cache clear`.
 BOOST_AUTO_TEST_CASE(cache_entries_are_reused_listed_and_cleared, *utf::timeout(60)) {
   temp_dir dir;
-  const auto file = write_file(dir, "memo.json", R"({
+  const auto file = dir.write_file("memo.json", R"({
     "name": "memo",
     "nodes": [
       { "id": "slow", "task": "shell", "cache": { "version": "v1" },

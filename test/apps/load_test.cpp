@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdint>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <random>
 #include <string>
@@ -20,6 +19,7 @@
 namespace json = boost::json;
 namespace utf = boost::unit_test;
 using troupe::cli::latency_histogram;
+using troupe::test::contains;
 using troupe::test::process_result;
 using troupe::test::run_troupe;
 using troupe::test::temp_dir;
@@ -36,20 +36,9 @@ constexpr const char* greeting = R"({
   "outputs": { "text": "{{ nodes.twice.output }}" }
 })";
 
-std::string write_file(const temp_dir& dir, const std::string& name, const std::string& text) {
-  const auto path = dir.path() / name;
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  return path.string();
-}
-
 process_result load(const temp_dir& dir, std::vector<std::string> args) {
   args.insert(args.begin(), "load");
   return run_troupe(args, dir.path());
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
 }
 
 /// Stdout must be exactly one JSON document (the whole of it parses as one value).
@@ -164,7 +153,7 @@ BOOST_AUTO_TEST_CASE(compare_measures_each_mode_on_its_own_sqlite_file_with_rati
 
 BOOST_AUTO_TEST_CASE(a_workflow_file_runs_with_the_inputs_given, *utf::timeout(120)) {
   temp_dir dir;
-  const auto file = write_file(dir, "greeting.json", greeting);
+  const auto file = dir.write_file("greeting.json", greeting);
   const auto r = load(dir, {file, "--input", "who=world", "--runs", "300", "--json"});
   BOOST_TEST(r.exit_code == 0, r.err);
   const json::object doc = document_of(r);
@@ -180,7 +169,7 @@ BOOST_AUTO_TEST_CASE(a_workflow_file_runs_with_the_inputs_given, *utf::timeout(1
 
 BOOST_AUTO_TEST_CASE(failing_runs_are_counted_as_errors_and_exit_1, *utf::timeout(120)) {
   temp_dir dir;
-  const auto file = write_file(dir, "breaks.json", R"({
+  const auto file = dir.write_file("breaks.json", R"({
     "name": "breaks",
     "nodes": [ { "id": "boom", "task": "fail", "with": { "message": "the widget broke" } } ]
   })");
@@ -232,10 +221,10 @@ struct bad_case {
 
 BOOST_AUTO_TEST_CASE(each_bad_argument_is_named_and_exits_2, *utf::timeout(120)) {
   temp_dir dir;
-  const auto valid = write_file(dir, "greeting.json", greeting);
-  const auto invalid = write_file(dir, "invalid.json", R"({"name": "x", "nodes": [
+  const auto valid = dir.write_file("greeting.json", greeting);
+  const auto invalid = dir.write_file("invalid.json", R"({"name": "x", "nodes": [
     { "id": "a", "task": "no_such_task" } ]})");
-  const auto malformed = write_file(dir, "malformed.json", R"({"name": "x", "nodes": [)");
+  const auto malformed = dir.write_file("malformed.json", R"({"name": "x", "nodes": [)");
   const std::vector<bad_case> cases = {
       {{"--scenario", "W9"}, "unknown scenario 'W9'"},
       {{valid, "--scenario", "W3"}, "not both"},

@@ -13,6 +13,7 @@
 #include <cerrno>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <stdexcept>
 #include <string>
 #include <utility>
@@ -49,6 +50,14 @@ class temp_dir {
   temp_dir& operator=(const temp_dir&) = delete;
 
   const std::filesystem::path& path() const { return path_; }
+
+  /// Writes `text` to the file `name` in this directory; returns its path.
+  std::string write_file(const std::string& name, const std::string& text) const {
+    const auto file = path_ / name;
+    std::ofstream out(file, std::ios::binary);
+    out << text;
+    return file.string();
+  }
 
  private:
   std::filesystem::path path_;
@@ -199,6 +208,10 @@ inline process_result run_troupe(const std::vector<std::string>& args,
                                  const std::filesystem::path& cwd) {
   child c(args, cwd);
   return c.finish();
+}
+
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
 }
 
 }  // namespace troupe::test

@@ -103,4 +103,36 @@ void check_same(const node_row& got, const node_row& want);
 /// Writes and requires success.
 void must_write(store& s, const write_batch& b);
 
+/// The migration tests' data, written into a version 1 schema by raw SQL that both backends'
+/// version 1 DDL accepts (each test keeps its own frozen copy of that DDL).
+inline constexpr const char* v1_rows[] = {
+    "INSERT INTO runs VALUES ('parent', 'etl', '3', 'abc123', 'succeeded', '{\"n\":3}', "
+    "'{\"ok\":true}', '', 1000, 2000, '', '')",
+    "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
+    "0, 'parent', 'spawn')",
+    "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
+    "'{\"x\":1}', '{\"y\":[1,2.5]}', '', 'miss', 10, 20, 'w1')",
+    "INSERT INTO workflows VALUES ('etl', '3', 'h', '{}', 42)",
+    "INSERT INTO cache_entries VALUES ('k', 'etl', 'spawn', '1', 'output', 7)",
+};
+
+/// Fills an empty database through `raw` (a test's own connection: anything with exec(sql)) as
+/// version 1 left it: `ddl`, the test's frozen copy of that schema, in one transaction, then
+/// v1_rows.
+template <class Raw, std::size_t N>
+void create_v1_database(Raw& raw, const char* const (&ddl)[N]) {
+  raw.exec("BEGIN");
+  for (const char* sql : ddl) {
+    raw.exec(sql);
+  }
+  raw.exec("COMMIT");
+  for (const char* sql : v1_rows) {
+    raw.exec(sql);
+  }
+}
+
+/// Checks that `s`, opened on a version 1 database holding v1_rows, reads every row back with
+/// the version 2 columns at their defaults, and writes version 2 rows over and beside them.
+void check_v1_rows_migrated(store& s);
+
 }  // namespace troupe::test

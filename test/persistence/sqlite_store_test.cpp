@@ -247,72 +247,14 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
   {
     raw_db raw(path);
     raw.exec("PRAGMA journal_mode=WAL");
-    raw.exec("BEGIN");
-    for (const char* sql : v1_schema) {
-      raw.exec(sql);
-    }
-    raw.exec("COMMIT");
-    raw.exec(
-        "INSERT INTO runs VALUES ('parent', 'etl', '3', 'abc123', 'succeeded', '{\"n\":3}', "
-        "'{\"ok\":true}', '', 1000, 2000, '', '')");
-    raw.exec(
-        "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
-        "0, 'parent', 'spawn')");
-    raw.exec(
-        "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
-        "'{\"x\":1}', '{\"y\":[1,2.5]}', '', 'miss', 10, 20, 'w1')");
-    raw.exec("INSERT INTO workflows VALUES ('etl', '3', 'h', '{}', 42)");
-    raw.exec("INSERT INTO cache_entries VALUES ('k', 'etl', 'spawn', '1', 'output', 7)");
+    create_v1_database(raw, v1_schema);
   }
 
   auto s = must_open(path);
   raw_db raw(path);
   BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
 
-  run_row parent = sample_run("parent");
-  parent.status = run_status::succeeded;
-  parent.inputs = parse(R"({"n":3})");
-  parent.outputs = parse(R"({"ok":true})");
-  parent.finished_at = 2000;
-  auto got = s->get_run("parent");
-  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
-  check_same(**got, parent);
-
-  node_row v1_node = sample_node("parent", "spawn");
-  v1_node.input = parse(R"({"x":1})");
-  v1_node.output = parse(R"({"y":[1,2.5]})");
-  v1_node.cache = cache_status::miss;
-  v1_node.worker = "w1";
-  auto nodes = s->node_rows("parent");
-  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
-  BOOST_REQUIRE_EQUAL(nodes->size(), 1u);
-  check_same((*nodes)[0], v1_node);  // spec_cache off, child_run_id empty: the defaults
-
-  auto children = s->list_runs(runs_query().children_of("parent"));
-  BOOST_REQUIRE_MESSAGE(children.has_value(), error_of(children));
-  BOOST_REQUIRE_EQUAL(children->size(), 1u);
-  BOOST_TEST((*children)[0].run_id == "child");
-  BOOST_TEST((*children)[0].parent_node_id == "spawn");
-  auto w = s->get_workflow("etl", "3");
-  BOOST_REQUIRE(w.has_value() && w->has_value());
-  BOOST_TEST((*w)->registered_at == 42);
-  auto c = s->get_cache("k");
-  BOOST_REQUIRE(c.has_value() && c->has_value());
-  BOOST_TEST(same_json((*c)->value, parse("1")));
-
-  // Version 2 writes: the old row replaced, a new one added.
-  node_row replaced = v1_node;
-  replaced.spec_cache = cache_status::hit;
-  replaced.child_run_id = "child";
-  node_row added = sample_node("parent", "spawn", -1, 2);
-  added.spec_cache = cache_status::miss;
-  added.child_run_id = "child-2";
-  must_write(*s, write_batch{{}, {replaced, added}, {}, {}});
-  nodes = s->node_rows("parent");
-  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
-  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
-  check_same((*nodes)[0], replaced);
-  check_same((*nodes)[1], added);
+  check_v1_rows_migrated(*s);
 
   // The migrated schema is the one a fresh database gets, and opening again changes nothing.
   const std::string fresh = fresh_path();

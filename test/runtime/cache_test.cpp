@@ -3,32 +3,18 @@
 
 #include <boost/json/serialize.hpp>
 
-#include <unistd.h>
 #include <atomic>
-#include <cstdlib>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <ostream>
 #include <random>
 #include <string>
 #include <vector>
 
+#include "persistence/forwarding_store.hpp"
 #include "runtime/engine.hpp"
-
-namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, node_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, cache_status s) {
-  return os << to_string(s);
-}
-}  // namespace troupe
+#include "test/support/engine.hpp"
 
 using namespace troupe;
+using namespace troupe::test;
 using namespace std::chrono_literals;
 namespace utf = boost::unit_test;
 
@@ -58,53 +44,6 @@ std::string workflow(const std::string& name, const std::string& task, const std
               "cache":{"version":")" +
          version + R"("}}],
     "outputs":{"n":"{{ nodes.n.output }}"}})";
-}
-
-engine_config config(persistence_mode mode, std::string url) {
-  engine_config c;
-  c.threads = 2;
-  c.mode = mode;
-  c.store = std::move(url);
-  c.writer.flush_ms = 2;
-  return c;
-}
-
-run_result run_once(engine& e, const std::string& wf, json::object inputs) {
-  auto h = e.start(wf, std::move(inputs));
-  BOOST_REQUIRE(h.has_value());
-  auto r = h->wait_for(60s);
-  BOOST_REQUIRE(r.has_value());
-  return *r;
-}
-
-const node_report& node(const run_result& r, std::string_view id) {
-  for (const auto& n : r.nodes) {
-    if (n.id == id) {
-      return n;
-    }
-  }
-  BOOST_FAIL("no node " << id);
-  return r.nodes.front();
-}
-
-std::string temp_db(const std::string& name) {
-  auto dir =
-      std::filesystem::temp_directory_path() / ("troupe-cache-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto path = dir / name;
-  std::filesystem::remove(path);
-  return "sqlite://" + path.string();
-}
-
-std::string pg_url() {
-#ifdef TROUPE_PG_DIR
-  std::ifstream in(std::string(TROUPE_PG_DIR) + "/url");
-  std::string url;
-  std::getline(in, url);
-  return url;
-#else
-  return {};
-#endif
 }
 
 // Two engines one after the other on one database: the second finds what the first stored.
@@ -139,42 +78,15 @@ void the_cache_survives_a_restart(const std::string& url, const std::string& wf,
 }
 
 // Counts the cache reads that reach the store; everything else passes through.
-class counting_store final : public store {
+class counting_store final : public forwarding_store {
  public:
-  explicit counting_store(std::unique_ptr<store> s) : s_(std::move(s)) {}
+  using forwarding_store::forwarding_store;
   std::atomic<int> cache_reads{0};
 
-  std::string describe() const override { return s_->describe(); }
-  expected<bool, store_error> write(const write_batch& b) override { return s_->write(b); }
-  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
-    return s_->list_runs(q);
-  }
-  expected<std::optional<run_row>, store_error> get_run(std::string_view id) override {
-    return s_->get_run(id);
-  }
-  expected<std::vector<node_row>, store_error> node_rows(std::string_view id) override {
-    return s_->node_rows(id);
-  }
-  expected<std::vector<run_row>, store_error> unfinished_runs() override {
-    return s_->unfinished_runs();
-  }
-  expected<std::optional<workflow_row>, store_error> get_workflow(std::string_view n,
-                                                                  std::string_view v) override {
-    return s_->get_workflow(n, v);
-  }
   expected<std::optional<cache_row>, store_error> get_cache(std::string_view k) override {
     ++cache_reads;
-    return s_->get_cache(k);
+    return forwarding_store::get_cache(k);
   }
-  expected<std::vector<cache_row>, store_error> list_cache(std::string_view w) override {
-    return s_->list_cache(w);
-  }
-  expected<std::size_t, store_error> clear_cache(std::string_view w) override {
-    return s_->clear_cache(w);
-  }
-
- private:
-  std::unique_ptr<store> s_;
 };
 
 }  // namespace
@@ -274,7 +186,7 @@ BOOST_AUTO_TEST_CASE(a_memory_hit_does_not_read_the_store_and_a_store_hit_needs_
 }
 
 BOOST_AUTO_TEST_CASE(the_cache_survives_an_engine_restart_on_sqlite) {
-  the_cache_survives_a_restart(temp_db("restart.db"), "restart", 7);
+  the_cache_survives_a_restart(temp_db("cache", "restart.db"), "restart", 7);
 }
 
 BOOST_AUTO_TEST_CASE(the_cache_survives_an_engine_restart_on_postgresql) {

@@ -6,28 +6,15 @@
 
 #include <unistd.h>
 #include <atomic>
-#include <filesystem>
-#include <fstream>
 #include <memory>
-#include <ostream>
 #include <string>
 #include <vector>
 
 #include "runtime/engine.hpp"
-
-namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, node_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, cache_status s) {
-  return os << to_string(s);
-}
-}  // namespace troupe
+#include "test/support/engine.hpp"
 
 using namespace troupe;
+using namespace troupe::test;
 using namespace std::chrono_literals;
 
 namespace {
@@ -118,53 +105,6 @@ std::string parent_workflow(const std::string& name, bool cached, bool flaky = f
          (cached ? R"(,"cache":{"version":")" + name + R"("})" : "") + R"(},
              {"id":"after","task":"echo","needs":["gen"],"with":"{{ nodes.gen.output.last }}"}],
     "outputs":{"child":"{{ nodes.gen.output }}","after":"{{ nodes.after.output }}"}})";
-}
-
-engine_config config(persistence_mode mode, std::string url) {
-  engine_config c;
-  c.threads = 2;
-  c.mode = mode;
-  c.store = std::move(url);
-  c.writer.flush_ms = 2;
-  return c;
-}
-
-run_result run_once(engine& e, const std::string& wf, json::object inputs) {
-  auto h = e.start(wf, std::move(inputs));
-  BOOST_REQUIRE(h.has_value());
-  auto r = h->wait_for(60s);
-  BOOST_REQUIRE(r.has_value());
-  return *r;
-}
-
-const node_report& node(const run_result& r, std::string_view id) {
-  for (const auto& n : r.nodes) {
-    if (n.id == id) {
-      return n;
-    }
-  }
-  BOOST_FAIL("no node " << id);
-  return r.nodes.front();
-}
-
-std::string temp_db(const std::string& name) {
-  auto dir =
-      std::filesystem::temp_directory_path() / ("troupe-dynamic-" + std::to_string(::getpid()));
-  std::filesystem::create_directories(dir);
-  auto path = dir / name;
-  std::filesystem::remove(path);
-  return "sqlite://" + path.string();
-}
-
-std::string pg_url() {
-#ifdef TROUPE_PG_DIR
-  std::ifstream in(std::string(TROUPE_PG_DIR) + "/url");
-  std::string url;
-  std::getline(in, url);
-  return url;
-#else
-  return {};
-#endif
 }
 
 const node_row* find_row(const std::vector<node_row>& rows, std::string_view node,
@@ -399,7 +339,7 @@ BOOST_AUTO_TEST_CASE(dynamic_nesting_stops_at_the_depth_limit) {
 
 BOOST_AUTO_TEST_CASE(each_item_of_a_for_each_has_its_own_child) {
   auto c = std::make_shared<counters>();
-  engine e(config(persistence_mode::durable, temp_db("items.db")));
+  engine e(config(persistence_mode::durable, temp_db("dynamic", "items.db")));
   register_tasks(e, c);
   auto wf = R"({"name":"items","nodes":[{"id":"gen","task":"generate","for_each":"{{ [1, 2, 3] }}",
       "with":{"n":"{{ item }}"},"dynamic":{"inputs":{"base":"{{ item * 10 }}"}}}],
@@ -424,7 +364,7 @@ BOOST_AUTO_TEST_CASE(each_item_of_a_for_each_has_its_own_child) {
 }
 
 BOOST_AUTO_TEST_CASE(resume_on_sqlite_continues_the_child_without_regenerating) {
-  resume_continues_the_child(temp_db("resume.db"), "resume_sqlite");
+  resume_continues_the_child(temp_db("dynamic", "resume.db"), "resume_sqlite");
 }
 
 BOOST_AUTO_TEST_CASE(resume_on_postgres_continues_the_child_without_regenerating) {
@@ -437,7 +377,7 @@ BOOST_AUTO_TEST_CASE(resume_on_postgres_continues_the_child_without_regenerating
 }
 
 BOOST_AUTO_TEST_CASE(the_spec_cache_survives_a_restart_and_compiles_once_from_the_store) {
-  auto url = temp_db("restart.db");
+  auto url = temp_db("dynamic", "restart.db");
   auto c = std::make_shared<counters>();
   {
     engine e(config(persistence_mode::async, url));

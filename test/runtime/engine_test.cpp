@@ -14,22 +14,14 @@
 #include <filesystem>
 #include <fstream>
 #include <mutex>
-#include <ostream>
 #include <string>
 #include <vector>
 
 #include "runtime/engine.hpp"
-
-namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, node_status s) {
-  return os << to_string(s);
-}
-}  // namespace troupe
+#include "test/support/engine.hpp"
 
 using namespace troupe;
+using namespace troupe::test;
 using namespace std::chrono_literals;
 namespace utf = boost::unit_test;
 
@@ -65,16 +57,6 @@ run_result run_to_end(engine& e, const plan_ptr& p, std::string_view inputs = "{
   auto r = h->wait_for(60s);
   BOOST_REQUIRE_MESSAGE(r.has_value(), "run did not finish within 60 s");
   return *r;
-}
-
-const node_report& node(const run_result& r, std::string_view id) {
-  for (auto& n : r.nodes) {
-    if (n.id == id) {
-      return n;
-    }
-  }
-  BOOST_FAIL("no node " << id);
-  return r.nodes.front();
 }
 
 // An async task whose attempts the test completes by hand: every start is queued and signalled,

@@ -2,6 +2,8 @@
 #include <boost/json.hpp>
 #include <boost/test/unit_test.hpp>
 
+#include <cmath>
+#include <limits>
 #include <string>
 
 #include "workflow/json.hpp"
@@ -140,6 +142,35 @@ BOOST_AUTO_TEST_CASE(canonical_hash_is_the_content_hash_of_the_canonical_text) {
   BOOST_TEST(canonical_hash(json::value(1)) == content_hash("1"));
 }
 
+// Pinned text and hash over every kind and number range: stored cache keys and spec hashes are
+// canonical hashes, so a writer change that moved one byte here would orphan them all.
+BOOST_AUTO_TEST_CASE(canonical_text_and_hash_of_every_kind_are_pinned) {
+  json::object o;
+  o["z"] = json::array{nullptr, true, false, json::object{}, json::array{}, ""};
+  o["b"] = json::array{std::numeric_limits<std::int64_t>::min(),
+                       std::numeric_limits<std::uint64_t>::max(),
+                       -0.0,
+                       1e15,
+                       1.8e19,
+                       1e20,
+                       -1e19,
+                       0.1,
+                       -2.5e-7,
+                       1.0 / 3.0,
+                       std::numeric_limits<double>::infinity(),
+                       std::nan("")};
+  o["a"] = json::object{{"y", "\x01\x1f\"\\/\b\f\n\r\t\x7f\xc3\xa9"}, {"\xc3\xa9", 1}, {"B", 2}};
+  const json::value v(std::move(o));
+  const std::string want =
+      R"({"a":{"B":2,"y":"\u0001\u001f\"\\/\b\f\n\r\t)"
+      "\x7f\xc3\xa9\",\"\xc3\xa9\""
+      R"(:1},"b":[-9223372036854775808,18446744073709551615,0,1000000000000000,)"
+      R"(18000000000000000000,1e+20,-1e+19,0.1,-2.5e-07,0.3333333333333333,null,null],)"
+      R"("z":[null,true,false,{},[],""]})";
+  BOOST_TEST(canonical_json(v) == want);
+  BOOST_TEST(canonical_hash(v) == "226a56e380b2cc28180c022bc6f7c0c8");
+}
+
 BOOST_AUTO_TEST_CASE(content_hash_is_32_lowercase_hex_digits_and_stable) {
   const std::string h = content_hash("hello");
   BOOST_TEST(h.size() == 32u);
@@ -156,6 +187,25 @@ BOOST_AUTO_TEST_SUITE(helpers)
 
 BOOST_AUTO_TEST_CASE(to_json_text_is_compact) {
   BOOST_TEST(to_json_text(json::parse(R"({ "a" : [ 1 , 2 ] })")) == R"({"a":[1,2]})");
+}
+
+BOOST_AUTO_TEST_CASE(to_json_text_keeps_key_order_and_the_kind_of_doubles) {
+  const auto v = json::parse(R"({"z": 1.0, "a": [0.074, 1e20, -0.0, 3], "s": "\u0001"})");
+  const std::string text = to_json_text(v);
+  BOOST_TEST(text == R"({"z":1.0,"a":[0.074,1e+20,-0.0,3],"s":"\u0001"})");
+  BOOST_TEST((json::parse(text) == v));  // same values, same kinds
+}
+
+BOOST_AUTO_TEST_CASE(the_writer_styles_differ_only_where_they_say) {
+  const auto v = json::parse(R"({"b": [2.0, 1e15, {}], "a": {"x": []}})");
+  std::string shortest;
+  append_json(shortest, v, {false, json_style::doubles::shortest, false});
+  BOOST_TEST(shortest == R"({"b":[2,1e+15,{}],"a":{"x":[]}})");
+  std::string pretty;
+  append_json(pretty, v, {true, json_style::doubles::keep_point, true});
+  BOOST_TEST(pretty ==
+             "{\n  \"a\": {\n    \"x\": []\n  },\n  \"b\": [\n    2.0,\n    1e+15,\n"
+             "    {}\n  ]\n}");
 }
 
 BOOST_AUTO_TEST_CASE(kind_names_read_as_users_write_types) {

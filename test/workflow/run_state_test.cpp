@@ -6,26 +6,14 @@
 
 #include <algorithm>
 #include <map>
-#include <ostream>
 #include <string>
 #include <vector>
 
+#include "test/support/status_io.hpp"
 #include "workflow/cache_key.hpp"
 #include "workflow/plan.hpp"
 #include "workflow/run_state.hpp"
 #include "workflow/task.hpp"
-
-namespace troupe {
-std::ostream& operator<<(std::ostream& os, run_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, node_status s) {
-  return os << to_string(s);
-}
-std::ostream& operator<<(std::ostream& os, cache_status s) {
-  return os << to_string(s);
-}
-}  // namespace troupe
 
 using namespace troupe;
 namespace utf = boost::unit_test;

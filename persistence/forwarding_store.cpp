@@ -1,0 +1,45 @@
+#include "persistence/forwarding_store.hpp"
+
+#include <utility>
+
+namespace troupe {
+
+forwarding_store::forwarding_store(std::shared_ptr<store> inner) : inner_(std::move(inner)) {}
+
+std::string forwarding_store::describe() const {
+  return inner_->describe();
+}
+expected<bool, store_error> forwarding_store::write(const write_batch& batch) {
+  return inner_->write(batch);
+}
+expected<std::vector<run_row>, store_error> forwarding_store::list_runs(const run_query& q) {
+  return inner_->list_runs(q);
+}
+expected<std::optional<run_row>, store_error> forwarding_store::get_run(std::string_view run_id) {
+  return inner_->get_run(run_id);
+}
+expected<std::vector<node_row>, store_error> forwarding_store::node_rows(std::string_view run_id) {
+  return inner_->node_rows(run_id);
+}
+expected<std::vector<run_row>, store_error> forwarding_store::unfinished_runs() {
+  return inner_->unfinished_runs();
+}
+expected<std::optional<workflow_row>, store_error> forwarding_store::get_workflow(
+    std::string_view name, std::string_view version) {
+  return inner_->get_workflow(name, version);
+}
+expected<std::optional<cache_row>, store_error> forwarding_store::get_cache(std::string_view key) {
+  return inner_->get_cache(key);
+}
+expected<std::vector<cache_row>, store_error> forwarding_store::list_cache(
+    std::string_view workflow) {
+  return inner_->list_cache(workflow);
+}
+expected<std::size_t, store_error> forwarding_store::clear_cache(std::string_view workflow) {
+  return inner_->clear_cache(workflow);
+}
+void forwarding_store::maintain() {
+  inner_->maintain();
+}
+
+}  // namespace troupe

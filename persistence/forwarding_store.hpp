@@ -1,0 +1,37 @@
+#pragma once
+
+// A store that passes every call to another one, so that a wrapper (a fault injector, a store
+// shared between the engine and its writer, a test's spy) overrides only the calls it changes.
+
+#include <memory>
+
+#include "persistence/store.hpp"
+
+namespace troupe {
+
+class forwarding_store : public store {
+ public:
+  /// Shared rather than owned outright: the engine queries a memory:// store that its writer
+  /// also holds through a forwarding_store. A std::unique_ptr converts.
+  explicit forwarding_store(std::shared_ptr<store> inner);
+
+  store& inner() const { return *inner_; }
+
+  std::string describe() const override;
+  expected<bool, store_error> write(const write_batch& batch) override;
+  expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override;
+  expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) override;
+  expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override;
+  expected<std::vector<run_row>, store_error> unfinished_runs() override;
+  expected<std::optional<workflow_row>, store_error> get_workflow(
+      std::string_view name, std::string_view version) override;
+  expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override;
+  expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override;
+  expected<std::size_t, store_error> clear_cache(std::string_view workflow) override;
+  void maintain() override;
+
+ private:
+  std::shared_ptr<store> inner_;
+};
+
+}  // namespace troupe
