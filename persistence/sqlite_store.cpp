@@ -8,9 +8,11 @@
 
 #include <array>
 #include <charconv>
+#include <condition_variable>
 #include <deque>
 #include <map>
 #include <mutex>
+#include <thread>
 
 #include "persistence/detail/common.hpp"
 
@@ -271,8 +273,20 @@ expected<json_ptr, store_error> column_json(sqlite3_stmt* s, int i, std::string_
 
 class sqlite_store final : public store {
  public:
-  sqlite_store(db_ptr db, std::string url) : db_(std::move(db)), url_(std::move(url)) {
+  sqlite_store(db_ptr db, std::string path, std::string url)
+      : db_(std::move(db)), path_(std::move(path)), url_(std::move(url)) {
     max_vars_ = sqlite3_limit(db_.get(), SQLITE_LIMIT_VARIABLE_NUMBER, -1);
+  }
+
+  ~sqlite_store() override {
+    if (checkpointer_.joinable()) {
+      {
+        std::lock_guard lock(cp_mu_);
+        cp_stop_ = true;
+      }
+      cp_cv_.notify_one();
+      checkpointer_.join();
+    }
   }
 
   expected<bool, store_error> init() {
@@ -319,9 +333,52 @@ class sqlite_store final : public store {
     if (wal_frames_ < checkpoint_frames) {
       return;
     }
+    wal_frames_ = 0;
+    // A checkpoint copies the log into the database and syncs it: milliseconds during which the
+    // writer's thread would hold every waiting caller. In WAL mode a checkpoint may run while
+    // another connection commits, so a thread of its own does it on a second connection.
+    if (start_checkpointer()) {
+      {
+        std::lock_guard cp(cp_mu_);
+        cp_due_ = true;
+      }
+      cp_cv_.notify_one();
+      return;
+    }
     // PASSIVE: never waits for readers; what it cannot copy now is copied next time.
     sqlite3_wal_checkpoint_v2(db_.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
-    wal_frames_ = 0;
+  }
+
+  bool start_checkpointer() {
+    if (checkpointer_.joinable()) {
+      return true;
+    }
+    if (cp_failed_ || path_.empty() || path_ == ":memory:") {
+      return false;
+    }
+    sqlite3* raw = nullptr;
+    const int rc = sqlite3_open_v2(path_.c_str(), &raw,
+                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+    db_ptr cp(raw);
+    if (rc != SQLITE_OK) {
+      cp_failed_ = true;  // checkpoint inline, as before
+      return false;
+    }
+    sqlite3_busy_timeout(cp.get(), write_busy_timeout_ms);
+    checkpointer_ = std::thread([this, cp = std::move(cp)]() mutable {
+      std::unique_lock lock(cp_mu_);
+      for (;;) {
+        cp_cv_.wait(lock, [&] { return cp_due_ || cp_stop_; });
+        if (cp_stop_) {
+          return;
+        }
+        cp_due_ = false;
+        lock.unlock();
+        sqlite3_wal_checkpoint_v2(cp.get(), nullptr, SQLITE_CHECKPOINT_PASSIVE, nullptr, nullptr);
+        lock.lock();
+      }
+    });
+    return true;
   }
 
   std::string describe() const override { return url_; }
@@ -823,7 +880,15 @@ class sqlite_store final : public store {
 
   mutable std::mutex mu_;
   db_ptr db_;
+  std::string path_;
   std::string url_;
+  // The background checkpointer (see maintain()).
+  std::thread checkpointer_;
+  std::mutex cp_mu_;
+  std::condition_variable cp_cv_;
+  bool cp_due_ = false;
+  bool cp_stop_ = false;
+  bool cp_failed_ = false;
   int max_vars_ = 999;
   int wal_frames_ = 0;  // frames in the write-ahead log after the last commit
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
@@ -844,7 +909,7 @@ expected<std::unique_ptr<store>, store_error> open_sqlite_store(std::string path
     store_error e = sqlite_error(db.get(), rc, "open " + path);
     return make_unexpected(std::move(e));
   }
-  auto s = std::make_unique<sqlite_store>(std::move(db), std::move(url));
+  auto s = std::make_unique<sqlite_store>(std::move(db), path, std::move(url));
   if (auto r = s->init(); !r) {
     return make_unexpected(r.error());
   }
