@@ -273,6 +273,36 @@ BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(sqlite_errors)
 
+// Enough commits that maintain() hands checkpoints to the store's background checkpointer,
+// which then runs while later batches commit: every row is there, and closing the store stops
+// the checkpointer cleanly (the test would hang or crash otherwise).
+BOOST_AUTO_TEST_CASE(commits_go_on_while_the_log_is_checkpointed_in_the_background,
+                     *utf::timeout(60)) {
+  const std::string path = fresh_path();
+  constexpr int batches = 40;
+  constexpr int per_batch = 200;
+  {
+    auto s = must_open(path);
+    for (int b = 0; b < batches; ++b) {
+      write_batch batch;
+      for (int i = 0; i < per_batch; ++i) {
+        node_row r;
+        r.run_id = "run" + std::to_string(b);
+        r.node_id = "n" + std::to_string(i);
+        r.attempt = 1;
+        r.status = node_status::succeeded;
+        r.output = std::make_shared<const json::value>(std::string(200, 'x'));
+        batch.nodes.push_back(std::move(r));
+      }
+      must_write(*s, batch);
+      s->maintain();
+    }
+  }
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT count(*) FROM node_executions") ==
+             std::to_string(batches * per_batch));
+}
+
 BOOST_AUTO_TEST_CASE(a_write_lock_held_elsewhere_fails_writes_transiently, *utf::timeout(30)) {
   const std::string path = fresh_path();
   auto s = must_open(path);
