@@ -20,6 +20,8 @@
 #include <typeinfo>
 #include <unordered_map>
 #include <unordered_set>
+
+#include "workflow/json.hpp"
 #include <utility>
 #include <vector>
 
@@ -127,32 +129,7 @@ struct waiting {
 };
 
 void append_escaped(std::string& out, std::string_view s) {
-  out.push_back('"');
-  for (char c : s) {
-    switch (c) {
-      case '"':
-        out += "\\\"";
-        break;
-      case '\\':
-        out += "\\\\";
-        break;
-      case '\n':
-        out += "\\n";
-        break;
-      case '\t':
-        out += "\\t";
-        break;
-      default:
-        if (static_cast<unsigned char>(c) < 0x20) {
-          char buf[8];
-          std::snprintf(buf, sizeof buf, "\\u%04x", static_cast<unsigned>(c));
-          out += buf;
-        } else {
-          out.push_back(c);
-        }
-    }
-  }
-  out.push_back('"');
+  append_json_string(out, s);
 }
 
 void append_int(std::string& out, std::uint64_t v) {

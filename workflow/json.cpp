@@ -307,6 +307,10 @@ std::string to_hex(XXH128_hash_t h) {
 }  // namespace
 }  // namespace detail
 
+void append_json_string(std::string& out, std::string_view text) {
+  detail::append_string(out, text);
+}
+
 expected<json::value, json_parse_error> parse_json(std::string_view text,
                                                    const json_limits& limits) {
   if (text.size() > limits.max_document_bytes) {

@@ -60,6 +60,8 @@ struct json_style {
 /// Appends the JSON text of `v`. Infinities and NaN, which JSON cannot spell but values built
 /// in code may hold, are written as null.
 void append_json(std::string& out, const json::value& v, const json_style& style = {});
+/// Appends `text` as a JSON string literal (quoted and escaped), as append_json writes strings.
+void append_json_string(std::string& out, std::string_view text);
 
 /// Compact JSON text of a value, in document order, doubles keeping their kind (1.0 -> 1.0).
 std::string to_json_text(const json::value& v);
