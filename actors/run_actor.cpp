@@ -53,6 +53,9 @@ struct run_actor_state {
   bool waiting_gate = false;          // queued in the gate, a permit may be on its way
   std::vector<node_row> rows;         // records of this turn, sent to the writer in one message
   std::vector<cache_row> cache_rows;  // outputs cached this turn, sent along with `rows`
+  // The run's "running" row goes with the first turn's rows: one message to the writer for a
+  // run whose tasks all finish in its first turn, not two.
+  bool run_row_due = false;
   // Cache keys of attempts running in node actors, to store their output when it succeeds.
   struct cached_exec {
     std::uint32_t node;
@@ -202,6 +205,10 @@ void send_rows(run_actor* self) {
   clear_turn_rows();
   m.cache = std::move(st.cache_rows);
   st.cache_rows.clear();
+  if (st.run_row_due) {
+    st.run_row_due = false;
+    m.runs.push_back(run_row_of(st));
+  }
   if (st.services->mode == persistence_mode::sync) {
     self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
         .await([](caf::ok_atom) {},
@@ -349,6 +356,7 @@ void finish(run_actor* self, const cmd::finish&) {
     clear_turn_rows();
     m.cache = std::move(st.cache_rows);
     st.cache_rows.clear();
+    st.run_row_due = false;  // the final row says it all
     m.runs.push_back(run_row_of(st));
     if (st.services->mode == persistence_mode::durable ||
         st.services->mode == persistence_mode::sync) {
@@ -437,7 +445,7 @@ void drive(run_actor* self) {
     }
     st.batch.clear();
   }
-  if ((!st.rows.empty() || !st.cache_rows.empty()) && !st.done) {
+  if ((!st.rows.empty() || !st.cache_rows.empty() || st.run_row_due) && !st.done) {
     send_rows(self);
   }
   deliver_events(st);
@@ -486,12 +494,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   });
   borrow_buffers(st);
   st.machine->start(std::move(args.inputs), now_us(), st.out);
-  if (st.services->writer) {
-    persist m;
-    m.sent_us = now_us();
-    m.runs.push_back(run_row_of(st));
-    self->send(st.services->writer, std::move(m));
-  }
+  st.run_row_due = static_cast<bool>(st.services->writer);
   drive(self);
   return {
       [self](attempt_done& m) {
