@@ -224,7 +224,11 @@ BOOST_AUTO_TEST_CASE(run_and_load_write_traces_that_trace_summarises) {
   BOOST_TEST_REQUIRE(nodes.size() == 2u, summary.out);
   BOOST_TEST(nodes[0].as_string() == "first");
   BOOST_TEST(nodes[1].as_string() == "second");
-  BOOST_TEST(num(path.at("outside_us")) >= 4000);
+  // Each sleep's timer starts inside a node actor's handler, which counts as actor time: the
+  // path spans both sleeps, but the part outside actors may be a little under their 4 ms
+  // (3,929 us was seen on a loaded machine).
+  BOOST_TEST(num(path.at("total_us")) >= 4000);
+  BOOST_TEST(num(path.at("outside_us")) >= 3000);
   BOOST_TEST(num(path.at("total_us")) >= num(path.at("outside_us")));
 
   const process_result seq = run_troupe({"trace", "sequence", "run.json", "--run", run_id}, dir.path());
