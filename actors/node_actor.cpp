@@ -85,7 +85,7 @@ void answer(node_actor* self, task_result r) {
   st.child = caf::actor{};
   attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store};
   if (st.args.dynamic || st.report_child) {
-    m.dynamic = true;
+    m.has_outcome = true;
     m.outcome = std::move(st.outcome);
   }
   self->send(st.run, std::move(m));

@@ -510,7 +510,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
           remember(st, k->second.key, k->second.node, make_json(m.result.output));
         }
         forget_node(st, m.exec);
-        if (m.dynamic) {
+        if (m.has_outcome) {
           st.machine->task_finished_dynamic(m.exec, std::move(m.result), std::move(m.outcome),
                                             now_us(), st.out);
         } else if (m.cached) {

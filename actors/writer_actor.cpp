@@ -115,6 +115,36 @@ std::string node_key(const node_row& r) {
   return k;
 }
 
+// Moves rows into the pending set: the newest state per key wins.
+void take_rows(writer_state& st, std::vector<node_row>& nodes, std::vector<run_row>& runs,
+               std::vector<workflow_row>& workflows, std::vector<cache_row>& cache) {
+  for (auto& r : nodes) {
+    auto key = node_key(r);
+    st.nodes.insert_or_assign(std::move(key), std::move(r));
+  }
+  for (auto& r : runs) {
+    auto key = r.run_id;
+    st.runs.insert_or_assign(std::move(key), std::move(r));
+  }
+  for (auto& w : workflows) {
+    st.workflows.push_back(std::move(w));
+  }
+  for (auto& c : cache) {
+    auto key = c.key;
+    st.cache.insert_or_assign(std::move(key), std::move(c));
+  }
+}
+
+// A failed commit, for the metrics; wakes whoever waits on them (wait_errors()).
+void note_error(writer_state& st, const store_error& e) {
+  {
+    std::lock_guard<std::mutex> lock(st.metrics->mutex);
+    st.metrics->errors.fetch_add(1);
+    st.metrics->last_error = e.message;
+  }
+  st.metrics->drained.notify_all();
+}
+
 void publish_pending(writer_state& st) {
   std::size_t p = st.pending();
   st.metrics->pending.store(p);
@@ -171,27 +201,10 @@ bool flush(writer_actor* self) {
   auto res = st.db->write(b);
   auto t1 = steady_us();
   if (!res) {
-    // Back into pending; rows that arrived meanwhile cannot exist (one thread), so each key is
+    // Back into pending. Rows that arrived meanwhile cannot exist (one thread), so each key is
     // free and the newest state per key is still the one kept.
-    for (auto& r : b.nodes) {
-      auto key = node_key(r);
-      st.nodes.emplace(std::move(key), std::move(r));
-    }
-    for (auto& r : b.runs) {
-      auto key = r.run_id;
-      st.runs.emplace(std::move(key), std::move(r));
-    }
-    st.workflows = std::move(b.workflows);
-    for (auto& r : b.cache) {
-      auto key = r.key;
-      st.cache.emplace(std::move(key), std::move(r));
-    }
-    {
-      std::lock_guard<std::mutex> lock(st.metrics->mutex);
-      st.metrics->errors.fetch_add(1);
-      st.metrics->last_error = res.error().message;
-    }
-    st.metrics->drained.notify_all();
+    take_rows(st, b.nodes, b.runs, b.workflows, b.cache);
+    note_error(st, res.error());
     arm_retry(self);
     return false;
   }
@@ -223,21 +236,7 @@ void absorb(writer_state& st, persist& m) {
   }
   st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size() + m.workflows.size() +
                                       m.cache.size());
-  for (auto& r : m.nodes) {
-    auto key = node_key(r);
-    st.nodes.insert_or_assign(std::move(key), std::move(r));
-  }
-  for (auto& r : m.runs) {
-    auto key = r.run_id;
-    st.runs.insert_or_assign(std::move(key), std::move(r));
-  }
-  for (auto& w : m.workflows) {
-    st.workflows.push_back(std::move(w));
-  }
-  for (auto& c : m.cache) {
-    auto key = c.key;
-    st.cache.insert_or_assign(std::move(key), std::move(c));
-  }
+  take_rows(st, m.nodes, m.runs, m.workflows, m.cache);
   st.metrics->pending.store(st.pending());
 }
 
@@ -249,12 +248,7 @@ bool write_each(writer_actor* self, const persist& m) {
     auto t0 = steady_us();
     auto res = st.db->write(b);
     if (!res) {
-      {
-        std::lock_guard<std::mutex> lock(st.metrics->mutex);
-        st.metrics->errors.fetch_add(1);
-        st.metrics->last_error = res.error().message;
-      }
-      st.metrics->drained.notify_all();
+      note_error(st, res.error());
       return false;
     }
     st.metrics->batches.fetch_add(1);

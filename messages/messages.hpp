@@ -33,8 +33,9 @@ using wake_atom = caf::atom_constant<caf::atom("tr_wake")>;
 struct attempt_done {
   std::uint64_t exec = 0;
   task_result result;
-  /// Attempts of `dynamic` nodes: where the child plan came from and the child run started.
-  bool dynamic = false;
+  /// Attempts that ran a child (`dynamic` nodes, `workflow` tasks): where the child plan came
+  /// from and the child run started.
+  bool has_outcome = false;
   run_state::dynamic_outcome outcome;
   /// The output came from the store's cache: the task did not run.
   bool cached = false;

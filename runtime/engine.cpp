@@ -289,6 +289,7 @@ struct engine::impl {
     compile_options o;
     o.tasks = registry.get();
     o.limits = config.limits;
+    o.source_hash = hash;
     auto p = compile_workflow(*doc, o);
     ++dynamic_compiles;
     if (p) {

@@ -927,7 +927,7 @@ class compiler {
       }
     }
     plan_.source = doc_;
-    plan_.hash = canonical_hash(doc_);
+    plan_.hash = options_.source_hash.empty() ? canonical_hash(doc_) : options_.source_hash;
     return std::make_shared<const plan>(std::move(plan_));
   }
 

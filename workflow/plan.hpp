@@ -104,6 +104,9 @@ struct compile_options {
   /// Tasks that may be named. Null: any task name is accepted (used by tests of the model).
   const task_registry* tasks = nullptr;
   workflow_limits limits;
+  /// canonical_hash() of the document when the caller has it already (the engine looks its
+  /// compiled plans up by it); empty: the compiler computes it.
+  std::string source_hash;
 };
 
 /// Parses, validates and compiles a workflow. A bad workflow gets every error at once, each with

@@ -653,18 +653,9 @@ struct pg_server {
 // ---------------------------------------------------------------------------------------------
 // One store: every phase, then the table and the goals.
 
+// to_string() of a mode is a view of a literal: NUL-terminated, fine for printf.
 const char* name_of(persistence_mode m) {
-  switch (m) {
-    case persistence_mode::memory:
-      return "memory";
-    case persistence_mode::async:
-      return "async";
-    case persistence_mode::durable:
-      return "durable";
-    case persistence_mode::sync:
-      return "sync";
-  }
-  return "?";
+  return to_string(m).data();
 }
 
 std::string fmt(const char* f, double v) {

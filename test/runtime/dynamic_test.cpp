@@ -414,3 +414,29 @@ BOOST_AUTO_TEST_CASE(the_spec_cache_survives_a_restart_on_postgres) {
   }
   the_spec_cache_survives_a_restart(url, "restart_pg_" + std::to_string(::getpid()));
 }
+
+// A `workflow` task's child is linked like a dynamic node's: in the child run's row and in the
+// node's record (spec_cache stays `off`: there is no generated plan).
+BOOST_AUTO_TEST_CASE(a_workflow_task_links_its_child_run_too) {
+  engine e(config(persistence_mode::durable, temp_db("dynamic", "workflow_task.db")));
+  BOOST_REQUIRE(e.register_workflow(R"({"name":"leaf","nodes":[{"id":"x","task":"echo","with":1}],
+      "outputs":{"x":"{{ nodes.x.output }}"}})")
+                    .has_value());
+  BOOST_REQUIRE(e.register_workflow(R"({"name":"outer","nodes":[{"id":"call","task":"workflow",
+      "with":{"name":"leaf"}}],"outputs":{"leaf":"{{ nodes.call.output }}"}})")
+                    .has_value());
+  auto r = run_once(e, "outer", {});
+  BOOST_TEST(r.status == run_status::succeeded, r.error);
+  auto rows = e.node_rows(r.run_id);
+  BOOST_REQUIRE(rows.has_value());
+  const node_row* call = find_row(*rows, "call", node_status::succeeded);
+  BOOST_REQUIRE(call != nullptr);
+  BOOST_TEST(!call->child_run_id.empty());
+  BOOST_TEST(call->spec_cache == cache_status::off);
+  auto child = e.get_run(call->child_run_id);
+  BOOST_REQUIRE(child.has_value());
+  BOOST_REQUIRE(child->has_value());
+  BOOST_TEST((*child)->parent_run_id == r.run_id);
+  BOOST_TEST((*child)->parent_node_id == "call");
+  BOOST_TEST((*child)->workflow == "leaf");
+}
