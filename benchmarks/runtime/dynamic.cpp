@@ -20,6 +20,7 @@
 
 #include <boost/json/serialize.hpp>
 
+#include "benchmarks/stats.hpp"
 #include "runtime/engine.hpp"
 #include "workflow/plan.hpp"
 
@@ -34,10 +35,7 @@ struct options {
   int threads = 2;
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using bench::median;
 
 double ms_since(clk::time_point t) {
   return std::chrono::duration<double, std::milli>(clk::now() - t).count();

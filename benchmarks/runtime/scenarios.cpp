@@ -23,6 +23,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/stats.hpp"
 #include "runtime/engine.hpp"
 #include "workflow/plan.hpp"
 #include "workflow/run_state.hpp"
@@ -43,10 +44,7 @@ struct options {
   bool wants(const char* w) const { return only.empty() || only.find(w) != std::string::npos; }
 };
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.empty() ? 0 : v[v.size() / 2];
-}
+using bench::median;
 double percentile(std::vector<double>& sorted, double p) {
   if (sorted.empty()) {
     return 0;
