@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <optional>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -70,15 +71,24 @@ std::int64_t steady_us() {
 // Runs on the writer's own thread. Pending rows are kept newest-first per key, so a "running"
 // row followed by a "succeeded" one for the same attempt costs one row in the batch.
 struct writer_state {
-  std::shared_ptr<store> db;
+  caf::actor committer;  // owns the store; one job at a time
   writer_config config;
   std::shared_ptr<writer_metrics> metrics;
 
-  std::unordered_map<std::string, node_row> nodes;
-  std::unordered_map<std::string, run_row> runs;
-  std::vector<workflow_row> workflows;
-  std::unordered_map<std::string, cache_row> cache;
-  std::vector<caf::response_promise> waiters;  // durable: answered after the commit
+  // Changes as they came, oldest first. The committer coalesces them (newest state per key)
+  // when it builds the batch: that work stays off the scheduler threads that carry the runs.
+  // parts[i] is change number front_seq + i; last_seq numbers the newest ever received.
+  std::vector<persist> parts;
+  std::size_t pending_rows = 0;
+  std::uint64_t front_seq = 1;
+  std::uint64_t last_seq = 0;
+  // Durable callers, in order: each is answered after a commit of every change up to its own.
+  struct waiter {
+    std::uint64_t seq;
+    std::int64_t since_us;
+    caf::response_promise promise;
+  };
+  std::vector<waiter> waiters;
 
   std::uint64_t generation = 0;  // bumping it makes an armed flush timer stale
   // While rows are pending (and no retry is due), exactly one of these holds a flush message
@@ -87,10 +97,15 @@ struct writer_state {
   bool timer_armed = false;
   std::int64_t timer_due_us = 0;  // when the armed timer fires
   bool flush_queued = false;
-  std::int64_t first_waiter_us = 0;  // when the oldest durable waiter's rows were sent
   bool retrying = false;  // a failed commit waits for its backoff timer
+  // The batch the committer is writing: its callers, its size and the age of its oldest row.
+  // Rows that arrive meanwhile wait for the next one.
+  bool in_flight = false;
+  std::vector<waiter> flight_waiters;
+  std::uint64_t flight_last_seq = 0;
+  std::size_t flight_rows = 0;
+  std::int64_t flight_first_pending_us = 0;
   std::int64_t backoff_ms = 0;
-  std::int64_t first_pending_us = 0;
 
   caf::response_promise drain_waiter;
   bool draining = false;
@@ -99,9 +114,7 @@ struct writer_state {
   std::uint64_t trace_rows() const { return metrics ? metrics->rows.load() : 0; }
   std::uint64_t trace_batches() const { return metrics ? metrics->batches.load() : 0; }
 
-  std::size_t pending() const {
-    return nodes.size() + runs.size() + workflows.size() + cache.size();
-  }
+  std::size_t pending() const { return pending_rows; }
 };
 using writer_actor = caf::stateful_actor<writer_state>;
 
@@ -115,24 +128,64 @@ std::string node_key(const node_row& r) {
   return k;
 }
 
-// Moves rows into the pending set: the newest state per key wins.
-void take_rows(writer_state& st, std::vector<node_row>& nodes, std::vector<run_row>& runs,
-               std::vector<workflow_row>& workflows, std::vector<cache_row>& cache) {
-  for (auto& r : nodes) {
-    auto key = node_key(r);
-    st.nodes.insert_or_assign(std::move(key), std::move(r));
+// Builds one batch from changes in the order they were sent: the newest state per key wins,
+// so a "running" row followed by a "succeeded" one for the same attempt costs one row.
+struct coalescer {
+  std::unordered_map<std::string, node_row> nodes;
+  std::unordered_map<std::string, run_row> runs;
+  std::vector<workflow_row> workflows;
+  std::unordered_map<std::string, cache_row> cache;
+
+  void take(persist& m) {
+    for (auto& r : m.nodes) {
+      auto key = node_key(r);
+      nodes.insert_or_assign(std::move(key), std::move(r));
+    }
+    for (auto& r : m.runs) {
+      auto key = r.run_id;
+      runs.insert_or_assign(std::move(key), std::move(r));
+    }
+    for (auto& w : m.workflows) {
+      workflows.push_back(std::move(w));
+    }
+    for (auto& c : m.cache) {
+      auto key = c.key;
+      cache.insert_or_assign(std::move(key), std::move(c));
+    }
   }
-  for (auto& r : runs) {
-    auto key = r.run_id;
-    st.runs.insert_or_assign(std::move(key), std::move(r));
+
+  write_batch batch() {
+    write_batch b;
+    b.nodes.reserve(nodes.size());
+    for (auto& [k, r] : nodes) {
+      b.nodes.push_back(std::move(r));
+    }
+    b.runs.reserve(runs.size());
+    for (auto& [k, r] : runs) {
+      b.runs.push_back(std::move(r));
+    }
+    b.workflows = std::move(workflows);
+    b.cache.reserve(cache.size());
+    for (auto& [k, r] : cache) {
+      b.cache.push_back(std::move(r));
+    }
+    return b;
   }
-  for (auto& w : workflows) {
-    st.workflows.push_back(std::move(w));
-  }
-  for (auto& c : cache) {
-    auto key = c.key;
-    st.cache.insert_or_assign(std::move(key), std::move(c));
-  }
+};
+
+// A failed batch goes back in front of what arrived while it was being written: those changes
+// are newer, and the next batch lets them win.
+void put_back(writer_state& st, write_batch& b, std::int64_t sent_us) {
+  persist back;
+  back.nodes = std::move(b.nodes);
+  back.runs = std::move(b.runs);
+  back.workflows = std::move(b.workflows);
+  back.cache = std::move(b.cache);
+  back.sent_us = sent_us;
+  st.pending_rows += back.nodes.size() + back.runs.size() + back.workflows.size() +
+                     back.cache.size();
+  st.parts.insert(st.parts.begin(), std::move(back));
+  st.front_seq = st.flight_last_seq;  // it stands for every change the failed job held
 }
 
 // A failed commit, for the metrics; wakes whoever waits on them (wait_errors()).
@@ -146,7 +199,7 @@ void note_error(writer_state& st, const store_error& e) {
 }
 
 void publish_pending(writer_state& st) {
-  std::size_t p = st.pending();
+  std::size_t p = st.pending() + st.flight_rows;
   st.metrics->pending.store(p);
   if (p < st.config.pending_max) {
     // Producers blocked in wait_below() re-check under the mutex.
@@ -163,140 +216,291 @@ void arm_retry(writer_actor* self) {
   self->delayed_send(self, std::chrono::milliseconds(st.backoff_ms), retry_due_atom::value);
 }
 
-// One transaction for everything pending. On failure nothing is dropped: the rows stay pending
-// (newer changes keep coalescing into them) and durable waiters keep waiting until a commit that
-// includes their rows succeeds.
-bool flush(writer_actor* self) {
+// One job for the committer: a batch written as one transaction, or (sync mode) as one
+// transaction per row.
+struct commit_job {
+  std::vector<persist> parts;  // coalesced by the committer
+  bool each = false;
+};
+
+// What the committer did with a job. A failed batch comes back whole, so that nothing pending
+// is lost: its rows rejoin the pending set (upserts are idempotent, so rows that sync mode had
+// already committed one by one are simply written again).
+struct commit_outcome {
+  write_batch batch;  // only when the commit failed
+  std::optional<store_error> error;
+  std::uint64_t commits = 0;  // transactions that succeeded
+  std::uint64_t rows = 0;
+  std::uint64_t largest = 0;  // rows in the largest of them
+  std::int64_t commit_us = 0;  // time inside store::write
+  std::int64_t finished_us = 0;
+};
+
+}  // namespace
+}  // namespace troupe
+
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::commit_job)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::commit_outcome)
+
+namespace troupe {
+namespace {
+
+// The committer: the writer's blocking half, on a thread of its own. Keeping store calls here
+// leaves the writer itself an ordinary scheduled actor: run actors hand it rows without waking
+// a thread (a message to a detached actor that sleeps costs a futex wake-up in the sender's
+// turn), the writer wakes this thread once per batch, and rows keep coalescing while a batch
+// is written.
+struct committer_state {
+  std::shared_ptr<store> db;
+  static inline const char* name = "committer";
+};
+using committer_actor = caf::stateful_actor<committer_state>;
+
+commit_outcome run_job(store& db, commit_job& job) {
+  commit_outcome out;
+  write_batch batch;
+  {
+    coalescer c;
+    for (auto& part : job.parts) {
+      c.take(part);
+    }
+    job.parts.clear();
+    batch = c.batch();
+  }
+  auto one = [&](const write_batch& b) {
+    auto t0 = steady_us();
+    auto res = db.write(b);
+    out.commit_us += steady_us() - t0;
+    if (!res) {
+      out.error = res.error();
+      return false;
+    }
+    out.commits += 1;
+    out.rows += b.size();
+    out.largest = std::max<std::uint64_t>(out.largest, b.size());
+    return true;
+  };
+  bool ok = true;
+  if (!job.each) {
+    ok = one(batch);
+  } else {
+    // sync mode: the slow baseline, a commit for every single change.
+    for (const auto& r : batch.nodes) {
+      write_batch b;
+      b.nodes.push_back(r);
+      if (!(ok = one(b))) {
+        break;
+      }
+    }
+    for (std::size_t i = 0; ok && i < batch.runs.size(); ++i) {
+      write_batch b;
+      b.runs.push_back(batch.runs[i]);
+      ok = one(b);
+    }
+    if (ok && (!batch.workflows.empty() || !batch.cache.empty())) {
+      write_batch b;
+      b.workflows = batch.workflows;
+      b.cache = batch.cache;
+      ok = one(b);
+    }
+  }
+  if (!ok) {
+    out.batch = std::move(batch);
+  }
+  out.finished_us = steady_us();
+  return out;
+}
+
+void renice_this_thread(int nice) {
+  if (nice == 0) {
+    return;
+  }
+  const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
+  errno = 0;
+  int current = ::getpriority(PRIO_PROCESS, tid);
+  if (errno == 0) {
+    ::setpriority(PRIO_PROCESS, tid, current + nice);  // best effort
+  }
+}
+
+caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> db, int nice) {
+  self->state.db = std::move(db);
+  // A detached actor is initialized on its own thread: this renices only the committer.
+  renice_this_thread(nice);
+  return {
+      [self](commit_job& job) -> caf::result<commit_outcome> {
+        auto& db = *self->state.db;
+        auto rp = self->make_response_promise<commit_outcome>();
+        commit_outcome out = run_job(db, job);
+        const bool ok = !out.error;
+        rp.deliver(std::move(out));
+        if (ok) {
+          // After the answer: housekeeping (a WAL checkpoint) must not sit in anyone's latency.
+          db.maintain();
+        }
+        return rp;
+      },
+  };
+}
+
+void on_outcome(writer_actor* self, commit_outcome& o);
+void schedule_flush(writer_actor* self);
+
+// Hands everything pending to the committer as one job. At most one job is in flight; rows
+// and callers arriving meanwhile wait for the next one, which the outcome schedules.
+void start_commit(writer_actor* self) {
   auto& st = self->state;
-  ++st.generation;
+  if (st.in_flight) {
+    return;
+  }
+  ++st.generation;  // timers armed for these rows are stale from now on
   st.timer_armed = false;
   st.flush_queued = false;
   if (st.pending() == 0) {
     for (auto& w : st.waiters) {
-      w.deliver(caf::ok_atom::value);
+      w.promise.deliver(caf::ok_atom::value);
     }
     st.waiters.clear();
-    return true;
+    return;
   }
-  // Rows move into the batch (no copies on the common path) and move back only if the commit
-  // fails, so nothing pending is lost.
-  write_batch b;
-  b.nodes.reserve(st.nodes.size());
-  for (auto& [k, r] : st.nodes) {
-    b.nodes.push_back(std::move(r));
+  // The changes move to the committer (no copies) and come back only if the commit fails.
+  commit_job job;
+  job.each = st.config.mode == persistence_mode::sync;
+  // A writer that fell behind catches up in bounded steps: one huge transaction spills
+  // SQLite's page cache and costs more per row, which would only put it further behind.
+  const std::size_t max_rows = 4 * std::max<std::size_t>(st.config.batch_max, 1);
+  std::size_t k = 0;
+  std::size_t rows = 0;
+  while (k < st.parts.size() && (k == 0 || rows < max_rows)) {
+    const persist& m = st.parts[k++];
+    rows += m.nodes.size() + m.runs.size() + m.workflows.size() + m.cache.size();
   }
-  b.runs.reserve(st.runs.size());
-  for (auto& [k, r] : st.runs) {
-    b.runs.push_back(std::move(r));
+  job.parts.assign(std::make_move_iterator(st.parts.begin()),
+                   std::make_move_iterator(st.parts.begin() + static_cast<std::ptrdiff_t>(k)));
+  st.parts.erase(st.parts.begin(), st.parts.begin() + static_cast<std::ptrdiff_t>(k));
+  st.flight_last_seq = st.front_seq + k - 1;
+  st.front_seq += k;
+  st.in_flight = true;
+  st.flight_rows = rows;
+  st.pending_rows -= rows;
+  st.flight_first_pending_us = job.parts.front().sent_us;
+  auto covered = std::find_if(st.waiters.begin(), st.waiters.end(),
+                              [&](const auto& w) { return w.seq > st.flight_last_seq; });
+  st.flight_waiters.assign(std::make_move_iterator(st.waiters.begin()),
+                           std::make_move_iterator(covered));
+  st.waiters.erase(st.waiters.begin(), covered);
+  self->request(st.committer, caf::infinite, std::move(job))
+      .then([self](commit_outcome& o) { on_outcome(self, o); },
+            [self](caf::error& e) {
+              // The committer is gone (the engine is stopping): nothing can be written.
+              self->quit(std::move(e));
+            });
+}
+
+void finish_drain_if_done(writer_actor* self) {
+  auto& st = self->state;
+  if (st.pending() == 0 && st.waiters.empty()) {
+    st.drain_waiter.deliver(caf::ok_atom::value);
+    self->quit();
+  } else {
+    start_commit(self);
   }
-  b.workflows = std::move(st.workflows);
-  for (auto& [k, r] : st.cache) {
-    b.cache.push_back(std::move(r));
+}
+
+void on_outcome(writer_actor* self, commit_outcome& o) {
+  auto& st = self->state;
+  st.in_flight = false;
+  st.flight_rows = 0;
+  st.metrics->commit_us_total.fetch_add(o.commit_us);
+  if (o.commits > 0) {
+    st.metrics->batches.fetch_add(o.commits);
+    st.metrics->rows.fetch_add(o.rows);
+    st.metrics->last_batch.store(o.largest);
+    auto prev = st.metrics->max_batch.load();
+    while (o.largest > prev && !st.metrics->max_batch.compare_exchange_weak(prev, o.largest)) {
+    }
   }
-  st.nodes.clear();
-  st.runs.clear();
-  st.workflows.clear();
-  st.cache.clear();
-  auto t0 = steady_us();
-  auto res = st.db->write(b);
-  auto t1 = steady_us();
-  if (!res) {
-    // Back into pending. Rows that arrived meanwhile cannot exist (one thread), so each key is
-    // free and the newest state per key is still the one kept.
-    take_rows(st, b.nodes, b.runs, b.workflows, b.cache);
-    note_error(st, res.error());
+  if (o.error) {
+    // Back into pending, behind nothing: its callers keep waiting for a commit that includes
+    // their rows, and the batch is retried after the backoff.
+    put_back(st, o.batch, st.flight_first_pending_us);
+    if (!st.flight_waiters.empty()) {
+      st.waiters.insert(st.waiters.begin(), std::make_move_iterator(st.flight_waiters.begin()),
+                        std::make_move_iterator(st.flight_waiters.end()));
+      st.flight_waiters.clear();
+    }
+    st.metrics->pending.store(st.pending());
+    note_error(st, *o.error);
     arm_retry(self);
-    return false;
+    return;
   }
-  std::uint64_t n = b.size();
-  st.metrics->batches.fetch_add(1);
-  st.metrics->rows.fetch_add(n);
-  st.metrics->last_batch.store(n);
-  st.metrics->commit_us_total.fetch_add(t1 - t0);
-  auto prev = st.metrics->max_batch.load();
-  while (n > prev && !st.metrics->max_batch.compare_exchange_weak(prev, n)) {
-  }
-  st.metrics->lag_us.store(t1 - st.first_pending_us);
+  st.metrics->lag_us.store(o.finished_us - st.flight_first_pending_us);
   st.retrying = false;
   st.backoff_ms = 0;
   publish_pending(st);
-  for (auto& w : st.waiters) {
-    w.deliver(caf::ok_atom::value);
+  for (auto& w : st.flight_waiters) {
+    w.promise.deliver(caf::ok_atom::value);
   }
-  st.waiters.clear();
-  // After the answers: housekeeping (a WAL checkpoint) must not sit in anyone's latency.
-  st.db->maintain();
-  return true;
+  st.flight_waiters.clear();
+  // Callers that asked while this job was out, for changes it held or older ones.
+  auto done = std::find_if(st.waiters.begin(), st.waiters.end(),
+                           [&](const auto& w) { return w.seq > st.flight_last_seq; });
+  for (auto w = st.waiters.begin(); w != done; ++w) {
+    w->promise.deliver(caf::ok_atom::value);
+  }
+  st.waiters.erase(st.waiters.begin(), done);
+  if (st.draining) {
+    finish_drain_if_done(self);
+    return;
+  }
+  schedule_flush(self);
 }
 
 void absorb(writer_state& st, persist& m) {
-  const std::int64_t arrived = m.sent_us > 0 ? m.sent_us : steady_us();
-  if (st.pending() == 0 || arrived < st.first_pending_us) {
-    st.first_pending_us = arrived;
+  const std::size_t n = m.nodes.size() + m.runs.size() + m.workflows.size() + m.cache.size();
+  if (n == 0) {
+    return;  // a caller asking for a commit of what it sent before
   }
-  st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size() + m.workflows.size() +
-                                      m.cache.size());
-  take_rows(st, m.nodes, m.runs, m.workflows, m.cache);
-  st.metrics->pending.store(st.pending());
-}
-
-// sync mode: the slow baseline, a commit for every single change, in order. Rows already
-// committed when a later one fails are simply written again later: upserts are idempotent.
-bool write_each(writer_actor* self, const persist& m) {
-  auto& st = self->state;
-  auto one = [&](write_batch b) {
-    auto t0 = steady_us();
-    auto res = st.db->write(b);
-    if (!res) {
-      note_error(st, res.error());
-      return false;
-    }
-    st.metrics->batches.fetch_add(1);
-    st.metrics->rows.fetch_add(b.size());
-    st.metrics->last_batch.store(b.size());
-    st.metrics->commit_us_total.fetch_add(steady_us() - t0);
-    return true;
-  };
-  for (const auto& r : m.nodes) {
-    write_batch b;
-    b.nodes.push_back(r);
-    if (!one(std::move(b))) {
-      return false;
-    }
+  if (m.sent_us <= 0) {
+    m.sent_us = steady_us();
   }
-  for (const auto& r : m.runs) {
-    write_batch b;
-    b.runs.push_back(r);
-    if (!one(std::move(b))) {
-      return false;
-    }
+  if (st.parts.empty()) {
+    st.front_seq = st.last_seq + 1;
   }
-  if (!m.workflows.empty() || !m.cache.empty()) {
-    write_batch b;
-    b.workflows = m.workflows;
-    b.cache = m.cache;
-    return one(std::move(b));
-  }
-  return true;
+  ++st.last_seq;
+  st.metrics->rows_received.fetch_add(n);
+  st.pending_rows += n;
+  st.parts.push_back(std::move(m));
+  st.metrics->pending.store(st.pending() + st.flight_rows);
 }
 
 // Decides when what is pending gets committed.
 void schedule_flush(writer_actor* self) {
   auto& st = self->state;
+  if (st.in_flight || st.retrying) {
+    return;  // the outcome, or the backoff timer, schedules what comes next
+  }
   if (st.pending() == 0 && st.waiters.empty()) {
+    return;
+  }
+  if (st.config.mode == persistence_mode::sync || st.draining) {
+    start_commit(self);
     return;
   }
   const bool queue_empty = self->mailbox().empty();
   const std::int64_t now = steady_us();
   // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
   // during a long commit may already be due.
-  std::int64_t due = st.first_pending_us + st.config.flush_ms * 1000 - now;
+  std::int64_t due = st.config.flush_ms * 1000;
+  if (!st.parts.empty()) {
+    due = st.parts.front().sent_us + st.config.flush_ms * 1000 - now;
+  }
   if (!st.waiters.empty()) {
     // Group commit: durable callers wait, so the batch is due after the commit window.
-    due = std::min(due, st.first_waiter_us + st.config.commit_delay_us - now);
+    due = std::min(due, st.waiters.front().since_us + st.config.commit_delay_us - now);
   }
-  if (st.pending() >= st.config.batch_max || st.draining || (due <= 0 && queue_empty)) {
-    flush(self);
+  if (st.pending() >= st.config.batch_max || (due <= 0 && queue_empty)) {
+    start_commit(self);
     return;
   }
   if (due <= 0) {
@@ -320,45 +524,29 @@ void schedule_flush(writer_actor* self) {
 
 caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
   auto& st = self->state;
-  if (st.config.mode == persistence_mode::sync && !st.retrying && st.pending() == 0) {
-    st.metrics->rows_received.fetch_add(m.nodes.size() + m.runs.size());
-    if (write_each(self, m)) {
-      return caf::ok_atom::value;
-    }
-    arm_retry(self);  // what failed joins the pending set and is retried with backoff
-  }
+  const std::int64_t since = m.sent_us > 0 ? m.sent_us : steady_us();
   absorb(st, m);
   caf::result<caf::ok_atom> answer = caf::ok_atom::value;
   if (ack) {
     auto rp = self->make_response_promise<caf::ok_atom>();
-    if (st.waiters.empty()) {
-      st.first_waiter_us = m.sent_us > 0 ? m.sent_us : steady_us();
-    }
-    st.waiters.push_back(rp);
+    st.waiters.push_back({st.last_seq, since, rp});
     answer = rp;
-  }
-  if (st.retrying) {
-    return answer;  // the backoff timer flushes
   }
   schedule_flush(self);
   return answer;
 }
 
-caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, writer_config config,
+caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_config config,
                               std::shared_ptr<writer_metrics> metrics) {
   auto& st = self->state;
-  st.db = std::move(db);
+  st.committer = committer;
   st.config = config;
   st.metrics = std::move(metrics);
-  if (config.nice != 0) {
-    // A detached actor is initialized on its own thread: this renices only the writer.
-    const auto tid = static_cast<id_t>(::syscall(SYS_gettid));
-    errno = 0;
-    int current = ::getpriority(PRIO_PROCESS, tid);
-    if (errno == 0) {
-      ::setpriority(PRIO_PROCESS, tid, current + config.nice);  // best effort
-    }
-  }
+  // The committer lives as long as the writer: whichever way the writer ends (drained, or
+  // told to exit at a deadline), the store is closed after the job in hand.
+  self->attach_functor([committer](const caf::error&) {
+    caf::anon_send_exit(committer, caf::exit_reason::user_shutdown);
+  });
   return {
       [self](persist& m) { accept(self, m, false); },
       [self](commit_atom, persist& m) -> caf::result<caf::ok_atom> {
@@ -366,30 +554,28 @@ caf::behavior writer_behavior(writer_actor* self, std::shared_ptr<store> db, wri
       },
       [self](flush_due_atom, std::uint64_t generation) {
         auto& st = self->state;
-        if (generation == st.generation && !st.retrying) {
-          flush(self);
+        if (generation != st.generation) {
+          return;  // stale: its rows were committed already
+        }
+        st.timer_armed = false;
+        st.flush_queued = false;
+        if (!st.in_flight && !st.retrying) {
+          start_commit(self);
         }
       },
       [self](retry_due_atom) {
         auto& st = self->state;
         st.metrics->retries.fetch_add(1);
-        if (flush(self) && st.draining) {
-          st.drain_waiter.deliver(caf::ok_atom::value);
-          self->quit();
-        }
+        st.retrying = false;
+        start_commit(self);
       },
       [self](drain_atom) -> caf::result<caf::ok_atom> {
         auto& st = self->state;
         st.draining = true;
-        if (st.retrying) {
-          st.drain_waiter = self->make_response_promise<caf::ok_atom>();
-          return st.drain_waiter;
-        }
-        if (flush(self)) {
-          self->quit();
-          return caf::ok_atom::value;
-        }
         st.drain_waiter = self->make_response_promise<caf::ok_atom>();
+        if (!st.in_flight && !st.retrying) {
+          finish_drain_if_done(self);
+        }
         return st.drain_waiter;
       },
   };
@@ -401,11 +587,13 @@ caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, write
                         std::shared_ptr<writer_metrics> metrics, trace::tracer* trace) {
   std::shared_ptr<store> shared(std::move(st));  // spawn() arguments must be copyable
   if (trace != nullptr) {
-    return trace::spawn_traced<writer_actor, caf::detached>(sys, trace, writer_behavior,
-                                                            std::move(shared), config,
-                                                            std::move(metrics));
+    auto committer = trace::spawn_traced<committer_actor, caf::detached>(
+        sys, trace, committer_behavior, std::move(shared), config.nice);
+    return trace::spawn_traced<writer_actor, caf::no_spawn_options>(
+        sys, trace, writer_behavior, committer, config, std::move(metrics));
   }
-  return sys.spawn<caf::detached>(writer_behavior, std::move(shared), config, std::move(metrics));
+  auto committer = sys.spawn<caf::detached>(committer_behavior, std::move(shared), config.nice);
+  return sys.spawn(writer_behavior, committer, config, std::move(metrics));
 }
 
 }  // namespace troupe

@@ -36,10 +36,10 @@ struct writer_config {
   /// A failed commit is retried after this backoff, doubling up to the cap.
   std::int64_t retry_initial_ms = 10;
   std::int64_t retry_max_ms = 2000;
-  /// Added to the writer thread's nice value (Linux; 0: unchanged). A positive value lets the
-  /// scheduler threads that carry callers' runs have the CPU first when this process is alone
-  /// on busy cores; but any other process then wins over the writer too, and durable callers
-  /// wait for it: measured on a shared 2-core machine, +10 tripled durable's p99
+  /// Added to the committer thread's nice value (Linux; 0: unchanged). A positive value lets
+  /// the scheduler threads that carry callers' runs have the CPU first when this process is
+  /// alone on busy cores; but any other process then wins over the committer too, and durable
+  /// callers wait for it: measured on a shared 2-core machine, +10 tripled durable's p99
   /// (docs/benchmarks.md). Off by default.
   int nice = 0;
 };

@@ -6,6 +6,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
@@ -15,6 +16,7 @@
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
+#include "test/support/status_io.hpp"
 
 using namespace troupe;
 using namespace std::chrono_literals;
@@ -49,6 +51,20 @@ class gated_store final : public forwarding_store {
     return cv_.wait_for(lock, timeout, [&] { return rows_ >= n; });
   }
 
+  // The next write fails (a transient error) without writing anything.
+  void fail_next() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    fail_next_ = true;
+  }
+  std::size_t rows() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return rows_;
+  }
+  std::vector<std::size_t> batch_sizes() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return batches_;
+  }
+
   std::string describe() const override { return "gated"; }
   expected<bool, store_error> write(const write_batch& b) override {
     {
@@ -57,11 +73,16 @@ class gated_store final : public forwarding_store {
       cv_.notify_all();
       cv_.wait(lock, [&] { return !held_; });
       blocked_ = false;
+      if (fail_next_) {
+        fail_next_ = false;
+        return make_unexpected(store_error{"injected failure", true});
+      }
     }
     auto r = forwarding_store::write(b);
     {
       std::lock_guard<std::mutex> lock(mutex_);
       rows_ += b.nodes.size();
+      batches_.push_back(b.size());
     }
     cv_.notify_all();
     return r;
@@ -78,10 +99,13 @@ class gated_store final : public forwarding_store {
   std::condition_variable cv_;
   bool held_ = false;
   bool blocked_ = false;
+  bool fail_next_ = false;
   std::size_t rows_ = 0;
+  std::vector<std::size_t> batches_;
 };
 
-persist rows(const std::string& run, int count, std::int64_t sent_us) {
+persist rows(const std::string& run, int count, std::int64_t sent_us,
+             node_status status = node_status::succeeded) {
   persist m;
   m.sent_us = sent_us;
   for (int i = 0; i < count; ++i) {
@@ -89,7 +113,7 @@ persist rows(const std::string& run, int count, std::int64_t sent_us) {
     r.run_id = run;
     r.node_id = "n" + std::to_string(i);
     r.attempt = 1;
-    r.status = node_status::succeeded;
+    r.status = status;
     m.nodes.push_back(std::move(r));
   }
   return m;
@@ -150,5 +174,81 @@ BOOST_AUTO_TEST_CASE(a_waiting_caller_gets_a_commit_without_waiting_for_flush_ms
       .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
   BOOST_TEST(ok);
   BOOST_TEST(db.wait_rows(3, 1s));
+  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
+}
+
+// A writer that fell behind catches up in transactions of at most 4 x batch_max rows, and a
+// durable caller is answered only by the commit that includes its own rows, not by an earlier
+// one that merely finished while it waited.
+BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after_its_rows,
+                     *boost::unit_test::timeout(60)) {
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  auto owned = std::make_unique<gated_store>();
+  gated_store& db = *owned;
+  writer_config wc;
+  wc.batch_max = 2;  // so a job holds at most 8 rows
+  wc.flush_ms = 60000;
+  auto metrics = std::make_shared<writer_metrics>();
+  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
+
+  db.hold();
+  caf::anon_send(writer, rows("first", 2, now_us()));  // batch_max: a commit, held at the door
+  BOOST_REQUIRE(db.wait_blocked(30s));
+  for (int i = 0; i < 10; ++i) {
+    caf::anon_send(writer, rows("backlog" + std::to_string(i), 2, now_us()));
+  }
+  caf::scoped_actor self{sys};
+  auto answer = self->request(writer, caf::timespan{30s}, commit_atom::value,
+                              rows("last", 2, now_us()));
+  db.release();
+  std::size_t committed_when_answered = 0;
+  answer.receive([&](caf::ok_atom) { committed_when_answered = db.rows(); },
+                 [](caf::error& e) { BOOST_FAIL("no answer: " << caf::to_string(e)); });
+  BOOST_TEST(committed_when_answered == 24u);
+  auto sizes = db.batch_sizes();
+  BOOST_TEST(sizes.size() >= 4u);  // 2, then 22 rows in jobs of at most 8
+  for (auto n : sizes) {
+    BOOST_TEST(n <= 8u);
+  }
+  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
+}
+
+// A commit fails while newer rows for the same keys arrive: the failed batch goes back behind
+// them, so the retry stores the newest state, once, and the caller of the failed batch is
+// answered only by that successful retry.
+BOOST_AUTO_TEST_CASE(a_failed_batch_does_not_overwrite_rows_that_arrived_during_it,
+                     *boost::unit_test::timeout(60)) {
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  auto owned = std::make_unique<gated_store>();
+  gated_store& db = *owned;
+  writer_config wc;
+  wc.batch_max = 3;
+  wc.flush_ms = 60000;
+  wc.retry_initial_ms = 1;
+  auto metrics = std::make_shared<writer_metrics>();
+  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
+
+  db.hold();
+  db.fail_next();
+  caf::scoped_actor self{sys};
+  auto answer = self->request(writer, caf::timespan{30s}, commit_atom::value,
+                              rows("r", 3, now_us(), node_status::running));
+  BOOST_REQUIRE(db.wait_blocked(30s));
+  caf::anon_send(writer, rows("r", 3, now_us(), node_status::succeeded));
+  db.release();
+  bool answered = false;
+  answer.receive([&](caf::ok_atom) { answered = true; },
+                 [](caf::error& e) { BOOST_FAIL("no answer: " << caf::to_string(e)); });
+  BOOST_TEST(answered);
+  BOOST_TEST(metrics->errors.load() == 1u);
+  BOOST_TEST(metrics->retries.load() >= 1u);
+  auto stored = db.node_rows("r");
+  BOOST_REQUIRE(stored.has_value());
+  BOOST_REQUIRE_EQUAL(stored->size(), 3u);
+  for (const auto& r : *stored) {
+    BOOST_TEST(r.status == node_status::succeeded);
+  }
   caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 }
