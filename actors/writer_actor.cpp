@@ -68,8 +68,8 @@ std::int64_t steady_us() {
       .count();
 }
 
-// Runs on the writer's own thread. Pending rows are kept newest-first per key, so a "running"
-// row followed by a "succeeded" one for the same attempt costs one row in the batch.
+// A scheduled actor: it never blocks, so a run actor's rows reach it without waking a thread.
+// It only decides when a batch is due and whom a commit answers; its committer does the rest.
 struct writer_state {
   caf::actor committer;  // owns the store; one job at a time
   writer_config config;

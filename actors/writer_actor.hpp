@@ -19,8 +19,9 @@ namespace trace {
 class tracer;
 }
 
-/// Spawns the writer on a thread of its own (its store calls block). It owns `store`. With a
-/// tracer, it is a traced actor (actors/trace.hpp).
+/// Spawns the writer (a scheduled actor, the one run actors talk to) and its committer (a
+/// detached actor that owns `store`, since store calls block; it ends with the writer). With a
+/// tracer, both are traced actors (actors/trace.hpp).
 caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
                         std::shared_ptr<writer_metrics> metrics, trace::tracer* trace = nullptr);
 

@@ -893,8 +893,8 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
       caf::anon_send_exit(m.writer, caf::exit_reason::user_shutdown);
     }
     m.writer = caf::actor{};
-    // No run is left to read it; a live handle would keep the detached writer's thread (and
-    // so the actor system's destructor) waiting forever.
+    // No run is left to read it; a live handle would keep the writer and its detached
+    // committer's thread (and so the actor system's destructor) waiting forever.
     m.services_mut->writer = caf::actor{};
   }
   m.blocking->join();
