@@ -5,7 +5,6 @@
 #include <boost/json/value.hpp>
 
 #include <filesystem>
-#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -15,6 +14,7 @@
 namespace bj = boost::json;
 using troupe::test::process_result;
 using troupe::test::run_troupe;
+using troupe::test::contains;
 using troupe::test::temp_dir;
 
 namespace {
@@ -59,13 +59,6 @@ constexpr const char* sleepy = R"({
   ]
 })";
 
-std::string write_file(const temp_dir& dir, const std::string& name, const std::string& text) {
-  const auto path = dir.path() / name;
-  std::ofstream out(path, std::ios::binary);
-  out << text;
-  return path.string();
-}
-
 bj::value json_of(const std::string& text) {
   boost::system::error_code ec;
   bj::value v = bj::parse(text, ec);
@@ -79,15 +72,11 @@ double num(const bj::value& v) {
                         : static_cast<double>(v.as_uint64());
 }
 
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
-
 }  // namespace
 
 BOOST_AUTO_TEST_CASE(summary_numbers_match_a_hand_computed_trace) {
   temp_dir dir;
-  const std::string file = write_file(dir, "hand.json", hand_trace);
+  const std::string file = dir.write_file("hand.json", hand_trace);
   const process_result r =
       run_troupe({"trace", "summary", file, "--run", "r1", "--json"}, dir.path());
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
@@ -154,7 +143,7 @@ BOOST_AUTO_TEST_CASE(summary_numbers_match_a_hand_computed_trace) {
 
 BOOST_AUTO_TEST_CASE(sequence_draws_the_runs_messages_in_order) {
   temp_dir dir;
-  const std::string file = write_file(dir, "hand.json", hand_trace);
+  const std::string file = dir.write_file("hand.json", hand_trace);
   const process_result r = run_troupe({"trace", "sequence", file, "--run", "r1"}, dir.path());
   BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
   std::vector<std::string> lines;
@@ -179,9 +168,9 @@ BOOST_AUTO_TEST_CASE(sequence_draws_the_runs_messages_in_order) {
 
 BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
   temp_dir dir;
-  const std::string good = write_file(dir, "hand.json", hand_trace);
-  const std::string not_json = write_file(dir, "bad.json", "{\"traceEvents\": [");
-  const std::string not_trace = write_file(dir, "other.json", "{\"nodes\": []}");
+  const std::string good = dir.write_file("hand.json", hand_trace);
+  const std::string not_json = dir.write_file("bad.json", "{\"traceEvents\": [");
+  const std::string not_trace = dir.write_file("other.json", "{\"nodes\": []}");
   struct expectation {
     std::vector<std::string> args;
     std::string message;
@@ -207,7 +196,7 @@ BOOST_AUTO_TEST_CASE(bad_input_is_a_clear_error) {
 
 BOOST_AUTO_TEST_CASE(run_and_load_write_traces_that_trace_summarises) {
   temp_dir dir;
-  const std::string wf = write_file(dir, "sleepy.json", sleepy);
+  const std::string wf = dir.write_file("sleepy.json", sleepy);
   const process_result run =
       run_troupe({"run", wf, "--mode", "memory", "--json", "--trace", "run.json"}, dir.path());
   BOOST_TEST_REQUIRE(run.exit_code == 0, run.err);
