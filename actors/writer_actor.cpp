@@ -115,6 +115,8 @@ struct writer_state {
   std::uint64_t trace_batches() const { return metrics ? metrics->batches.load() : 0; }
 
   std::size_t pending() const { return pending_rows; }
+  // What the metrics call pending (and producers are slowed by): everything not committed yet.
+  std::size_t uncommitted() const { return pending_rows + flight_rows; }
 };
 using writer_actor = caf::stateful_actor<writer_state>;
 
@@ -182,8 +184,7 @@ void put_back(writer_state& st, write_batch& b, std::int64_t sent_us) {
   back.workflows = std::move(b.workflows);
   back.cache = std::move(b.cache);
   back.sent_us = sent_us;
-  st.pending_rows += back.nodes.size() + back.runs.size() + back.workflows.size() +
-                     back.cache.size();
+  st.pending_rows += back.size();
   st.parts.insert(st.parts.begin(), std::move(back));
   st.front_seq = st.flight_last_seq;  // it stands for every change the failed job held
 }
@@ -199,7 +200,7 @@ void note_error(writer_state& st, const store_error& e) {
 }
 
 void publish_pending(writer_state& st) {
-  std::size_t p = st.pending() + st.flight_rows;
+  const std::size_t p = st.uncommitted();
   st.metrics->pending.store(p);
   if (p < st.config.pending_max) {
     // Producers blocked in wait_below() re-check under the mutex.
@@ -373,7 +374,7 @@ void start_commit(writer_actor* self) {
   std::size_t rows = 0;
   while (k < st.parts.size() && (k == 0 || rows < max_rows)) {
     const persist& m = st.parts[k++];
-    rows += m.nodes.size() + m.runs.size() + m.workflows.size() + m.cache.size();
+    rows += m.size();
   }
   job.parts.assign(std::make_move_iterator(st.parts.begin()),
                    std::make_move_iterator(st.parts.begin() + static_cast<std::ptrdiff_t>(k)));
@@ -429,7 +430,7 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
                         std::make_move_iterator(st.flight_waiters.end()));
       st.flight_waiters.clear();
     }
-    st.metrics->pending.store(st.pending());
+    st.metrics->pending.store(st.uncommitted());
     note_error(st, *o.error);
     arm_retry(self);
     return;
@@ -457,7 +458,7 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
 }
 
 void absorb(writer_state& st, persist& m) {
-  const std::size_t n = m.nodes.size() + m.runs.size() + m.workflows.size() + m.cache.size();
+  const std::size_t n = m.size();
   if (n == 0) {
     return;  // a caller asking for a commit of what it sent before
   }
@@ -471,7 +472,7 @@ void absorb(writer_state& st, persist& m) {
   st.metrics->rows_received.fetch_add(n);
   st.pending_rows += n;
   st.parts.push_back(std::move(m));
-  st.metrics->pending.store(st.pending() + st.flight_rows);
+  st.metrics->pending.store(st.uncommitted());
 }
 
 // Decides when what is pending gets committed.

@@ -21,7 +21,8 @@ bool parse_persistence_mode(std::string_view text, persistence_mode& out);
 
 struct writer_config {
   persistence_mode mode = persistence_mode::async;
-  /// Flush when this many distinct rows are pending...
+  /// Flush when this many rows are pending (as sent: the committer coalesces them to the newest
+  /// per key, so the batch written may be smaller)...
   std::size_t batch_max = 512;
   /// ...or this long after the first of them, whichever comes first.
   std::int64_t flush_ms = 5;

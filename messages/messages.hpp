@@ -62,6 +62,8 @@ struct persist {
   /// When the sender handed these rows over (steady clock, µs; 0: unknown). The writer's
   /// flush_ms counts from here, not from when it got round to reading them.
   std::int64_t sent_us = 0;
+
+  std::size_t size() const { return nodes.size() + runs.size() + workflows.size() + cache.size(); }
 };
 
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.

@@ -125,6 +125,24 @@ std::int64_t now_us() {
       .count();
 }
 
+// A writer over a gated store in an actor system of its own; told to exit at the end.
+struct writer_rig {
+  explicit writer_rig(const writer_config& wc) {
+    auto owned = std::make_unique<gated_store>();
+    db = owned.get();
+    writer = spawn_writer(sys, std::move(owned), wc, metrics);
+  }
+  ~writer_rig() { caf::anon_send_exit(writer, caf::exit_reason::user_shutdown); }
+  writer_rig(const writer_rig&) = delete;
+  writer_rig& operator=(const writer_rig&) = delete;
+
+  caf::actor_system_config cfg;
+  caf::actor_system sys{cfg};
+  gated_store* db = nullptr;  // owned by the writer's committer
+  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
+  caf::actor writer;
+};
+
 }  // namespace
 
 // Rows that are already due when they arrive behind other messages must still be committed
@@ -132,49 +150,39 @@ std::int64_t now_us() {
 // of its own behind them instead of waiting for traffic that may never come. This hung durable
 // runs about 1 time in 10 under load before.
 BOOST_AUTO_TEST_CASE(overdue_rows_behind_a_stale_timer_are_committed, *boost::unit_test::timeout(60)) {
-  caf::actor_system_config cfg;
-  caf::actor_system sys{cfg};
-  auto owned = std::make_unique<gated_store>();
-  gated_store& db = *owned;
   writer_config wc;
   wc.batch_max = 2;
   wc.flush_ms = 60000;  // only batch_max or an overdue batch can make it commit
-  wc.nice = 0;
-  auto metrics = std::make_shared<writer_metrics>();
-  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
+  writer_rig rig(wc);
+  gated_store& db = *rig.db;
+  const caf::actor& writer = rig.writer;
 
   db.hold();
   caf::anon_send(writer, rows("a", 2, now_us()));  // batch_max: a commit, held at the door
   BOOST_REQUIRE(db.wait_blocked(30s));
-  // While the writer is busy: rows sent long ago (overdue), then a timer of an old generation.
+  // While that batch is being written: rows sent long ago (overdue), then a stale timer.
   caf::anon_send(writer, rows("b", 1, now_us() - 3600ll * 1000 * 1000));
   caf::anon_send(writer, flush_due_atom::value, std::uint64_t{0});
   db.release();
   BOOST_TEST(db.wait_rows(3, 30s));
-  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 }
 
 // A durable caller's commit request behind other messages is answered once they are absorbed,
 // without waiting for flush_ms.
 BOOST_AUTO_TEST_CASE(a_waiting_caller_gets_a_commit_without_waiting_for_flush_ms,
                      *boost::unit_test::timeout(60)) {
-  caf::actor_system_config cfg;
-  caf::actor_system sys{cfg};
-  auto owned = std::make_unique<gated_store>();
-  gated_store& db = *owned;
   writer_config wc;
   wc.batch_max = 1000;
   wc.flush_ms = 60000;
-  wc.nice = 0;
-  auto metrics = std::make_shared<writer_metrics>();
-  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
-  caf::scoped_actor self{sys};
+  writer_rig rig(wc);
+  gated_store& db = *rig.db;
+  const caf::actor& writer = rig.writer;
+  caf::scoped_actor self{rig.sys};
   bool ok = false;
   self->request(writer, caf::timespan{30s}, commit_atom::value, rows("c", 3, now_us()))
       .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
   BOOST_TEST(ok);
   BOOST_TEST(db.wait_rows(3, 1s));
-  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 }
 
 // A writer that fell behind catches up in transactions of at most 4 x batch_max rows, and a
@@ -182,15 +190,12 @@ BOOST_AUTO_TEST_CASE(a_waiting_caller_gets_a_commit_without_waiting_for_flush_ms
 // one that merely finished while it waited.
 BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after_its_rows,
                      *boost::unit_test::timeout(60)) {
-  caf::actor_system_config cfg;
-  caf::actor_system sys{cfg};
-  auto owned = std::make_unique<gated_store>();
-  gated_store& db = *owned;
   writer_config wc;
   wc.batch_max = 2;  // so a job holds at most 8 rows
   wc.flush_ms = 60000;
-  auto metrics = std::make_shared<writer_metrics>();
-  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
+  writer_rig rig(wc);
+  gated_store& db = *rig.db;
+  const caf::actor& writer = rig.writer;
 
   db.hold();
   caf::anon_send(writer, rows("first", 2, now_us()));  // batch_max: a commit, held at the door
@@ -198,7 +203,7 @@ BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after
   for (int i = 0; i < 10; ++i) {
     caf::anon_send(writer, rows("backlog" + std::to_string(i), 2, now_us()));
   }
-  caf::scoped_actor self{sys};
+  caf::scoped_actor self{rig.sys};
   auto answer = self->request(writer, caf::timespan{30s}, commit_atom::value,
                               rows("last", 2, now_us()));
   db.release();
@@ -211,7 +216,6 @@ BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after
   for (auto n : sizes) {
     BOOST_TEST(n <= 8u);
   }
-  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 }
 
 // A commit fails while newer rows for the same keys arrive: the failed batch goes back behind
@@ -219,20 +223,17 @@ BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after
 // answered only by that successful retry.
 BOOST_AUTO_TEST_CASE(a_failed_batch_does_not_overwrite_rows_that_arrived_during_it,
                      *boost::unit_test::timeout(60)) {
-  caf::actor_system_config cfg;
-  caf::actor_system sys{cfg};
-  auto owned = std::make_unique<gated_store>();
-  gated_store& db = *owned;
   writer_config wc;
   wc.batch_max = 3;
   wc.flush_ms = 60000;
   wc.retry_initial_ms = 1;
-  auto metrics = std::make_shared<writer_metrics>();
-  auto writer = spawn_writer(sys, std::move(owned), wc, metrics);
+  writer_rig rig(wc);
+  gated_store& db = *rig.db;
+  const caf::actor& writer = rig.writer;
 
   db.hold();
   db.fail_next();
-  caf::scoped_actor self{sys};
+  caf::scoped_actor self{rig.sys};
   auto answer = self->request(writer, caf::timespan{30s}, commit_atom::value,
                               rows("r", 3, now_us(), node_status::running));
   BOOST_REQUIRE(db.wait_blocked(30s));
@@ -242,13 +243,12 @@ BOOST_AUTO_TEST_CASE(a_failed_batch_does_not_overwrite_rows_that_arrived_during_
   answer.receive([&](caf::ok_atom) { answered = true; },
                  [](caf::error& e) { BOOST_FAIL("no answer: " << caf::to_string(e)); });
   BOOST_TEST(answered);
-  BOOST_TEST(metrics->errors.load() == 1u);
-  BOOST_TEST(metrics->retries.load() >= 1u);
+  BOOST_TEST(rig.metrics->errors.load() == 1u);
+  BOOST_TEST(rig.metrics->retries.load() >= 1u);
   auto stored = db.node_rows("r");
   BOOST_REQUIRE(stored.has_value());
   BOOST_REQUIRE_EQUAL(stored->size(), 3u);
   for (const auto& r : *stored) {
     BOOST_TEST(r.status == node_status::succeeded);
   }
-  caf::anon_send_exit(writer, caf::exit_reason::user_shutdown);
 }
