@@ -43,6 +43,13 @@ struct writer_config {
   /// callers wait for it: measured on a shared 2-core machine, +10 tripled durable's p99
   /// (docs/benchmarks.md). Off by default.
   int nice = 0;
+  /// In async mode, the committer gives its core back (sched_yield) after every
+  /// `write_slice_rows` rows it coalesces or writes (persistence/store.hpp). Not in durable
+  /// and sync modes, whose callers wait for the commit itself. A commit of a few hundred rows is a
+  /// millisecond or more of CPU; in one piece it holds a core that a woken scheduler thread
+  /// then waits for, whatever the committer's priority (measured on a 2-core VM: nice +19 and
+  /// SCHED_IDLE did not help, slices did: docs/benchmarks.md, session 4). Off only to measure.
+  bool yield_slices = true;
 };
 
 /// The writer's counters, shared with the engine (read from any thread). Also the place where

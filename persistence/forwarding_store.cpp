@@ -41,5 +41,8 @@ expected<std::size_t, store_error> forwarding_store::clear_cache(std::string_vie
 void forwarding_store::maintain() {
   inner_->maintain();
 }
+void forwarding_store::set_write_yield(std::function<void()> yield) {
+  inner_->set_write_yield(std::move(yield));
+}
 
 }  // namespace troupe

@@ -29,6 +29,8 @@ class forwarding_store : public store {
   expected<std::vector<cache_row>, store_error> list_cache(std::string_view workflow) override;
   expected<std::size_t, store_error> clear_cache(std::string_view workflow) override;
   void maintain() override;
+  /// Installs it on the inner store, which is the one that writes.
+  void set_write_yield(std::function<void()> yield) override;
 
  private:
   std::shared_ptr<store> inner_;

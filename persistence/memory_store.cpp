@@ -43,11 +43,20 @@ class memory_store final : public store {
         }
       }
       std::lock_guard lock(mu_);
+      std::size_t in_slice = 0;
+      auto next_row = [&] {
+        if (++in_slice == write_slice_rows) {
+          in_slice = 0;
+          yield_between_slices();
+        }
+      };
       for (const auto& r : batch.runs) {
         runs_.insert_or_assign(r.run_id, r);
+        next_row();
       }
       for (const auto& n : batch.nodes) {
         nodes_[n.run_id].insert_or_assign(std::make_tuple(n.node_id, n.item, n.attempt), n);
+        next_row();
       }
       for (const auto& w : batch.workflows) {
         workflows_.insert_or_assign(std::make_pair(w.name, w.version), w);

@@ -4,7 +4,10 @@
 // CTEs each upsert one table from parallel arrays,
 //   WITH r AS (INSERT INTO runs (...) SELECT * FROM unnest($1::text[], ...) ON CONFLICT ...),
 //        n AS (...), w AS (...), c AS (...) SELECT 1
-// A single statement is its own transaction, so the batch is atomic without BEGIN/COMMIT. The
+// A single statement is its own transaction, so the batch is atomic without BEGIN/COMMIT. (The
+// async writer asks for slices, set_write_yield(): then the batch is several such statements of
+// at most write_slice_rows rows between BEGIN and COMMIT, so that the server never works on one
+// for long; one round trip each.) The
 // statement text never changes with the batch size (37 parameters whatever the row count), so it
 // is parsed and planned once per connection, where multi-row VALUES would send and parse a new
 // statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
@@ -504,20 +507,36 @@ class postgres_store final : public store {
       if (batch.empty()) {
         return true;
       }
-      auto params = encode(batch);
-      if (!params) {
-        return make_unexpected(params.error());
-      }
-      std::array<const char*, write_param_count> values{};
-      for (std::size_t i = 0; i < values.size(); ++i) {
-        values[i] = (*params)[i].c_str();
+      auto slices = encode(batch, slices_writes() ? write_slice_rows : 0);
+      if (!slices) {
+        return make_unexpected(slices.error());
       }
       std::lock_guard lock(mu_);
-      auto res = run(s_write, values.data(), write_param_count, PGRES_TUPLES_OK, "write batch");
-      if (!res) {
-        return make_unexpected(res.error());
+      if (slices->size() == 1) {
+        return write_slice(slices->front());
       }
-      return true;
+      // In slices, the server works on one statement of a few dozen rows at a time and waits
+      // for the next between them, rather than holding a core for the whole batch; BEGIN and
+      // COMMIT keep the batch all or nothing.
+      if (auto r = ensure_connected(); !r) {
+        return r;
+      }
+      auto r = exec("BEGIN", PGRES_COMMAND_OK, "begin batch");
+      for (std::size_t i = 0; r && i < slices->size(); ++i) {
+        if (i > 0) {
+          yield_between_slices();
+        }
+        r = write_slice((*slices)[i]);
+      }
+      if (r) {
+        r = exec("COMMIT", PGRES_COMMAND_OK, "commit batch");
+      } else if (conn_ && PQstatus(conn_.get()) == CONNECTION_OK) {
+        result_ptr ignored(PQexec(conn_.get(), "ROLLBACK"));
+      }
+      if (!r && conn_ && PQstatus(conn_.get()) != CONNECTION_OK) {
+        conn_.reset();  // reconnect on the next call
+      }
+      return r;
     });
   }
 
@@ -752,10 +771,44 @@ class postgres_store final : public store {
     return res;
   }
 
-  static expected<std::array<std::string, write_param_count>, store_error> encode(
-      const write_batch& batch) {
+  using write_params = std::array<std::string, write_param_count>;
+
+  expected<bool, store_error> write_slice(const write_params& params) {
+    std::array<const char*, write_param_count> values{};
+    for (std::size_t i = 0; i < values.size(); ++i) {
+      values[i] = params[i].c_str();
+    }
+    auto res = run(s_write, values.data(), write_param_count, PGRES_TUPLES_OK, "write batch");
+    if (!res) {
+      return make_unexpected(res.error());
+    }
+    return true;
+  }
+
+  // The batch as the write statement's parameters: one set, or (slice_rows > 0) one set per
+  // slice of at most slice_rows rows, tables in the order runs, nodes, workflows, cache.
+  static expected<std::vector<write_params>, store_error> encode(const write_batch& batch,
+                                                                 std::size_t slice_rows) {
+    std::vector<write_params> out;
     std::array<array_literal, write_param_count> a;
+    std::size_t in_slice = 0;
+    auto finish_slice = [&] {
+      write_params& params = out.emplace_back();
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        params[i] = std::move(a[i]).finish();
+        a[i] = array_literal();
+      }
+      in_slice = 0;
+    };
+    // Before each row: a full slice is closed first.
+    auto next_row = [&] {
+      if (slice_rows > 0 && in_slice == slice_rows) {
+        finish_slice();
+      }
+      ++in_slice;
+    };
     for (const run_row* r : last_wins(batch.runs, run_key)) {
+      next_row();
       auto status = status_name(r->status);
       if (!status) {
         return make_unexpected(status.error());
@@ -775,6 +828,7 @@ class postgres_store final : public store {
       p[11].text(r->parent_node_id);
     }
     for (const node_row* r : last_wins(batch.nodes, node_key)) {
+      next_row();
       auto status = status_name(r->status);
       if (!status) {
         return make_unexpected(status.error());
@@ -804,6 +858,7 @@ class postgres_store final : public store {
       p[13].text(r->child_run_id);
     }
     for (const workflow_row* r : last_wins(batch.workflows, workflow_key)) {
+      next_row();
       array_literal* p = &a[workflow_params];
       p[0].text(r->name);
       p[1].text(r->version);
@@ -812,6 +867,7 @@ class postgres_store final : public store {
       p[4].integer(r->registered_at);
     }
     for (const cache_row* r : last_wins(batch.cache, cache_key)) {
+      next_row();
       array_literal* p = &a[cache_params];
       p[0].text(r->key);
       p[1].text(r->workflow);
@@ -820,10 +876,7 @@ class postgres_store final : public store {
       p[4].text(r->kind);
       p[5].integer(r->created_at);
     }
-    std::array<std::string, write_param_count> out;
-    for (std::size_t i = 0; i < out.size(); ++i) {
-      out[i] = std::move(a[i]).finish();
-    }
+    finish_slice();
     return out;
   }
 

@@ -633,11 +633,14 @@ class sqlite_store final : public store {
     const int max_rows = std::max(1, max_vars_ / static_cast<int>(t.column_count));
     std::size_t done = 0;
     std::deque<std::string> keep;
+    const int max_chunk = slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows))
+                                          : max_rows;
     while (done < rows.size()) {
+      yield_between_slices();
       const std::size_t left = rows.size() - done;
       int n = 1;
       for (int c : chunk_sizes) {
-        if (c <= max_rows && static_cast<std::size_t>(c) <= left) {
+        if (c <= max_chunk && static_cast<std::size_t>(c) <= left) {
           n = c;
           break;
         }

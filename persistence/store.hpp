@@ -4,7 +4,9 @@
 // PostgreSQL. No actors here: the writer actor (actors/) owns a store and calls it from its own
 // thread. A store object is used by one thread at a time unless an implementation says more.
 
+#include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -128,11 +130,37 @@ class store {
   /// Returns the number of entries removed; empty workflow: all.
   virtual expected<std::size_t, store_error> clear_cache(std::string_view workflow) = 0;
 
+  /// Installs a function that write() calls between slices of a batch of at most
+  /// `write_slice_rows` rows each, on the writing thread, inside the batch's transaction (SQLite:
+  /// one multi-row statement per slice; PostgreSQL: one statement, one round trip, per slice;
+  /// the memory store: every slice of rows). The async writer's committer installs sched_yield:
+  /// a commit of hundreds of rows then gives its core back every ~100 µs, so that a scheduler
+  /// thread woken meanwhile runs at once instead of after the whole commit (on a 2-core VM this
+  /// took async mode's p99 from 3-4x memory mode's to about 1.2x; docs/benchmarks.md, session
+  /// 4). The batch stays all or nothing. The function must not call this store (its lock is
+  /// held). Empty function: no slices (the default).
+  virtual void set_write_yield(std::function<void()> yield) { write_yield_ = std::move(yield); }
+
   /// Housekeeping the writer runs after it has answered the callers of a commit, so that no
   /// caller waits for it (SQLite checkpoints its write-ahead log here rather than inside a
   /// commit). Failures are not reported: the next write meets any real trouble.
   virtual void maintain() {}
+
+ protected:
+  /// For implementations: whether a yield is installed (then slices are due), and the call.
+  bool slices_writes() const { return static_cast<bool>(write_yield_); }
+  void yield_between_slices() const {
+    if (write_yield_) {
+      write_yield_();
+    }
+  }
+
+ private:
+  std::function<void()> write_yield_;
 };
+
+/// The most rows a store writes between two calls of the function given to set_write_yield().
+inline constexpr std::size_t write_slice_rows = 64;
 
 /// Opens a store by URL: `memory://`, `sqlite://PATH` (relative or absolute; `sqlite://troupe.db`
 /// is the default), `postgres://...` or `postgresql://...` (a libpq connection URI). Applies

@@ -64,6 +64,7 @@ struct options {
   std::int64_t flush_ms = 5;
   std::int64_t commit_delay_us = writer_config{}.commit_delay_us;
   int writer_nice = writer_config{}.nice;
+  bool yield_slices = writer_config{}.yield_slices;
   std::size_t batch_max = 512;
   std::size_t pending_max = 200000;
   int threads = 2;
@@ -212,6 +213,11 @@ class timed_store : public store {
   std::string describe() const override {
     return inner_ ? inner_->describe() : std::string("null://");
   }
+  void set_write_yield(std::function<void()> yield) override {
+    if (inner_) {
+      inner_->set_write_yield(std::move(yield));
+    }
+  }
   expected<bool, store_error> write(const write_batch& b) override {
     if (!inner_) {
       commits_us.add(0);
@@ -309,6 +315,7 @@ engine_config config_for(const options& o, persistence_mode mode, const target& 
   c.writer.flush_ms = o.flush_ms;
   c.writer.commit_delay_us = o.commit_delay_us;
   c.writer.nice = o.writer_nice;
+  c.writer.yield_slices = o.yield_slices;
   c.writer.pending_max = o.pending_max;
   return c;
 }
@@ -668,9 +675,10 @@ void bench_store(const options& o, const target& t) {
   std::printf("\n=== %s  %s ===\n", t.label.c_str(), t.url.c_str());
   std::printf(
       "W3 = A -> B1..B8 -> C (echo/noop quick tasks); %d scheduler threads; writer batch_max %zu, "
-      "flush_ms %lld, commit_delay_us %lld, writer nice +%d, pending_max %zu\n",
+      "flush_ms %lld, commit_delay_us %lld, writer nice +%d, pending_max %zu, async slices %s\n",
       o.threads, o.batch_max, static_cast<long long>(o.flush_ms),
-      static_cast<long long>(o.commit_delay_us), o.writer_nice, o.pending_max);
+      static_cast<long long>(o.commit_delay_us), o.writer_nice, o.pending_max,
+      o.yield_slices ? "on" : "off");
   std::fflush(stdout);
 
   // 1. Closed loop, modes interleaved with a fresh database each.
@@ -860,8 +868,8 @@ void bench_store(const options& o, const target& t) {
       stderr,
       "usage: bench_persistence [--store-sqlite PATH] [--pg-url URL] [--pg-truncate] [--runs N]\n"
       "         [--sync-divisor D] [--open-seconds S] [--rate R] [--rate-fraction F]\n"
-      "         [--flush-ms MS] [--commit-delay-us US] [--writer-nice N] [--batch-max N]\n"
-      "         [--pending-max N] [--threads N]\n"
+      "         [--flush-ms MS] [--commit-delay-us US] [--writer-nice N] [--no-yield-slices]\n"
+      "         [--batch-max N] [--pending-max N] [--threads N]\n"
       "         [--raw-seconds S] [--max-seconds S] [--sync-seconds S] [--only sqlite|pg]\n"
       "         [--quick]\n");
   std::exit(2);
@@ -901,6 +909,8 @@ int main(int argc, char** argv) {
         o.flush_ms = std::stoll(next());
       } else if (a == "--commit-delay-us") {
         o.commit_delay_us = std::stoll(next());
+      } else if (a == "--no-yield-slices") {
+        o.yield_slices = false;
       } else if (a == "--writer-nice") {
         o.writer_nice = std::stoi(next());
       } else if (a == "--batch-max") {

@@ -1,6 +1,7 @@
 #define BOOST_TEST_MODULE actors_writer
 #include <boost/test/unit_test.hpp>
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <memory>
@@ -65,6 +66,27 @@ class gated_store final : public forwarding_store {
     return batches_;
   }
 
+  // The committer installs its yield here; the memory store then calls it between slices.
+  void set_write_yield(std::function<void()> yield) override {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      yield_installed_ = static_cast<bool>(yield);
+    }
+    if (!yield) {
+      forwarding_store::set_write_yield(nullptr);
+      return;
+    }
+    forwarding_store::set_write_yield([this, yield = std::move(yield)] {
+      yields_.fetch_add(1);
+      yield();
+    });
+  }
+  bool yield_installed() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return yield_installed_;
+  }
+  std::size_t yields() const { return yields_.load(); }
+
   std::string describe() const override { return "gated"; }
   expected<bool, store_error> write(const write_batch& b) override {
     {
@@ -102,6 +124,8 @@ class gated_store final : public forwarding_store {
   bool fail_next_ = false;
   std::size_t rows_ = 0;
   std::vector<std::size_t> batches_;
+  bool yield_installed_ = false;
+  std::atomic<std::size_t> yields_{0};
 };
 
 persist rows(const std::string& run, int count, std::int64_t sent_us,
@@ -250,5 +274,38 @@ BOOST_AUTO_TEST_CASE(a_failed_batch_does_not_overwrite_rows_that_arrived_during_
   BOOST_REQUIRE_EQUAL(stored->size(), 3u);
   for (const auto& r : *stored) {
     BOOST_TEST(r.status == node_status::succeeded);
+  }
+}
+
+// Async callers never wait for a commit, so its committer writes in slices and gives its core
+// back between them; durable callers wait for the commit itself, so it never does for them.
+BOOST_AUTO_TEST_CASE(only_the_async_committer_yields_between_slices,
+                     *boost::unit_test::timeout(60)) {
+  const int rows_sent = 3 * static_cast<int>(write_slice_rows);
+  for (auto mode : {persistence_mode::async, persistence_mode::durable, persistence_mode::sync}) {
+    for (bool slices : {true, false}) {
+      BOOST_TEST_CONTEXT("mode " << to_string(mode) << ", yield_slices " << slices) {
+        writer_config wc;
+        wc.mode = mode;
+        wc.yield_slices = slices;
+        wc.batch_max = 1000;
+        wc.flush_ms = 60000;
+        writer_rig rig(wc);
+        caf::scoped_actor self{rig.sys};
+        bool ok = false;
+        self->request(rig.writer, caf::timespan{30s}, commit_atom::value,
+                      rows("y", rows_sent, now_us()))
+            .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
+        BOOST_REQUIRE(ok);
+        BOOST_TEST(rig.db->rows() == static_cast<std::size_t>(rows_sent));
+        const bool expected = slices && mode == persistence_mode::async;
+        BOOST_TEST(rig.db->yield_installed() == expected);
+        if (expected) {
+          BOOST_TEST(rig.db->yields() >= 2u);  // 192 rows: a yield after each 64
+        } else {
+          BOOST_TEST(rig.db->yields() == 0u);
+        }
+      }
+    }
   }
 }

@@ -352,6 +352,53 @@ BOOST_AUTO_TEST_CASE(writes_large_batches_completely, *utf::timeout(120)) {
   }
 }
 
+BOOST_AUTO_TEST_CASE(writes_a_batch_in_slices_completely_yielding_between_them,
+                     *utf::timeout(120)) {
+  int yields = 0;
+  s->set_write_yield([&] { ++yields; });
+  write_batch b;
+  b.runs = {sample_run("sliced")};
+  for (int i = 0; i < 1000; ++i) {
+    b.nodes.push_back(sample_node("sliced", "map", i, 1));
+  }
+  b.nodes.push_back(sample_node("sliced", "map", 7, 1));  // the later row for a key wins
+  b.nodes.back().error = "second";
+  b.workflows = {{"etl", "3", "h", "{}", 1}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}};
+  must_write(*s, b);
+  // 1004 rows in slices of write_slice_rows: at least one yield between each two of them.
+  BOOST_TEST(yields >= static_cast<int>(1004 / write_slice_rows) - 1);
+  auto nodes = must_nodes("sliced");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1000u);
+  BOOST_TEST(nodes[7].error == "second");
+  check_same(must_get_run("sliced"), b.runs[0]);
+  auto c = s->get_cache("k");
+  BOOST_REQUIRE(c.has_value());
+  BOOST_TEST(c->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(a_sliced_batch_with_an_invalid_row_at_its_end_writes_nothing,
+                     *utf::timeout(120)) {
+  s->set_write_yield([] {});
+  write_batch b;
+  b.runs = {sample_run("r1")};
+  for (int i = 0; i < 500; ++i) {
+    b.nodes.push_back(sample_node("r1", "map", i, 1));
+  }
+  node_row bad = sample_node("r1", "bad");
+  bad.attempt = -1;  // refused after several slices have gone in
+  b.nodes.push_back(bad);
+  auto r = s->write(b);
+  BOOST_REQUIRE(!r.has_value());
+  auto run = s->get_run("r1");
+  BOOST_REQUIRE(run.has_value());
+  BOOST_TEST(!run->has_value());
+  BOOST_TEST(must_nodes("r1").empty());
+  b.nodes.pop_back();
+  must_write(*s, b);  // the store still works, in slices
+  BOOST_TEST(must_nodes("r1").size() == 500u);
+}
+
 BOOST_AUTO_TEST_CASE(treats_an_empty_batch_as_a_successful_no_op, *utf::timeout(60)) {
   auto r = s->write({});
   BOOST_REQUIRE(r.has_value());

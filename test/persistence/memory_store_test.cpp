@@ -17,6 +17,27 @@ boost::test_tools::assertion_result backend_available(utf::test_unit_id) {
   return true;
 }
 
+BOOST_AUTO_TEST_SUITE(memory_store_slices)
+
+BOOST_AUTO_TEST_CASE(yields_between_slices_and_keeps_every_row, *utf::timeout(30)) {
+  auto s = make_test_store();
+  write_batch b;
+  b.runs = {sample_run("r1")};
+  for (int i = 0; i < 300; ++i) {
+    b.nodes.push_back(sample_node("r1", "n", i));
+  }
+  int yields = 0;
+  s->set_write_yield([&] { ++yields; });
+  auto r = s->write(b);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+  BOOST_TEST(yields == static_cast<int>(301 / write_slice_rows));
+  auto nodes = s->node_rows("r1");
+  BOOST_REQUIRE(nodes.has_value());
+  BOOST_TEST(nodes->size() == 300u);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE(open_store_urls)
 
 BOOST_AUTO_TEST_CASE(an_unknown_scheme_is_refused_with_the_accepted_ones_listed,

@@ -6,6 +6,8 @@
 
 #include <atomic>
 #include <filesystem>
+#include <string>
+#include <vector>
 
 #include "test/persistence/conformance.hpp"
 
@@ -345,6 +347,45 @@ BOOST_AUTO_TEST_CASE(a_failure_late_in_a_batch_rolls_back_its_earlier_tables, *u
   BOOST_TEST(raw.text("SELECT count(*) FROM node_executions") == "0");
   BOOST_TEST(raw.text("SELECT count(*) FROM workflows") == "0");
   BOOST_TEST(raw.text("SELECT count(*) FROM cache_entries") == "0");
+}
+
+BOOST_AUTO_TEST_CASE(a_sliced_batch_is_still_one_transaction, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  write_batch b;
+  b.runs = {sample_run("r1")};
+  for (int i = 0; i < 300; ++i) {
+    b.nodes.push_back(sample_node("r1", "n", i));
+  }
+  // What another connection sees at each yield: the transaction is open, nothing is visible.
+  raw_db other(path);
+  std::vector<std::string> seen;
+  s->set_write_yield([&] { seen.push_back(other.text("SELECT count(*) FROM node_executions")); });
+  must_write(*s, b);
+  // 301 rows in statements of at most write_slice_rows: a yield before each of them.
+  BOOST_TEST(seen.size() >= (300 + write_slice_rows - 1) / write_slice_rows + 1);
+  for (const auto& count : seen) {
+    BOOST_TEST(count == "0");
+  }
+  BOOST_TEST(other.text("SELECT count(*) FROM node_executions") == "300");
+  BOOST_TEST(other.text("SELECT count(*) FROM runs") == "1");
+}
+
+BOOST_AUTO_TEST_CASE(a_failure_after_a_yield_rolls_back_the_whole_batch, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  raw_db(path).exec(
+      "CREATE TRIGGER boom BEFORE INSERT ON node_executions WHEN NEW.item = 250 "
+      "BEGIN SELECT RAISE(ABORT, 'boom'); END");
+  write_batch b;
+  for (int i = 0; i < 300; ++i) {
+    b.nodes.push_back(sample_node("r1", "n", i));
+  }
+  int yields = 0;
+  s->set_write_yield([&] { ++yields; });
+  BOOST_REQUIRE(!s->write(b).has_value());
+  BOOST_TEST(yields >= 4);  // the failing statement came after several committed-to-be slices
+  BOOST_TEST(raw_db(path).text("SELECT count(*) FROM node_executions") == "0");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
