@@ -45,7 +45,8 @@ struct writer_config {
   int nice = 0;
   /// In async mode, the committer gives its core back (sched_yield) after every
   /// `write_slice_rows` rows it coalesces or writes (persistence/store.hpp). Not in durable
-  /// and sync modes, whose callers wait for the commit itself. A commit of a few hundred rows is a
+  /// and sync modes, whose callers wait for the commit itself, nor while the writer is behind
+  /// (a job at its cap of 4 x batch_max rows) or draining. A commit of a few hundred rows is a
   /// millisecond or more of CPU; in one piece it holds a core that a woken scheduler thread
   /// then waits for, whatever the committer's priority (measured on a 2-core VM: nice +19 and
   /// SCHED_IDLE did not help, slices did: docs/benchmarks.md, session 4). Off only to measure.
