@@ -371,23 +371,6 @@ BOOST_AUTO_TEST_CASE(a_sliced_batch_is_still_one_transaction, *utf::timeout(30))
   BOOST_TEST(other.text("SELECT count(*) FROM runs") == "1");
 }
 
-BOOST_AUTO_TEST_CASE(a_failure_after_a_yield_rolls_back_the_whole_batch, *utf::timeout(30)) {
-  const std::string path = fresh_path();
-  auto s = must_open(path);
-  raw_db(path).exec(
-      "CREATE TRIGGER boom BEFORE INSERT ON node_executions WHEN NEW.item = 250 "
-      "BEGIN SELECT RAISE(ABORT, 'boom'); END");
-  write_batch b;
-  for (int i = 0; i < 300; ++i) {
-    b.nodes.push_back(sample_node("r1", "n", i));
-  }
-  int yields = 0;
-  s->set_write_yield([&] { ++yields; });
-  BOOST_REQUIRE(!s->write(b).has_value());
-  BOOST_TEST(yields >= 4);  // the failing statement came after several committed-to-be slices
-  BOOST_TEST(raw_db(path).text("SELECT count(*) FROM node_executions") == "0");
-}
-
 BOOST_AUTO_TEST_SUITE_END()
 
 }  // namespace troupe::test
