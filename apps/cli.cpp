@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <functional>
 #include <iostream>
 #include <mutex>
 #include <optional>
@@ -571,30 +572,22 @@ int run_cli(int argc, char** argv) {
     return exit_usage;
   }
 
+  // The leaf subcommands and what each runs; a bare `troupe FILE` validates.
+  const std::pair<CLI::App*, std::function<int()>> commands[] = {
+      {run, [&] { return run_command(run_opts); }},
+      {list, [&] { return runs_list_command(list_opts); }},
+      {show, [&] { return runs_show_command(show_opts); }},
+      {resume, [&] { return runs_resume_command(resume_opts); }},
+      {cache_list, [&] { return cache_list_command(cache_list_opts); }},
+      {cache_clear, [&] { return cache_clear_command(cache_clear_opts); }},
+      {load, [&] { return load_command(load_opts); }},
+      {trace, [&] { return trace_command(trace_opts); }},
+  };
   try {
-    if (run->parsed()) {
-      return run_command(run_opts);
-    }
-    if (list->parsed()) {
-      return runs_list_command(list_opts);
-    }
-    if (show->parsed()) {
-      return runs_show_command(show_opts);
-    }
-    if (cache_list->parsed()) {
-      return cache_list_command(cache_list_opts);
-    }
-    if (cache_clear->parsed()) {
-      return cache_clear_command(cache_clear_opts);
-    }
-    if (resume->parsed()) {
-      return runs_resume_command(resume_opts);
-    }
-    if (load->parsed()) {
-      return load_command(load_opts);
-    }
-    if (trace->parsed()) {
-      return trace_command(trace_opts);
+    for (const auto& [sub, command] : commands) {
+      if (sub->parsed()) {
+        return command();
+      }
     }
     return validate_command(validate_opts);
   } catch (const std::exception& e) {

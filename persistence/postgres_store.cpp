@@ -111,11 +111,6 @@ constexpr const char* schema_v2[] = {
     "WHERE parent_run_id <> ''",
 };
 
-struct migration {
-  int version;
-  const char* const* statements;
-  std::size_t count;
-};
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
                                     {2, schema_v2, std::size(schema_v2)}};
 static_assert(std::size(migrations) == current_schema_version);

@@ -13,6 +13,7 @@
 #include <utility>
 
 #include "actors/builtin/operation.hpp"
+#include "workflow/expected.hpp"
 
 namespace troupe::detail {
 
@@ -35,6 +36,19 @@ inline operation_ptr post_failure(boost::asio::io_context& io, completion done, 
     done(task_result::failure(std::move(error)));
   });
   return std::make_shared<finished_operation>();
+}
+
+/// Starts an `Operation` from a parsed input, or reports the parse error the same way as any
+/// other failure (post_failure). Each start_* is this with its own parser and operation.
+template <class Operation, class Spec>
+operation_ptr start_parsed(boost::asio::io_context& io, expected<Spec, std::string> spec,
+                           completion done) {
+  if (!spec) {
+    return post_failure(io, std::move(done), std::move(spec.error()));
+  }
+  auto op = std::make_shared<Operation>(io, std::move(*spec), std::move(done));
+  op->start();
+  return op;
 }
 
 /// The name of a field of `object` that is not among `known`, or an empty view when all are known.

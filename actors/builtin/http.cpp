@@ -402,13 +402,7 @@ class http_operation final : public operation, public std::enable_shared_from_th
 }  // namespace detail
 
 operation_ptr start_http(boost::asio::io_context& io, const json::value& input, completion done) {
-  auto spec = detail::parse_http_input(input);
-  if (!spec) {
-    return detail::post_failure(io, std::move(done), std::move(spec.error()));
-  }
-  auto op = std::make_shared<detail::http_operation>(io, std::move(*spec), std::move(done));
-  op->start();
-  return op;
+  return detail::start_parsed<detail::http_operation>(io, detail::parse_http_input(input), std::move(done));
 }
 
 }  // namespace troupe

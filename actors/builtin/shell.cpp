@@ -718,13 +718,7 @@ class shell_operation final : public operation,
 }  // namespace detail
 
 operation_ptr start_shell(boost::asio::io_context& io, const json::value& input, completion done) {
-  auto spec = detail::parse_shell_input(input);
-  if (!spec) {
-    return detail::post_failure(io, std::move(done), std::move(spec.error()));
-  }
-  auto op = std::make_shared<detail::shell_operation>(io, std::move(*spec), std::move(done));
-  op->start();
-  return op;
+  return detail::start_parsed<detail::shell_operation>(io, detail::parse_shell_input(input), std::move(done));
 }
 
 }  // namespace troupe

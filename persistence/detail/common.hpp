@@ -21,6 +21,14 @@ namespace troupe::detail {
 /// The schema version this build creates and understands.
 inline constexpr int current_schema_version = 2;
 
+/// One schema version: the statements that take a database from the version before to this
+/// one, run in order inside the migration transaction (each backend spells its own SQL).
+struct migration {
+  int version;
+  const char* const* statements;
+  std::size_t count;
+};
+
 std::string schema_too_new_message(long long found);
 
 std::optional<run_status> parse_run_status(std::string_view s);
