@@ -523,20 +523,37 @@ class postgres_store final : public store {
       if (auto r = ensure_connected(); !r) {
         return r;
       }
+      // Whatever way this ends (an error, an exception from the yield), no transaction stays
+      // open: the next single-statement write would run inside it and never be committed.
+      struct rollback_unless_done {
+        conn_ptr& conn;
+        ~rollback_unless_done() {
+          if (conn && PQtransactionStatus(conn.get()) != PQTRANS_IDLE) {
+            result_ptr r(PQexec(conn.get(), "ROLLBACK"));
+            if (!r || PQresultStatus(r.get()) != PGRES_COMMAND_OK) {
+              conn.reset();  // a connection in an unknown state is not reused
+            }
+          }
+          if (conn && PQstatus(conn.get()) != CONNECTION_OK) {
+            conn.reset();  // reconnect on the next call
+          }
+        }
+      } guard{conn_};
       auto r = exec("BEGIN", PGRES_COMMAND_OK, "begin batch");
       for (std::size_t i = 0; r && i < slices->size(); ++i) {
         if (i > 0) {
           yield_between_slices();
         }
-        r = write_slice((*slices)[i]);
+        r = in_transaction("write batch");
+        if (r) {
+          r = write_slice((*slices)[i]);
+        }
+      }
+      if (r) {
+        r = in_transaction("commit batch");
       }
       if (r) {
         r = exec("COMMIT", PGRES_COMMAND_OK, "commit batch");
-      } else if (conn_ && PQstatus(conn_.get()) == CONNECTION_OK) {
-        result_ptr ignored(PQexec(conn_.get(), "ROLLBACK"));
-      }
-      if (!r && conn_ && PQstatus(conn_.get()) != CONNECTION_OK) {
-        conn_.reset();  // reconnect on the next call
       }
       return r;
     });
@@ -657,7 +674,8 @@ class postgres_store final : public store {
   }
 
  private:
-  // One statement of the simple protocol inside the migration transaction.
+  // One statement of the simple protocol on the current connection (no reconnect: inside a
+  // transaction, a new connection would silently run the rest outside it).
   expected<bool, store_error> exec(const char* sql, ExecStatusType want, std::string_view doing,
                                    result_ptr* out = nullptr) {
     result_ptr r(PQexec(conn_.get(), sql));
@@ -739,6 +757,16 @@ class postgres_store final : public store {
     return true;
   }
 
+  // A sliced batch goes on only on the connection that began it: run() would reconnect, and
+  // the slices after that would commit on their own while the earlier ones were lost.
+  expected<bool, store_error> in_transaction(std::string_view doing) {
+    if (!conn_ || PQtransactionStatus(conn_.get()) != PQTRANS_INTRANS) {
+      return make_unexpected(store_error{
+          "postgres: " + std::string(doing) + ": the batch's transaction was lost", true});
+    }
+    return true;
+  }
+
   expected<bool, store_error> ensure_connected() {
     if (conn_ && PQstatus(conn_.get()) == CONNECTION_OK) {
       return true;
@@ -802,7 +830,7 @@ class postgres_store final : public store {
       }
       in_slice = 0;
     };
-    // Before each row: a full slice is closed first.
+    // A full slice is closed only when a row for the next one comes: no slice is ever empty.
     auto next_row = [&] {
       if (slice_rows > 0 && in_slice == slice_rows) {
         finish_slice();

@@ -387,16 +387,23 @@ class sqlite_store final : public store {
       if (int rc = step_done(queries_[q_begin].get()); rc != SQLITE_OK) {
         return make_unexpected(sqlite_error(db_.get(), rc, "begin transaction"));
       }
+      // Whatever way this ends (an error, an exception from the yield), no transaction stays
+      // open: every later write would fail to begin one. Some errors (a full disk, an I/O
+      // error) roll back by themselves; otherwise this undoes whatever part went in.
+      struct rollback_unless_done {
+        sqlite_store& self;
+        ~rollback_unless_done() {
+          if (sqlite3_get_autocommit(self.db_.get()) == 0) {
+            step_done(self.queries_[q_rollback].get());
+          }
+        }
+      } guard{*this};
+      statements_in_batch_ = 0;
       auto r = write_rows(batch);
       if (r) {
         if (int rc = step_done(queries_[q_commit].get()); rc != SQLITE_OK) {
           r = make_unexpected(sqlite_error(db_.get(), rc, "commit"));
         }
-      }
-      if (!r && sqlite3_get_autocommit(db_.get()) == 0) {
-        // Some errors (a full disk, an I/O error) roll back by themselves; otherwise undo
-        // whatever part of the batch went in.
-        step_done(queries_[q_rollback].get());
       }
       return r;
     });
@@ -631,7 +638,9 @@ class sqlite_store final : public store {
     const int max_chunk = slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows))
                                           : max_rows;
     while (done < rows.size()) {
-      yield_between_slices();
+      if (statements_in_batch_++ > 0) {
+        yield_between_slices();
+      }
       const std::size_t left = rows.size() - done;
       int n = 1;
       for (int c : chunk_sizes) {
@@ -889,6 +898,7 @@ class sqlite_store final : public store {
   bool cp_failed_ = false;
   int max_vars_ = 999;
   int wal_frames_ = 0;  // frames in the write-ahead log after the last commit
+  std::size_t statements_in_batch_ = 0;  // the yield goes between statements, not before the first
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
   std::array<stmt_ptr, q_count> queries_;
   std::map<std::pair<const table_spec*, int>, stmt_ptr> upserts_;

@@ -131,14 +131,17 @@ class store {
   virtual expected<std::size_t, store_error> clear_cache(std::string_view workflow) = 0;
 
   /// Installs a function that write() calls between slices of a batch of at most
-  /// `write_slice_rows` rows each, on the writing thread, inside the batch's transaction (SQLite:
-  /// one multi-row statement per slice; PostgreSQL: one statement, one round trip, per slice;
-  /// the memory store: every slice of rows). The async writer's committer installs sched_yield:
-  /// a commit of hundreds of rows then gives its core back every ~100 µs, so that a scheduler
-  /// thread woken meanwhile runs at once instead of after the whole commit (on a 2-core VM this
-  /// took async mode's p99 from 3-4x memory mode's to about 1.2x; docs/benchmarks.md, session
-  /// 4). The batch stays all or nothing. The function must not call this store (its lock is
-  /// held). Empty function: no slices (the default).
+  /// `write_slice_rows` rows each (never before the first nor after the last), on the writing
+  /// thread, inside the batch's transaction (SQLite: one multi-row statement per slice;
+  /// PostgreSQL: one statement, one round trip, per slice of 32 rows; the memory store: every
+  /// 64 rows). The async writer's committer installs sched_yield: a commit of hundreds of rows
+  /// then gives its core back every ~100-200 µs, so that a scheduler thread woken meanwhile
+  /// runs at once instead of after the whole commit (on a 2-core VM this took async mode's p99
+  /// on SQLite from 3.6-4.1x memory mode's to 1.15-1.29x, on PostgreSQL from 5.0-7.8x to
+  /// 1.75x: docs/benchmarks.md, session 4). The batch stays all or nothing. The function must
+  /// not throw (SQL stores then roll back, but the memory store may keep part of the batch)
+  /// nor call this store (its lock is held). Set it from the writing thread, never during a
+  /// write(). Empty function: no slices (the default).
   virtual void set_write_yield(std::function<void()> yield) { write_yield_ = std::move(yield); }
 
   /// Housekeeping the writer runs after it has answered the callers of a commit, so that no

@@ -301,7 +301,7 @@ BOOST_AUTO_TEST_CASE(only_the_async_committer_yields_between_slices,
         const bool expected = slices && mode == persistence_mode::async;
         BOOST_TEST(rig.db->yield_installed() == expected);
         if (expected) {
-          BOOST_TEST(rig.db->yields() >= 2u);  // 192 rows: a yield after each 64
+          BOOST_TEST(rig.db->yields() >= 2u);  // 192 rows: between three slices of 64
         } else {
           BOOST_TEST(rig.db->yields() == 0u);
         }

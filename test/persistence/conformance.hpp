@@ -5,7 +5,9 @@
 
 #include <boost/test/unit_test.hpp>
 
+#include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 
 #include "persistence/store.hpp"
@@ -50,6 +52,25 @@ inline node_row sample_node(std::string run, std::string node, std::int64_t item
   n.started_at = 10;
   n.finished_at = 20;
   return n;
+}
+
+/// `count` node rows of `run` (node "map", items 0 to count - 1): a batch that takes several
+/// slices to write.
+inline write_batch map_batch(const std::string& run, int count) {
+  write_batch b;
+  for (int i = 0; i < count; ++i) {
+    b.nodes.push_back(sample_node(run, "map", i, 1));
+  }
+  return b;
+}
+
+/// A write yield that throws on its `nth` call, as a failure in the middle of a sliced batch.
+inline std::function<void()> yield_throwing_on_call(int nth) {
+  return [calls = 0, nth]() mutable {
+    if (++calls == nth) {
+      throw std::runtime_error("yield failed");
+    }
+  };
 }
 
 inline bool same_json(const json_ptr& a, const json_ptr& b) {

@@ -366,6 +366,57 @@ BOOST_AUTO_TEST_CASE(a_stopped_server_fails_writes_transiently_until_it_is_back,
   }
 }
 
+// A sliced batch is one transaction on one connection: whatever stops it midway, nothing of it
+// is stored, no transaction is left open on the connection, and the next write works.
+BOOST_AUTO_TEST_CASE(a_yield_that_throws_leaves_no_transaction_open, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  s->set_write_yield(yield_throwing_on_call(2));
+  auto r = s->write(map_batch("r1", 300));
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(r.error().message.find("yield failed") != std::string::npos, r.error().message);
+  s->set_write_yield(nullptr);
+  // One statement, no BEGIN of its own: inside a transaction left open it would never commit.
+  must_write(*s, write_batch{{sample_run("after")}, {}, {}, {}});
+  pg_conn raw(url);
+  BOOST_TEST(raw.exec("SELECT count(*) FROM runs") == "1");
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "0");
+}
+
+BOOST_AUTO_TEST_CASE(a_connection_lost_between_slices_fails_transiently_and_stores_nothing,
+                     *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  pg_conn raw(url);
+  // Learn the store's backend: its next committed write records it.
+  raw.exec("CREATE TABLE writer_pid (pid integer)");
+  raw.exec(
+      "CREATE FUNCTION note_pid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+      "INSERT INTO writer_pid VALUES (pg_backend_pid()); RETURN NEW; END $$");
+  raw.exec(
+      "CREATE TRIGGER note_pid AFTER INSERT ON runs FOR EACH ROW EXECUTE FUNCTION note_pid()");
+  must_write(*s, write_batch{{sample_run("first")}, {}, {}, {}});
+  const std::string pid = raw.exec("SELECT pid FROM writer_pid");
+  BOOST_REQUIRE(!pid.empty());
+
+  const write_batch b = map_batch("r1", 300);
+  bool killed = false;
+  s->set_write_yield([&] {
+    if (!killed) {
+      killed = true;
+      raw.exec("SELECT pg_terminate_backend(" + pid + ")");
+    }
+  });
+  auto r = s->write(b);
+  BOOST_REQUIRE(killed);
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(r.error().transient, r.error().message);
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "0");
+  // The retry reconnects and stores the whole batch.
+  must_write(*s, b);
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "300");
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 }  // namespace troupe::test

@@ -362,13 +362,26 @@ BOOST_AUTO_TEST_CASE(a_sliced_batch_is_still_one_transaction, *utf::timeout(30))
   std::vector<std::string> seen;
   s->set_write_yield([&] { seen.push_back(other.text("SELECT count(*) FROM node_executions")); });
   must_write(*s, b);
-  // 301 rows in statements of at most write_slice_rows: a yield before each of them.
-  BOOST_TEST(seen.size() >= (300 + write_slice_rows - 1) / write_slice_rows + 1);
+  // 301 rows in statements of at most write_slice_rows: a yield between each two of them.
+  BOOST_TEST(seen.size() >= (300 + write_slice_rows - 1) / write_slice_rows);
   for (const auto& count : seen) {
     BOOST_TEST(count == "0");
   }
   BOOST_TEST(other.text("SELECT count(*) FROM node_executions") == "300");
   BOOST_TEST(other.text("SELECT count(*) FROM runs") == "1");
+}
+
+BOOST_AUTO_TEST_CASE(a_yield_that_throws_leaves_no_transaction_open, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  s->set_write_yield(yield_throwing_on_call(2));
+  auto r = s->write(map_batch("r1", 300));
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(r.error().message.find("yield failed") != std::string::npos, r.error().message);
+  BOOST_TEST(raw_db(path).text("SELECT count(*) FROM node_executions") == "0");
+  // A transaction left open would make every later write fail to begin one.
+  must_write(*s, write_batch{{sample_run("after")}, {}, {}, {}});
+  BOOST_TEST(raw_db(path).text("SELECT count(*) FROM runs") == "1");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
