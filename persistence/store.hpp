@@ -137,7 +137,7 @@ class store {
   /// 64 rows). The async writer's committer installs sched_yield: a commit of hundreds of rows
   /// then gives its core back every ~100-200 µs, so that a scheduler thread woken meanwhile
   /// runs at once instead of after the whole commit (on a 2-core VM this took async mode's p99
-  /// on SQLite from 3.6-4.1x memory mode's to 1.15-1.29x, on PostgreSQL from 5.0-7.8x to
+  /// on SQLite from 3.6-4.1x memory mode's to 1.1-1.6x, on PostgreSQL from 5.0-7.8x to
   /// 1.75x: docs/benchmarks.md, session 4). The batch stays all or nothing. The function must
   /// not throw (SQL stores then roll back, but the memory store may keep part of the batch)
   /// nor call this store (its lock is held). Set it from the writing thread, never during a
