@@ -76,6 +76,16 @@ std::unique_ptr<store> must_open(const std::string& url) {
   return std::move(*s);
 }
 
+/// A plpgsql trigger `name` that runs `body` (then RETURN NEW) for each row of `event`, e.g.
+/// "BEFORE INSERT ON runs": how a test makes the server fail a row, or tell on its writer.
+void add_row_trigger(pg_conn& raw, const std::string& name, const std::string& event,
+                     const std::string& body) {
+  raw.exec("CREATE FUNCTION " + name + "() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN " + body +
+           " RETURN NEW; END $$");
+  raw.exec("CREATE TRIGGER " + name + " " + event + " FOR EACH ROW EXECUTE FUNCTION " + name +
+           "()");
+}
+
 void server(const std::string& command) {
   const std::string cmd =
       std::string("'") + TROUPE_PG_SCRIPT + "' " + command + " '" + TROUPE_PG_DIR + "' >/dev/null";
@@ -187,11 +197,8 @@ BOOST_AUTO_TEST_CASE(a_failure_late_in_a_batch_rolls_back_its_earlier_tables, *u
   const std::string url = fresh_schema_url();
   auto s = must_open(url);
   pg_conn raw(url);
-  raw.exec(
-      "CREATE FUNCTION boom() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-      "IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom'; END IF; RETURN NEW; END $$");
-  raw.exec(
-      "CREATE TRIGGER boom BEFORE INSERT ON cache_entries FOR EACH ROW EXECUTE FUNCTION boom()");
+  add_row_trigger(raw, "boom", "BEFORE INSERT ON cache_entries",
+                  "IF NEW.key = 'boom' THEN RAISE EXCEPTION 'boom'; END IF;");
   write_batch b;
   b.runs = {sample_run("r1")};
   b.nodes = {sample_node("r1", "a")};
@@ -390,11 +397,8 @@ BOOST_AUTO_TEST_CASE(a_connection_lost_between_slices_fails_transiently_and_stor
   pg_conn raw(url);
   // Learn the store's backend: its next committed write records it.
   raw.exec("CREATE TABLE writer_pid (pid integer)");
-  raw.exec(
-      "CREATE FUNCTION note_pid() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-      "INSERT INTO writer_pid VALUES (pg_backend_pid()); RETURN NEW; END $$");
-  raw.exec(
-      "CREATE TRIGGER note_pid AFTER INSERT ON runs FOR EACH ROW EXECUTE FUNCTION note_pid()");
+  add_row_trigger(raw, "note_pid", "AFTER INSERT ON runs",
+                  "INSERT INTO writer_pid VALUES (pg_backend_pid());");
   must_write(*s, write_batch{{sample_run("first")}, {}, {}, {}});
   const std::string pid = raw.exec("SELECT pid FROM writer_pid");
   BOOST_REQUIRE(!pid.empty());
