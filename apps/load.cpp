@@ -33,76 +33,12 @@
 #include "apps/output.hpp"
 #include "apps/signals.hpp"
 #include "runtime/engine.hpp"
+#include "workflow/scenarios.hpp"
 
 namespace troupe::cli {
 namespace {
 
 using clk = std::chrono::steady_clock;
-
-// ---------------------------------------------------------------------------------------------
-// Built-in scenarios: the shapes of benchmarks/runtime/scenarios.cpp (issue 3), so `troupe
-// load --scenario W3` and bench_runtime measure the same workflow.
-
-// W1: a chain of 1000 noop nodes (inline quick tasks): the cost per node hop.
-json::value scenario_w1() {
-  json::array nodes;
-  for (int i = 0; i < 1000; ++i) {
-    json::object node{{"id", "n" + std::to_string(i)}, {"task", "noop"}};
-    if (i > 0) {
-      node["needs"] = json::array{json::value("n" + std::to_string(i - 1))};
-    }
-    nodes.push_back(std::move(node));
-  }
-  return json::object{{"name", "load-w1-chain"}, {"nodes", std::move(nodes)}};
-}
-
-// W2: 1 -> 10,000 -> 1 noop: a wide fan-out and its join.
-json::value scenario_w2() {
-  json::array nodes;
-  nodes.push_back(json::object{{"id", "src"}, {"task", "noop"}});
-  json::array all;
-  for (int i = 0; i < 10000; ++i) {
-    std::string id = "w" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "noop"}, {"needs", json::array{"src"}}});
-    all.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "sink"}, {"task", "noop"}, {"needs", std::move(all)}});
-  return json::object{{"name", "load-w2-fan"}, {"nodes", std::move(nodes)}};
-}
-
-// W3: A -> B1..B8 -> C, the 10-node workflow of the throughput and latency goals.
-json::value scenario_w3() {
-  json::array nodes;
-  nodes.push_back(json::object{{"id", "A"}, {"task", "noop"}});
-  json::array bs;
-  for (int i = 1; i <= 8; ++i) {
-    std::string id = "B" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "noop"}, {"needs", json::array{"A"}}});
-    bs.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "C"}, {"task", "noop"}, {"needs", std::move(bs)}});
-  return json::object{{"name", "load-w3"}, {"nodes", std::move(nodes)}};
-}
-
-// W4: 100 nodes each putting `inputs.blob` (10 KB by default) in the context, then a for_each
-// over 1000 items: what an item costs when the context is large.
-json::value scenario_w4() {
-  json::array nodes;
-  json::array needs;
-  for (int i = 0; i < 100; ++i) {
-    std::string id = "r" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "echo"}, {"with", "{{ inputs.blob }}"}});
-    needs.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "each"},
-                               {"task", "echo"},
-                               {"needs", std::move(needs)},
-                               {"for_each", "{{ range(1000) }}"},
-                               {"with", "{{ item }}"}});
-  return json::object{{"name", "load-w4-for-each"},
-                      {"inputs", json::object{{"blob", json::object{{"type", "string"}}}}},
-                      {"nodes", std::move(nodes)}};
-}
 
 // ---------------------------------------------------------------------------------------------
 // What the command settled on after checking the flags.
@@ -817,13 +753,13 @@ std::optional<std::string> settle(const load_options& o, load_plan& p) {
     }
     json::value doc;
     if (s == "W1") {
-      doc = scenario_w1();
+      doc = scenarios::chain("load-w1-chain", 1000, "noop");
     } else if (s == "W2") {
-      doc = scenario_w2();
+      doc = scenarios::fan("load-w2-fan", 10000);
     } else if (s == "W3") {
-      doc = scenario_w3();
+      doc = scenarios::w3("load-w3");
     } else if (s == "W4") {
-      doc = scenario_w4();
+      doc = scenarios::w4("load-w4-for-each");
       p.inputs["blob"] = std::string(10 * 1024, 'x');
     } else {
       return "unknown scenario '" + o.scenario + "'; expected W1, W2, W3 or W4";

@@ -27,6 +27,7 @@
 #include "runtime/engine.hpp"
 #include "workflow/plan.hpp"
 #include "workflow/run_state.hpp"
+#include "workflow/scenarios.hpp"
 
 using namespace troupe;
 using clk = std::chrono::steady_clock;
@@ -64,72 +65,6 @@ plan_ptr must(expected<plan_ptr, validation_errors> p) {
     std::exit(2);
   }
   return *p;
-}
-
-json::value chain(int n, const char* task) {
-  json::array nodes;
-  for (int i = 0; i < n; ++i) {
-    json::object node{{"id", "n" + std::to_string(i)}, {"task", task}};
-    if (i > 0) {
-      node["needs"] = json::array{json::value("n" + std::to_string(i - 1))};
-    }
-    nodes.push_back(std::move(node));
-  }
-  return json::object{{"name", std::string("chain-") + task}, {"nodes", std::move(nodes)}};
-}
-
-json::value fan(int width) {
-  json::array nodes;
-  nodes.push_back(json::object{{"id", "src"}, {"task", "noop"}});
-  json::array all;
-  for (int i = 0; i < width; ++i) {
-    std::string id = "w" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "noop"}, {"needs", json::array{"src"}}});
-    all.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "sink"}, {"task", "noop"}, {"needs", std::move(all)}});
-  return json::object{{"name", "fan"}, {"nodes", std::move(nodes)}};
-}
-
-// A -> B1..B8 -> C; `first` is A's task (noop, or sleep to hold runs open). With `memo`, every
-// node has `cache` (the memoized W3 of issue 5: after one run, every node is a hit).
-json::value w3(const char* first, json::value first_with, bool memo = false) {
-  json::array nodes;
-  nodes.push_back(json::object{{"id", "A"}, {"task", first}, {"with", std::move(first_with)}});
-  json::array bs;
-  for (int i = 1; i <= 8; ++i) {
-    std::string id = "B" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "noop"}, {"needs", json::array{"A"}}});
-    bs.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "C"}, {"task", "noop"}, {"needs", std::move(bs)}});
-  if (memo) {
-    for (auto& n : nodes) {
-      n.as_object()["cache"] = json::object{{"version", "v1"}};
-    }
-  }
-  return json::object{{"name", std::string(memo ? "w3memo-" : "w3-") + first},
-                      {"nodes", std::move(nodes)}};
-}
-
-json::value w4() {
-  json::array nodes;
-  for (int i = 0; i < 100; ++i) {
-    nodes.push_back(json::object{
-        {"id", "r" + std::to_string(i)}, {"task", "echo"}, {"with", "{{ inputs.blob }}"}});
-  }
-  json::array needs;
-  for (int i = 0; i < 100; ++i) {
-    needs.push_back(json::value("r" + std::to_string(i)));
-  }
-  nodes.push_back(json::object{{"id", "each"},
-                               {"task", "echo"},
-                               {"needs", std::move(needs)},
-                               {"for_each", "{{ range(1000) }}"},
-                               {"with", "{{ item }}"}});
-  return json::object{{"name", "w4"},
-                      {"inputs", json::object{{"blob", json::object{{"type", "string"}}}}},
-                      {"nodes", std::move(nodes)}};
 }
 
 // The floor: the state machine alone, each dispatch answered at once.
@@ -211,7 +146,8 @@ void per_node(engine& e, const options& o, const char* label, const plan_ptr& p,
 }
 
 void bench_w3(engine& e, const options& o, bool memo = false) {
-  auto p = must(e.register_workflow(w3("noop", nullptr, memo)));
+  auto p = must(
+      e.register_workflow(scenarios::w3(memo ? "w3memo-noop" : "w3-noop", "noop", nullptr, memo)));
   if (memo) {
     e.start(p, {})->wait();  // fills the cache: every later node execution is a hit
   }
@@ -276,7 +212,7 @@ void bench_w3(engine& e, const options& o, bool memo = false) {
 }
 
 void bench_w4(engine& e, const options& o) {
-  auto p = must(e.register_workflow(w4()));
+  auto p = must(e.register_workflow(scenarios::w4("w4")));
   json::object in{{"blob", std::string(10 * 1024, 'x')}};
   std::vector<double> eng, flo;
   for (int i = 0; i < std::max(3, o.repeat / 3); ++i) {
@@ -293,7 +229,8 @@ void bench_memory(const options& o) {
   engine_config c;
   c.threads = o.threads;
   engine e(c);
-  auto p = must(e.register_workflow(w3("sleep", json::object{{"ms", 600000}})));
+  auto p =
+      must(e.register_workflow(scenarios::w3("w3-sleep", "sleep", json::object{{"ms", 600000}})));
   std::mutex m;
   std::condition_variable cv;
   std::atomic<int> sleeping{0};
@@ -348,7 +285,7 @@ void bench_idle(const options& o) {
   engine_config c;
   c.threads = o.threads;
   engine e(c);
-  auto p = must(e.register_workflow(w3("noop", nullptr)));
+  auto p = must(e.register_workflow(scenarios::w3("w3-noop")));
   for (int i = 0; i < 1000; ++i) {
     e.start(p, {})->wait();
   }
@@ -414,14 +351,14 @@ int main(int argc, char** argv) {
     };
     e.register_task(instant);
     if (o.wants("W1")) {
-      per_node(e, o, "W1 chain 1000 noop (inline)", must(e.register_workflow(chain(1000, "noop"))),
-               1000);
+      per_node(e, o, "W1 chain 1000 noop (inline)",
+               must(e.register_workflow(scenarios::chain("chain-noop", 1000, "noop"))), 1000);
       per_node(e, o, "W1 chain 1000 C++ task (node actors)",
-               must(e.register_workflow(chain(1000, "instant"))), 1000);
+               must(e.register_workflow(scenarios::chain("chain-instant", 1000, "instant"))), 1000);
     }
     if (o.wants("W2")) {
-      per_node(e, o, "W2 fan-out 1 -> 10000 -> 1 noop", must(e.register_workflow(fan(10000))),
-               10002);
+      per_node(e, o, "W2 fan-out 1 -> 10000 -> 1 noop",
+               must(e.register_workflow(scenarios::fan("fan", 10000))), 10002);
     }
     if (o.wants("W3")) {
       bench_w3(e, o);
