@@ -9,6 +9,7 @@
 
 #include "workflow/plan.hpp"
 #include "workflow/run_state.hpp"
+#include "workflow/scenarios.hpp"
 #include "workflow/task.hpp"
 
 using namespace troupe;
@@ -23,32 +24,6 @@ plan_ptr compile_or_die(const json::value& doc) {
     std::abort();
   }
   return *p;
-}
-
-json::value chain(int n) {
-  json::array nodes;
-  for (int i = 0; i < n; ++i) {
-    json::object node{{"id", "n" + std::to_string(i)}, {"task", "noop"}};
-    if (i > 0) {
-      node["needs"] = json::array{json::value("n" + std::to_string(i - 1))};
-    }
-    nodes.push_back(std::move(node));
-  }
-  return json::object{{"name", "chain"}, {"nodes", std::move(nodes)}};
-}
-
-// 1 -> width -> 1
-json::value fan_out(int width) {
-  json::array nodes;
-  nodes.push_back(json::object{{"id", "src"}, {"task", "noop"}});
-  json::array all;
-  for (int i = 0; i < width; ++i) {
-    std::string id = "w" + std::to_string(i);
-    nodes.push_back(json::object{{"id", id}, {"task", "noop"}, {"needs", json::array{"src"}}});
-    all.push_back(json::value(id));
-  }
-  nodes.push_back(json::object{{"id", "sink"}, {"task", "noop"}, {"needs", std::move(all)}});
-  return json::object{{"name", "fan"}, {"nodes", std::move(nodes)}};
 }
 
 // Runs the plan to completion answering each dispatch with null; returns nodes executed.
@@ -79,7 +54,7 @@ std::size_t run_once(const plan_ptr& p, bool records) {
 }
 
 void bm_chain_noop(benchmark::State& state) {
-  auto p = compile_or_die(chain(static_cast<int>(state.range(0))));
+  auto p = compile_or_die(scenarios::chain("chain", static_cast<int>(state.range(0)), "noop"));
   std::size_t nodes = 0;
   for (auto _ : state) {
     nodes += run_once(p, true);
@@ -91,7 +66,7 @@ void bm_chain_noop(benchmark::State& state) {
 BENCHMARK(bm_chain_noop)->Arg(1000)->Unit(benchmark::kMicrosecond);
 
 void bm_fan_out_noop(benchmark::State& state) {
-  auto p = compile_or_die(fan_out(static_cast<int>(state.range(0))));
+  auto p = compile_or_die(scenarios::fan("fan", static_cast<int>(state.range(0))));
   std::size_t nodes = 0;
   for (auto _ : state) {
     nodes += run_once(p, true);
