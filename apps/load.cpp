@@ -215,18 +215,7 @@ long peak_rss_kb() {
 // Formatting.
 
 std::string fmt_latency(std::uint64_t ns) {
-  char buf[32];
-  const double us = static_cast<double>(ns) / 1000.0;
-  if (us < 100.0) {
-    std::snprintf(buf, sizeof buf, "%.1f us", us);
-  } else if (us < 1000.0) {
-    std::snprintf(buf, sizeof buf, "%.0f us", us);
-  } else if (us < 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f ms", us / 1000.0);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f s", us / 1e6);
-  }
-  return buf;
+  return format_micros(static_cast<double>(ns) / 1000.0);
 }
 
 std::string fmt_count(double v) {

@@ -156,6 +156,23 @@ std::string format_duration(double ms) {
   return buf;
 }
 
+std::string format_micros(double us) {
+  if (us < 0) {
+    return "-";
+  }
+  char buf[32];
+  if (us < 100.0) {
+    std::snprintf(buf, sizeof buf, "%.1f us", us);
+  } else if (us < 1000.0) {
+    std::snprintf(buf, sizeof buf, "%.0f us", us);
+  } else if (us < 1e6) {
+    std::snprintf(buf, sizeof buf, "%.2f ms", us / 1e3);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.2f s", us / 1e6);
+  }
+  return buf;
+}
+
 std::string pretty_json(const json::value& v) {
   std::string out;
   json_style style;

@@ -30,6 +30,9 @@ void print_errors(const located_errors& errors, bool json_mode);
 
 /// `0.05 ms`, `1.2 ms`, `345.6 ms`, `12.3 s`.
 std::string format_duration(double ms);
+/// A time measured in microseconds, to 3 significant digits or so: "85.3 us", "362 us",
+/// "1.25 ms", "2.50 s"; "-" for a negative (unknown) value. For traces and latencies.
+std::string format_micros(double us);
 
 /// One line of JSON, with doubles written as people read them (`0.074`, not `7.4E-2`).
 std::string compact_json(const json::value& v);

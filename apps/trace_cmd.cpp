@@ -194,21 +194,6 @@ std::optional<trace_data> load(const std::string& path, std::string& error) {
   return t;
 }
 
-std::string us_text(double us) {
-  char buf[32];
-  if (us < 0) {
-    return "-";
-  }
-  if (us < 1000) {
-    std::snprintf(buf, sizeof buf, "%.1f us", us);
-  } else if (us < 1e6) {
-    std::snprintf(buf, sizeof buf, "%.2f ms", us / 1e3);
-  } else {
-    std::snprintf(buf, sizeof buf, "%.2f s", us / 1e6);
-  }
-  return buf;
-}
-
 std::string ms_text(double us) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "%.3f", us / 1e3);
@@ -510,7 +495,7 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
                    const trace_options& o) {
   out << "trace " << o.file << ": " << doc.at("events").as_uint64() << " events, "
       << doc.at("messages").as_uint64() << " handled messages, " << doc.at("actors").as_uint64()
-      << " actors, " << us_text(num_of(doc.at("span_us"))) << " from first to last\n\n";
+      << " actors, " << format_micros(num_of(doc.at("span_us"))) << " from first to last\n\n";
 
   out << "busiest actors (time handling messages, init included)\n";
   cell(out, "ACTOR", 40);
@@ -525,9 +510,9 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
     cell(out, std::string(a.at("actor").as_string()), 40);
     cell(out, std::to_string(a.at("messages").as_uint64()), 8, true);
     cell(out, std::to_string(a.at("inits").as_uint64()), 5, true);
-    cell(out, us_text(num_of(a.at("busy_us"))), 10, true);
-    cell(out, us_text(num_of(a.at("mean_us"))), 10, true);
-    cell(out, us_text(num_of(a.at("max_us"))), 10, true);
+    cell(out, format_micros(num_of(a.at("busy_us"))), 10, true);
+    cell(out, format_micros(num_of(a.at("mean_us"))), 10, true);
+    cell(out, format_micros(num_of(a.at("max_us"))), 10, true);
     out << '\n';
   }
   out << "by kind:";
@@ -535,7 +520,7 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
     const auto& k = v.as_object();
     out << "  " << std::string(k.at("kind").as_string()) << " x" << k.at("actors").as_uint64()
         << ": " << k.at("messages").as_uint64() << " messages, "
-        << us_text(num_of(k.at("busy_us"))) << ";";
+        << format_micros(num_of(k.at("busy_us"))) << ";";
   }
   out << "\n\nlongest queueing delays (from send to the start of handling)\n";
   cell(out, "AT (ms)", 10, true);
@@ -551,7 +536,7 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
     cell(out, std::string(q.at("actor").as_string()), 32);
     cell(out, std::string(q.at("message").as_string()), 14);
     cell(out, std::string(q.at("from").as_string()), 32);
-    cell(out, us_text(num_of(q.at("queued_us"))), 10, true);
+    cell(out, format_micros(num_of(q.at("queued_us"))), 10, true);
     cell(out, std::to_string(q.at("mailbox").as_uint64()), 7, true);
     out << '\n';
   }
@@ -559,7 +544,7 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
   const auto& w = doc.at("writer").as_object();
   const auto& timeline = w.at("timeline").as_array();
   out << "\nwriter batches: " << w.at("commits").as_uint64() << " commits, "
-      << w.at("rows").as_uint64() << " rows, " << us_text(num_of(w.at("busy_us")))
+      << w.at("rows").as_uint64() << " rows, " << format_micros(num_of(w.at("busy_us")))
       << " in the handlers that committed\n";
   if (!timeline.empty()) {
     cell(out, "AT (ms)", 10, true);
@@ -578,7 +563,7 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
       const auto& b = timeline[i].as_object();
       cell(out, ms_text(num_of(b.at("ts_us")) - t.first), 10, true);
       cell(out, std::string(b.at("message").as_string()), 10);
-      cell(out, us_text(num_of(b.at("duration_us"))), 10, true);
+      cell(out, format_micros(num_of(b.at("duration_us"))), 10, true);
       cell(out, std::to_string(b.at("batches").as_uint64()), 7, true);
       cell(out, std::to_string(b.at("rows").as_uint64()), 7, true);
       cell(out, std::to_string(b.at("mailbox").as_uint64()), 12, true);
@@ -590,10 +575,10 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
     const auto& c = cp->as_object();
     const auto& hops = c.at("hops").as_array();
     out << "\ncritical path of run " << std::string(c.at("run").as_string()) << ": "
-        << us_text(num_of(c.at("total_us"))) << " over " << hops.size() << " steps ("
-        << us_text(num_of(c.at("handling_us"))) << " handling, "
-        << us_text(num_of(c.at("queued_us"))) << " queued, "
-        << us_text(num_of(c.at("outside_us"))) << " outside actors: tasks, timers, I/O)\n";
+        << format_micros(num_of(c.at("total_us"))) << " over " << hops.size() << " steps ("
+        << format_micros(num_of(c.at("handling_us"))) << " handling, "
+        << format_micros(num_of(c.at("queued_us"))) << " queued, "
+        << format_micros(num_of(c.at("outside_us"))) << " outside actors: tasks, timers, I/O)\n";
     out << "node chain:";
     const auto& nodes = c.at("nodes").as_array();
     if (nodes.empty()) {
@@ -617,9 +602,9 @@ void print_summary(std::ostream& out, const trace_data& t, const json::object& d
       cell(out, std::string(h.at("actor").as_string()), 36);
       cell(out, std::string(h.at("message").as_string()), 14);
       const double ob = num_of(h.at("outside_before_us"));
-      cell(out, ob > 0 ? us_text(ob) : "-", 14, true);
-      cell(out, us_text(num_of(h.at("queued_us"))), 10, true);
-      cell(out, us_text(num_of(h.at("handling_us"))), 10, true);
+      cell(out, ob > 0 ? format_micros(ob) : "-", 14, true);
+      cell(out, format_micros(num_of(h.at("queued_us"))), 10, true);
+      cell(out, format_micros(num_of(h.at("handling_us"))), 10, true);
       out << '\n';
     }
   }
@@ -698,7 +683,7 @@ void print_sequence(std::ostream& out, const trace_data& t, const std::string& r
     if (!s->node.empty()) {
       out << " [" << s->node << "]";
     }
-    out << "  (queued " << us_text(s->queued) << ", handled " << us_text(s->dur);
+    out << "  (queued " << format_micros(s->queued) << ", handled " << format_micros(s->dur);
     if (s->outside && s->from != 0) {
       out << ", sent outside " << t.actor(s->from) << "'s handlers";
     }
