@@ -49,6 +49,20 @@ bool parse_persistence_mode(std::string_view text, persistence_mode& out) {
   return false;
 }
 
+writer_counts writer_metrics::snapshot() const {
+  writer_counts c;
+  c.batches = batches.load();
+  c.rows = rows.load();
+  c.rows_received = rows_received.load();
+  c.max_batch = max_batch.load();
+  c.retries = retries.load();
+  c.errors = errors.load();
+  c.pending = pending.load();
+  c.lag_us = lag_us.load();
+  c.commit_us_total = commit_us_total.load();
+  return c;
+}
+
 void writer_metrics::wait_below(std::size_t bound) {
   if (pending.load(std::memory_order_relaxed) < bound) {
     return;

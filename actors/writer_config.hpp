@@ -53,6 +53,20 @@ struct writer_config {
   bool yield_slices = true;
 };
 
+/// The writer's counters at one moment, as plain numbers (writer_metrics::snapshot()), so that
+/// a caller can keep them and subtract two of them.
+struct writer_counts {
+  std::uint64_t batches = 0;
+  std::uint64_t rows = 0;           // rows committed
+  std::uint64_t rows_received = 0;  // before coalescing
+  std::uint64_t max_batch = 0;
+  std::uint64_t retries = 0;
+  std::uint64_t errors = 0;
+  std::uint64_t pending = 0;
+  std::int64_t lag_us = 0;
+  std::int64_t commit_us_total = 0;
+};
+
 /// The writer's counters, shared with the engine (read from any thread). Also the place where
 /// producers wait while too much is pending.
 struct writer_metrics {
@@ -69,6 +83,9 @@ struct writer_metrics {
   std::string last_error;  // guarded by mutex
   std::mutex mutex;
   std::condition_variable drained;  // notified when pending falls below the bound
+
+  /// Each counter read once (not one consistent cut: they move while they are read).
+  writer_counts snapshot() const;
 
   /// Blocks the calling producer while `pending >= bound`.
   void wait_below(std::size_t bound);

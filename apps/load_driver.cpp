@@ -66,18 +66,7 @@ bool engine_target::drain(std::chrono::milliseconds timeout) {
 }
 
 target_counters engine_target::counters() const {
-  const writer_metrics& m = engine_->metrics();
-  target_counters c;
-  c.batches = m.batches.load();
-  c.rows = m.rows.load();
-  c.rows_received = m.rows_received.load();
-  c.max_batch = m.max_batch.load();
-  c.errors = m.errors.load();
-  c.retries = m.retries.load();
-  c.pending = m.pending.load();
-  c.commit_us_total = m.commit_us_total.load();
-  c.lag_us = m.lag_us.load();
-  return c;
+  return engine_->metrics().snapshot();
 }
 
 void engine_target::stop() {

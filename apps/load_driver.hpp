@@ -27,17 +27,7 @@ struct run_outcome {
 using completion_callback = std::function<void(const run_outcome&)>;
 
 /// The writer's figures (all zero where there is no writer, e.g. memory mode).
-struct target_counters {
-  std::uint64_t batches = 0;
-  std::uint64_t rows = 0;
-  std::uint64_t rows_received = 0;
-  std::uint64_t max_batch = 0;
-  std::uint64_t errors = 0;
-  std::uint64_t retries = 0;
-  std::uint64_t pending = 0;
-  std::int64_t commit_us_total = 0;
-  std::int64_t lag_us = 0;
-};
+using target_counters = writer_counts;  // what a target reports of its log writer
 
 /// Something that runs workflows on request.
 class load_target {

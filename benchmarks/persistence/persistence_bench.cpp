@@ -167,37 +167,27 @@ plan_ptr must_register(engine& e) {
 }
 
 // The writer's counters, copied so that phases can be subtracted.
-struct writer_snapshot {
-  std::uint64_t batches = 0, rows = 0, rows_received = 0, errors = 0, max_batch = 0;
-  std::int64_t commit_us = 0;
-
-  static writer_snapshot of(const writer_metrics& m) {
-    writer_snapshot s;
-    s.batches = m.batches.load();
-    s.rows = m.rows.load();
-    s.rows_received = m.rows_received.load();
-    s.errors = m.errors.load();
-    s.max_batch = m.max_batch.load();
-    s.commit_us = m.commit_us_total.load();
-    return s;
-  }
+struct writer_snapshot : writer_counts {
+  static writer_snapshot of(const writer_metrics& m) { return {m.snapshot()}; }
   writer_snapshot minus(const writer_snapshot& o) const {
     writer_snapshot s = *this;
     s.batches -= o.batches;
     s.rows -= o.rows;
     s.rows_received -= o.rows_received;
     s.errors -= o.errors;
-    s.commit_us -= o.commit_us;
+    s.commit_us_total -= o.commit_us_total;
     return s;
   }
   double avg_batch() const {
     return batches ? static_cast<double>(rows) / static_cast<double>(batches) : 0;
   }
   double avg_commit_us() const {
-    return batches ? static_cast<double>(commit_us) / static_cast<double>(batches) : 0;
+    return batches ? static_cast<double>(commit_us_total) / static_cast<double>(batches) : 0;
   }
   double rows_per_commit_s() const {
-    return commit_us > 0 ? static_cast<double>(rows) * 1e6 / static_cast<double>(commit_us) : 0;
+    return commit_us_total > 0
+               ? static_cast<double>(rows) * 1e6 / static_cast<double>(commit_us_total)
+               : 0;
   }
 };
 
