@@ -149,44 +149,36 @@ std::string node_key(const node_row& r) {
 // Builds one batch from changes in the order they were sent: the newest state per key wins,
 // so a "running" row followed by a "succeeded" one for the same attempt costs one row.
 // Coalescing a job is hundreds of microseconds of CPU on the committer's core: in async mode it
-// is cut into slices like the store's write (`between_slices`, empty otherwise).
+// is cut into slices like the store's write (the pacer's yield is empty otherwise).
 struct coalescer {
   std::unordered_map<std::string, node_row> nodes;
   std::unordered_map<std::string, run_row> runs;
   std::vector<workflow_row> workflows;
   std::unordered_map<std::string, cache_row> cache;
-  const std::function<void()>& between_slices;
-  std::size_t taken = 0;
+  slice_pacer pacer;
 
-  explicit coalescer(const std::function<void()>& yield) : between_slices(yield) {}
+  explicit coalescer(const std::function<void()>& yield) : pacer(yield) {}
 
   void take(persist& m) {
     for (auto& r : m.nodes) {
-      next_row();
+      pacer.next_row();
       auto key = node_key(r);
       nodes.insert_or_assign(std::move(key), std::move(r));
     }
     for (auto& r : m.runs) {
-      next_row();
+      pacer.next_row();
       auto key = r.run_id;
       runs.insert_or_assign(std::move(key), std::move(r));
     }
     for (auto& w : m.workflows) {
-      next_row();
+      pacer.next_row();
       workflows.push_back(std::move(w));
     }
     for (auto& c : m.cache) {
-      next_row();
+      pacer.next_row();
       auto key = c.key;
       cache.insert_or_assign(std::move(key), std::move(c));
     }
-  }
-
-  void next_row() {
-    if (between_slices && taken > 0 && taken % write_slice_rows == 0) {
-      between_slices();
-    }
-    ++taken;
   }
 
   write_batch batch() {
@@ -291,7 +283,10 @@ namespace {
 // is written.
 struct committer_state {
   std::shared_ptr<store> db;
-  std::function<void()> yield;  // between slices of a job (writer_config::yield_slices)
+  // Between slices of a job that may yield (commit_job::yield). Not a wait: with no other
+  // thread ready on this core it returns at once. It enters the kernel, which is where a
+  // pending preemption takes effect.
+  std::function<void()> yield = [] { ::sched_yield(); };
   // Whether the store has `yield` now (commit_job::yield). Set only when it changes: wrappers
   // pass it down, and may wrap it, on every call.
   bool yield_installed = false;
@@ -366,29 +361,22 @@ void renice_this_thread(int nice) {
   }
 }
 
-caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> db, int nice,
-                                 bool yield_slices) {
+caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> db, int nice) {
   self->state.db = std::move(db);
   // A detached actor is initialized on its own thread: this renices only the committer.
   renice_this_thread(nice);
-  if (yield_slices) {
-    // Not a wait: with no other thread ready on this core it returns at once. It enters the
-    // kernel, which is where a pending preemption takes effect.
-    self->state.yield = [] { ::sched_yield(); };
-  }
   return {
       [self](commit_job& job) -> caf::result<commit_outcome> {
         auto& db = *self->state.db;
         auto rp = self->make_response_promise<commit_outcome>();
         auto& st = self->state;
         // A job that must not yield is written unsliced too: fewer, larger statements.
-        const bool yield = job.yield && st.yield;
-        if (yield != st.yield_installed) {
-          db.set_write_yield(yield ? st.yield : nullptr);
-          st.yield_installed = yield;
+        if (job.yield != st.yield_installed) {
+          db.set_write_yield(job.yield ? st.yield : nullptr);
+          st.yield_installed = job.yield;
         }
         static const std::function<void()> no_yield;
-        commit_outcome out = run_job(db, job, yield ? st.yield : no_yield);
+        commit_outcome out = run_job(db, job, job.yield ? st.yield : no_yield);
         const bool ok = !out.error;
         rp.deliver(std::move(out));
         if (ok) {
@@ -402,6 +390,14 @@ caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> d
 
 void on_outcome(writer_actor* self, commit_outcome& o);
 void schedule_flush(writer_actor* self);
+
+// The first waiter whose changes a commit up to change number `seq` does not cover (waiters
+// are in order of their changes).
+std::vector<writer_state::waiter>::iterator first_waiter_after(writer_state& st,
+                                                               std::uint64_t seq) {
+  return std::find_if(st.waiters.begin(), st.waiters.end(),
+                      [seq](const auto& w) { return w.seq > seq; });
+}
 
 // Hands everything pending to the committer as one job. At most one job is in flight; rows
 // and callers arriving meanwhile wait for the next one, which the outcome schedules.
@@ -435,6 +431,9 @@ void start_commit(writer_actor* self) {
   job.parts.assign(std::make_move_iterator(st.parts.begin()),
                    std::make_move_iterator(st.parts.begin() + static_cast<std::ptrdiff_t>(k)));
   st.parts.erase(st.parts.begin(), st.parts.begin() + static_cast<std::ptrdiff_t>(k));
+  // Durable and sync callers wait for the commit itself: a slice given away lengthens their
+  // wait (in one quick measurement, durable's writer fell from about 60% of the raw ceiling
+  // to 45%). Async callers never wait.
   job.yield = st.config.yield_slices && st.config.mode == persistence_mode::async &&
               !st.draining && rows < max_rows;
   st.flight_last_seq = st.front_seq + k - 1;
@@ -443,8 +442,7 @@ void start_commit(writer_actor* self) {
   st.flight_rows = rows;
   st.pending_rows -= rows;
   st.flight_first_pending_us = job.parts.front().sent_us;
-  auto covered = std::find_if(st.waiters.begin(), st.waiters.end(),
-                              [&](const auto& w) { return w.seq > st.flight_last_seq; });
+  auto covered = first_waiter_after(st, st.flight_last_seq);
   st.flight_waiters.assign(std::make_move_iterator(st.waiters.begin()),
                            std::make_move_iterator(covered));
   st.waiters.erase(st.waiters.begin(), covered);
@@ -502,8 +500,7 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
   }
   st.flight_waiters.clear();
   // Callers that asked while this job was out, for changes it held or older ones.
-  auto done = std::find_if(st.waiters.begin(), st.waiters.end(),
-                           [&](const auto& w) { return w.seq > st.flight_last_seq; });
+  auto done = first_waiter_after(st, st.flight_last_seq);
   for (auto w = st.waiters.begin(); w != done; ++w) {
     w->promise.deliver(caf::ok_atom::value);
   }
@@ -645,18 +642,13 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
 caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
                         std::shared_ptr<writer_metrics> metrics, trace::tracer* trace) {
   std::shared_ptr<store> shared(std::move(st));  // spawn() arguments must be copyable
-  // Durable and sync callers wait for the commit itself: a slice given away lengthens their
-  // wait (in one quick measurement, durable's writer fell from about 60% of the raw ceiling
-  // to 45%). Async callers never wait.
-  const bool yield_slices = config.yield_slices && config.mode == persistence_mode::async;
   if (trace != nullptr) {
     auto committer = trace::spawn_traced<committer_actor, caf::detached>(
-        sys, trace, committer_behavior, std::move(shared), config.nice, yield_slices);
+        sys, trace, committer_behavior, std::move(shared), config.nice);
     return trace::spawn_traced<writer_actor, caf::no_spawn_options>(
         sys, trace, writer_behavior, committer, config, std::move(metrics));
   }
-  auto committer = sys.spawn<caf::detached>(committer_behavior, std::move(shared), config.nice,
-                                            yield_slices);
+  auto committer = sys.spawn<caf::detached>(committer_behavior, std::move(shared), config.nice);
   return sys.spawn(writer_behavior, committer, config, std::move(metrics));
 }
 

@@ -44,27 +44,21 @@ class memory_store final : public store {
       }
       std::lock_guard lock(mu_);
       // Readers wait for the whole batch anyway (all or nothing), so the yield may hold mu_.
-      std::size_t taken = 0;
-      auto next_row = [&] {
-        if (taken > 0 && taken % write_slice_rows == 0) {
-          yield_between_slices();
-        }
-        ++taken;
-      };
+      slice_pacer pacer(write_yield());
       for (const auto& r : batch.runs) {
-        next_row();
+        pacer.next_row();
         runs_.insert_or_assign(r.run_id, r);
       }
       for (const auto& n : batch.nodes) {
-        next_row();
+        pacer.next_row();
         nodes_[n.run_id].insert_or_assign(std::make_tuple(n.node_id, n.item, n.attempt), n);
       }
       for (const auto& w : batch.workflows) {
-        next_row();
+        pacer.next_row();
         workflows_.insert_or_assign(std::make_pair(w.name, w.version), w);
       }
       for (const auto& c : batch.cache) {
-        next_row();
+        pacer.next_row();
         cache_.insert_or_assign(c.key, c);
       }
       return true;

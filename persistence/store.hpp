@@ -152,6 +152,7 @@ class store {
  protected:
   /// For implementations: whether a yield is installed (then slices are due), and the call.
   bool slices_writes() const { return static_cast<bool>(write_yield_); }
+  const std::function<void()>& write_yield() const { return write_yield_; }
   void yield_between_slices() const {
     if (write_yield_) {
       write_yield_();
@@ -164,6 +165,23 @@ class store {
 
 /// The most rows a store writes between two calls of the function given to set_write_yield().
 inline constexpr std::size_t write_slice_rows = 64;
+
+/// Calls `yield` (when there is one) between slices of write_slice_rows rows of work done one
+/// row at a time: next_row() before each row.
+class slice_pacer {
+ public:
+  explicit slice_pacer(const std::function<void()>& yield) : yield_(yield) {}
+  void next_row() {
+    if (yield_ && rows_ > 0 && rows_ % write_slice_rows == 0) {
+      yield_();
+    }
+    ++rows_;
+  }
+
+ private:
+  const std::function<void()>& yield_;
+  std::size_t rows_ = 0;
+};
 
 /// Opens a store by URL: `memory://`, `sqlite://PATH` (relative or absolute; `sqlite://troupe.db`
 /// is the default), `postgres://...` or `postgresql://...` (a libpq connection URI). Applies

@@ -160,6 +160,15 @@ struct writer_rig {
   writer_rig(const writer_rig&) = delete;
   writer_rig& operator=(const writer_rig&) = delete;
 
+  // Sends `m` as a durable caller does; true once the writer says it is committed.
+  bool commit(persist m) {
+    caf::scoped_actor self{sys};
+    bool ok = false;
+    self->request(writer, caf::timespan{30s}, commit_atom::value, std::move(m))
+        .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
+    return ok;
+  }
+
   caf::actor_system_config cfg;
   caf::actor_system sys{cfg};
   gated_store* db = nullptr;  // owned by the writer's committer
@@ -199,14 +208,8 @@ BOOST_AUTO_TEST_CASE(a_waiting_caller_gets_a_commit_without_waiting_for_flush_ms
   wc.batch_max = 1000;
   wc.flush_ms = 60000;
   writer_rig rig(wc);
-  gated_store& db = *rig.db;
-  const caf::actor& writer = rig.writer;
-  caf::scoped_actor self{rig.sys};
-  bool ok = false;
-  self->request(writer, caf::timespan{30s}, commit_atom::value, rows("c", 3, now_us()))
-      .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
-  BOOST_TEST(ok);
-  BOOST_TEST(db.wait_rows(3, 1s));
+  BOOST_TEST(rig.commit(rows("c", 3, now_us())));
+  BOOST_TEST(rig.db->wait_rows(3, 1s));
 }
 
 // A writer that fell behind catches up in transactions of at most 4 x batch_max rows, and a
@@ -291,12 +294,7 @@ BOOST_AUTO_TEST_CASE(only_the_async_committer_yields_between_slices,
         wc.batch_max = 1000;
         wc.flush_ms = 60000;
         writer_rig rig(wc);
-        caf::scoped_actor self{rig.sys};
-        bool ok = false;
-        self->request(rig.writer, caf::timespan{30s}, commit_atom::value,
-                      rows("y", rows_sent, now_us()))
-            .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
-        BOOST_REQUIRE(ok);
+        BOOST_REQUIRE(rig.commit(rows("y", rows_sent, now_us())));
         BOOST_TEST(rig.db->rows() == static_cast<std::size_t>(rows_sent));
         const bool expected = slices && mode == persistence_mode::async;
         BOOST_TEST(rig.db->yield_installed() == expected);
@@ -318,22 +316,13 @@ BOOST_AUTO_TEST_CASE(a_committer_yields_only_while_it_keeps_up, *boost::unit_tes
   wc.batch_max = write_slice_rows / 4;  // a job of write_slice_rows rows is at the cap
   wc.flush_ms = 60000;
   writer_rig rig(wc);
-  caf::scoped_actor self{rig.sys};
-  bool ok = false;
   const int rows_sent = 3 * static_cast<int>(write_slice_rows);
-  self->request(rig.writer, caf::timespan{30s}, commit_atom::value,
-                rows("behind", rows_sent, now_us()))
-      .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
-  BOOST_REQUIRE(ok);
+  BOOST_REQUIRE(rig.commit(rows("behind", rows_sent, now_us())));
   BOOST_TEST(rig.db->rows() == static_cast<std::size_t>(rows_sent));
   BOOST_TEST(!rig.db->yield_installed());  // and so written unsliced
   BOOST_TEST(rig.db->yields() == 0u);
 
   // Caught up: the next job, below the cap, is sliced again.
-  ok = false;
-  self->request(rig.writer, caf::timespan{30s}, commit_atom::value,
-                rows("caught-up", static_cast<int>(wc.batch_max), now_us()))
-      .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});
-  BOOST_REQUIRE(ok);
+  BOOST_REQUIRE(rig.commit(rows("caught-up", static_cast<int>(wc.batch_max), now_us())));
   BOOST_TEST(rig.db->yield_installed());
 }
