@@ -213,11 +213,33 @@ std::string upsert_sql(const table_spec& t, int rows) {
   return sql;
 }
 
-// Binds one row's columns from `base` (1-based). JSON text is kept alive in `keep` (a deque:
-// growing it never moves the strings SQLite points at) until the statement has run.
+// The JSON text of a statement's values, alive until the statement has run (SQLite binds it
+// without copying). The strings are reused from statement to statement, so that a write
+// allocates nothing per value once the store has warmed up; a deque, because growing it never
+// moves the strings SQLite points at (a short string lives inside its std::string).
+class json_texts {
+ public:
+  std::string_view add(const json::value& v) {
+    if (used_ == texts_.size()) {
+      texts_.emplace_back();
+    }
+    std::string& s = texts_[used_++];
+    s.clear();
+    append_json(s, v);
+    return s;
+  }
+  // The statement has run: every text may be overwritten.
+  void reuse() { used_ = 0; }
+
+ private:
+  std::deque<std::string> texts_;
+  std::size_t used_ = 0;
+};
+
+// Binds one row's columns from `base` (1-based).
 class binder {
  public:
-  binder(sqlite3_stmt* s, std::deque<std::string>& keep) : s_(s), keep_(keep) {}
+  binder(sqlite3_stmt* s, json_texts& texts) : s_(s), texts_(texts) {}
 
   void text(std::string_view v) {
     rc_ |= sqlite3_bind_text(s_, i_++, v.data(), static_cast<int>(v.size()), SQLITE_STATIC);
@@ -228,13 +250,13 @@ class binder {
       rc_ |= sqlite3_bind_null(s_, i_++);
       return;
     }
-    text(keep_.emplace_back(to_json_text(*v)));
+    text(texts_.add(*v));
   }
   int rc() const { return rc_; }
 
  private:
   sqlite3_stmt* s_;
-  std::deque<std::string>& keep_;
+  json_texts& texts_;
   int i_ = 1;
   int rc_ = SQLITE_OK;
 };
@@ -634,7 +656,6 @@ class sqlite_store final : public store {
                                           std::string_view what) {
     const int max_rows = std::max(1, max_vars_ / static_cast<int>(t.column_count));
     std::size_t done = 0;
-    std::deque<std::string> keep;
     const int max_chunk = slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows))
                                           : max_rows;
     while (done < rows.size()) {
@@ -654,8 +675,8 @@ class sqlite_store final : public store {
         return make_unexpected(s.error());
       }
       sqlite3_stmt* st = *s;
-      keep.clear();
-      binder b(st, keep);
+      json_texts_.reuse();
+      binder b(st, json_texts_);
       for (int i = 0; i < n; ++i) {
         if (auto r = bind(b, *rows[done + static_cast<std::size_t>(i)]); !r) {
           sqlite3_clear_bindings(st);
@@ -898,6 +919,7 @@ class sqlite_store final : public store {
   bool cp_failed_ = false;
   int max_vars_ = 999;
   int wal_frames_ = 0;  // frames in the write-ahead log after the last commit
+  json_texts json_texts_;  // write_table's, kept between writes for their capacity
   std::size_t statements_in_batch_ = 0;  // the yield goes between statements, not before the first
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
   std::array<stmt_ptr, q_count> queries_;

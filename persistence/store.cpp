@@ -3,6 +3,42 @@
 #include "persistence/detail/common.hpp"
 
 namespace troupe {
+namespace {
+
+template <class Row, class KeyFn>
+std::size_t drop_superseded(std::vector<Row>& rows, KeyFn key, slice_pacer* pacer) {
+  const auto gone = detail::superseded_rows(rows, key, [pacer] {
+    if (pacer != nullptr) {
+      pacer->next_row();
+    }
+  });
+  if (gone.empty()) {
+    return 0;
+  }
+  std::size_t kept = 0;
+  auto next_gone = gone.begin();
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (next_gone != gone.end() && *next_gone == i) {
+      ++next_gone;
+      continue;
+    }
+    if (kept != i) {
+      rows[kept] = std::move(rows[i]);
+    }
+    ++kept;
+  }
+  rows.erase(rows.begin() + static_cast<std::ptrdiff_t>(kept), rows.end());
+  return gone.size();
+}
+
+}  // namespace
+
+std::size_t keep_newest_rows(write_batch& batch, slice_pacer* pacer) {
+  return drop_superseded(batch.runs, detail::run_key, pacer) +
+         drop_superseded(batch.nodes, detail::node_key, pacer) +
+         drop_superseded(batch.workflows, detail::workflow_key, pacer) +
+         drop_superseded(batch.cache, detail::cache_key, pacer);
+}
 
 int schema_version() {
   return detail::current_schema_version;

@@ -3,6 +3,7 @@
 // Shared by the three stores: status names, JSON text, the row layout of each table and the
 // last-wins dedupe every backend applies before writing a batch.
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -10,7 +11,6 @@
 #include <string>
 #include <string_view>
 #include <tuple>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -90,31 +90,66 @@ struct tuple_hash {
   }
 };
 
-/// The rows to write, with only the last row for each key kept (a batch may carry a "running"
-/// and a "succeeded" record of the same execution; PostgreSQL refuses one upsert touching a row
-/// twice, and the second write would be wasted anyway). Keeps the order of the kept rows.
-template <class Row, class KeyFn>
-std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
-  std::vector<const Row*> out;
-  out.reserve(rows.size());
-  if (rows.size() > 1) {
-    using key_type = decltype(key(rows.front()));
-    std::unordered_map<key_type, std::size_t, tuple_hash> last;
-    last.reserve(rows.size());
-    for (std::size_t i = 0; i < rows.size(); ++i) {
-      last.insert_or_assign(key(rows[i]), i);
-    }
-    if (last.size() != rows.size()) {
-      for (std::size_t i = 0; i < rows.size(); ++i) {
-        if (last.find(key(rows[i]))->second == i) {
-          out.push_back(&rows[i]);
-        }
+/// Ascending indices of the rows that a later row with the same key replaces (a batch may
+/// carry a "running" and a "succeeded" record of the same execution). One open-addressing
+/// table of row indices rather than a hash-map node per row: this runs on every batch, on the
+/// committer's core, where every allocation shows in async mode's latency tail.
+/// `next_row` is called before each row (a slice_pacer's, to give the core back).
+template <class Row, class KeyFn, class NextRow>
+std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key,
+                                         NextRow next_row) {
+  std::vector<std::size_t> out;
+  if (rows.size() < 2) {
+    return out;
+  }
+  constexpr auto empty = static_cast<std::uint32_t>(-1);
+  std::size_t capacity = 4;
+  while (capacity < rows.size() * 2) {
+    capacity *= 2;
+  }
+  const std::size_t mask = capacity - 1;
+  std::vector<std::uint32_t> slots(capacity, empty);  // the newest row seen for a key
+  std::vector<std::size_t> hashes(rows.size());
+  tuple_hash hasher;
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    next_row();
+    const auto k = key(rows[i]);
+    const std::size_t h = hasher(k);
+    hashes[i] = h;
+    // Mixed before masking: std::hash of an integer is the integer itself.
+    std::size_t pos = (h ^ (h >> 29)) * 0xbf58476d1ce4e5b9ULL >> 17 & mask;
+    for (;; pos = (pos + 1) & mask) {
+      const std::uint32_t j = slots[pos];
+      if (j == empty) {
+        slots[pos] = static_cast<std::uint32_t>(i);
+        break;
       }
-      return out;
+      if (hashes[j] == h && key(rows[j]) == k) {
+        out.push_back(j);
+        slots[pos] = static_cast<std::uint32_t>(i);
+        break;
+      }
     }
   }
-  for (const auto& r : rows) {
-    out.push_back(&r);
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+/// The rows to write, with only the last row for each key kept (PostgreSQL refuses one upsert
+/// touching a row twice, and the second write would be wasted anyway). Keeps the order of the
+/// kept rows.
+template <class Row, class KeyFn>
+std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
+  const auto gone = superseded_rows(rows, key, [] {});
+  std::vector<const Row*> out;
+  out.reserve(rows.size() - gone.size());
+  auto next_gone = gone.begin();
+  for (std::size_t i = 0; i < rows.size(); ++i) {
+    if (next_gone != gone.end() && *next_gone == i) {
+      ++next_gone;
+      continue;
+    }
+    out.push_back(&rows[i]);
   }
   return out;
 }

@@ -265,6 +265,52 @@ BOOST_AUTO_TEST_CASE(keeps_the_last_row_for_a_key_within_a_batch, *utf::timeout(
   BOOST_TEST(same_json((*c)->value, parse("2")));
 }
 
+// Many keys, each written up to three times and interleaved with other keys' rows: the newest
+// state of each is stored, and keys that share run and node but not item or attempt stay apart.
+BOOST_AUTO_TEST_CASE(keeps_the_newest_of_many_interleaved_rows_per_key, *utf::timeout(60)) {
+  constexpr int items = 300;
+  write_batch b;
+  for (int i = 0; i < items; ++i) {
+    node_row pending = sample_node("r1", "map", i, 1);
+    pending.status = node_status::pending;
+    pending.output = nullptr;
+    b.nodes.push_back(pending);
+  }
+  for (int i = items - 1; i >= 0; --i) {  // a different order than the first rows
+    node_row running = sample_node("r1", "map", i, 1);
+    running.status = node_status::running;
+    running.output = nullptr;
+    b.nodes.push_back(running);
+    if (i % 3 == 0) {
+      node_row done = sample_node("r1", "map", i, 1);
+      done.output = parse(std::to_string(i));
+      b.nodes.push_back(done);
+    }
+  }
+  b.nodes.push_back(sample_node("r1", "map", -1, 1));  // the node-level row: item -1
+  b.nodes.push_back(sample_node("r1", "map", 0, 2));   // a second attempt of item 0
+  must_write(*s, b);
+
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), static_cast<std::size_t>(items + 2));
+  int done = 0;
+  for (const auto& n : nodes) {
+    if (n.item < 0 || n.attempt == 2) {
+      BOOST_TEST((n.status == node_status::succeeded));
+      continue;
+    }
+    if (n.item % 3 == 0) {
+      ++done;
+      BOOST_TEST((n.status == node_status::succeeded), "item " << n.item);
+      BOOST_TEST(same_json(n.output, parse(std::to_string(n.item))), "item " << n.item);
+    } else {
+      BOOST_TEST((n.status == node_status::running), "item " << n.item);
+      BOOST_TEST(!n.output, "item " << n.item);
+    }
+  }
+  BOOST_TEST(done == items / 3);
+}
+
 BOOST_AUTO_TEST_CASE(replaces_every_column_when_a_row_is_written_again, *utf::timeout(60)) {
   run_row r = sample_run("r1");
   r.outputs = parse(R"({"partial": 1})");

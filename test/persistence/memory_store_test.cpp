@@ -38,6 +38,83 @@ BOOST_AUTO_TEST_CASE(yields_between_slices_and_keeps_every_row, *utf::timeout(30
 
 BOOST_AUTO_TEST_SUITE_END()
 
+// keep_newest_rows is what the writer's committer coalesces a job with before every write.
+BOOST_AUTO_TEST_SUITE(keep_newest_rows_suite)
+
+BOOST_AUTO_TEST_CASE(keeps_the_last_row_of_each_key_in_the_order_of_the_kept_rows,
+                     *utf::timeout(30)) {
+  write_batch b;
+  auto node = [](const char* id, node_status st) {
+    node_row n = sample_node("r1", id);
+    n.status = st;
+    return n;
+  };
+  b.nodes = {node("a", node_status::pending), node("b", node_status::running),
+             node("a", node_status::running), node("c", node_status::succeeded),
+             node("b", node_status::failed),  node("a", node_status::succeeded)};
+  b.runs = {sample_run("r1"), sample_run("r2"), sample_run("r1", 7)};
+  b.workflows = {{"etl", "3", "old", "{}", 1}, {"etl", "4", "x", "{}", 1},
+                 {"etl", "3", "new", "{}", 2}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}, {"k", "etl", "a", parse("2"), "output", 6}};
+
+  BOOST_TEST(keep_newest_rows(b) == 3u + 1u + 1u + 1u);
+
+  BOOST_REQUIRE_EQUAL(b.nodes.size(), 3u);
+  BOOST_TEST(b.nodes[0].node_id == "c");
+  BOOST_TEST(b.nodes[1].node_id == "b");
+  BOOST_TEST((b.nodes[1].status == node_status::failed));
+  BOOST_TEST(b.nodes[2].node_id == "a");
+  BOOST_TEST((b.nodes[2].status == node_status::succeeded));
+  BOOST_REQUIRE_EQUAL(b.runs.size(), 2u);
+  BOOST_TEST(b.runs[0].run_id == "r2");
+  BOOST_TEST(b.runs[1].started_at == 7);
+  BOOST_REQUIRE_EQUAL(b.workflows.size(), 2u);
+  BOOST_TEST(b.workflows[0].version == "4");
+  BOOST_TEST(b.workflows[1].hash == "new");
+  BOOST_REQUIRE_EQUAL(b.cache.size(), 1u);
+  BOOST_TEST(same_json(b.cache[0].value, parse("2")));
+}
+
+BOOST_AUTO_TEST_CASE(tells_keys_apart_by_every_field, *utf::timeout(30)) {
+  write_batch b;
+  b.nodes = {sample_node("ab", "c"), sample_node("a", "bc"), sample_node("a", "bc", 0),
+             sample_node("a", "bc", 0, 2), sample_node("a", "bc", -1, 2)};
+  BOOST_TEST(keep_newest_rows(b) == 0u);
+  BOOST_TEST(b.nodes.size() == 5u);
+}
+
+// Thousands of distinct keys (the table probes past collisions) and one key written thousands
+// of times (nothing quadratic about it).
+BOOST_AUTO_TEST_CASE(handles_many_keys_and_many_rows_of_one_key, *utf::timeout(30)) {
+  write_batch b;
+  for (int i = 0; i < 5000; ++i) {
+    b.nodes.push_back(sample_node("r" + std::to_string(i % 50), "n", i / 50));
+  }
+  for (int i = 0; i < 5000; ++i) {
+    node_row n = sample_node("hot", "n");
+    n.started_at = i;
+    b.nodes.push_back(std::move(n));
+  }
+  BOOST_TEST(keep_newest_rows(b) == 4999u);
+  BOOST_REQUIRE_EQUAL(b.nodes.size(), 5001u);
+  for (int i = 0; i < 5000; ++i) {
+    BOOST_TEST(b.nodes[static_cast<std::size_t>(i)].item == i / 50);
+  }
+  BOOST_TEST(b.nodes.back().run_id == "hot");
+  BOOST_TEST(b.nodes.back().started_at == 4999);
+}
+
+BOOST_AUTO_TEST_CASE(tells_its_pacer_of_every_row, *utf::timeout(30)) {
+  write_batch b = map_batch("r1", 300);
+  int yields = 0;
+  std::function<void()> yield = [&] { ++yields; };
+  slice_pacer pacer(yield);
+  BOOST_TEST(keep_newest_rows(b, &pacer) == 0u);
+  BOOST_TEST(yields == static_cast<int>((300 - 1) / write_slice_rows));
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE(open_store_urls)
 
 BOOST_AUTO_TEST_CASE(an_unknown_scheme_is_refused_with_the_accepted_ones_listed,
