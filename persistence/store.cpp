@@ -6,12 +6,8 @@ namespace troupe {
 namespace {
 
 template <class Row, class KeyFn>
-std::size_t drop_superseded(std::vector<Row>& rows, KeyFn key, slice_pacer* pacer) {
-  const auto gone = detail::superseded_rows(rows, key, [pacer] {
-    if (pacer != nullptr) {
-      pacer->next_row();
-    }
-  });
+std::size_t drop_superseded(std::vector<Row>& rows, KeyFn key) {
+  const auto gone = detail::superseded_rows(rows, key);
   if (gone.empty()) {
     return 0;
   }
@@ -33,11 +29,11 @@ std::size_t drop_superseded(std::vector<Row>& rows, KeyFn key, slice_pacer* pace
 
 }  // namespace
 
-std::size_t keep_newest_rows(write_batch& batch, slice_pacer* pacer) {
-  return drop_superseded(batch.runs, detail::run_key, pacer) +
-         drop_superseded(batch.nodes, detail::node_key, pacer) +
-         drop_superseded(batch.workflows, detail::workflow_key, pacer) +
-         drop_superseded(batch.cache, detail::cache_key, pacer);
+std::size_t keep_newest_rows(write_batch& batch) {
+  return drop_superseded(batch.runs, detail::run_key) +
+         drop_superseded(batch.nodes, detail::node_key) +
+         drop_superseded(batch.workflows, detail::workflow_key) +
+         drop_superseded(batch.cache, detail::cache_key);
 }
 
 int schema_version() {

@@ -185,8 +185,7 @@ class slice_pacer {
 
 /// Keeps only the newest row for each key in every table of `batch` (the last one sent wins, as
 /// write() would let it), in the order the kept rows had. Returns how many rows it removed.
-/// `pacer` (may be null) is told of each row, so that a long batch gives its core back.
-std::size_t keep_newest_rows(write_batch& batch, slice_pacer* pacer = nullptr);
+std::size_t keep_newest_rows(write_batch& batch);
 
 /// Opens a store by URL: `memory://`, `sqlite://PATH` (relative or absolute; `sqlite://troupe.db`
 /// is the default), `postgres://...` or `postgresql://...` (a libpq connection URI). Applies

@@ -31,6 +31,7 @@
 #include <thread>
 #include <vector>
 
+#include "benchmarks/stats.hpp"
 #include "persistence/store.hpp"
 #include "runtime/engine.hpp"
 
@@ -41,6 +42,7 @@
 using namespace troupe;
 using clk = std::chrono::steady_clock;
 namespace fs = std::filesystem;
+using troupe::bench::median;
 
 namespace {
 
@@ -55,6 +57,7 @@ struct options {
   int runs = 20000;
   int sync_divisor = 10;
   double open_seconds = 3;
+  int open_rounds = 5;  // open loops per mode, the modes interleaved round by round
   double warm_seconds = 0.5;
   double rate = 0;  // 0: half of durable's closed-loop committed runs/s
   double rate_fraction = 0.5;
@@ -718,23 +721,56 @@ void bench_store(const options& o, const target& t) {
     ceiling = std::max(ceiling, r.rows_per_s());
   }
 
-  // 3. Open loop at a rate durable sustains.
+  // 3. Open loops at a rate durable sustains, in rounds: every mode once per round. This VM
+  // stalls for a few milliseconds every few seconds, and a 3 s open loop's p99 is the 0.5 ms
+  // of its worst stall or none: one loop per mode made a mode's ratio to memory swing from 1.1x
+  // to 9x between identical runs. A stall now spoils one round of one mode, and the goals
+  // compare the median over rounds of each round's ratio.
   double rate =
       o.rate > 0 ? o.rate : o.rate_fraction * closed[persistence_mode::durable].committed_rps();
   rate = std::max(rate, 1.0);
-  std::map<persistence_mode, open_result> open;
+  std::map<persistence_mode, std::vector<open_result>> rounds;
   std::map<persistence_mode, bool> over;
-  for (auto mode : all_modes) {
-    // A mode slower than the rate would only build a queue that grows for as long as the test
-    // lasts: it runs at the same fraction of its own closed-loop peak instead (flagged).
-    double r = rate;
-    over[mode] = closed[mode].committed_rps() < rate;
-    if (over[mode]) {
-      r = std::max(1.0, o.rate_fraction * closed[mode].committed_rps());
+  for (int round = 1; round <= o.open_rounds; ++round) {
+    for (auto mode : all_modes) {
+      // A mode slower than the rate would only build a queue that grows for as long as the
+      // test lasts: it runs at the same fraction of its own closed-loop peak instead (flagged).
+      double r = rate;
+      over[mode] = closed[mode].committed_rps() < rate;
+      if (over[mode]) {
+        r = std::max(1.0, o.rate_fraction * closed[mode].committed_rps());
+      }
+      std::fprintf(stderr, "[%s] open loop %s at %.0f runs/s for %.1f s (round %d of %d)...\n",
+                   t.label.c_str(), name_of(mode), r, o.open_seconds, round, o.open_rounds);
+      rounds[mode].push_back(open_loop(o, mode, t, r, o.open_seconds));
     }
-    std::fprintf(stderr, "[%s] open loop %s at %.0f runs/s for %.1f s...\n", t.label.c_str(),
-                 name_of(mode), r, o.open_seconds);
-    open[mode] = open_loop(o, mode, t, r, o.open_seconds);
+  }
+  // Per mode: the medians over rounds, each round's ratio to memory's in the same round, and
+  // the round whose p99 is the median (its details are printed).
+  struct open_summary {
+    double p50 = 0, p99 = 0, p50_x = 0, p99_x = 0;
+    open_result median_round;
+  };
+  std::map<persistence_mode, open_summary> open;
+  const auto& memory_rounds = rounds[persistence_mode::memory];
+  for (auto mode : all_modes) {
+    const auto& rs = rounds[mode];
+    std::vector<double> p50s, p99s, p50_x, p99_x;
+    for (std::size_t i = 0; i < rs.size(); ++i) {
+      p50s.push_back(rs[i].p50);
+      p99s.push_back(rs[i].p99);
+      p50_x.push_back(rs[i].p50 / memory_rounds[i].p50);
+      p99_x.push_back(rs[i].p99 / memory_rounds[i].p99);
+    }
+    auto& sum = open[mode];
+    sum.p50 = median(p50s);
+    sum.p99 = median(p99s);
+    sum.p50_x = median(p50_x);
+    sum.p99_x = median(p99_x);
+    std::vector<open_result> by_p99 = rs;
+    std::sort(by_p99.begin(), by_p99.end(),
+              [](const open_result& a, const open_result& b) { return a.p99 < b.p99; });
+    sum.median_round = by_p99[by_p99.size() / 2];
   }
 
   // The table.
@@ -745,13 +781,13 @@ void bench_store(const options& o, const target& t) {
       "\"committed\" includes shutdown()'s drain\n",
       in_flight, o.runs, std::max(in_flight * 4, o.runs / o.sync_divisor), o.sync_divisor);
   std::printf(
-      "open loop: %.0f runs/s (%s), %.1f s after %.1f s warm-up; latency = scheduled arrival -> "
-      "on_finished\n",
+      "open loop: %.0f runs/s (%s), %.1f s after %.1f s warm-up, %d rounds (medians over rounds; "
+      "x mem: the median of each round's ratio); latency = scheduled arrival -> on_finished\n",
       rate,
       o.rate > 0
           ? "--rate"
           : fmt("%.0f%% of durable's closed-loop committed runs/s", o.rate_fraction * 100).c_str(),
-      o.open_seconds, o.warm_seconds);
+      o.open_seconds, o.warm_seconds, o.open_rounds);
   std::printf("%-8s | %9s %9s %6s | %9s %6s %9s %6s | %10s %10s %7s %8s | %10s %6s\n", "", "closed",
               "closed", "", "open", "", "open", "", "writer", "writer", "avg", "avg", "raw rows/s",
               "");
@@ -765,7 +801,7 @@ void bench_store(const options& o, const target& t) {
     std::printf("%-8s | %9.0f %9.0f %6.2f | %9.0f %6.2f %9.0f %6.2f |",
                 (std::string(name_of(mode)) + (over[mode] ? "+" : "") + runs_note).c_str(),
                 c.caller_rps(), c.committed_rps(), c.committed_rps() / mc.committed_rps(), op.p50,
-                op.p50 / mo.p50, op.p99, op.p99 / mo.p99);
+                op.p50_x, op.p99, op.p99_x);
     if (mode == persistence_mode::memory) {
       std::printf(" %10s %10s %7s %8s | %10s %6s\n", "-", "-", "-", "-", "-", "-");
     } else {
@@ -788,7 +824,11 @@ void bench_store(const options& o, const target& t) {
   std::printf("details:\n");
   for (auto mode : all_modes) {
     const auto& c = closed[mode];
-    const auto& op = open[mode];
+    const auto& op = open[mode].median_round;
+    std::string p99s;
+    for (const auto& r : rounds[mode]) {
+      p99s += (p99s.empty() ? "" : " ") + fmt("%.0f", r.p99);
+    }
     std::printf(
         "  %-8s closed %d runs in %.2f s (+%.2f s drain)%s, failed %d; rows %llu (received "
         "%llu), batches %llu, max batch %llu, errors %llu; commit p50/p99/max %.0f/%.0f/%.0f "
@@ -800,6 +840,7 @@ void bench_store(const options& o, const target& t) {
         static_cast<unsigned long long>(c.w.batches),
         static_cast<unsigned long long>(c.w.max_batch), static_cast<unsigned long long>(c.w.errors),
         c.commit_p50, c.commit_p99, c.commit_max);
+    std::printf("  %-8s open p99 of each round: %s us; the median round:\n", "", p99s.c_str());
     std::printf(
         "  %-8s open %d arrivals%s, failed %d; latency p90 %.0f, p99.9 %.0f, max %.0f us; "
         "driver late max %.0f us; writer avg batch %.1f, avg commit %.0f us, commit "
@@ -819,13 +860,15 @@ void bench_store(const options& o, const target& t) {
   const auto& ao = open[persistence_mode::async];
   char line[512];
   std::snprintf(line, sizeof line,
-                "%s: async open-loop p50 %.0f us <= 1.1 x memory's %.0f us (%.2fx)",
-                t.label.c_str(), ao.p50, mo.p50, ao.p50 / mo.p50);
-  check(ao.p50 <= 1.1 * mo.p50, line);
+                "%s: async open-loop p50 within 1.1x memory's: %.2fx (median of %d rounds' ratios; "
+                "medians %.0f / %.0f us)",
+                t.label.c_str(), ao.p50_x, o.open_rounds, ao.p50, mo.p50);
+  check(ao.p50_x <= 1.1, line);
   std::snprintf(line, sizeof line,
-                "%s: async open-loop p99 %.0f us <= 1.1 x memory's %.0f us (%.2fx)",
-                t.label.c_str(), ao.p99, mo.p99, ao.p99 / mo.p99);
-  check(ao.p99 <= 1.1 * mo.p99, line);
+                "%s: async open-loop p99 within 1.1x memory's: %.2fx (median of %d rounds' ratios; "
+                "medians %.0f / %.0f us)",
+                t.label.c_str(), ao.p99_x, o.open_rounds, ao.p99, mo.p99);
+  check(ao.p99_x <= 1.1, line);
   const auto& dc = closed[persistence_mode::durable];
   std::snprintf(line, sizeof line,
                 "%s: durable writer %.0f rows/s (rows / commit time, closed loop) >= half the raw "
@@ -833,14 +876,19 @@ void bench_store(const options& o, const target& t) {
                 t.label.c_str(), dc.w.rows_per_commit_s(), ceiling,
                 100 * dc.w.rows_per_commit_s() / ceiling);
   check(dc.w.rows_per_commit_s() >= 0.5 * ceiling, line);
-  const auto& dop = open[persistence_mode::durable];
-  double bound = static_cast<double>(o.flush_ms) * 1000 + dop.w.avg_commit_us();
+  // Each round against its own bound (its own average commit), then the median of the ratios.
+  std::vector<double> bounds, to_bound;
+  for (const auto& r : rounds[persistence_mode::durable]) {
+    bounds.push_back(static_cast<double>(o.flush_ms) * 1000 + r.w.avg_commit_us());
+    to_bound.push_back(r.p99 / bounds.back());
+  }
+  const double dur_to_bound = median(to_bound);
   std::snprintf(line, sizeof line,
-                "%s: durable open-loop p99 %.0f us <= flush_ms %lld ms + one commit %.0f us = %.0f "
-                "us",
-                t.label.c_str(), dop.p99, static_cast<long long>(o.flush_ms), dop.w.avg_commit_us(),
-                bound);
-  check(dop.p99 <= bound, line);
+                "%s: durable open-loop p99 <= flush_ms %lld ms + one commit: %.2fx the bound "
+                "(median of %d rounds; p99 %.0f us, bound %.0f us)",
+                t.label.c_str(), static_cast<long long>(o.flush_ms), dur_to_bound, o.open_rounds,
+                open[persistence_mode::durable].p99, median(bounds));
+  check(dur_to_bound <= 1.0, line);
   const auto& so = open[persistence_mode::sync];
   const auto& sc = closed[persistence_mode::sync];
   std::printf(
@@ -848,7 +896,9 @@ void bench_store(const options& o, const target& t) {
       "%.0f us%s\n",
       t.label.c_str(), sc.committed_rps(), sc.committed_rps() / mc.committed_rps(), so.p50, so.p99,
       over[persistence_mode::sync]
-          ? fmt(" at its own %.0f runs/s (the common rate is above its peak)", so.rate).c_str()
+          ? fmt(" at its own %.0f runs/s (the common rate is above its peak)",
+                so.median_round.rate)
+                .c_str()
           : "");
   std::fflush(stdout);
 }
@@ -857,7 +907,8 @@ void bench_store(const options& o, const target& t) {
   std::fprintf(
       stderr,
       "usage: bench_persistence [--store-sqlite PATH] [--pg-url URL] [--pg-truncate] [--runs N]\n"
-      "         [--sync-divisor D] [--open-seconds S] [--rate R] [--rate-fraction F]\n"
+      "         [--sync-divisor D] [--open-seconds S] [--open-rounds N] [--rate R]\n"
+      "         [--rate-fraction F]\n"
       "         [--flush-ms MS] [--commit-delay-us US] [--writer-nice N] [--no-yield-slices]\n"
       "         [--batch-max N] [--pending-max N] [--threads N]\n"
       "         [--raw-seconds S] [--max-seconds S] [--sync-seconds S] [--only sqlite|pg]\n"
@@ -891,6 +942,8 @@ int main(int argc, char** argv) {
         o.sync_divisor = std::max(1, std::stoi(next()));
       } else if (a == "--open-seconds") {
         o.open_seconds = std::stod(next());
+      } else if (a == "--open-rounds") {
+        o.open_rounds = std::max(1, std::stoi(next()));
       } else if (a == "--rate") {
         o.rate = std::stod(next());
       } else if (a == "--rate-fraction") {
@@ -924,6 +977,7 @@ int main(int argc, char** argv) {
         o.quick = true;
         o.runs = 2000;
         o.open_seconds = 1;
+        o.open_rounds = 1;
         o.warm_seconds = 0.2;
         o.raw_seconds = 0.3;
         o.sync_seconds = 5;

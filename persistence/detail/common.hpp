@@ -94,10 +94,8 @@ struct tuple_hash {
 /// carry a "running" and a "succeeded" record of the same execution). One open-addressing
 /// table of row indices rather than a hash-map node per row: this runs on every batch, on the
 /// committer's core, where every allocation shows in async mode's latency tail.
-/// `next_row` is called before each row (a slice_pacer's, to give the core back).
-template <class Row, class KeyFn, class NextRow>
-std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key,
-                                         NextRow next_row) {
+template <class Row, class KeyFn>
+std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key) {
   std::vector<std::size_t> out;
   if (rows.size() < 2) {
     return out;
@@ -112,7 +110,6 @@ std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key
   std::vector<std::size_t> hashes(rows.size());
   tuple_hash hasher;
   for (std::size_t i = 0; i < rows.size(); ++i) {
-    next_row();
     const auto k = key(rows[i]);
     const std::size_t h = hasher(k);
     hashes[i] = h;
@@ -140,7 +137,7 @@ std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key
 /// kept rows.
 template <class Row, class KeyFn>
 std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
-  const auto gone = superseded_rows(rows, key, [] {});
+  const auto gone = superseded_rows(rows, key);
   std::vector<const Row*> out;
   out.reserve(rows.size() - gone.size());
   auto next_gone = gone.begin();

@@ -104,15 +104,6 @@ BOOST_AUTO_TEST_CASE(handles_many_keys_and_many_rows_of_one_key, *utf::timeout(3
   BOOST_TEST(b.nodes.back().started_at == 4999);
 }
 
-BOOST_AUTO_TEST_CASE(tells_its_pacer_of_every_row, *utf::timeout(30)) {
-  write_batch b = map_batch("r1", 300);
-  int yields = 0;
-  std::function<void()> yield = [&] { ++yields; };
-  slice_pacer pacer(yield);
-  BOOST_TEST(keep_newest_rows(b, &pacer) == 0u);
-  BOOST_TEST(yields == static_cast<int>((300 - 1) / write_slice_rows));
-}
-
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(open_store_urls)
