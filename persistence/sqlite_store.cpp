@@ -230,6 +230,17 @@ class json_texts {
   }
   // The statement has run: every text may be overwritten.
   void reuse() { used_ = 0; }
+  // After a write. Every buffer keeps the largest text it ever held: without this, one batch
+  // of megabyte outputs would stay resident for the store's lifetime (a buffer per bound value,
+  // up to two per row of the largest statement).
+  void release_large(std::size_t max_bytes = 64 * 1024) {
+    for (auto& s : texts_) {
+      if (s.capacity() > max_bytes) {
+        std::string().swap(s);
+      }
+    }
+    used_ = 0;
+  }
 
  private:
   std::deque<std::string> texts_;
@@ -374,8 +385,8 @@ class sqlite_store final : public store {
       return false;
     }
     sqlite3* raw = nullptr;
-    const int rc = sqlite3_open_v2(path_.c_str(), &raw,
-                                   SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
+    const int rc =
+        sqlite3_open_v2(path_.c_str(), &raw, SQLITE_OPEN_READWRITE | SQLITE_OPEN_NOMUTEX, nullptr);
     db_ptr cp(raw);
     if (rc != SQLITE_OK) {
       cp_failed_ = true;  // checkpoint inline, as before
@@ -422,6 +433,7 @@ class sqlite_store final : public store {
       } guard{*this};
       statements_in_batch_ = 0;
       auto r = write_rows(batch);
+      json_texts_.release_large();
       if (r) {
         if (int rc = step_done(queries_[q_commit].get()); rc != SQLITE_OK) {
           r = make_unexpected(sqlite_error(db_.get(), rc, "commit"));
@@ -656,8 +668,8 @@ class sqlite_store final : public store {
                                           std::string_view what) {
     const int max_rows = std::max(1, max_vars_ / static_cast<int>(t.column_count));
     std::size_t done = 0;
-    const int max_chunk = slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows))
-                                          : max_rows;
+    const int max_chunk =
+        slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows)) : max_rows;
     while (done < rows.size()) {
       if (statements_in_batch_++ > 0) {
         yield_between_slices();
@@ -918,8 +930,8 @@ class sqlite_store final : public store {
   bool cp_stop_ = false;
   bool cp_failed_ = false;
   int max_vars_ = 999;
-  int wal_frames_ = 0;  // frames in the write-ahead log after the last commit
-  json_texts json_texts_;  // write_table's, kept between writes for their capacity
+  int wal_frames_ = 0;                   // frames in the write-ahead log after the last commit
+  json_texts json_texts_;                // write_table's, kept between writes for their capacity
   std::size_t statements_in_batch_ = 0;  // the yield goes between statements, not before the first
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
   std::array<stmt_ptr, q_count> queries_;

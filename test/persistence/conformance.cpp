@@ -668,6 +668,93 @@ BOOST_AUTO_TEST_CASE(can_be_read_from_one_thread_while_another_writes, *utf::tim
   BOOST_TEST(reads > 0u);
 }
 
+// The SQL stores build each JSON value's text into buffers they reuse from statement to
+// statement and from write to write: every row must still get its own text, short (inside the
+// string) or long (on the heap), NULL or not, sliced or not.
+BOOST_AUTO_TEST_CASE(every_row_keeps_its_own_json_across_statements_and_writes,
+                     *utf::timeout(120)) {
+  for (int pass = 0; pass < 3; ++pass) {
+    for (const bool sliced : {false, true}) {
+      if (sliced) {
+        s->set_write_yield([] {});
+      } else {
+        s->set_write_yield(nullptr);
+      }
+      write_batch b;
+      const std::string run = "j" + std::to_string(pass) + "-" + std::to_string(sliced);
+      for (int i = 0; i < 1200; ++i) {
+        node_row n = sample_node(run, "map", i, 1);
+        const std::string pad(
+            static_cast<std::size_t>((pass == 1 ? 40 : (pass == 2 ? 3 : 200)) + i % 17), 'p');
+        n.input = parse("{\"i\":" + std::to_string(i) + ",\"pad\":\"" + pad + "\"}");
+        if (i % 5 != 0) {
+          n.output = parse("[" + std::to_string(i * 7) + ",\"" +
+                           pad.substr(0, static_cast<std::size_t>(i % 30)) + "\"]");
+        }
+        b.nodes.push_back(std::move(n));
+      }
+      must_write(*s, b);
+      auto nodes = must_nodes(run);
+      BOOST_REQUIRE_EQUAL(nodes.size(), 1200u);
+      for (std::size_t i = 0; i < nodes.size(); ++i) {
+        BOOST_REQUIRE_MESSAGE(same_json(nodes[i].input, b.nodes[i].input), "input " << i);
+        BOOST_REQUIRE_MESSAGE(same_json(nodes[i].output, b.nodes[i].output), "output " << i);
+      }
+    }
+  }
+}
+
+// Texts that PostgreSQL's array literals must escape (quotes, backslashes, braces, commas, the
+// word NULL, surrounding spaces), control characters and multi-byte UTF-8, in text columns and
+// in JSON.
+BOOST_AUTO_TEST_CASE(awkward_texts_come_back_unchanged, *utf::timeout(60)) {
+  const std::vector<std::string> texts = {"",
+                                          "NULL",
+                                          "null",
+                                          " lead",
+                                          "trail ",
+                                          "\\",
+                                          "\"",
+                                          "\\\"",
+                                          "a\\",
+                                          "\"\"",
+                                          "{}",
+                                          "{a,b}",
+                                          ",",
+                                          "a,b",
+                                          "\t\n\r\x01\x1f",
+                                          "caf\xc3\xa9 \xe2\x98\x83 \xf0\x9f\x98\x80",
+                                          "x\\\\y\"\"z",
+                                          std::string(100, '\\'),
+                                          std::string(100, '"'),
+                                          "\\N",
+                                          "'",
+                                          "''",
+                                          "\x7f"};
+  write_batch b;
+  for (std::size_t i = 0; i < texts.size(); ++i) {
+    node_row n = sample_node("awk", texts[i].empty() ? std::string("empty") : texts[i],
+                             static_cast<std::int64_t>(i));
+    n.error = texts[i];
+    n.worker = texts[i];
+    n.input = parse("{\"s\":\"x\"}");
+    std::string text;
+    append_json_string(text, texts[i]);
+    n.output = parse(text);
+    b.nodes.push_back(std::move(n));
+  }
+  must_write(*s, b);
+  auto nodes = must_nodes("awk");
+  BOOST_REQUIRE_EQUAL(nodes.size(), texts.size());
+  for (const auto& n : nodes) {
+    const auto i = static_cast<std::size_t>(n.item);
+    BOOST_TEST(n.error == texts[i], "item " << i);
+    BOOST_TEST(n.worker == texts[i], "item " << i);
+    BOOST_TEST(n.node_id == (texts[i].empty() ? std::string("empty") : texts[i]), "item " << i);
+    BOOST_TEST(same_json(n.output, b.nodes[i].output), "item " << i);
+  }
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 BOOST_AUTO_TEST_SUITE_END()
 

@@ -1,9 +1,33 @@
 #define BOOST_TEST_MODULE persistence memory store
 #include <boost/test/unit_test.hpp>
 
+#include <map>
+#include <random>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "persistence/detail/common.hpp"
 #include "test/persistence/conformance.hpp"
 
 namespace utf = boost::unit_test;
+
+namespace collisions {
+// A key whose every value hashes alike: the table must then find keys by probing alone.
+struct same_hash_key {
+  int v;
+  bool operator==(const same_hash_key& o) const { return v == o.v; }
+};
+struct tagged_row {
+  int key;
+  int tag;
+};
+}  // namespace collisions
+
+template <>
+struct std::hash<collisions::same_hash_key> {
+  std::size_t operator()(const collisions::same_hash_key&) const { return 42; }
+};
 
 namespace troupe::test {
 
@@ -53,9 +77,10 @@ BOOST_AUTO_TEST_CASE(keeps_the_last_row_of_each_key_in_the_order_of_the_kept_row
              node("a", node_status::running), node("c", node_status::succeeded),
              node("b", node_status::failed),  node("a", node_status::succeeded)};
   b.runs = {sample_run("r1"), sample_run("r2"), sample_run("r1", 7)};
-  b.workflows = {{"etl", "3", "old", "{}", 1}, {"etl", "4", "x", "{}", 1},
-                 {"etl", "3", "new", "{}", 2}};
-  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}, {"k", "etl", "a", parse("2"), "output", 6}};
+  b.workflows = {
+      {"etl", "3", "old", "{}", 1}, {"etl", "4", "x", "{}", 1}, {"etl", "3", "new", "{}", 2}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5},
+             {"k", "etl", "a", parse("2"), "output", 6}};
 
   BOOST_TEST(keep_newest_rows(b) == 3u + 1u + 1u + 1u);
 
@@ -102,6 +127,87 @@ BOOST_AUTO_TEST_CASE(handles_many_keys_and_many_rows_of_one_key, *utf::timeout(3
   }
   BOOST_TEST(b.nodes.back().run_id == "hot");
   BOOST_TEST(b.nodes.back().started_at == 4999);
+}
+
+// Against the obvious map-based reference: which rows survive, in which order, and how many go.
+// Keys come from small sets (empty strings, prefixes of each other) so that batches are full of
+// duplicates and near-misses.
+BOOST_AUTO_TEST_CASE(agrees_with_a_map_on_random_batches, *utf::timeout(60)) {
+  std::mt19937 rng(12345);
+  const char* runs[] = {"", "a", "b", "ab"};
+  const char* nodes[] = {"", "n", "bc", "c"};
+  for (int round = 0; round < 400; ++round) {
+    const int n = static_cast<int>(rng() % 700);
+    write_batch b;
+    for (int i = 0; i < n; ++i) {
+      node_row r =
+          sample_node(runs[rng() % 4], nodes[rng() % 4], static_cast<std::int64_t>(rng() % 5) - 1,
+                      static_cast<int>(rng() % 3));
+      r.started_at = i;  // tells the rows apart
+      b.nodes.push_back(std::move(r));
+      b.runs.push_back(sample_run(std::string(runs[rng() % 4]) + std::to_string(rng() % 3), i));
+    }
+    std::map<std::tuple<std::string, std::string, std::int64_t, int>, std::int64_t> last_node;
+    for (const auto& r : b.nodes) {
+      last_node[{r.run_id, r.node_id, r.item, r.attempt}] = r.started_at;
+    }
+    std::map<std::string, std::int64_t> last_run;
+    for (const auto& r : b.runs) {
+      last_run[r.run_id] = r.started_at;
+    }
+    std::vector<std::int64_t> want_nodes;
+    std::vector<std::int64_t> want_runs;
+    for (const auto& r : b.nodes) {
+      if (last_node[{r.run_id, r.node_id, r.item, r.attempt}] == r.started_at) {
+        want_nodes.push_back(r.started_at);
+      }
+    }
+    for (const auto& r : b.runs) {
+      if (last_run[r.run_id] == r.started_at) {
+        want_runs.push_back(r.started_at);
+      }
+    }
+    const std::size_t before = b.nodes.size() + b.runs.size();
+
+    BOOST_REQUIRE_EQUAL(keep_newest_rows(b), before - want_nodes.size() - want_runs.size());
+
+    std::vector<std::int64_t> got_nodes;
+    for (const auto& r : b.nodes) {
+      got_nodes.push_back(r.started_at);
+    }
+    std::vector<std::int64_t> got_runs;
+    for (const auto& r : b.runs) {
+      got_runs.push_back(r.started_at);
+    }
+    BOOST_REQUIRE(got_nodes == want_nodes);
+    BOOST_REQUIRE(got_runs == want_runs);
+  }
+}
+
+BOOST_AUTO_TEST_CASE(finds_keys_when_every_hash_collides, *utf::timeout(30)) {
+  std::vector<collisions::tagged_row> rows;
+  for (int i = 0; i < 600; ++i) {
+    rows.push_back({i % 97, i});
+  }
+  auto superseded = detail::superseded_rows(rows, [](const collisions::tagged_row& r) {
+    return std::tuple<collisions::same_hash_key>(collisions::same_hash_key{r.key});
+  });
+  std::vector<std::size_t> want;  // every row but the last of its key
+  for (std::size_t i = 0; i + 97 < 600; ++i) {
+    want.push_back(i);
+  }
+  BOOST_TEST(superseded == want, boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(handles_empty_and_tiny_batches, *utf::timeout(10)) {
+  write_batch b;
+  BOOST_TEST(keep_newest_rows(b) == 0u);
+  b.nodes = {sample_node("r", "n")};
+  BOOST_TEST(keep_newest_rows(b) == 0u);
+  BOOST_TEST(b.nodes.size() == 1u);
+  b.nodes = {sample_node("r", "n"), sample_node("r", "n")};
+  BOOST_TEST(keep_newest_rows(b) == 1u);
+  BOOST_TEST(b.nodes.size() == 1u);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
