@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <functional>
 #include <optional>
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <tuple>
@@ -101,6 +102,9 @@ std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key
     return out;
   }
   constexpr auto empty = static_cast<std::uint32_t>(-1);
+  if (rows.size() >= empty) {  // 32-bit slots halve the table; no real batch comes near this
+    throw std::length_error("superseded_rows: more than 2^32 - 2 rows in one batch");
+  }
   std::size_t capacity = 4;
   while (capacity < rows.size() * 2) {
     capacity *= 2;
