@@ -431,7 +431,6 @@ class sqlite_store final : public store {
           }
         }
       } guard{*this};
-      statements_in_batch_ = 0;
       auto r = write_rows(batch);
       json_texts_.release_large();
       if (r) {
@@ -663,15 +662,17 @@ class sqlite_store final : public store {
     return true;
   }
 
+  // `statements`: those of this batch so far, over every table (the yield goes between
+  // statements, not before the first).
   template <class Row>
   expected<bool, store_error> write_table(const table_spec& t, const std::vector<const Row*>& rows,
-                                          std::string_view what) {
+                                          std::size_t& statements, std::string_view what) {
     const int max_rows = std::max(1, max_vars_ / static_cast<int>(t.column_count));
     std::size_t done = 0;
     const int max_chunk =
         slices_writes() ? std::min(max_rows, static_cast<int>(write_slice_rows)) : max_rows;
     while (done < rows.size()) {
-      if (statements_in_batch_++ > 0) {
+      if (statements++ > 0) {
         yield_between_slices();
       }
       const std::size_t left = rows.size() - done;
@@ -765,19 +766,21 @@ class sqlite_store final : public store {
   }
 
   expected<bool, store_error> write_rows(const write_batch& batch) {
-    if (auto r = write_table(runs_table, last_wins(batch.runs, run_key), "runs"); !r) {
+    std::size_t statements = 0;
+    if (auto r = write_table(runs_table, last_wins(batch.runs, run_key), statements, "runs"); !r) {
       return r;
     }
-    if (auto r = write_table(nodes_table, last_wins(batch.nodes, node_key), "node executions");
+    if (auto r = write_table(nodes_table, last_wins(batch.nodes, node_key), statements,
+                             "node executions");
         !r) {
       return r;
     }
-    if (auto r =
-            write_table(workflows_table, last_wins(batch.workflows, workflow_key), "workflows");
+    if (auto r = write_table(workflows_table, last_wins(batch.workflows, workflow_key), statements,
+                             "workflows");
         !r) {
       return r;
     }
-    return write_table(cache_table, last_wins(batch.cache, cache_key), "cache entries");
+    return write_table(cache_table, last_wins(batch.cache, cache_key), statements, "cache entries");
   }
 
   template <class Row>
@@ -930,9 +933,8 @@ class sqlite_store final : public store {
   bool cp_stop_ = false;
   bool cp_failed_ = false;
   int max_vars_ = 999;
-  int wal_frames_ = 0;                   // frames in the write-ahead log after the last commit
-  json_texts json_texts_;                // write_table's, kept between writes for their capacity
-  std::size_t statements_in_batch_ = 0;  // the yield goes between statements, not before the first
+  int wal_frames_ = 0;     // frames in the write-ahead log after the last commit
+  json_texts json_texts_;  // write_table's, kept between writes for their capacity
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
   std::array<stmt_ptr, q_count> queries_;
   std::map<std::pair<const table_spec*, int>, stmt_ptr> upserts_;
