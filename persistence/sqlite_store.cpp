@@ -239,7 +239,6 @@ class json_texts {
         std::string().swap(s);
       }
     }
-    used_ = 0;
   }
 
  private:

@@ -12,17 +12,12 @@ std::size_t drop_superseded(std::vector<Row>& rows, KeyFn key) {
     return 0;
   }
   std::size_t kept = 0;
-  auto next_gone = gone.begin();
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    if (next_gone != gone.end() && *next_gone == i) {
-      ++next_gone;
-      continue;
-    }
+  detail::for_each_kept(rows.size(), gone, [&](std::size_t i) {
     if (kept != i) {
       rows[kept] = std::move(rows[i]);
     }
     ++kept;
-  }
+  });
   rows.erase(rows.begin() + static_cast<std::ptrdiff_t>(kept), rows.end());
   return gone.size();
 }

@@ -136,6 +136,20 @@ std::vector<std::size_t> superseded_rows(const std::vector<Row>& rows, KeyFn key
   return out;
 }
 
+/// Calls `fn(i)` in ascending order for every index below `count` that is not in `gone`
+/// (ascending, as superseded_rows returns it).
+template <class Fn>
+void for_each_kept(std::size_t count, const std::vector<std::size_t>& gone, Fn fn) {
+  auto next_gone = gone.begin();
+  for (std::size_t i = 0; i < count; ++i) {
+    if (next_gone != gone.end() && *next_gone == i) {
+      ++next_gone;
+      continue;
+    }
+    fn(i);
+  }
+}
+
 /// The rows to write, with only the last row for each key kept (PostgreSQL refuses one upsert
 /// touching a row twice, and the second write would be wasted anyway). Keeps the order of the
 /// kept rows.
@@ -144,14 +158,7 @@ std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
   const auto gone = superseded_rows(rows, key);
   std::vector<const Row*> out;
   out.reserve(rows.size() - gone.size());
-  auto next_gone = gone.begin();
-  for (std::size_t i = 0; i < rows.size(); ++i) {
-    if (next_gone != gone.end() && *next_gone == i) {
-      ++next_gone;
-      continue;
-    }
-    out.push_back(&rows[i]);
-  }
+  for_each_kept(rows.size(), gone, [&](std::size_t i) { out.push_back(&rows[i]); });
   return out;
 }
 
