@@ -46,7 +46,7 @@ std::string failing_store::describe() const {
   return "failing(" + inner().describe() + ")";
 }
 
-expected<bool, store_error> failing_store::write(const write_batch& batch) {
+expected<write_outcome, store_error> failing_store::write(const write_batch& batch) {
   ++attempts_;
   auto failure = take_failure();
   if (failure && failure->second == fail_point::before) {

@@ -43,7 +43,7 @@ class failing_store final : public forwarding_store {
   std::size_t rows_written() const { return rows_.load(); }
 
   std::string describe() const override;
-  expected<bool, store_error> write(const write_batch& batch) override;
+  expected<write_outcome, store_error> write(const write_batch& batch) override;
 
  private:
   // Which failure applies to this write, if any: taken under mu_ so the error and the fail

@@ -9,7 +9,7 @@ forwarding_store::forwarding_store(std::shared_ptr<store> inner) : inner_(std::m
 std::string forwarding_store::describe() const {
   return inner_->describe();
 }
-expected<bool, store_error> forwarding_store::write(const write_batch& batch) {
+expected<write_outcome, store_error> forwarding_store::write(const write_batch& batch) {
   return inner_->write(batch);
 }
 expected<std::vector<run_row>, store_error> forwarding_store::list_runs(const run_query& q) {
@@ -23,6 +23,24 @@ expected<std::vector<node_row>, store_error> forwarding_store::node_rows(std::st
 }
 expected<std::vector<run_row>, store_error> forwarding_store::unfinished_runs() {
   return inner_->unfinished_runs();
+}
+expected<claim_result, store_error> forwarding_store::claim_run(std::string_view run_id,
+                                                                std::string_view owner,
+                                                                std::int64_t now_us,
+                                                                std::int64_t lease_until_us) {
+  return inner_->claim_run(run_id, owner, now_us, lease_until_us);
+}
+expected<std::vector<std::string>, store_error> forwarding_store::renew_leases(
+    std::string_view owner, const std::vector<lease_ref>& runs, std::int64_t lease_until_us) {
+  return inner_->renew_leases(owner, runs, lease_until_us);
+}
+expected<bool, store_error> forwarding_store::write_dead_letters(
+    const std::vector<dead_letter_row>& rows) {
+  return inner_->write_dead_letters(rows);
+}
+expected<std::vector<dead_letter_row>, store_error> forwarding_store::list_dead_letters(
+    std::size_t limit) {
+  return inner_->list_dead_letters(limit);
 }
 expected<std::optional<workflow_row>, store_error> forwarding_store::get_workflow(
     std::string_view name, std::string_view version) {

@@ -18,11 +18,19 @@ class forwarding_store : public store {
   store& inner() const { return *inner_; }
 
   std::string describe() const override;
-  expected<bool, store_error> write(const write_batch& batch) override;
+  expected<write_outcome, store_error> write(const write_batch& batch) override;
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override;
   expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) override;
   expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) override;
   expected<std::vector<run_row>, store_error> unfinished_runs() override;
+  expected<claim_result, store_error> claim_run(std::string_view run_id, std::string_view owner,
+                                                std::int64_t now_us,
+                                                std::int64_t lease_until_us) override;
+  expected<std::vector<std::string>, store_error> renew_leases(
+      std::string_view owner, const std::vector<lease_ref>& runs,
+      std::int64_t lease_until_us) override;
+  expected<bool, store_error> write_dead_letters(const std::vector<dead_letter_row>& rows) override;
+  expected<std::vector<dead_letter_row>, store_error> list_dead_letters(std::size_t limit) override;
   expected<std::optional<workflow_row>, store_error> get_workflow(
       std::string_view name, std::string_view version) override;
   expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override;

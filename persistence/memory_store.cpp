@@ -17,7 +17,15 @@ class memory_store final : public store {
  public:
   std::string describe() const override { return "memory://"; }
 
-  expected<bool, store_error> write(const write_batch& batch) override {
+  expected<write_outcome, store_error> write(const write_batch& batch) override {
+    auto r = write_unfenced(batch);
+    if (!r) {
+      return make_unexpected(std::move(r.error()));
+    }
+    return write_outcome{};
+  }
+
+  expected<bool, store_error> write_unfenced(const write_batch& batch) {
     return guarded("memory store write", [&]() -> expected<bool, store_error> {
       // Check everything before changing anything: the batch is all or nothing.
       for (const auto& r : batch.runs) {

@@ -514,7 +514,15 @@ class postgres_store final : public store {
 
   std::string describe() const override { return mask_url(url_); }
 
-  expected<bool, store_error> write(const write_batch& batch) override {
+  expected<write_outcome, store_error> write(const write_batch& batch) override {
+    auto r = write_unfenced(batch);
+    if (!r) {
+      return make_unexpected(std::move(r.error()));
+    }
+    return write_outcome{};
+  }
+
+  expected<bool, store_error> write_unfenced(const write_batch& batch) {
     return guarded("postgres write", [&]() -> expected<bool, store_error> {
       if (batch.empty()) {
         return true;

@@ -410,7 +410,15 @@ class sqlite_store final : public store {
 
   std::string describe() const override { return url_; }
 
-  expected<bool, store_error> write(const write_batch& batch) override {
+  expected<write_outcome, store_error> write(const write_batch& batch) override {
+    auto r = write_unfenced(batch);
+    if (!r) {
+      return make_unexpected(std::move(r.error()));
+    }
+    return write_outcome{};
+  }
+
+  expected<bool, store_error> write_unfenced(const write_batch& batch) {
     return guarded("sqlite write", [&]() -> expected<bool, store_error> {
       if (batch.empty()) {
         return true;

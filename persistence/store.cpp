@@ -31,6 +31,31 @@ std::size_t keep_newest_rows(write_batch& batch) {
          drop_superseded(batch.cache, detail::cache_key);
 }
 
+namespace {
+store_error unsupported(std::string_view what, const store& s) {
+  return store_error{std::string(what) + " is not supported by " + s.describe(), false};
+}
+}  // namespace
+
+expected<claim_result, store_error> store::claim_run(std::string_view, std::string_view,
+                                                     std::int64_t, std::int64_t) {
+  return make_unexpected(unsupported("claim_run", *this));
+}
+
+expected<std::vector<std::string>, store_error> store::renew_leases(std::string_view,
+                                                                    const std::vector<lease_ref>&,
+                                                                    std::int64_t) {
+  return make_unexpected(unsupported("renew_leases", *this));
+}
+
+expected<bool, store_error> store::write_dead_letters(const std::vector<dead_letter_row>&) {
+  return make_unexpected(unsupported("write_dead_letters", *this));
+}
+
+expected<std::vector<dead_letter_row>, store_error> store::list_dead_letters(std::size_t) {
+  return make_unexpected(unsupported("list_dead_letters", *this));
+}
+
 int schema_version() {
   return detail::current_schema_version;
 }

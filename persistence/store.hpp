@@ -41,6 +41,16 @@ struct run_row {
   std::int64_t finished_at = 0;
   std::string parent_run_id;  // child runs (workflow and dynamic tasks); empty otherwise
   std::string parent_node_id;
+  /// Ownership (DESIGN.md, "Ownership, leases and fencing"). `owner` names the engine instance
+  /// that runs it ("host/pid/start_us"), `lease_until` (wall µs, 0: no lease) is when another
+  /// engine may claim it, `epoch` counts its owners (1 for a new run, +1 per claim).
+  /// write() stores all three when it inserts the row; on update it keeps owner and epoch as
+  /// they are (only claim_run() changes them) and keeps lease_until too (only renew_leases()
+  /// moves it), except that a row whose status is final releases the lease (0). `epoch` also
+  /// fences the write (see write()); 0: an unfenced row (tests, tools).
+  std::string owner;
+  std::int64_t lease_until = 0;
+  std::int64_t epoch = 0;
 };
 
 /// One row per (run, node, item, attempt); item -1 outside for_each; attempt 0 is the
@@ -63,6 +73,9 @@ struct node_row {
   cache_status spec_cache = cache_status::off;
   /// `dynamic` and `workflow` nodes: the child run this execution started or resumed.
   std::string child_run_id;
+  /// The epoch of its run under which the row was made: fences the write (see write()); not
+  /// stored. 0: unfenced.
+  std::int64_t epoch = 0;
 };
 
 struct workflow_row {
@@ -90,9 +103,49 @@ struct write_batch {
   std::vector<workflow_row> workflows;
   std::vector<cache_row> cache;
 
+  /// The caller guarantees that no two rows of a table share a key (keep_newest_rows() ran):
+  /// the store then skips its own deduplication.
+  bool unique_keys = false;
+
   bool empty() const { return runs.empty() && nodes.empty() && workflows.empty() && cache.empty(); }
   std::size_t size() const { return runs.size() + nodes.size() + workflows.size() + cache.size(); }
 };
+
+/// What write() did besides storing rows.
+struct write_outcome {
+  /// Runs whose rows were refused because another owner holds them now (the stored epoch differs
+  /// from the rows' epoch): none of their rows in the batch was written. The rest was.
+  std::vector<std::string> fenced_runs;
+};
+
+/// The answer to claim_run().
+struct claim_result {
+  bool found = false;    // false: no such run
+  bool claimed = false;  // true: the caller owns the run now, under `epoch`
+  /// The run's owner, lease and epoch after the call (the caller's when claimed; the holder's
+  /// when refused), and its status.
+  std::string owner;
+  std::int64_t lease_until = 0;
+  std::int64_t epoch = 0;
+  run_status status = run_status::pending;
+};
+
+/// A run an engine holds, under an epoch (for renew_leases()).
+struct lease_ref {
+  std::string run_id;
+  std::int64_t epoch = 0;
+};
+
+/// A row a database refused for good (a permanent error), kept aside so that the rest of its
+/// batch could be committed: `troupe runs dead-letters` lists them.
+struct dead_letter_row {
+  std::string run_id;  // empty for workflow and cache rows
+  std::string table;   // "runs", "node_executions", "workflows", "cache_entries"
+  std::string key;     // the row's key, readable: "run/node/item/attempt", "name@version", ...
+  std::string row;     // the row as JSON text, cut at 64 KiB
+  std::string error;   // what the database said
+  std::int64_t at = 0;  // wall µs
+}; 
 
 struct run_query {
   std::optional<run_status> status;
@@ -111,15 +164,39 @@ class store {
   virtual std::string describe() const = 0;
 
   /// Writes the whole batch in one transaction (one round trip where the backend allows):
-  /// either every row is stored or none is.
-  virtual expected<bool, store_error> write(const write_batch& batch) = 0;
+  /// either every row is stored or none is, apart from fenced runs. Fencing: for every run that
+  /// rows of the batch belong to (with epoch > 0), the stored run's epoch is read inside the
+  /// transaction, holding it against a concurrent claim_run(); when it exists and differs from
+  /// the rows' epoch, every row of that run in the batch is dropped and the run is named in
+  /// write_outcome::fenced_runs. A run not stored yet is not fenced (its first rows insert it).
+  virtual expected<write_outcome, store_error> write(const write_batch& batch) = 0;
+
+  /// Takes a run over: succeeds when the run exists, has not succeeded, and its lease has
+  /// expired (lease_until <= now_us; a finished run's lease is released, 0). Then, atomically,
+  /// owner = `owner`, epoch = epoch + 1, lease_until = `lease_until_us`. Otherwise changes nothing
+  /// and reports who holds it.
+  virtual expected<claim_result, store_error> claim_run(std::string_view run_id,
+                                                        std::string_view owner,
+                                                        std::int64_t now_us,
+                                                        std::int64_t lease_until_us);
+  /// Extends to `lease_until_us` the leases of the given runs that `owner` still holds at the
+  /// given epochs and that are pending or running, in one transaction. Returns the runs it
+  /// holds no more (stored with another owner or epoch); runs not stored (yet) are not
+  /// reported, nor finished ones of the same epoch.
+  virtual expected<std::vector<std::string>, store_error> renew_leases(
+      std::string_view owner, const std::vector<lease_ref>& runs, std::int64_t lease_until_us);
+
+  /// Keeps rows a database refused for good; the newest first from list_dead_letters().
+  virtual expected<bool, store_error> write_dead_letters(const std::vector<dead_letter_row>& rows);
+  virtual expected<std::vector<dead_letter_row>, store_error> list_dead_letters(std::size_t limit);
 
   /// Newest first (by started_at, then run_id).
   virtual expected<std::vector<run_row>, store_error> list_runs(const run_query& q) = 0;
   virtual expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) = 0;
   /// Ordered by started_at, node_id, item, attempt.
   virtual expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) = 0;
-  /// Runs whose status is pending or running (for resume after a restart).
+  /// Runs whose status is pending or running, with their owners and leases (for resume after a
+  /// restart: only those whose lease has expired may be claimed).
   virtual expected<std::vector<run_row>, store_error> unfinished_runs() = 0;
 
   virtual expected<std::optional<workflow_row>, store_error> get_workflow(

@@ -8,8 +8,8 @@ namespace troupe {
 
 namespace {
 
-constexpr std::array<std::string_view, 7> status_names = {
-    "pending", "running", "succeeded", "failed", "skipped", "cancelled", "timed_out"};
+constexpr std::array<std::string_view, 8> status_names = {
+    "pending", "running", "succeeded", "failed", "skipped", "cancelled", "timed_out", "interrupted"};
 
 // Expressions read statuses and absent values through pointers that must outlive the scope; these
 // statics are built once (thread-safely) and never written, so every scope on every thread can
@@ -48,6 +48,7 @@ bool is_terminal(node_status s) {
     case node_status::skipped:
     case node_status::cancelled:
     case node_status::timed_out:
+    case node_status::interrupted:
       return true;
   }
   return false;

@@ -22,7 +22,10 @@ enum class node_status : std::uint8_t {
   failed,
   skipped,
   cancelled,
-  timed_out
+  timed_out,
+  /// An attempt that was running when the process running it died; closed on resume (it may
+  /// or may not have had its effect: tasks make themselves idempotent with the execution key).
+  interrupted
 };
 std::string_view to_string(node_status s);
 bool is_terminal(node_status s);

@@ -211,10 +211,10 @@ class timed_store : public store {
       inner_->set_write_yield(std::move(yield));
     }
   }
-  expected<bool, store_error> write(const write_batch& b) override {
+  expected<write_outcome, store_error> write(const write_batch& b) override {
     if (!inner_) {
       commits_us.add(0);
-      return true;
+      return write_outcome{};
     }
     auto t0 = clk::now();
     auto r = inner_->write(b);

@@ -75,7 +75,8 @@ std::optional<run_status> parse_run_status(std::string_view s) {
 std::optional<node_status> parse_node_status(std::string_view s) {
   static constexpr std::array all = {
       node_status::pending, node_status::running,   node_status::succeeded, node_status::failed,
-      node_status::skipped, node_status::cancelled, node_status::timed_out};
+      node_status::skipped, node_status::cancelled, node_status::timed_out,
+      node_status::interrupted};
   return parse_enum(s, all);
 }
 

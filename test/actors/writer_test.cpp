@@ -88,7 +88,7 @@ class gated_store final : public forwarding_store {
   std::size_t yields() const { return yields_.load(); }
 
   std::string describe() const override { return "gated"; }
-  expected<bool, store_error> write(const write_batch& b) override {
+  expected<write_outcome, store_error> write(const write_batch& b) override {
     {
       std::unique_lock<std::mutex> lock(mutex_);
       blocked_ = held_;
