@@ -8,8 +8,10 @@
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
+#include <cstdio>
 #include <functional>
 #include <optional>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -19,6 +21,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include "actors/traced_actor.hpp"
+#include "actors/write_policy.hpp"
 #include "messages/messages.hpp"
 
 namespace troupe {
@@ -59,6 +62,9 @@ writer_counts writer_metrics::snapshot() const {
   c.pending = pending.load();
   c.lag_us = lag_us.load();
   c.commit_us_total = commit_us_total.load();
+  c.dead_letters = dead_letters.load();
+  c.fenced_runs = fenced_runs.load();
+  c.lost_rows = lost_rows.load();
   return c;
 }
 
@@ -83,67 +89,19 @@ std::int64_t steady_us() {
       .count();
 }
 
-// A scheduled actor: it never blocks, so a run actor's rows reach it without waking a thread.
-// It only decides when a batch is due and whom a commit answers; its committer does the rest.
-struct writer_state {
-  caf::actor committer;  // owns the store; one job at a time
-  writer_config config;
-  std::shared_ptr<writer_metrics> metrics;
+std::int64_t wall_us() {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::system_clock::now().time_since_epoch())
+      .count();
+}
 
-  // Changes as they came, oldest first. The committer coalesces them (newest state per key)
-  // when it builds the batch: that work stays off the scheduler threads that carry the runs.
-  // parts[i] is change number front_seq + i; last_seq numbers the newest ever received.
-  std::vector<persist> parts;
-  std::size_t pending_rows = 0;
-  std::uint64_t front_seq = 1;
-  std::uint64_t last_seq = 0;
-  // Durable callers, in order: each is answered after a commit of every change up to its own.
-  struct waiter {
-    std::uint64_t seq;
-    std::int64_t since_us;
-    caf::response_promise promise;
-  };
-  std::vector<waiter> waiters;
+// ---- the committer: coalescing, writing, isolating refused rows ---------------------------
 
-  std::uint64_t generation = 0;  // bumping it makes an armed flush timer stale
-  // While rows are pending (and no retry is due), exactly one of these holds a flush message
-  // of the current generation: a timer for the batch's age, or a message queued behind what is
-  // already in the mailbox. Without one, rows would wait for traffic that may never come.
-  bool timer_armed = false;
-  std::int64_t timer_due_us = 0;  // when the armed timer fires
-  bool flush_queued = false;
-  bool retrying = false;  // a failed commit waits for its backoff timer
-  // The batch the committer is writing: its callers, its size and the age of its oldest row.
-  // Rows that arrive meanwhile wait for the next one.
-  bool in_flight = false;
-  std::vector<waiter> flight_waiters;
-  std::uint64_t flight_last_seq = 0;
-  std::size_t flight_rows = 0;
-  std::int64_t flight_first_pending_us = 0;
-  std::int64_t backoff_ms = 0;
-
-  caf::response_promise drain_waiter;
-  bool draining = false;
-
-  static inline const char* name = "writer";
-  std::uint64_t trace_rows() const { return metrics ? metrics->rows.load() : 0; }
-  std::uint64_t trace_batches() const { return metrics ? metrics->batches.load() : 0; }
-
-  std::size_t pending() const { return pending_rows; }
-  // What the metrics call pending (and producers are slowed by): everything not committed yet.
-  std::size_t uncommitted() const { return pending_rows + flight_rows; }
-};
-using writer_actor = caf::stateful_actor<writer_state>;
-
-// Builds one batch from changes in the order they were sent: the newest state per key wins,
-// so a "running" row followed by a "succeeded" one for the same attempt costs one row. The
-// rows are moved once, into the batch, and duplicates are found with one table of indices
-// (keep_newest_rows): no allocation per row on the committer's core, whose every microsecond
-// is taken from the scheduler threads (a hash map of string keys did this before; with the
-// stores' JSON texts made the same way, the committer now uses 29% less CPU in async mode:
-// docs/benchmarks.md, session 5). In async mode moving the rows gives the core back every
-// slice, like the store's write (the pacer's yield is empty otherwise).
-write_batch coalesce(std::vector<persist>& parts, const std::function<void()>& yield) {
+// Builds one batch from changes in the order they were sent: the newest state per key wins, so
+// a "running" row followed by a "succeeded" one for the same attempt costs one row. The rows
+// are moved once, and duplicates are found with one table of indices (keep_newest_rows): no
+// allocation per row. The store is told the keys are unique, so it does not look again.
+write_batch coalesce(std::vector<persist>& parts) {
   write_batch b;
   std::size_t runs = 0;
   std::size_t nodes = 0;
@@ -159,12 +117,8 @@ write_batch coalesce(std::vector<persist>& parts, const std::function<void()>& y
   b.nodes.reserve(nodes);
   b.workflows.reserve(workflows);
   b.cache.reserve(cache);
-  slice_pacer pacer(yield);
-  auto take = [&pacer](auto& from, auto& to) {
-    for (auto& r : from) {
-      pacer.next_row();
-      to.push_back(std::move(r));
-    }
+  auto take = [](auto& from, auto& to) {
+    std::move(from.begin(), from.end(), std::back_inserter(to));
   };
   for (auto& p : parts) {
     take(p.runs, b.runs);
@@ -173,78 +127,191 @@ write_batch coalesce(std::vector<persist>& parts, const std::function<void()>& y
     take(p.cache, b.cache);
   }
   parts.clear();
-  // Unsliced: finding the duplicates of 2,000 rows takes about 50 µs (measured), less than one
-  // slice of writing.
   keep_newest_rows(b);
+  b.unique_keys = true;
   return b;
 }
 
-// A failed batch goes back in front of what arrived while it was being written: those changes
-// are newer, and the next batch lets them win.
-void put_back(writer_state& st, write_batch& b, std::int64_t sent_us) {
-  persist back;
-  back.nodes = std::move(b.nodes);
-  back.runs = std::move(b.runs);
-  back.workflows = std::move(b.workflows);
-  back.cache = std::move(b.cache);
-  back.sent_us = sent_us;
-  st.pending_rows += back.size();
-  st.parts.insert(st.parts.begin(), std::move(back));
-  st.front_seq = st.flight_last_seq;  // it stands for every change the failed job held
+// Rows [from, to) of a batch, counted over its tables in the order runs, nodes, workflows,
+// cache. Copies: only a batch that a database refused is split.
+write_batch rows_between(const write_batch& b, std::size_t from, std::size_t to) {
+  write_batch out;
+  out.unique_keys = b.unique_keys;
+  std::size_t base = 0;
+  auto take = [&](const auto& rows, auto& into) {
+    const std::size_t lo = std::clamp(from, base, base + rows.size()) - base;
+    const std::size_t hi = std::clamp(to, base, base + rows.size()) - base;
+    into.assign(rows.begin() + static_cast<std::ptrdiff_t>(lo),
+                rows.begin() + static_cast<std::ptrdiff_t>(hi));
+    base += rows.size();
+  };
+  take(b.runs, out.runs);
+  take(b.nodes, out.nodes);
+  take(b.workflows, out.workflows);
+  take(b.cache, out.cache);
+  return out;
 }
 
-// A failed commit, for the metrics; wakes whoever waits on them (wait_errors()).
-void note_error(writer_state& st, const store_error& e) {
-  {
-    std::lock_guard<std::mutex> lock(st.metrics->mutex);
-    st.metrics->errors.fetch_add(1);
-    st.metrics->last_error = e.message;
+void append(write_batch& to, write_batch&& from) {
+  auto move_into = [](auto& src, auto& dst) {
+    std::move(src.begin(), src.end(), std::back_inserter(dst));
+  };
+  move_into(from.runs, to.runs);
+  move_into(from.nodes, to.nodes);
+  move_into(from.workflows, to.workflows);
+  move_into(from.cache, to.cache);
+  to.unique_keys = to.unique_keys && from.unique_keys;
+}
+
+constexpr std::size_t dead_letter_text_max = 64 * 1024;
+
+std::string cut(std::string text) {
+  if (text.size() > dead_letter_text_max) {
+    text.resize(dead_letter_text_max);
   }
-  st.metrics->drained.notify_all();
+  return text;
 }
 
-void publish_pending(writer_state& st) {
-  const std::size_t p = st.uncommitted();
-  st.metrics->pending.store(p);
-  if (p < st.config.pending_max) {
-    // Producers blocked in wait_below() re-check under the mutex.
-    std::lock_guard<std::mutex> lock(st.metrics->mutex);
-    st.metrics->drained.notify_all();
+json::value json_or_null(const json_ptr& v) {
+  return v ? *v : json::value(nullptr);
+}
+
+// The single row of `b` (a batch of one), as a dead letter.
+dead_letter_row dead_letter_of(const write_batch& b, const store_error& e) {
+  dead_letter_row d;
+  d.error = e.message;
+  d.at = wall_us();
+  json::object o;
+  if (!b.runs.empty()) {
+    const auto& r = b.runs.front();
+    d.run_id = r.run_id;
+    d.table = "runs";
+    d.key = r.run_id;
+    o = {{"run_id", r.run_id},
+         {"workflow", r.workflow},
+         {"version", r.version},
+         {"status", to_string(r.status)},
+         {"inputs", json_or_null(r.inputs)},
+         {"outputs", json_or_null(r.outputs)},
+         {"error", r.error},
+         {"started_at", r.started_at},
+         {"finished_at", r.finished_at},
+         {"owner", r.owner},
+         {"epoch", r.epoch}};
+  } else if (!b.nodes.empty()) {
+    const auto& n = b.nodes.front();
+    d.run_id = n.run_id;
+    d.table = "node_executions";
+    d.key =
+        n.run_id + "/" + n.node_id + "/" + std::to_string(n.item) + "/" + std::to_string(n.attempt);
+    o = {{"run_id", n.run_id},
+         {"node_id", n.node_id},
+         {"item", n.item},
+         {"attempt", n.attempt},
+         {"status", to_string(n.status)},
+         {"input", json_or_null(n.input)},
+         {"output", json_or_null(n.output)},
+         {"error", n.error},
+         {"started_at", n.started_at},
+         {"finished_at", n.finished_at},
+         {"child_run_id", n.child_run_id}};
+  } else if (!b.workflows.empty()) {
+    const auto& w = b.workflows.front();
+    d.table = "workflows";
+    d.key = w.name + "@" + w.version;
+    o = {{"name", w.name}, {"version", w.version}, {"hash", w.hash}, {"document", w.document}};
+  } else if (!b.cache.empty()) {
+    const auto& c = b.cache.front();
+    d.table = "cache_entries";
+    d.key = c.key;
+    o = {{"key", c.key},
+         {"workflow", c.workflow},
+         {"node_id", c.node_id},
+         {"kind", c.kind},
+         {"value", json_or_null(c.value)}};
   }
+  d.row = cut(to_json_text(o));
+  return d;
 }
 
-void arm_retry(writer_actor* self) {
-  auto& st = self->state;
-  st.retrying = true;
-  st.backoff_ms = st.backoff_ms == 0 ? st.config.retry_initial_ms
-                                     : std::min(st.backoff_ms * 2, st.config.retry_max_ms);
-  self->delayed_send(self, std::chrono::milliseconds(st.backoff_ms), retry_due_atom::value);
-}
+struct job_writer {
+  store& db;
+  commit_outcome& out;
+  std::vector<dead_letter_row> dead;
 
-// One job for the committer: a batch written as one transaction, or (sync mode) as one
-// transaction per row.
-struct commit_job {
-  std::vector<persist> parts;  // coalesced by the committer
-  bool each = false;
-  /// Give the core back between slices (writer_config::yield_slices). Not when the writer is
-  /// behind: a saturated machine would then starve the committer, and its backlog would grow
-  /// until producers are slowed (measured: async's closed-loop committed runs/s fell by a
-  /// fifth with slices on every job).
-  bool yield = false;
+  // Writes `b` as one transaction. A permanent error splits it in halves, each written on its
+  // own, until a row the database refuses is alone: that row becomes a dead letter and the rest
+  // is committed. A transient error stops everything: `b` (or what of it was not written yet)
+  // goes to out.retry, and false is returned.
+  bool write(const write_batch& b) {
+    const auto t0 = steady_us();
+    auto res = db.write(b);
+    out.commit_us += steady_us() - t0;
+    if (res) {
+      out.commits += 1;
+      out.rows += b.size();
+      out.largest = std::max<std::uint64_t>(out.largest, b.size());
+      for (auto& run : res->fenced_runs) {
+        out.fenced_runs.push_back(std::move(run));
+      }
+      return true;
+    }
+    if (res.error().transient) {
+      out.error = res.error();
+      append(out.retry, write_batch(b));
+      return false;
+    }
+    if (b.size() <= 1) {
+      if (b.size() == 1) {
+        dead.push_back(dead_letter_of(b, res.error()));
+      }
+      return true;
+    }
+    const std::size_t mid = b.size() / 2;
+    if (!write(rows_between(b, 0, mid))) {
+      append(out.retry, rows_between(b, mid, b.size()));
+      return false;
+    }
+    return write(rows_between(b, mid, b.size()));
+  }
 };
 
-// What the committer did with a job. A failed batch comes back whole, so that nothing pending
-// is lost: its rows rejoin the pending set (upserts are idempotent, so rows that sync mode had
-// already committed one by one are simply written again).
-struct commit_outcome {
-  write_batch batch;  // only when the commit failed
-  std::optional<store_error> error;
-  std::uint64_t commits = 0;  // transactions that succeeded
-  std::uint64_t rows = 0;
-  std::uint64_t largest = 0;  // rows in the largest of them
-  std::int64_t commit_us = 0;  // time inside store::write
-  std::int64_t finished_us = 0;
-};
+commit_outcome run_job(store& db, commit_job& job) {
+  commit_outcome out;
+  write_batch batch = coalesce(job.parts);
+  job_writer w{db, out, {}};
+  if (!job.each) {
+    w.write(batch);
+  } else {
+    // sync mode: the slow baseline, a commit for every single change.
+    const std::size_t n = batch.size();
+    for (std::size_t i = 0; i < n; ++i) {
+      if (!w.write(rows_between(batch, i, i + 1))) {
+        append(out.retry, rows_between(batch, i + 1, n));
+        break;
+      }
+    }
+  }
+  if (!w.dead.empty()) {
+    out.dead_letters = w.dead.size();
+    out.refused_error = w.dead.front().error;
+    for (const auto& d : w.dead) {
+      if (!d.run_id.empty() && std::find(out.refused_runs.begin(), out.refused_runs.end(),
+                                         d.run_id) == out.refused_runs.end()) {
+        out.refused_runs.push_back(d.run_id);
+      }
+      std::fprintf(stderr,
+                   "troupe: writer: the database refused a row for good (%s %s): %s; it is kept "
+                   "as a dead letter\n",
+                   d.table.c_str(), d.key.c_str(), d.error.c_str());
+    }
+    if (auto kept = db.write_dead_letters(w.dead); !kept) {
+      std::fprintf(stderr, "troupe: writer: %zu dead letters could not be stored either: %s\n",
+                   w.dead.size(), kept.error().message.c_str());
+    }
+  }
+  return out;
+}
 
 }  // namespace
 }  // namespace troupe
@@ -257,68 +324,16 @@ namespace {
 
 // The committer: the writer's blocking half, on a thread of its own. Keeping store calls here
 // leaves the writer itself an ordinary scheduled actor: run actors hand it rows without waking
-// a thread (a message to a detached actor that sleeps costs a futex wake-up in the sender's
-// turn), the writer wakes this thread once per batch, and rows keep coalescing while a batch
-// is written.
+// a thread, the writer wakes this thread once per batch, and rows keep coalescing while a batch
+// is written. It owns the store; nothing else calls it.
 struct committer_state {
   std::shared_ptr<store> db;
-  // Between slices of a job that may yield (commit_job::yield). Not a wait: with no other
-  // thread ready on this core it returns at once. It enters the kernel, which is where a
-  // pending preemption takes effect.
-  std::function<void()> yield = [] { ::sched_yield(); };
-  // Whether the store has `yield` now (commit_job::yield). Set only when it changes: wrappers
-  // pass it down, and may wrap it, on every call.
+  // Whether the store has sched_yield installed between write slices (commit_job::yield). Set
+  // only when it changes: wrappers pass it down, and may wrap it, on every call.
   bool yield_installed = false;
   static inline const char* name = "committer";
 };
 using committer_actor = caf::stateful_actor<committer_state>;
-
-commit_outcome run_job(store& db, commit_job& job, const std::function<void()>& yield) {
-  commit_outcome out;
-  write_batch batch = coalesce(job.parts, yield);
-  auto one = [&](const write_batch& b) {
-    auto t0 = steady_us();
-    auto res = db.write(b);
-    out.commit_us += steady_us() - t0;
-    if (!res) {
-      out.error = res.error();
-      return false;
-    }
-    out.commits += 1;
-    out.rows += b.size();
-    out.largest = std::max<std::uint64_t>(out.largest, b.size());
-    return true;
-  };
-  bool ok = true;
-  if (!job.each) {
-    ok = one(batch);
-  } else {
-    // sync mode: the slow baseline, a commit for every single change.
-    for (const auto& r : batch.nodes) {
-      write_batch b;
-      b.nodes.push_back(r);
-      if (!(ok = one(b))) {
-        break;
-      }
-    }
-    for (std::size_t i = 0; ok && i < batch.runs.size(); ++i) {
-      write_batch b;
-      b.runs.push_back(batch.runs[i]);
-      ok = one(b);
-    }
-    if (ok && (!batch.workflows.empty() || !batch.cache.empty())) {
-      write_batch b;
-      b.workflows = batch.workflows;
-      b.cache = batch.cache;
-      ok = one(b);
-    }
-  }
-  if (!ok) {
-    out.batch = std::move(batch);
-  }
-  out.finished_us = steady_us();
-  return out;
-}
 
 void renice_this_thread(int nice) {
   if (nice == 0) {
@@ -338,16 +353,16 @@ caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> d
   renice_this_thread(nice);
   return {
       [self](commit_job& job) -> caf::result<commit_outcome> {
-        auto& db = *self->state.db;
-        auto rp = self->make_response_promise<commit_outcome>();
         auto& st = self->state;
+        auto& db = *st.db;
+        auto rp = self->make_response_promise<commit_outcome>();
         // A job that must not yield is written unsliced too: fewer, larger statements.
         if (job.yield != st.yield_installed) {
-          db.set_write_yield(job.yield ? st.yield : nullptr);
+          db.set_write_yield(job.yield ? std::function<void()>([] { ::sched_yield(); })
+                                       : std::function<void()>());
           st.yield_installed = job.yield;
         }
-        static const std::function<void()> no_yield;
-        commit_outcome out = run_job(db, job, job.yield ? st.yield : no_yield);
+        commit_outcome out = run_job(db, job);
         const bool ok = !out.error;
         rp.deliver(std::move(out));
         if (ok) {
@@ -356,68 +371,128 @@ caf::behavior committer_behavior(committer_actor* self, std::shared_ptr<store> d
         }
         return rp;
       },
+      [self](renew_atom, const lease_renewal& r) -> caf::result<std::vector<std::string>> {
+        auto lost = self->state.db->renew_leases(r.owner, r.runs, r.lease_until_us);
+        if (!lost) {
+          return caf::make_error(caf::sec::runtime_error, lost.error().message);
+        }
+        return std::move(*lost);
+      },
   };
 }
 
-void on_outcome(writer_actor* self, commit_outcome& o);
-void schedule_flush(writer_actor* self);
+// ---- the writer: a scheduled actor over write_policy --------------------------------------
 
-// The first waiter whose changes a commit up to change number `seq` does not cover (waiters
-// are in order of their changes).
-std::vector<writer_state::waiter>::iterator first_waiter_after(writer_state& st,
-                                                               std::uint64_t seq) {
-  return std::find_if(st.waiters.begin(), st.waiters.end(),
-                      [seq](const auto& w) { return w.seq > seq; });
+struct writer_state {
+  caf::actor committer;
+  std::shared_ptr<writer_metrics> metrics;
+  writer_hooks hooks;
+  std::unique_ptr<write_policy> policy;
+  std::unordered_map<write_policy::waiter_id, caf::response_promise> promises;
+  caf::response_promise drain_waiter;
+  bool drain_answered = false;
+
+  static inline const char* name = "writer";
+  std::uint64_t trace_rows() const { return metrics ? metrics->rows.load() : 0; }
+  std::uint64_t trace_batches() const { return metrics ? metrics->batches.load() : 0; }
+};
+using writer_actor = caf::stateful_actor<writer_state>;
+
+// A failed commit, for the metrics; wakes whoever waits on them (wait_errors()).
+void note_error(writer_state& st, const store_error& e) {
+  {
+    std::lock_guard<std::mutex> lock(st.metrics->mutex);
+    st.metrics->errors.fetch_add(1);
+    st.metrics->last_error = e.message;
+  }
+  st.metrics->drained.notify_all();
 }
 
-// Hands everything pending to the committer as one job. At most one job is in flight; rows
-// and callers arriving meanwhile wait for the next one, which the outcome schedules.
+void publish_pending(writer_state& st) {
+  const std::size_t p = st.policy->uncommitted();
+  const bool was_full = st.metrics->pending.exchange(p) >= st.hooks.pending_max;
+  if (p < st.hooks.pending_max) {
+    {
+      // Producers blocked in wait_below() re-check under the mutex.
+      std::lock_guard<std::mutex> lock(st.metrics->mutex);
+    }
+    st.metrics->drained.notify_all();
+    if (was_full && st.hooks.room) {
+      st.hooks.room();
+    }
+  }
+}
+
+void answer_all(writer_actor* self, std::vector<write_policy::answer> answers) {
+  auto& st = self->state;
+  for (auto& a : answers) {
+    auto it = st.promises.find(a.id);
+    if (it == st.promises.end()) {
+      continue;
+    }
+    if (a.error.empty()) {
+      it->second.deliver(caf::ok_atom::value);
+    } else {
+      it->second.deliver(caf::make_error(caf::sec::runtime_error, std::move(a.error)));
+    }
+    st.promises.erase(it);
+  }
+}
+
+void act(writer_actor* self);
+
+void finish_drain(writer_actor* self, std::uint64_t dropped) {
+  auto& st = self->state;
+  if (!st.drain_answered) {
+    st.drain_answered = true;
+    st.drain_waiter.deliver(caf::ok_atom::value, dropped);
+  }
+  self->quit();
+}
+
+void on_outcome(writer_actor* self, commit_outcome& o) {
+  auto& st = self->state;
+  auto& m = *st.metrics;
+  m.commit_us_total.fetch_add(o.commit_us);
+  if (o.commits > 0) {
+    m.batches.fetch_add(o.commits);
+    m.rows.fetch_add(o.rows);
+    m.last_batch.store(o.largest);
+    auto prev = m.max_batch.load();
+    while (o.largest > prev && !m.max_batch.compare_exchange_weak(prev, o.largest)) {
+    }
+  }
+  m.dead_letters.fetch_add(o.dead_letters);
+  if (!o.fenced_runs.empty()) {
+    m.fenced_runs.fetch_add(o.fenced_runs.size());
+    if (st.hooks.lost_runs) {
+      st.hooks.lost_runs(o.fenced_runs);
+    }
+  }
+  auto error = o.error;
+  answer_all(self, st.policy->settle(o, steady_us()));
+  if (error && st.policy->retrying()) {
+    note_error(st, *error);
+    m.pending.store(st.policy->uncommitted());
+    self->delayed_send(self, std::chrono::milliseconds(st.policy->retry_after_ms()),
+                       retry_due_atom::value);
+    return;
+  }
+  m.lag_us.store(st.policy->last_lag_us());
+  publish_pending(st);
+  act(self);
+}
+
 void start_commit(writer_actor* self) {
   auto& st = self->state;
-  if (st.in_flight) {
-    return;
-  }
-  ++st.generation;  // timers armed for these rows are stale from now on
-  st.timer_armed = false;
-  st.flush_queued = false;
-  if (st.pending() == 0) {
-    for (auto& w : st.waiters) {
-      w.promise.deliver(caf::ok_atom::value);
+  if (st.policy->nothing_to_write()) {
+    answer_all(self, st.policy->answer_idle());
+    if (st.policy->drained()) {
+      finish_drain(self, 0);
     }
-    st.waiters.clear();
     return;
   }
-  // The changes move to the committer (no copies) and come back only if the commit fails.
-  commit_job job;
-  job.each = st.config.mode == persistence_mode::sync;
-  // A writer that fell behind catches up in bounded steps: one huge transaction spills
-  // SQLite's page cache and costs more per row, which would only put it further behind.
-  const std::size_t max_rows = 4 * std::max<std::size_t>(st.config.batch_max, 1);
-  std::size_t k = 0;
-  std::size_t rows = 0;
-  while (k < st.parts.size() && (k == 0 || rows < max_rows)) {
-    const persist& m = st.parts[k++];
-    rows += m.size();
-  }
-  job.parts.assign(std::make_move_iterator(st.parts.begin()),
-                   std::make_move_iterator(st.parts.begin() + static_cast<std::ptrdiff_t>(k)));
-  st.parts.erase(st.parts.begin(), st.parts.begin() + static_cast<std::ptrdiff_t>(k));
-  // Durable and sync callers wait for the commit itself: a slice given away lengthens their
-  // wait (in one quick measurement, durable's writer fell from about 60% of the raw ceiling
-  // to 45%). Async callers never wait.
-  job.yield = st.config.yield_slices && st.config.mode == persistence_mode::async &&
-              !st.draining && rows < max_rows;
-  st.flight_last_seq = st.front_seq + k - 1;
-  st.front_seq += k;
-  st.in_flight = true;
-  st.flight_rows = rows;
-  st.pending_rows -= rows;
-  st.flight_first_pending_us = job.parts.front().sent_us;
-  auto covered = first_waiter_after(st, st.flight_last_seq);
-  st.flight_waiters.assign(std::make_move_iterator(st.waiters.begin()),
-                           std::make_move_iterator(covered));
-  st.waiters.erase(st.waiters.begin(), covered);
-  self->request(st.committer, caf::infinite, std::move(job))
+  self->request(st.committer, caf::infinite, st.policy->take_job())
       .then([self](commit_outcome& o) { on_outcome(self, o); },
             [self](caf::error& e) {
               // The committer is gone (the engine is stopping): nothing can be written.
@@ -425,185 +500,114 @@ void start_commit(writer_actor* self) {
             });
 }
 
-void finish_drain_if_done(writer_actor* self) {
+// Carries out what the policy decides after an event.
+void act(writer_actor* self) {
   auto& st = self->state;
-  if (st.pending() == 0 && st.waiters.empty()) {
-    st.drain_waiter.deliver(caf::ok_atom::value);
-    self->quit();
-  } else {
-    start_commit(self);
+  if (st.policy->drained()) {
+    finish_drain(self, 0);
+    return;
+  }
+  const auto s = st.policy->next(steady_us(), self->mailbox().empty());
+  switch (s.what) {
+    case write_policy::step::kind::idle:
+      break;
+    case write_policy::step::kind::commit:
+      start_commit(self);
+      break;
+    case write_policy::step::kind::flush_behind_queue:
+      self->send(self, flush_due_atom::value, s.generation);
+      break;
+    case write_policy::step::kind::arm_timer:
+      self->delayed_send(
+          self, std::chrono::microseconds(std::max<std::int64_t>(0, s.at_us - steady_us())),
+          flush_due_atom::value, s.generation);
+      break;
   }
 }
 
-void on_outcome(writer_actor* self, commit_outcome& o) {
-  auto& st = self->state;
-  st.in_flight = false;
-  st.flight_rows = 0;
-  st.metrics->commit_us_total.fetch_add(o.commit_us);
-  if (o.commits > 0) {
-    st.metrics->batches.fetch_add(o.commits);
-    st.metrics->rows.fetch_add(o.rows);
-    st.metrics->last_batch.store(o.largest);
-    auto prev = st.metrics->max_batch.load();
-    while (o.largest > prev && !st.metrics->max_batch.compare_exchange_weak(prev, o.largest)) {
-    }
-  }
-  if (o.error) {
-    // Back into pending, behind nothing: its callers keep waiting for a commit that includes
-    // their rows, and the batch is retried after the backoff.
-    put_back(st, o.batch, st.flight_first_pending_us);
-    if (!st.flight_waiters.empty()) {
-      st.waiters.insert(st.waiters.begin(), std::make_move_iterator(st.flight_waiters.begin()),
-                        std::make_move_iterator(st.flight_waiters.end()));
-      st.flight_waiters.clear();
-    }
-    st.metrics->pending.store(st.uncommitted());
-    note_error(st, *o.error);
-    arm_retry(self);
-    return;
-  }
-  st.metrics->lag_us.store(o.finished_us - st.flight_first_pending_us);
-  st.retrying = false;
-  st.backoff_ms = 0;
-  publish_pending(st);
-  for (auto& w : st.flight_waiters) {
-    w.promise.deliver(caf::ok_atom::value);
-  }
-  st.flight_waiters.clear();
-  // Callers that asked while this job was out, for changes it held or older ones.
-  auto done = first_waiter_after(st, st.flight_last_seq);
-  for (auto w = st.waiters.begin(); w != done; ++w) {
-    w->promise.deliver(caf::ok_atom::value);
-  }
-  st.waiters.erase(st.waiters.begin(), done);
-  if (st.draining) {
-    finish_drain_if_done(self);
-    return;
-  }
-  schedule_flush(self);
-}
-
-void absorb(writer_state& st, persist& m) {
-  const std::size_t n = m.size();
-  if (n == 0) {
-    return;  // a caller asking for a commit of what it sent before
-  }
-  if (m.sent_us <= 0) {
-    m.sent_us = steady_us();
-  }
-  if (st.parts.empty()) {
-    st.front_seq = st.last_seq + 1;
-  }
-  ++st.last_seq;
-  st.metrics->rows_received.fetch_add(n);
-  st.pending_rows += n;
-  st.parts.push_back(std::move(m));
-  st.metrics->pending.store(st.uncommitted());
-}
-
-// Decides when what is pending gets committed.
-void schedule_flush(writer_actor* self) {
-  auto& st = self->state;
-  if (st.in_flight || st.retrying) {
-    return;  // the outcome, or the backoff timer, schedules what comes next
-  }
-  if (st.pending() == 0 && st.waiters.empty()) {
-    return;
-  }
-  if (st.config.mode == persistence_mode::sync || st.draining) {
-    start_commit(self);
-    return;
-  }
-  const bool queue_empty = self->mailbox().empty();
-  const std::int64_t now = steady_us();
-  // The batch's age counts from when its oldest row was sent: rows that queued in the mailbox
-  // during a long commit may already be due.
-  std::int64_t due = st.config.flush_ms * 1000;
-  if (!st.parts.empty()) {
-    due = st.parts.front().sent_us + st.config.flush_ms * 1000 - now;
-  }
-  if (!st.waiters.empty()) {
-    // Group commit: durable callers wait, so the batch is due after the commit window.
-    due = std::min(due, st.waiters.front().since_us + st.config.commit_delay_us - now);
-  }
-  if (st.pending() >= st.config.batch_max || (due <= 0 && queue_empty)) {
-    start_commit(self);
-    return;
-  }
-  if (due <= 0) {
-    // Due, but more is queued: absorb it first (when the writer is behind it must batch more,
-    // not commit each message alone), then commit. The message goes behind the queue.
-    if (!st.flush_queued) {
-      st.flush_queued = true;
-      self->send(self, flush_due_atom::value, st.generation);
-    }
-    return;
-  }
-  // A waiter can make the batch due sooner than an armed timer: arm another one (the same
-  // generation; whichever fires first commits, the later one is stale).
-  if (!st.timer_armed || now + due < st.timer_due_us) {
-    st.timer_armed = true;
-    st.timer_due_us = now + due;
-    self->delayed_send(self, std::chrono::microseconds(due), flush_due_atom::value,
-                       st.generation);
-  }
-}
-
-caf::result<caf::ok_atom> accept(writer_actor* self, persist& m, bool ack) {
-  auto& st = self->state;
-  const std::int64_t since = m.sent_us > 0 ? m.sent_us : steady_us();
-  absorb(st, m);
-  caf::result<caf::ok_atom> answer = caf::ok_atom::value;
-  if (ack) {
-    auto rp = self->make_response_promise<caf::ok_atom>();
-    st.waiters.push_back({st.last_seq, since, rp});
-    answer = rp;
-  }
-  schedule_flush(self);
-  return answer;
+std::string run_of(const persist& m) {
+  return m.runs.empty() ? std::string() : m.runs.front().run_id;
 }
 
 caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_config config,
-                              std::shared_ptr<writer_metrics> metrics) {
+                              std::shared_ptr<writer_metrics> metrics, writer_hooks hooks) {
   auto& st = self->state;
   st.committer = committer;
-  st.config = config;
   st.metrics = std::move(metrics);
+  hooks.pending_max = config.pending_max;
+  st.hooks = std::move(hooks);
+  st.policy = std::make_unique<write_policy>(config);
   // The committer lives as long as the writer: whichever way the writer ends (drained, or
-  // told to exit at a deadline), the store is closed after the job in hand.
+  // given up at the deadline), the store is closed after the job in hand.
   self->attach_functor([committer](const caf::error&) {
     caf::anon_send_exit(committer, caf::exit_reason::user_shutdown);
   });
   return {
-      [self](persist& m) { accept(self, m, false); },
+      [self](persist& m) {
+        auto& st = self->state;
+        st.metrics->rows_received.fetch_add(m.size());
+        st.policy->absorb(std::move(m), steady_us());
+        st.metrics->pending.store(st.policy->uncommitted());
+        act(self);
+      },
       [self](commit_atom, persist& m) -> caf::result<caf::ok_atom> {
-        return accept(self, m, true);
+        auto& st = self->state;
+        const auto now = steady_us();
+        const auto since = m.sent_us > 0 ? m.sent_us : now;
+        std::string run = run_of(m);
+        st.metrics->rows_received.fetch_add(m.size());
+        st.policy->absorb(std::move(m), now);
+        st.metrics->pending.store(st.policy->uncommitted());
+        auto rp = self->make_response_promise<caf::ok_atom>();
+        st.promises.emplace(st.policy->add_waiter(std::move(run), since), rp);
+        act(self);
+        return rp;
       },
       [self](flush_due_atom, std::uint64_t generation) {
-        auto& st = self->state;
-        if (generation != st.generation) {
-          return;  // stale: its rows were committed already
-        }
-        st.timer_armed = false;
-        st.flush_queued = false;
-        if (!st.in_flight && !st.retrying) {
+        if (self->state.policy->flush(generation)) {
           start_commit(self);
         }
       },
       [self](retry_due_atom) {
         auto& st = self->state;
         st.metrics->retries.fetch_add(1);
-        st.retrying = false;
+        st.policy->retry_due();
         start_commit(self);
       },
-      [self](drain_atom) -> caf::result<caf::ok_atom> {
+      [self](renew_atom a, const lease_renewal& r) {
+        return self->delegate(self->state.committer, a, r);
+      },
+      [self](drain_atom, std::int64_t deadline_ms) -> caf::result<caf::ok_atom, std::uint64_t> {
         auto& st = self->state;
-        st.draining = true;
-        st.drain_waiter = self->make_response_promise<caf::ok_atom>();
-        if (!st.in_flight && !st.retrying) {
-          finish_drain_if_done(self);
+        st.policy->drain();
+        st.drain_waiter = self->make_response_promise<caf::ok_atom, std::uint64_t>();
+        self->delayed_send(self, std::chrono::milliseconds(std::max<std::int64_t>(0, deadline_ms)),
+                           give_up_atom::value);
+        if (!st.policy->in_flight() && !st.policy->retrying()) {
+          act(self);
         }
         return st.drain_waiter;
+      },
+      [self](give_up_atom) {
+        auto& st = self->state;
+        std::size_t dropped = 0;
+        std::string last;
+        {
+          std::lock_guard<std::mutex> lock(st.metrics->mutex);
+          last = st.metrics->last_error;
+        }
+        std::string why = "not committed: the engine shut down and its drain deadline passed";
+        if (!last.empty()) {
+          why += " (the database said: " + last + ")";
+        }
+        answer_all(self, st.policy->give_up(why, dropped));
+        st.metrics->lost_rows.fetch_add(dropped);
+        st.metrics->pending.store(0);
+        if (dropped > 0) {
+          std::fprintf(stderr, "troupe: writer: %zu log rows were not committed: %s\n", dropped,
+                       why.c_str());
+        }
+        finish_drain(self, dropped);
       },
   };
 }
@@ -611,16 +615,17 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
 }  // namespace
 
 caf::actor spawn_writer(caf::actor_system& sys, std::unique_ptr<store> st, writer_config config,
-                        std::shared_ptr<writer_metrics> metrics, trace::tracer* trace) {
+                        std::shared_ptr<writer_metrics> metrics, trace::tracer* trace,
+                        writer_hooks hooks) {
   std::shared_ptr<store> shared(std::move(st));  // spawn() arguments must be copyable
   if (trace != nullptr) {
     auto committer = trace::spawn_traced<committer_actor, caf::detached>(
         sys, trace, committer_behavior, std::move(shared), config.nice);
     return trace::spawn_traced<writer_actor, caf::no_spawn_options>(
-        sys, trace, writer_behavior, committer, config, std::move(metrics));
+        sys, trace, writer_behavior, committer, config, std::move(metrics), std::move(hooks));
   }
   auto committer = sys.spawn<caf::detached>(committer_behavior, std::move(shared), config.nice);
-  return sys.spawn(writer_behavior, committer, config, std::move(metrics));
+  return sys.spawn(writer_behavior, committer, config, std::move(metrics), std::move(hooks));
 }
 
 }  // namespace troupe

@@ -32,7 +32,8 @@ struct writer_config {
   /// queues everyone behind it; a short window lets one commit answer many runs.
   std::int64_t commit_delay_us = 500;
   /// Past this many pending rows, new runs wait before they start (producers are slowed
-  /// instead of memory growing without bound).
+  /// instead of memory growing without bound): engine::start blocks a thread of the caller's,
+  /// and queues the run when called on one of the engine's own threads.
   std::size_t pending_max = 200000;
   /// A failed commit is retried after this backoff, doubling up to the cap.
   std::int64_t retry_initial_ms = 10;
@@ -43,8 +44,8 @@ struct writer_config {
   /// callers wait for it: measured on a shared 2-core machine, +10 tripled durable's p99
   /// (docs/benchmarks.md). Off by default.
   int nice = 0;
-  /// In async mode, the committer gives its core back (sched_yield) after every
-  /// `write_slice_rows` rows it coalesces or writes (persistence/store.hpp). Not in durable
+  /// In async mode, the committer gives its core back (sched_yield) between the store's write
+  /// slices of `write_slice_rows` rows (persistence/store.hpp). Not in durable
   /// and sync modes, whose callers wait for the commit itself, nor while the writer is behind
   /// (a job at its cap of 4 x batch_max rows) or draining. A commit of a few hundred rows is a
   /// millisecond or more of CPU; in one piece it holds a core that a woken scheduler thread
@@ -65,6 +66,9 @@ struct writer_counts {
   std::uint64_t pending = 0;
   std::int64_t lag_us = 0;
   std::int64_t commit_us_total = 0;
+  std::uint64_t dead_letters = 0;
+  std::uint64_t fenced_runs = 0;
+  std::uint64_t lost_rows = 0;
 };
 
 /// The writer's counters, shared with the engine (read from any thread). Also the place where
@@ -80,6 +84,12 @@ struct writer_metrics {
   std::atomic<std::uint64_t> pending{0};     // rows waiting for a commit
   std::atomic<std::int64_t> lag_us{0};       // age of the oldest pending row at the last flush
   std::atomic<std::int64_t> commit_us_total{0};
+  /// Rows the database refused for good (kept in its dead letters; see `troupe runs
+  /// dead-letters`), runs whose rows were refused because another engine owns them now, and rows
+  /// given up at a shutdown deadline (never committed).
+  std::atomic<std::uint64_t> dead_letters{0};
+  std::atomic<std::uint64_t> fenced_runs{0};
+  std::atomic<std::uint64_t> lost_rows{0};
   std::string last_error;  // guarded by mutex
   std::mutex mutex;
   std::condition_variable drained;  // notified when pending falls below the bound

@@ -41,9 +41,13 @@ struct attempt_done {
   bool cached = false;
 };
 
-/// Ask the writer to flush everything pending and answer `ok_atom` once it is committed (or
-/// once it gave up at the deadline), then quit. Sent at engine shutdown.
+/// `drain_atom, std::int64_t deadline_ms`: ask the writer to commit everything pending, then
+/// quit. It answers `ok_atom, std::uint64_t rows_dropped`: 0 once all is committed; past the
+/// deadline (a database that stays down) it answers every waiting caller with an error, drops
+/// what it still holds, and reports how many rows that was. Sent at engine shutdown.
 using drain_atom = caf::atom_constant<caf::atom("tr_drain")>;
+/// The writer's drain deadline has passed.
+using give_up_atom = caf::atom_constant<caf::atom("tr_giveup")>;
 /// The writer's own timers: flush a batch by age, retry a failed commit.
 using flush_due_atom = caf::atom_constant<caf::atom("tr_flush")>;
 using retry_due_atom = caf::atom_constant<caf::atom("tr_retry")>;
@@ -66,6 +70,20 @@ struct persist {
   std::size_t size() const { return nodes.size() + runs.size() + workflows.size() + cache.size(); }
 };
 
+/// `renew_atom, lease_renewal` to the writer: extends the leases of an engine's runs on the
+/// writer's connection, between commits. Answers `std::vector<std::string>`: the runs the engine
+/// no longer holds (another engine claimed them), or an error when the store could not answer.
+using renew_atom = caf::atom_constant<caf::atom("tr_renew")>;
+struct lease_renewal {
+  std::string owner;
+  std::vector<lease_ref> runs;
+  std::int64_t lease_until_us = 0;
+};
+
+/// Sent to a run actor whose ownership was lost (its rows were fenced, or its lease could not
+/// be renewed because another engine claimed the run): it stops at once, without writing.
+using lost_atom = caf::atom_constant<caf::atom("tr_lost")>;
+
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.
 struct run_done {
   std::shared_ptr<const run_result> result;
@@ -76,3 +94,4 @@ struct run_done {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::attempt_done)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::run_done)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::persist)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::lease_renewal)

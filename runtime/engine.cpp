@@ -886,9 +886,10 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     // the writer is stopped and what it still holds is reported (metrics().pending), not lost
     // silently.
     bool drained = false;
-    self->request(m.writer, caf::timespan{std::max(deadline, m.config.drain_deadline)},
-                  drain_atom::value)
-        .receive([&](caf::ok_atom) { drained = true; }, [](caf::error&) {});
+    const auto drain_for = std::max(deadline, m.config.drain_deadline);
+    self->request(m.writer, caf::timespan{drain_for + std::chrono::seconds(5)}, drain_atom::value,
+                  static_cast<std::int64_t>(drain_for.count()))
+        .receive([&](caf::ok_atom, std::uint64_t) { drained = true; }, [](caf::error&) {});
     if (!drained) {
       caf::anon_send_exit(m.writer, caf::exit_reason::user_shutdown);
     }

@@ -61,6 +61,16 @@ class gated_store final : public forwarding_store {
     std::lock_guard<std::mutex> lock(mutex_);
     return rows_;
   }
+  // Every write fails (a transient error) until heal().
+  void fail_all() {
+    std::lock_guard<std::mutex> lock(mutex_);
+    failing_ = true;
+  }
+  // A batch holding a node row of `run` is refused for good (as a CHECK constraint would).
+  void refuse_run(std::string run) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    refused_run_ = std::move(run);
+  }
   std::vector<std::size_t> batch_sizes() {
     std::lock_guard<std::mutex> lock(mutex_);
     return batches_;
@@ -99,6 +109,16 @@ class gated_store final : public forwarding_store {
         fail_next_ = false;
         return make_unexpected(store_error{"injected failure", true});
       }
+      if (failing_) {
+        return make_unexpected(store_error{"database is down", true});
+      }
+      if (!refused_run_.empty()) {
+        for (const auto& n : b.nodes) {
+          if (n.run_id == refused_run_) {
+            return make_unexpected(store_error{"CHECK constraint failed: poison", false});
+          }
+        }
+      }
     }
     auto r = forwarding_store::write(b);
     {
@@ -122,6 +142,8 @@ class gated_store final : public forwarding_store {
   bool held_ = false;
   bool blocked_ = false;
   bool fail_next_ = false;
+  bool failing_ = false;
+  std::string refused_run_;
   std::size_t rows_ = 0;
   std::vector<std::size_t> batches_;
   bool yield_installed_ = false;
@@ -182,7 +204,8 @@ struct writer_rig {
 // when the next message is not more rows (here a stale flush timer): the writer queues a flush
 // of its own behind them instead of waiting for traffic that may never come. This hung durable
 // runs about 1 time in 10 under load before.
-BOOST_AUTO_TEST_CASE(overdue_rows_behind_a_stale_timer_are_committed, *boost::unit_test::timeout(60)) {
+BOOST_AUTO_TEST_CASE(overdue_rows_behind_a_stale_timer_are_committed,
+                     *boost::unit_test::timeout(60)) {
   writer_config wc;
   wc.batch_max = 2;
   wc.flush_ms = 60000;  // only batch_max or an overdue batch can make it commit
@@ -194,10 +217,12 @@ BOOST_AUTO_TEST_CASE(overdue_rows_behind_a_stale_timer_are_committed, *boost::un
   caf::anon_send(writer, rows("a", 2, now_us()));  // batch_max: a commit, held at the door
   BOOST_REQUIRE(db.wait_blocked(30s));
   // While that batch is being written: rows sent long ago (overdue), then a stale timer.
-  caf::anon_send(writer, rows("b", 1, now_us() - 3600ll * 1000 * 1000));
+  // Sent at the steady clock's first microsecond: overdue on any machine, however long it has
+  // been up (a stamp of 0 or less means "unknown" to the writer).
+  caf::anon_send(writer, rows("b", 1, 1));
   caf::anon_send(writer, flush_due_atom::value, std::uint64_t{0});
   db.release();
-  BOOST_TEST(db.wait_rows(3, 30s));
+  BOOST_TEST(db.wait_rows(3, 30s), "rows " << db.rows());
 }
 
 // A durable caller's commit request behind other messages is answered once they are absorbed,
@@ -231,8 +256,8 @@ BOOST_AUTO_TEST_CASE(a_backlog_is_committed_in_bounded_batches_each_caller_after
     caf::anon_send(writer, rows("backlog" + std::to_string(i), 2, now_us()));
   }
   caf::scoped_actor self{rig.sys};
-  auto answer = self->request(writer, caf::timespan{30s}, commit_atom::value,
-                              rows("last", 2, now_us()));
+  auto answer =
+      self->request(writer, caf::timespan{30s}, commit_atom::value, rows("last", 2, now_us()));
   db.release();
   std::size_t committed_when_answered = 0;
   answer.receive([&](caf::ok_atom) { committed_when_answered = db.rows(); },
@@ -325,4 +350,80 @@ BOOST_AUTO_TEST_CASE(a_committer_yields_only_while_it_keeps_up, *boost::unit_tes
   // Caught up: the next job, below the cap, is sliced again.
   BOOST_REQUIRE(rig.commit(rows("caught-up", static_cast<int>(wc.batch_max), now_us())));
   BOOST_TEST(rig.db->yield_installed());
+}
+
+// A row the database refuses for good, in the middle of a batch: the batch is split until that
+// row is alone, the rest is committed, the row is counted as a dead letter, and the durable
+// caller of that run is told its log is incomplete; the other caller is answered as usual.
+BOOST_AUTO_TEST_CASE(a_refused_row_is_isolated_and_its_durable_caller_told,
+                     *boost::unit_test::timeout(60)) {
+  writer_config wc;
+  wc.mode = persistence_mode::durable;
+  wc.batch_max = 1000;
+  wc.flush_ms = 60000;
+  writer_rig rig(wc);
+  gated_store& db = *rig.db;
+  db.refuse_run("poisoned");
+  db.hold();
+  caf::scoped_actor self{rig.sys};
+  // One job: 20 good rows, 1 refused row, 20 more good rows; the callers ask last.
+  caf::anon_send(rig.writer, rows("good-1", 20, now_us()));
+  persist bad = rows("poisoned", 1, now_us());
+  bad.nodes[0].node_id = "poison";
+  caf::anon_send(rig.writer, std::move(bad));
+  caf::anon_send(rig.writer, rows("good-2", 20, now_us()));
+  auto good_answer = self->request(rig.writer, caf::timespan{30s}, commit_atom::value, [] {
+    persist m;
+    run_row r;
+    r.run_id = "good-2";
+    r.status = run_status::succeeded;
+    m.runs.push_back(r);
+    return m;
+  }());
+  db.release();
+  bool good_ok = false;
+  good_answer.receive(
+      [&](caf::ok_atom) { good_ok = true; },
+      [](caf::error& e) { BOOST_FAIL("good run not committed: " << to_string(e)); });
+  BOOST_TEST(good_ok);
+  persist final_row;
+  run_row r;
+  r.run_id = "poisoned";
+  r.status = run_status::succeeded;
+  final_row.runs.push_back(r);
+  std::string told;
+  self->request(rig.writer, caf::timespan{30s}, commit_atom::value, std::move(final_row))
+      .receive([](caf::ok_atom) {}, [&](caf::error& e) { told = to_string(e); });
+  BOOST_TEST(told.find("poisoned") != std::string::npos, told);
+  BOOST_TEST(told.find("CHECK constraint failed") != std::string::npos, told);
+  BOOST_TEST(db.rows() == 40u);
+  BOOST_TEST(rig.metrics->dead_letters.load() == 1u);
+  BOOST_TEST(rig.metrics->errors.load() == 0u);  // a refused row is not a failed commit
+}
+
+// A database that stays down at shutdown: the drain gives up at its deadline, answers the
+// durable caller that is still waiting with an error, and reports how many rows it dropped.
+BOOST_AUTO_TEST_CASE(a_drain_with_the_database_down_ends_at_its_deadline,
+                     *boost::unit_test::timeout(60)) {
+  writer_config wc;
+  wc.mode = persistence_mode::durable;
+  wc.batch_max = 1000;
+  wc.flush_ms = 1;
+  wc.retry_initial_ms = 1;
+  wc.retry_max_ms = 5;
+  writer_rig rig(wc);
+  rig.db->fail_all();
+  caf::scoped_actor self{rig.sys};
+  auto waiting =
+      self->request(rig.writer, caf::infinite, commit_atom::value, rows("stuck", 3, now_us()));
+  BOOST_REQUIRE(rig.metrics->wait_errors(2, 30s));  // it is retrying
+  std::uint64_t dropped = 0;
+  self->request(rig.writer, caf::timespan{30s}, drain_atom::value, std::int64_t{50})
+      .receive([&](caf::ok_atom, std::uint64_t n) { dropped = n; },
+               [](caf::error& e) { BOOST_FAIL("drain not answered: " << to_string(e)); });
+  BOOST_TEST(dropped == 3u);
+  BOOST_TEST(rig.metrics->lost_rows.load() == 3u);
+  std::string told;
+  waiting.receive([](caf::ok_atom) {}, [&](caf::error& e) { told = to_string(e); });
+  BOOST_TEST(told.find("not committed") != std::string::npos, told);
 }
