@@ -66,6 +66,11 @@ struct run_actor_state {
   // an event (say, by asking the writer to flush) is behind those rows in the writer's mailbox.
   std::vector<run_event> events_due;
   bool done = false;
+  // Ownership: the epoch this run's rows are written under; `lost` once another engine owns the
+  // run (nothing more is written); what went wrong with the log, for the result.
+  std::int64_t epoch = 0;
+  bool lost = false;
+  std::string persistence_error;
 
   static inline const char* name = "run";
   std::string_view trace_run() const {
@@ -130,6 +135,7 @@ node_row to_row(const run_actor_state& st, const node_record& rec) {
   r.cache = rec.cache;
   r.spec_cache = rec.spec_cache;
   r.child_run_id = rec.child_run;
+  r.epoch = st.epoch;
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = rec.started_us ? rec.started_us + off : 0;
   r.finished_at = rec.finished_us ? rec.finished_us + off : 0;
@@ -190,7 +196,20 @@ run_row run_row_of(const run_actor_state& st) {
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = m.started_us() + off;
   r.finished_at = m.finished() ? m.finished_us() + off : 0;
+  r.owner = st.services->owner;
+  r.epoch = st.epoch;
+  if (st.services->lease_ms > 0) {
+    r.lease_until = now_us() + off + st.services->lease_ms * 1000;
+  }
   return r;
+}
+
+// The writer's errors carry their text as the context's string.
+std::string error_text(run_actor* self, const caf::error& e) {
+  if (e.context().match_elements<std::string>()) {
+    return e.context().get_as<std::string>(0);
+  }
+  return self->system().render(e);
 }
 
 // In sync mode every turn waits for its commit: `await` holds back all other messages (task
@@ -198,6 +217,13 @@ run_row run_row_of(const run_actor_state& st) {
 // this mode exists to show.
 void send_rows(run_actor* self) {
   auto& st = self->state;
+  if (st.lost) {
+    st.rows.clear();
+    clear_turn_rows();
+    st.cache_rows.clear();
+    st.run_row_due = false;
+    return;  // another engine owns the run now: its rows are not ours to write
+  }
   persist m;
   m.sent_us = now_us();
   m.nodes = std::move(st.rows);
@@ -213,7 +239,12 @@ void send_rows(run_actor* self) {
     self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
         .await([](caf::ok_atom) {},
                [self](caf::error& e) {
-                 self->quit(std::move(e));  // the writer is gone: the engine is stopping
+                 // Rows refused, the run lost, or the engine gave up at shutdown: the run goes
+                 // on, and its result says its log is incomplete.
+                 auto& st = self->state;
+                 if (st.persistence_error.empty()) {
+                   st.persistence_error = error_text(self, e);
+                 }
                });
   } else {
     self->send(st.services->writer, std::move(m));
@@ -311,8 +342,8 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
     a.stored_key = d.cache_key;
   }
   if (dynamic) {
-    a.dynamic = std::make_shared<const dynamic_attempt>(
-        dynamic_attempt{std::move(d.dynamic_inputs), std::move(d.cache_key), machine.workflow().name});
+    a.dynamic = std::make_shared<const dynamic_attempt>(dynamic_attempt{
+        std::move(d.dynamic_inputs), std::move(d.cache_key), machine.workflow().name});
   }
   caf::actor node;
   if (!st.idle_nodes.empty()) {
@@ -344,11 +375,17 @@ void forget_node(run_actor_state& st, std::uint64_t exec) {
 
 void deliver(run_actor* self, std::shared_ptr<const run_result> report);
 
+std::shared_ptr<const run_result> report_of(run_actor_state& st, std::string persistence_error) {
+  auto r = std::make_shared<run_result>(make_report(*st.machine));
+  r->persistence_error = std::move(persistence_error);
+  return r;
+}
+
 void finish(run_actor* self, const cmd::finish&) {
   auto& st = self->state;
   st.done = true;
-  auto report = std::make_shared<const run_result>(make_report(*st.machine));
-  if (st.services->writer) {
+  auto report = report_of(st, st.persistence_error);
+  if (st.services->writer && !st.lost) {
     persist m;
     m.sent_us = now_us();
     m.nodes = std::move(st.rows);
@@ -364,7 +401,15 @@ void finish(run_actor* self, const cmd::finish&) {
       // with other runs: the writer batches these acknowledgements).
       self->request(st.services->writer, caf::infinite, commit_atom::value, std::move(m))
           .then([self, report](caf::ok_atom) { deliver(self, report); },
-                [self, report](caf::error&) { deliver(self, report); });
+                [self](caf::error& e) {
+                  // Never report a log as durable when it is not: the result says what failed.
+                  auto& st = self->state;
+                  std::string why = st.persistence_error;
+                  if (why.empty()) {
+                    why = error_text(self, e);
+                  }
+                  deliver(self, report_of(st, std::move(why)));
+                });
       return;
     }
     self->send(st.services->writer, std::move(m));
@@ -397,6 +442,9 @@ void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
   }
   if (st.parent) {
     self->send(st.parent, run_done{report});
+  }
+  if (st.services->lease_keeper) {
+    self->send(st.services->lease_keeper, release_atom::value, st.machine->run_id());
   }
   self->quit();
 }
@@ -474,6 +522,21 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   for (auto& [node, n] : args.prior_attempts) {
     st.machine->continue_attempts(node, n);
   }
+  for (auto& [node, item, output] : args.restored_items) {
+    st.machine->restore_item(node, item, std::move(output));
+  }
+  st.epoch = args.epoch;
+  if (st.services->writer) {
+    // Attempts the dead process left running are closed first, under this run's epoch.
+    for (auto& r : args.interrupted) {
+      r.epoch = st.epoch;
+      st.rows.push_back(std::move(r));
+    }
+  }
+  if (st.services->lease_keeper) {
+    self->send(st.services->lease_keeper, own_atom::value, st.machine->run_id(), st.epoch,
+               caf::actor_cast<caf::actor>(self));
+  }
   // A node actor that dies without answering (an exception escaped it) fails its attempt
   // instead of leaving the run waiting forever.
   self->set_down_handler([self](caf::down_msg& dm) {
@@ -514,8 +577,8 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
           st.machine->task_finished_dynamic(m.exec, std::move(m.result), std::move(m.outcome),
                                             now_us(), st.out);
         } else if (m.cached) {
-          st.machine->task_finished_cached(m.exec, make_json(std::move(m.result.output)),
-                                           now_us(), st.out);
+          st.machine->task_finished_cached(m.exec, make_json(std::move(m.result.output)), now_us(),
+                                           st.out);
         } else {
           st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
         }
@@ -529,6 +592,18 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
       },
       [self](cancel_atom) {
         auto& st = self->state;
+        borrow_buffers(st);
+        st.machine->cancel(now_us(), st.out);
+        drive(self);
+      },
+      [self](lost_atom, const std::string& why) {
+        // Another engine owns the run now: stop at once, writing nothing more.
+        auto& st = self->state;
+        if (st.done || st.lost) {
+          return;
+        }
+        st.lost = true;
+        st.persistence_error = why;
         borrow_buffers(st);
         st.machine->cancel(now_us(), st.out);
         drive(self);

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <tuple>
 #include <utility>
 #include <vector>
 
@@ -37,6 +38,12 @@ struct resume_point {
   std::string run_id;
   std::vector<std::pair<std::size_t, json_ptr>> restored;
   std::vector<std::pair<std::size_t, int>> prior_attempts;
+  /// for_each items that succeeded: (node, item, output).
+  std::vector<std::tuple<std::size_t, std::int64_t, json_ptr>> restored_items;
+  /// Attempts recorded as running by the process that died: rewritten as `interrupted`.
+  std::vector<node_row> interrupted;
+  /// The epoch the run was claimed under (0: not claimed, e.g. a store without ownership).
+  std::int64_t epoch = 0;
 };
 
 /// Node index -> its task definition (null: unknown task), resolved once per plan and registry.
@@ -67,8 +74,8 @@ struct run_services {
   persistence_mode mode = persistence_mode::memory;
   /// Memoized node outputs by cache key (nodes with `cache`): the engine's bounded memory cache
   /// over the store. Thread-safe; called on run actors' threads. `cache_lookup` (memory only)
-  /// returns null on a miss; `cache_remember` fills memory only (the run actor sends the store row to the
-  /// writer with its records). Either may be empty: caching is then off.
+  /// returns null on a miss; `cache_remember` fills memory only (the run actor sends the store row
+  /// to the writer with its records). Either may be empty: caching is then off.
   std::function<json_ptr(const std::string& key)> cache_lookup;
   std::function<void(const std::string& key, const json_ptr& output)> cache_remember;
   /// The store behind the memory cache (blocking: called on the blocking pool, never on an
@@ -76,8 +83,7 @@ struct run_services {
   std::function<json_ptr(const std::string& key)> cache_load;
   /// `dynamic` nodes. Compiles a generated workflow against the current task registry; equal
   /// documents (by content hash) share one plan. Called on node actors' threads.
-  std::function<expected<plan_ptr, validation_errors>(const json::value& document)>
-      compile_dynamic;
+  std::function<expected<plan_ptr, validation_errors>(const json::value& document)> compile_dynamic;
   /// The spec cache: a compiled child plan by the node's cache key (memory first, then the
   /// store's "spec" entry, compiled once), null on a miss; `spec_remember` fills memory only
   /// (the node actor sends the store row to the writer). Either may be empty: no spec cache.
@@ -93,6 +99,13 @@ struct run_services {
       prior_child;
   /// Added to steady-clock microseconds to get wall-clock microseconds for stored rows.
   std::int64_t wall_offset_us = 0;
+  /// Ownership (not in memory mode): this engine's instance id, the lease a new run starts with
+  /// (ms), and the actor that renews the leases of the runs alive here (every run actor
+  /// registers with it: `own_atom, run_id, epoch` at start, `release_atom, run_id` at the end;
+  /// it sends `lost_atom` to a run whose ownership is gone). Invalid handle: no ownership.
+  std::string owner;
+  std::int64_t lease_ms = 0;
+  caf::actor lease_keeper;
   /// Actor traces (actors/trace.hpp): null when tracing is off, and then actors are spawned
   /// without any tracing code.
   std::shared_ptr<trace::tracer> trace;
@@ -123,7 +136,24 @@ struct run_spawn_args {
   /// Resuming: nodes that succeeded before (index, output) and attempts already recorded.
   std::vector<std::pair<std::size_t, json_ptr>> restored;
   std::vector<std::pair<std::size_t, int>> prior_attempts;
+  /// Resuming: for_each items that succeeded before, and the rows of attempts that were
+  /// running when their process died (written as `interrupted` with the first rows).
+  std::vector<std::tuple<std::size_t, std::int64_t, json_ptr>> restored_items;
+  std::vector<node_row> interrupted;
+  /// The run's ownership epoch: 1 for a new run, the claimed one for a resumed run (0: the
+  /// rows are not fenced).
+  std::int64_t epoch = 1;
 };
+
+/// Fills the resume fields of `args` from a resume point.
+inline void resume_from(run_spawn_args& args, resume_point&& from) {
+  args.options.run_id = std::move(from.run_id);
+  args.restored = std::move(from.restored);
+  args.prior_attempts = std::move(from.prior_attempts);
+  args.restored_items = std::move(from.restored_items);
+  args.interrupted = std::move(from.interrupted);
+  args.epoch = from.epoch;
+}
 
 /// Spawns the actor that runs one workflow run. `parent`, when valid, receives a `run_done`
 /// message when the run ends (used by `workflow` tasks for child runs). The run starts at once.
@@ -135,9 +165,9 @@ caf::actor spawn_run(const services_ptr& services, run_spawn_args args, const ca
 /// What an attempt of a `dynamic` node needs beyond a task's: shared, since most attempts have
 /// none and the spawn arguments are copied per attempt.
 struct dynamic_attempt {
-  json_ptr inputs;        // the child run's inputs (`dynamic.inputs` rendered)
-  std::string spec_key;   // the spec cache key; empty without `cache`
-  std::string workflow;   // the parent's workflow name, for the stored cache entry
+  json_ptr inputs;       // the child run's inputs (`dynamic.inputs` rendered)
+  std::string spec_key;  // the spec cache key; empty without `cache`
+  std::string workflow;  // the parent's workflow name, for the stored cache entry
 };
 
 struct node_spawn_args {

@@ -59,6 +59,9 @@ json::value to_json(const run_result& r) {
   o["outputs"] = r.outputs;
   o["error"] = r.error.empty() ? json::value(nullptr) : json::value(r.error);
   o["duration_ms"] = r.duration_ms;
+  if (!r.persistence_error.empty()) {
+    o["persistence_error"] = r.persistence_error;
+  }
   json::array nodes;
   nodes.reserve(r.nodes.size());
   for (const auto& n : r.nodes) {

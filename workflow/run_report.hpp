@@ -44,6 +44,10 @@ struct run_result {
   std::string error;               // empty when succeeded
   std::vector<node_report> nodes;  // document order
   double duration_ms = 0;
+  /// Not empty when the run's execution log is incomplete: in durable and sync modes, rows the
+  /// database refused or that could not be committed before shutdown, or the run's ownership
+  /// was lost to another engine. The status above is still what the run did; the CLI exits 1.
+  std::string persistence_error;
 };
 
 /// The report of a finished (or running) run state machine.

@@ -125,6 +125,12 @@ void run_state::restore(std::size_t node, json_ptr output) {
   }
 }
 
+void run_state::restore_item(std::size_t node, std::int64_t item, json_ptr output) {
+  if (status_ == run_status::pending && node < nodes_.size() && item >= 0) {
+    nodes_[node].x().restored_items.emplace_back(item, output ? std::move(output) : null_json());
+  }
+}
+
 void run_state::continue_attempts(std::size_t node, int prior_attempts) {
   if (status_ == run_status::pending && node < nodes_.size() && prior_attempts > 0) {
     nodes_[node].attempt_offset = prior_attempts;
@@ -244,6 +250,25 @@ void run_state::node_ready(std::uint32_t n, std::int64_t now, std::vector<comman
       node_succeeded(n, make_json(json::array{}), now, out);
       return;
     }
+    if (!x.restored_items.empty()) {
+      // Items that succeeded before a resume keep their outputs and are not launched again.
+      x.done_items.assign(ns.unit_count, false);
+      for (auto& [item, output] : x.restored_items) {
+        const auto i = static_cast<std::size_t>(item);
+        if (i < ns.unit_count && !x.done_items[i]) {
+          x.done_items[i] = true;
+          x.item_outputs[i] = std::move(output);
+          ++ns.units_done;
+        }
+      }
+      x.restored_items.clear();
+      x.restored_items.shrink_to_fit();
+      skip_done_items(ns);
+      if (ns.units_done == ns.unit_count) {
+        items_succeeded(n, now, out);
+        return;
+      }
+    }
   } else {
     ns.unit_count = 1;
   }
@@ -282,6 +307,7 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
       due.erase(due.begin());
     } else {
       std::size_t i = ns.next_unit++;
+      skip_done_items(ns);
       u = unit{n, np.for_each ? static_cast<std::int64_t>(i) : -1, 1};
     }
     launch(u, now, out);
@@ -372,8 +398,8 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
         u.item >= 0 ? &ns.extra->items->as_array()[static_cast<std::size_t>(u.item)] : nullptr;
     key = cache_key(np, *input, item);
   }
-  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input),
-                                 std::move(key), std::move(dynamic_inputs)});
+  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input), std::move(key),
+                                 std::move(dynamic_inputs)});
   if (np.timeout_ms) {
     inflight_.find(exec)->timeout_timer =
         add_timer({timer_kind::attempt_timeout, u, exec}, *np.timeout_ms, out);
@@ -492,19 +518,35 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
   }
   ns.extra->item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
   if (++ns.units_done == ns.unit_count) {
-    json::array arr;
-    arr.reserve(ns.unit_count);
-    for (auto& o : ns.extra->item_outputs) {
-      arr.push_back(o ? *o : json::value(nullptr));
-    }
-    ns.extra->item_outputs.clear();
-    node_succeeded(e.u.node, make_json(std::move(arr)), now, out);
+    items_succeeded(e.u.node, now, out);
   }
 }
 
+void run_state::skip_done_items(node_state& ns) {
+  if (!ns.extra || ns.extra->done_items.empty()) {
+    return;
+  }
+  const auto& done = ns.extra->done_items;
+  while (ns.next_unit < ns.unit_count && done[ns.next_unit]) {
+    ++ns.next_unit;
+  }
+}
+
+// Every item of a for_each node succeeded: its output is the array of their outputs.
+void run_state::items_succeeded(std::uint32_t n, std::int64_t now, std::vector<command>& out) {
+  auto& ns = nodes_[n];
+  json::array arr;
+  arr.reserve(ns.unit_count);
+  for (auto& o : ns.extra->item_outputs) {
+    arr.push_back(o ? *o : json::value(nullptr));
+  }
+  ns.extra->item_outputs.clear();
+  ns.extra->done_items.clear();
+  node_succeeded(n, make_json(std::move(arr)), now, out);
+}
+
 void run_state::unit_failed(const inflight_exec& e, std::string error, node_status how,
-                            std::int64_t now, std::vector<command>& out,
-                            dynamic_outcome* dynamic) {
+                            std::int64_t now, std::vector<command>& out, dynamic_outcome* dynamic) {
   auto& ns = nodes_[e.u.node];
   const auto& np = plan_->nodes[e.u.node];
   node_record r;

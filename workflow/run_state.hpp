@@ -103,7 +103,7 @@ struct node_summary {
   node_status status = node_status::pending;
   cache_status cache = cache_status::off;
   cache_status spec_cache = cache_status::off;  // `dynamic` nodes with `cache`
-  int attempts = 0;  // attempts started, over all items
+  int attempts = 0;                             // attempts started, over all items
   std::int64_t started_us = -1;
   std::int64_t finished_us = -1;
   std::int64_t items = -1;  // for_each: number of items; -1 otherwise
@@ -130,6 +130,10 @@ class run_state {
   /// Resuming a run: before start(), marks a node as already succeeded with this output (read
   /// back from the store). It is not executed again; its publish templates are applied again.
   void restore(std::size_t node, json_ptr output);
+  /// Resuming a run: before start(), marks one item of a for_each node as already succeeded
+  /// with this output (read back from the store). When the node's items are rendered again, that
+  /// item is not executed again; the others run. Items past the rendered array are ignored.
+  void restore_item(std::size_t node, std::int64_t item, json_ptr output);
   /// Resuming a run: attempts of this node are numbered after the `prior_attempts` already
   /// recorded, so new records do not overwrite the history.
   void continue_attempts(std::size_t node, int prior_attempts);
@@ -223,7 +227,11 @@ class run_state {
     std::vector<json_ptr> item_outputs;
     std::vector<unit> retries_due;  // FIFO; a vector because an empty deque allocates
     json_ptr restored;              // resumed runs: the output it had before
-    std::string child_run;          // dynamic nodes: the latest child run
+    // Resumed runs: for_each items that succeeded before, until the items are rendered; then
+    // which items are done (restored) and must not be launched.
+    std::vector<std::pair<std::int64_t, json_ptr>> restored_items;
+    std::vector<bool> done_items;
+    std::string child_run;  // dynamic nodes: the latest child run
   };
   struct node_state {
     node_summary summary;
@@ -247,6 +255,8 @@ class run_state {
   };
 
   void node_ready(std::uint32_t n, std::int64_t now, std::vector<command>& out);
+  void skip_done_items(node_state& ns);
+  void items_succeeded(std::uint32_t n, std::int64_t now, std::vector<command>& out);
   void pump(std::int64_t now, std::vector<command>& out);
   bool launchable(const node_state& ns) const;
   void launch(unit u, std::int64_t now, std::vector<command>& out);

@@ -562,6 +562,47 @@ BOOST_AUTO_TEST_CASE(restored_nodes_are_not_dispatched_and_their_outputs_are_see
   BOOST_TEST(d.records_of("a").empty());
 }
 
+BOOST_AUTO_TEST_CASE(restored_for_each_items_are_not_dispatched_again) {
+  driver d(R"({"name":"fe","nodes":[
+      {"id":"sq","task":"echo","for_each":"{{ [1,2,3,4,5] }}","concurrency":2,
+       "with":"{{ item * item }}"}],
+    "outputs":{"all":"{{ nodes.sq.output }}"}})");
+  d.rs.restore_item(0, 0, make_json(1));
+  d.rs.restore_item(0, 2, make_json(9));
+  d.rs.restore_item(0, 4, make_json(25));
+  d.rs.restore_item(0, 7, make_json(0));  // past the items: ignored
+  d.rs.continue_attempts(0, 1);
+  d.start();
+  std::vector<std::int64_t> items;
+  while (!d.pending.empty()) {
+    cmd::dispatch next = d.pending.front();
+    d.pending.erase(d.pending.begin());
+    items.push_back(next.item);
+    d.finish(next, task_result::success(*next.input));
+  }
+  BOOST_TEST((items == std::vector<std::int64_t>{1, 3}));
+  BOOST_TEST(d.outputs() == R"({"all":[1,4,9,16,25]})");
+  for (const auto& r : d.records_of("sq")) {
+    if (r.item >= 0) {
+      BOOST_TEST((r.item == 1 || r.item == 3));
+      BOOST_TEST(r.attempt == 2);  // numbered after what the store recorded
+    }
+  }
+}
+
+BOOST_AUTO_TEST_CASE(a_for_each_whose_items_all_succeeded_before_succeeds_without_dispatch) {
+  driver d(R"({"name":"fe","nodes":[
+      {"id":"sq","task":"echo","for_each":"{{ [1,2] }}","with":"{{ item }}"},
+      {"id":"after","task":"echo","needs":["sq"],"with":"{{ nodes.sq.output }}"}],
+    "outputs":{"after":"{{ nodes.after.output }}"}})");
+  d.rs.restore_item(0, 1, make_json("b"));
+  d.rs.restore_item(0, 0, make_json("a"));
+  d.start();
+  d.run_quick_tasks();
+  BOOST_TEST((d.dispatch_order() == std::vector<std::string>{"after"}));
+  BOOST_TEST(d.outputs() == R"({"after":["a","b"]})");
+}
+
 BOOST_AUTO_TEST_CASE(a_run_whose_nodes_all_succeeded_before_finishes_at_once) {
   driver d(R"({"name":"done","nodes":[{"id":"a","task":"echo","with":1}],
     "outputs":{"a":"{{ nodes.a.output }}"}})");
