@@ -13,6 +13,7 @@
 #include <exception>
 #include <functional>
 #include <iostream>
+#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -164,9 +165,41 @@ std::string event_line(const run_event& e) {
 /// What the signal thread and the main thread share: the run to cancel, once there is one.
 struct cancel_state {
   std::mutex mutex;
+  std::condition_variable changed;  // a signal came, or the run ended
   std::optional<run_handle> handle;
   bool requested = false;
+  bool ended = false;
 };
+
+/// How long a one-shot command lets the writer retry a failing database at the end (or after
+/// Ctrl-C) before it gives up, names the rows it could not commit, and exits 1.
+constexpr std::chrono::seconds cli_drain_deadline{10};
+
+/// Says whether the run's log is complete; false (after saying why on stderr) when it is not:
+/// the exit status is then 1 whatever the run did.
+bool log_complete(const run_result& result, const engine& eng, const std::string& db) {
+  bool complete = true;
+  if (!result.persistence_error.empty()) {
+    std::cerr << "troupe: error: the log of run " << result.run_id << " is incomplete: "
+              << result.persistence_error << '\n';
+    complete = false;
+  }
+  if (eng.mode() != persistence_mode::memory) {
+    const auto lost = eng.metrics().lost_rows.load();
+    if (lost > 0) {
+      std::cerr << "troupe: error: " << lost << " log rows were not committed to "
+                << display_url(db) << '\n';
+      complete = false;
+    }
+    if (const auto dead = eng.metrics().dead_letters.load(); dead > 0) {
+      std::cerr << "troupe: error: the database refused " << dead
+                << " log rows for good (troupe runs dead-letters --db " << display_url(db)
+                << ")\n";
+      complete = false;
+    }
+  }
+  return complete;
+}
 
 /// The engine's message names the store by the URL it was given; a PostgreSQL password in it
 /// must not reach the terminal (or a CI log).
@@ -188,6 +221,7 @@ int run_command(const run_options& o) {
   config.mode = o.mode;
   config.writer.mode = o.mode;
   config.trace_file = o.trace;
+  config.drain_deadline = cli_drain_deadline;
   if (o.batch_max) {
     config.writer.batch_max = *o.batch_max;
   }
@@ -226,6 +260,7 @@ int run_command(const run_options& o) {
     if (cancel.handle) {
       cancel.handle->cancel();
     }
+    cancel.changed.notify_all();
   });
 
   for (const auto& path : o.registers) {
@@ -270,6 +305,23 @@ int run_command(const run_options& o) {
     std::cerr << "run " << handle.id() << " started\n" << std::flush;
   }
 
+  handle.on_finished([&cancel](const run_result&) {
+    std::lock_guard<std::mutex> lock(cancel.mutex);
+    cancel.ended = true;
+    cancel.changed.notify_all();
+  });
+  {
+    std::unique_lock<std::mutex> lock(cancel.mutex);
+    cancel.changed.wait(lock, [&] { return cancel.ended || cancel.requested; });
+    if (!cancel.ended) {
+      // Cancelled: the run stops, or it had ended and waits for its log's commit (a database
+      // that is down or full). Shutdown ends both by their deadlines.
+      lock.unlock();
+      std::cerr << "troupe: waiting up to " << cli_drain_deadline.count()
+                << " s for the run to stop and its log to be committed\n";
+      eng.shutdown(std::chrono::seconds(2));
+    }
+  }
   const run_result result = handle.wait();
   // A one-shot process must not exit with log rows still queued in the writer (async mode):
   // shutdown drains it, so `troupe runs show` finds the whole run afterwards.
@@ -294,22 +346,23 @@ int run_command(const run_options& o) {
       std::cout << "\nlog: " << display_url(o.db) << " (run " << result.run_id << ")\n";
     }
   }
-  if (o.mode != persistence_mode::memory && eng.metrics().pending.load() > 0) {
-    std::cerr << "troupe: warning: " << eng.metrics().pending.load()
-              << " log rows were not committed to " << display_url(o.db) << '\n';
-  }
+  const bool complete = log_complete(result, eng, o.db);
   std::cout.flush();
   if (!std::cout) {
     std::cerr << "troupe: cannot write the result to stdout\n";
     return exit_run_failed;
   }
-  return result.status == run_status::succeeded ? exit_ok : exit_run_failed;
+  return result.status == run_status::succeeded && complete ? exit_ok : exit_run_failed;
 }
 
 int resume_command(const runs_resume_options& o) {
+  if (o.all == !o.run_id.empty()) {
+    return report_errors(one_error("runs resume takes a run id or --all (one of them)"), o.json);
+  }
   engine_config config;
   config.threads = o.threads;
   config.store = o.db;
+  config.drain_deadline = cli_drain_deadline;
   // Resuming is about not losing work: the answer waits for the commit of the run's end.
   config.mode = persistence_mode::durable;
   config.writer.mode = persistence_mode::durable;
@@ -331,28 +384,65 @@ int resume_command(const runs_resume_options& o) {
       return report_errors(locate(registered.error(), path), o.json);
     }
   }
-  auto resumed = eng.resume(o.run_id);
-  if (!resumed) {
-    // An unknown run or one that already succeeded is a failed request, not bad usage.
-    report_errors(locate(resumed.error()), o.json);
-    return exit_run_failed;
+  std::vector<run_handle> handles;
+  bool refused = false;
+  if (o.all) {
+    for (auto& r : eng.resume_unfinished()) {
+      if (r) {
+        handles.push_back(*r);
+      } else {
+        report_errors(locate(r.error()), o.json);
+        refused = true;
+      }
+    }
+  } else {
+    auto resumed = eng.resume(o.run_id);
+    if (!resumed) {
+      // An unknown run, one that already succeeded, or one another engine holds: a failed
+      // request, not bad usage.
+      report_errors(locate(resumed.error()), o.json);
+      return exit_run_failed;
+    }
+    handles.push_back(*resumed);
   }
   if (!o.json) {
-    std::cerr << "run " << resumed->id() << " resumed\n" << std::flush;
-  }
-  const run_result result = resumed->wait();
-  eng.shutdown();
-  if (o.json) {
-    std::cout << compact_json(to_json(result)) << '\n';
-  } else {
-    print_run_text(std::cout, result);
-    if (result.status != run_status::succeeded) {
-      std::cerr << "error: run " << to_string(result.status) << ": " << result.error << '\n';
+    for (const auto& h : handles) {
+      std::cerr << "run " << h.id() << " resumed\n";
     }
-    std::cout << "\nlog: " << display_url(o.db) << " (run " << result.run_id << ")\n";
+    if (o.all && handles.empty()) {
+      std::cerr << "no run to resume in " << display_url(o.db) << '\n';
+    }
+    std::cerr << std::flush;
+  }
+  std::vector<run_result> results;
+  for (const auto& h : handles) {
+    results.push_back(h.wait());
+  }
+  eng.shutdown();
+  bool ok = !refused;
+  json::array docs;
+  for (const auto& result : results) {
+    if (o.json) {
+      docs.push_back(to_json(result));
+    } else {
+      print_run_text(std::cout, result);
+      if (result.status != run_status::succeeded) {
+        std::cerr << "error: run " << to_string(result.status) << ": " << result.error << '\n';
+      }
+      std::cout << "\nlog: " << display_url(o.db) << " (run " << result.run_id << ")\n";
+    }
+    ok = ok && result.status == run_status::succeeded;
+    ok = log_complete(result, eng, o.db) && ok;
+  }
+  if (o.json) {
+    if (o.all) {
+      std::cout << compact_json(json::object{{"runs", std::move(docs)}}) << '\n';
+    } else if (!docs.empty()) {
+      std::cout << compact_json(docs.front()) << '\n';
+    }
   }
   std::cout.flush();
-  return result.status == run_status::succeeded ? exit_ok : exit_run_failed;
+  return ok ? exit_ok : exit_run_failed;
 }
 
 int validate_command(const validate_options& o) {
@@ -508,10 +598,21 @@ int run_cli(int argc, char** argv) {
   add_db_option(show, show_opts.db);
   show->add_flag("--json", show_opts.json, "Print the run as one JSON document.");
 
+  dead_letters_options dead_opts;
+  CLI::App* dead = runs->add_subcommand(
+      "dead-letters", "Rows the database refused for good (kept aside, newest first).");
+  dead->add_option("--limit", dead_opts.limit, "At most this many (0: all; default 50).")
+      ->check(CLI::Range(std::size_t{0}, std::size_t{1'000'000'000}))
+      ->type_name("N");
+  add_db_option(dead, dead_opts.db);
+  dead->add_flag("--json", dead_opts.json, "Print them as one JSON document.");
+
   runs_resume_options resume_opts;
   CLI::App* resume = runs->add_subcommand(
       "resume", "Run again what did not succeed in a failed or interrupted run.");
-  resume->add_option("run", resume_opts.run_id, "The run id.")->required()->type_name("RUN");
+  resume->add_option("run", resume_opts.run_id, "The run id.")->type_name("RUN");
+  resume->add_flag("--all", resume_opts.all,
+                   "Every unfinished run whose engine is gone or whose lease has expired.");
   add_db_option(resume, resume_opts.db);
   resume
       ->add_option("--register", resume_opts.registers,
@@ -562,7 +663,7 @@ int run_cli(int argc, char** argv) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
     for (CLI::App* sub :
-         {run, validate, runs, list, show, resume, load, cache, cache_list, cache_clear, trace,
+         {run, validate, runs, list, show, dead, resume, load, cache, cache_list, cache_clear, trace,
           trace_opts.summary, trace_opts.sequence}) {
       if (sub->parsed()) {
         context = sub;
@@ -577,6 +678,7 @@ int run_cli(int argc, char** argv) {
       {run, [&] { return run_command(run_opts); }},
       {list, [&] { return runs_list_command(list_opts); }},
       {show, [&] { return runs_show_command(show_opts); }},
+      {dead, [&] { return dead_letters_command(dead_opts); }},
       {resume, [&] { return runs_resume_command(resume_opts); }},
       {cache_list, [&] { return cache_list_command(cache_list_opts); }},
       {cache_clear, [&] { return cache_clear_command(cache_clear_opts); }},

@@ -316,6 +316,9 @@ json::value run_detail_document(const run_row& run, const std::vector<node_row>&
   header["outputs"] = value_or_null(run.outputs);
   header["parent_run_id"] = text_or_null(run.parent_run_id);
   header["parent_node_id"] = text_or_null(run.parent_node_id);
+  header["owner"] = text_or_null(run.owner);
+  header["lease_until"] = utc_time_json(run.lease_until);
+  header["epoch"] = run.epoch;
   json::array list;
   list.reserve(nodes.size());
   for (const auto& n : nodes) {
@@ -362,6 +365,13 @@ void print_run_detail(std::ostream& out, const run_row& run, const std::vector<n
       << to_string(run.status) << '\n';
   if (!run.parent_run_id.empty()) {
     out << "parent:   run " << run.parent_run_id << ", node " << run.parent_node_id << '\n';
+  }
+  if (!run.owner.empty()) {
+    out << "owner:    " << run.owner << " (epoch " << run.epoch << ")";
+    if (run.lease_until > 0) {
+      out << ", lease until " << local_time(run.lease_until);
+    }
+    out << '\n';
   }
   out << "started:  " << local_time(run.started_at) << '\n'
       << "finished: " << local_time(run.finished_at) << '\n'

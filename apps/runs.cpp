@@ -138,6 +138,38 @@ int runs_show_command(const runs_show_options& o) {
   return std::cout ? exit_ok : exit_run_failed;
 }
 
+int dead_letters_command(const dead_letters_options& o) {
+  auto db = open_for_reading(o.db, o.json);
+  if (!db) {
+    return exit_usage;
+  }
+  auto letters = db->list_dead_letters(o.limit);
+  if (!letters) {
+    return store_failure(o.db, letters.error(), o.json);
+  }
+  if (o.json) {
+    json::array list;
+    for (const auto& d : *letters) {
+      list.push_back(json::object{{"run_id", d.run_id},
+                                  {"table", d.table},
+                                  {"key", d.key},
+                                  {"error", d.error},
+                                  {"at", utc_time_json(d.at)},
+                                  {"row", d.row}});
+    }
+    std::cout << compact_json(json::object{{"dead_letters", std::move(list)}}) << '\n';
+  } else if (letters->empty()) {
+    std::cout << "no dead letters in " << display_url(o.db) << '\n';
+  } else {
+    for (const auto& d : *letters) {
+      std::cout << local_time(d.at) << "  " << d.table << "  " << d.key << "  " << d.error
+                << '\n';
+    }
+  }
+  std::cout.flush();
+  return std::cout ? exit_ok : exit_run_failed;
+}
+
 int cache_list_command(const cache_options& o) {
   auto db = open_for_reading(o.db, o.json);
   if (!db) {

@@ -33,9 +33,18 @@ struct runs_show_options {
 /// `troupe runs resume RUN`: runs again what did not succeed, on a durable engine over the log.
 struct runs_resume_options {
   std::string db = default_db;
-  std::string run_id;
+  std::string run_id;  // empty with `all`
+  /// Every unfinished run whose owner is gone or whose lease has expired.
+  bool all = false;
   std::vector<std::string> registers;  // workflows a `workflow` task of the run calls
   int threads = 0;
+  bool json = false;
+};
+
+/// `troupe runs dead-letters`: rows the database refused for good, newest first.
+struct dead_letters_options {
+  std::string db = default_db;
+  std::size_t limit = 50;
   bool json = false;
 };
 
@@ -52,6 +61,7 @@ std::string run_status_names();
 
 int runs_list_command(const runs_list_options& o);
 int runs_show_command(const runs_show_options& o);
+int dead_letters_command(const dead_letters_options& o);
 int cache_list_command(const cache_options& o);
 int cache_clear_command(const cache_options& o);
 /// Defined in cli.cpp: it shares the run command's engine set-up and result printing.
