@@ -4,7 +4,6 @@
 #include <atomic>
 #include <condition_variable>
 #include <fstream>
-#include <list>
 #include <map>
 #include <mutex>
 #include <random>
@@ -29,6 +28,7 @@
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
+#include "runtime/detail/lru_cache.hpp"
 
 namespace troupe {
 
@@ -156,49 +156,7 @@ resume_point resume_point_of(const plan& p, std::string run_id, const std::vecto
   return out;
 }
 
-// Values by key (node outputs by cache key, compiled plans by spec key or content hash),
-// bounded, least recently used dropped first. Shared by every actor of the engine (any thread),
-// so one mutex guards it; it is held only for the map work, never during a store read.
-template <class Ptr>
-class lru_cache {
- public:
-  explicit lru_cache(std::size_t capacity) : capacity_(capacity) {}
-
-  Ptr find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = index_.find(key);
-    if (it == index_.end()) {
-      return nullptr;
-    }
-    entries_.splice(entries_.begin(), entries_, it->second);  // now the most recently used
-    return it->second->second;
-  }
-
-  void put(const std::string& key, Ptr value) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (capacity_ == 0) {
-      return;
-    }
-    if (auto it = index_.find(key); it != index_.end()) {
-      it->second->second = std::move(value);
-      entries_.splice(entries_.begin(), entries_, it->second);
-      return;
-    }
-    entries_.emplace_front(key, std::move(value));
-    index_.emplace(key, entries_.begin());
-    while (entries_.size() > capacity_) {
-      index_.erase(entries_.back().first);
-      entries_.pop_back();
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::size_t capacity_;
-  std::list<std::pair<std::string, Ptr>> entries_;  // most recently used first
-  std::unordered_map<std::string, typename std::list<std::pair<std::string, Ptr>>::iterator>
-      index_;
-};
+using detail::lru_cache;
 using output_cache = lru_cache<json_ptr>;
 
 }  // namespace
