@@ -30,6 +30,7 @@
 #include "persistence/forwarding_store.hpp"
 #include "runtime/detail/lru_cache.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
+#include "runtime/plans.hpp"
 
 namespace troupe {
 
@@ -85,14 +86,7 @@ struct engine::impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<boost::asio::thread_pool> blocking;
 
-  // Copy-on-write: a run takes a snapshot; registering replaces the pointer.
-  mutable std::mutex tasks_mutex;
-  std::shared_ptr<const task_registry> tasks;
-
-  mutable std::mutex workflows_mutex;
-  std::map<std::string, std::map<std::string, plan_ptr>, std::less<>> workflows;
-  std::map<std::string, std::string, std::less<>> latest_version;
-  std::unordered_map<std::string, plan_ptr> plans_by_hash;  // one shared plan per document
+  std::unique_ptr<plan_registry> plans;
 
   mutable std::mutex runs_mutex;
   std::condition_variable runs_cv;
@@ -132,41 +126,9 @@ struct engine::impl {
     outputs_cache->put(key, (*row)->value);
     return (*row)->value;
   }
-  // Dynamic workflows: compiled plans by content hash (equal generated documents share one
-  // plan) and by spec cache key (a hit skips the generating task as well as the compile).
-  std::unique_ptr<lru_cache<plan_ptr>> dynamic_plans;
+  // Compiled generated plans by spec cache key (a hit skips the generating task as well as the
+  // compile).
   std::unique_ptr<lru_cache<plan_ptr>> spec_plans;
-  std::atomic<std::size_t> dynamic_compiles{0};
-
-  expected<plan_ptr, validation_errors> compile_dynamic(const json::value& generated) {
-    json::value parsed;
-    const json::value* doc = &generated;
-    if (generated.is_string()) {
-      // A generator that prints its workflow (a shell script without `output: json`).
-      auto r = parse_json(generated.as_string(), config.limits.json);
-      if (!r) {
-        return make_unexpected(
-            one_error("", "the task's output is a string that is not JSON: " + r.error().message));
-      }
-      parsed = std::move(*r);
-      doc = &parsed;
-    }
-    std::string hash = canonical_hash(*doc);
-    if (auto p = dynamic_plans->find(hash)) {
-      return p;
-    }
-    auto registry = task_snapshot();
-    compile_options o;
-    o.tasks = registry.get();
-    o.limits = config.limits;
-    o.source_hash = hash;
-    auto p = compile_workflow(*doc, o);
-    ++dynamic_compiles;
-    if (p) {
-      dynamic_plans->put(hash, *p);
-    }
-    return p;
-  }
 
   // Same shape as cache_lookup: memory, then the store, whose document is compiled once.
   plan_ptr spec_lookup(const std::string& key) {
@@ -185,7 +147,7 @@ struct engine::impl {
     }
     // A stored spec that no longer compiles (say, a task it names is gone) is a miss: the
     // generator runs again.
-    auto p = compile_dynamic(*(*row)->value);
+    auto p = plans->compile_dynamic(*(*row)->value);
     if (!p) {
       return nullptr;
     }
@@ -231,49 +193,6 @@ struct engine::impl {
     }
   }
 
-  // (plan, registry snapshot) -> resolved tasks. Registering a task makes a new snapshot, so a
-  // stale table is simply never looked up again; plans live as long as the engine.
-  mutable std::mutex table_mutex;
-  std::map<std::pair<const plan*, const task_registry*>, task_table> tables;
-
-  task_table task_table_for(const plan_ptr& p) {
-    auto reg = task_snapshot();
-    std::lock_guard<std::mutex> lock(table_mutex);
-    auto& t = tables[{p.get(), reg.get()}];
-    if (!t) {
-      auto v = std::make_shared<std::vector<std::shared_ptr<const task_def>>>();
-      v->reserve(p->nodes.size());
-      for (const auto& n : p->nodes) {
-        v->push_back(reg->find_shared(n.task));
-      }
-      t = std::move(v);
-      held_registries.push_back(std::move(reg));  // keeps the key's pointer unique
-      held_plans.push_back(p);
-    }
-    return t;
-  }
-  std::vector<std::shared_ptr<const task_registry>> held_registries;
-  std::vector<plan_ptr> held_plans;
-
-  std::shared_ptr<const task_registry> task_snapshot() const {
-    std::lock_guard<std::mutex> lock(tasks_mutex);
-    return tasks;
-  }
-
-  plan_ptr find(std::string_view name, std::string_view version) const {
-    std::lock_guard<std::mutex> lock(workflows_mutex);
-    auto w = workflows.find(name);
-    if (w == workflows.end()) {
-      return nullptr;
-    }
-    if (version.empty()) {
-      auto l = latest_version.find(name);
-      version = l->second;
-    }
-    auto v = w->second.find(std::string(version));
-    return v == w->second.end() ? nullptr : v->second;
-  }
-
   std::string new_run_id() {
     char buf[48];
     std::snprintf(buf, sizeof buf, "%s-%06llu", id_prefix.c_str(),
@@ -281,26 +200,16 @@ struct engine::impl {
     return buf;
   }
 
-  expected<plan_ptr, validation_errors> add_workflow(expected<plan_ptr, validation_errors> p) {
-    if (!p) {
-      return p;
-    }
-    plan_ptr shared;
-    {
-      std::lock_guard<std::mutex> lock(workflows_mutex);
-      auto [it, inserted] = plans_by_hash.emplace((*p)->hash, *p);
-      shared = it->second;
-      workflows[shared->name][shared->version] = shared;
-      latest_version[shared->name] = shared->version;
-    }
-    if (writer) {
-      // Stored so that a restarted engine can resume runs of this workflow.
+  // Registered workflows are stored so that a restarted engine can resume their runs.
+  expected<plan_ptr, validation_errors> stored(expected<plan_ptr, validation_errors> p) {
+    if (p && writer) {
+      const plan& shared = **p;
       persist m;
-      m.workflows.push_back(workflow_row{shared->name, shared->version, shared->hash,
-                                         to_json_text(shared->source), wall_us()});
+      m.workflows.push_back(workflow_row{shared.name, shared.version, shared.hash,
+                                         to_json_text(shared.source), wall_us()});
       caf::anon_send(writer, std::move(m));
     }
-    return shared;
+    return p;
   }
 };
 
@@ -358,7 +267,7 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
     m.io_threads.emplace_back([&m] { m.io.run(); });
   }
   m.blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
-  m.tasks = std::make_shared<const task_registry>(task_registry::with_builtins());
+  m.plans = std::make_unique<plan_registry>(config.limits, config.dynamic_plans);
   std::random_device rd;
   char buf[24];
   std::snprintf(buf, sizeof buf, "%08x", rd());
@@ -368,9 +277,12 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->io = &m.io;
   svc->blocking = m.blocking.get();
   impl* self = impl_.get();
-  svc->tasks = [self] { return self->task_snapshot(); };
-  svc->tasks_for = [self](const plan_ptr& p) { return self->task_table_for(p); };
-  svc->find_workflow = [self](std::string_view n, std::string_view v) { return self->find(n, v); };
+  plan_registry* plans = m.plans.get();
+  svc->tasks = [plans] { return plans->tasks(); };
+  svc->tasks_for = [plans](const plan_ptr& p) { return plans->tasks_for(p); };
+  svc->find_workflow = [plans](std::string_view n, std::string_view v) {
+    return plans->find(n, v);
+  };
   svc->new_run_id = [self] { return self->new_run_id(); };
   m.outputs_cache = std::make_unique<output_cache>(config.cache_entries);
   svc->cache_lookup = [self](const std::string& key) { return self->outputs_cache->find(key); };
@@ -380,9 +292,8 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->cache_remember = [self](const std::string& key, const json_ptr& output) {
     self->outputs_cache->put(key, output);
   };
-  m.dynamic_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
   m.spec_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
-  svc->compile_dynamic = [self](const json::value& doc) { return self->compile_dynamic(doc); };
+  svc->compile_dynamic = [plans](const json::value& doc) { return plans->compile_dynamic(doc); };
   svc->spec_lookup = [self](const std::string& key) { return self->spec_lookup(key); };
   svc->spec_remember = [self](const std::string& key, const plan_ptr& p) {
     self->spec_plans->put(key, p);
@@ -421,33 +332,19 @@ engine::~engine() {
 }
 
 bool engine::register_task(task_def def) {
-  std::lock_guard<std::mutex> lock(impl_->tasks_mutex);
-  auto next = std::make_shared<task_registry>(*impl_->tasks);
-  if (!next->add(std::move(def))) {
-    return false;
-  }
-  impl_->tasks = std::move(next);
-  return true;
+  return impl_->plans->add_task(std::move(def));
 }
 
 std::shared_ptr<const task_registry> engine::tasks() const {
-  return impl_->task_snapshot();
+  return impl_->plans->tasks();
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(std::string_view json_text) {
-  auto tasks = impl_->task_snapshot();
-  compile_options o;
-  o.tasks = tasks.get();
-  o.limits = impl_->config.limits;
-  return impl_->add_workflow(compile_workflow(json_text, o));
+  return impl_->stored(impl_->plans->register_workflow(json_text));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(const json::value& document) {
-  auto tasks = impl_->task_snapshot();
-  compile_options o;
-  o.tasks = tasks.get();
-  o.limits = impl_->config.limits;
-  return impl_->add_workflow(compile_workflow(document, o));
+  return impl_->stored(impl_->plans->register_workflow(document));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::string& path) {
@@ -461,12 +358,12 @@ expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::
 }
 
 plan_ptr engine::find_workflow(std::string_view name, std::string_view version) const {
-  return impl_->find(name, version);
+  return impl_->plans->find(name, version);
 }
 
 expected<run_handle, validation_errors> engine::start(std::string_view workflow_name,
                                                       json::object inputs, start_options options) {
-  plan_ptr p = impl_->find(workflow_name, {});
+  plan_ptr p = impl_->plans->find(workflow_name, {});
   if (!p) {
     return make_unexpected(
         one_error("", "no registered workflow '" + std::string(workflow_name) + "'"));
@@ -719,7 +616,7 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
 }
 
 std::size_t engine::dynamic_compiles() const {
-  return impl_->dynamic_compiles.load();
+  return impl_->plans->dynamic_compiles();
 }
 
 std::size_t engine::active_runs() const {
