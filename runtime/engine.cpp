@@ -28,7 +28,8 @@
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
-#include "runtime/detail/lru_cache.hpp"
+#include "runtime/caches.hpp"
+#include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
 #include "runtime/plans.hpp"
 
@@ -69,9 +70,6 @@ resume_point resume_point_of(const plan& p, std::string run_id, const std::vecto
   return out;
 }
 
-using detail::lru_cache;
-using output_cache = lru_cache<json_ptr>;
-
 }  // namespace
 
 struct engine::impl {
@@ -104,81 +102,35 @@ struct engine::impl {
   // the same thread-safe store object).
   std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
   caf::actor writer;
-  std::shared_ptr<store> query_store;
-  mutable std::mutex query_mutex;
-  std::unique_ptr<output_cache> outputs_cache;
-
-  // The store behind the memory cache (not in memory mode); a hit is kept in memory. A point
-  // lookup serialized with the engine's other queries, called by node actors on the blocking
-  // pool: run actors only ever look at memory.
-  json_ptr cache_load(const std::string& key) {
-    if (auto v = outputs_cache->find(key)) {
-      return v;  // another run stored it meanwhile
-    }
-    auto row = [&] {
-      std::lock_guard<std::mutex> lock(query_mutex);
-      return query_store->get_cache(key);
-    }();
-    // A store that cannot answer is a miss: the task runs, which is always correct.
-    if (!row || !*row || (*row)->kind != "output" || !(*row)->value) {
-      return nullptr;
-    }
-    outputs_cache->put(key, (*row)->value);
-    return (*row)->value;
-  }
-  // Compiled generated plans by spec cache key (a hit skips the generating task as well as the
-  // compile).
-  std::unique_ptr<lru_cache<plan_ptr>> spec_plans;
-
-  // Same shape as cache_lookup: memory, then the store, whose document is compiled once.
-  plan_ptr spec_lookup(const std::string& key) {
-    if (auto p = spec_plans->find(key)) {
-      return p;
-    }
-    if (!query_store) {
-      return nullptr;
-    }
-    auto row = [&] {
-      std::lock_guard<std::mutex> lock(query_mutex);
-      return query_store->get_cache(key);
-    }();
-    if (!row || !*row || (*row)->kind != "spec" || !(*row)->value) {
-      return nullptr;
-    }
-    // A stored spec that no longer compiles (say, a task it names is gone) is a miss: the
-    // generator runs again.
-    auto p = plans->compile_dynamic(*(*row)->value);
-    if (!p) {
-      return nullptr;
-    }
-    spec_plans->put(key, *p);
-    return *p;
-  }
+  std::unique_ptr<detail::query_store> queries;  // null in memory mode
+  std::unique_ptr<output_cache> outputs;
+  std::unique_ptr<spec_cache> specs;
 
   std::optional<resume_point> prior_child(const std::string& parent_run,
                                           const std::string& parent_node, const plan& child) {
-    if (!query_store) {
+    if (!queries) {
       return std::nullopt;
     }
-    std::lock_guard<std::mutex> lock(query_mutex);
-    run_query q;
-    q.parent_run_id = parent_run;
-    q.limit = 0;
-    auto runs = query_store->list_runs(q);
-    if (!runs) {
-      return std::nullopt;  // a fresh child is always correct, only slower
-    }
-    for (const auto& r : *runs) {  // newest first
-      if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
-        continue;
+    return queries->with([&](store& s) -> std::optional<resume_point> {
+      run_query q;
+      q.parent_run_id = parent_run;
+      q.limit = 0;
+      auto runs = s.list_runs(q);
+      if (!runs) {
+        return std::nullopt;  // a fresh child is always correct, only slower
       }
-      auto rows = query_store->node_rows(r.run_id);
-      if (!rows) {
-        return std::nullopt;
+      for (const auto& r : *runs) {  // newest first
+        if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
+          continue;
+        }
+        auto rows = s.node_rows(r.run_id);
+        if (!rows) {
+          return std::nullopt;
+        }
+        return resume_point_of(child, r.run_id, *rows);
       }
-      return resume_point_of(child, r.run_id, *rows);
-    }
-    return std::nullopt;
+      return std::nullopt;
+    });
   }
 
   // Memory mode: the most recent finished runs, oldest first.
@@ -229,8 +181,9 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   m.caf_config.set("scheduler.max-threads", threads);
   std::unique_ptr<store> writer_store;
+  std::shared_ptr<store> query_store;
   if (config.mode != persistence_mode::memory && config.store_object) {
-    m.query_store = config.store_object;
+    query_store = config.store_object;
     m.shared_memory_store = config.store_object;
   } else if (config.mode != persistence_mode::memory) {
     auto opened = open_store(config.store);
@@ -241,7 +194,7 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
     if (config.store.rfind("memory://", 0) == 0) {
       // A second open would be a different, empty memory store: share this one (it locks).
       std::shared_ptr<store> shared(std::move(writer_store));
-      m.query_store = shared;
+      query_store = shared;
       writer_store = nullptr;
       m.shared_memory_store = shared;
     } else {
@@ -249,8 +202,11 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
       if (!q) {
         throw engine_error("cannot open store '" + config.store + "': " + q.error().message);
       }
-      m.query_store = std::move(*q);
+      query_store = std::move(*q);
     }
+  }
+  if (query_store) {
+    m.queries = std::make_unique<detail::query_store>(std::move(query_store));
   }
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
@@ -284,19 +240,21 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
     return plans->find(n, v);
   };
   svc->new_run_id = [self] { return self->new_run_id(); };
-  m.outputs_cache = std::make_unique<output_cache>(config.cache_entries);
-  svc->cache_lookup = [self](const std::string& key) { return self->outputs_cache->find(key); };
-  if (m.query_store) {
-    svc->cache_load = [self](const std::string& key) { return self->cache_load(key); };
+  m.outputs = std::make_unique<output_cache>(config.cache_entries, m.queries.get());
+  output_cache* outputs = m.outputs.get();
+  svc->cache_lookup = [outputs](const std::string& key) { return outputs->find(key); };
+  if (outputs->has_store()) {
+    svc->cache_load = [outputs](const std::string& key) { return outputs->load(key); };
   }
-  svc->cache_remember = [self](const std::string& key, const json_ptr& output) {
-    self->outputs_cache->put(key, output);
+  svc->cache_remember = [outputs](const std::string& key, const json_ptr& output) {
+    outputs->remember(key, output);
   };
-  m.spec_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
+  m.specs = std::make_unique<spec_cache>(config.dynamic_plans, m.queries.get(), *m.plans);
+  spec_cache* specs = m.specs.get();
   svc->compile_dynamic = [plans](const json::value& doc) { return plans->compile_dynamic(doc); };
-  svc->spec_lookup = [self](const std::string& key) { return self->spec_lookup(key); };
-  svc->spec_remember = [self](const std::string& key, const plan_ptr& p) {
-    self->spec_plans->put(key, p);
+  svc->spec_lookup = [specs](const std::string& key) { return specs->lookup(key); };
+  svc->spec_remember = [specs](const std::string& key, const plan_ptr& p) {
+    specs->remember(key, p);
   };
   svc->prior_child = [self](const std::string& run, const std::string& node, const plan& child) {
     return self->prior_child(run, node, child);
@@ -450,9 +408,8 @@ run_row row_of(const run_result& r) {
 
 expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->list_runs(q);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.list_runs(q); });
   }
   std::vector<run_row> out;
   std::lock_guard<std::mutex> lock(m.log_mutex);
@@ -468,9 +425,8 @@ expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q
 
 expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->get_run(run_id);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.get_run(run_id); });
   }
   std::lock_guard<std::mutex> lock(m.log_mutex);
   for (auto& r : m.memory_log) {
@@ -483,9 +439,8 @@ expected<std::optional<run_row>, store_error> engine::get_run(std::string_view r
 
 expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view run_id) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->node_rows(run_id);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.node_rows(run_id); });
   }
   std::vector<node_row> out;
   std::lock_guard<std::mutex> lock(m.log_mutex);
@@ -519,34 +474,36 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
                                                        start_options options) {
   auto& m = *impl_;
   auto fail = [](std::string msg) { return make_unexpected(one_error("", std::move(msg))); };
-  if (!m.query_store) {
+  if (!m.queries) {
     return fail("resume needs a store: memory mode keeps no resumable log");
   }
   std::optional<run_row> run;
   std::vector<node_row> rows;
   std::optional<workflow_row> doc;
-  {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    auto r = m.query_store->get_run(run_id);
+  std::string error = m.queries->with([&](store& s) -> std::string {
+    auto r = s.get_run(run_id);
     if (!r) {
-      return fail("cannot read run '" + std::string(run_id) + "': " + r.error().message);
+      return "cannot read run '" + std::string(run_id) + "': " + r.error().message;
     }
     run = std::move(*r);
     if (!run) {
-      return fail("no run '" + std::string(run_id) + "' in " + m.query_store->describe());
+      return "no run '" + std::string(run_id) + "' in " + s.describe();
     }
-    auto n = m.query_store->node_rows(run_id);
+    auto n = s.node_rows(run_id);
     if (!n) {
-      return fail("cannot read the nodes of run '" + std::string(run_id) +
-                  "': " + n.error().message);
+      return "cannot read the nodes of run '" + std::string(run_id) + "': " + n.error().message;
     }
     rows = std::move(*n);
     if (!find_workflow(run->workflow, run->version)) {
-      auto w = m.query_store->get_workflow(run->workflow, run->version);
+      auto w = s.get_workflow(run->workflow, run->version);
       if (w && *w) {
         doc = std::move(**w);
       }
     }
+    return {};
+  });
+  if (!error.empty()) {
+    return fail(std::move(error));
   }
   if (run->status == run_status::succeeded) {
     return fail("run '" + std::string(run_id) + "' already succeeded");
@@ -586,13 +543,12 @@ bool engine::flush(std::chrono::milliseconds timeout) {
 std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished() {
   auto& m = *impl_;
   std::vector<expected<run_handle, validation_errors>> out;
-  if (!m.query_store) {
+  if (!m.queries) {
     return out;
   }
   std::vector<run_row> runs;
   {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    auto r = m.query_store->unfinished_runs();
+    auto r = m.queries->with([](store& s) { return s.unfinished_runs(); });
     if (!r) {
       out.push_back(
           make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
