@@ -32,6 +32,7 @@
 #include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
 #include "runtime/plans.hpp"
+#include "runtime/runs.hpp"
 
 namespace troupe {
 
@@ -86,15 +87,13 @@ struct engine::impl {
 
   std::unique_ptr<plan_registry> plans;
 
-  mutable std::mutex runs_mutex;
-  std::condition_variable runs_cv;
-  std::unordered_map<std::string, std::shared_ptr<run_handle::shared>> live;
+  run_index runs;
+  std::unique_ptr<memory_log> log;  // filled in memory mode only
+  run_ids ids;
   std::atomic<bool> accepting{true};
   bool stopped = false;
   std::shared_ptr<store> shared_memory_store;
 
-  std::string id_prefix;
-  std::atomic<std::uint64_t> next_id{1};
   services_ptr services;
   std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
 
@@ -131,25 +130,6 @@ struct engine::impl {
       }
       return std::nullopt;
     });
-  }
-
-  // Memory mode: the most recent finished runs, oldest first.
-  mutable std::mutex log_mutex;
-  std::deque<std::shared_ptr<const run_result>> memory_log;
-
-  void remember(const run_result& r) {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    memory_log.push_back(std::make_shared<const run_result>(r));
-    while (memory_log.size() > config.memory_log_runs) {
-      memory_log.pop_front();
-    }
-  }
-
-  std::string new_run_id() {
-    char buf[48];
-    std::snprintf(buf, sizeof buf, "%s-%06llu", id_prefix.c_str(),
-                  static_cast<unsigned long long>(next_id.fetch_add(1)));
-    return buf;
   }
 
   // Registered workflows are stored so that a restarted engine can resume their runs.
@@ -224,10 +204,7 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   }
   m.blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
   m.plans = std::make_unique<plan_registry>(config.limits, config.dynamic_plans);
-  std::random_device rd;
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "%08x", rd());
-  m.id_prefix = buf;
+  m.log = std::make_unique<memory_log>(config.memory_log_runs);
   auto svc = std::make_shared<run_services>();
   svc->system = m.system.get();
   svc->io = &m.io;
@@ -239,7 +216,8 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->find_workflow = [plans](std::string_view n, std::string_view v) {
     return plans->find(n, v);
   };
-  svc->new_run_id = [self] { return self->new_run_id(); };
+  run_ids* ids = &m.ids;
+  svc->new_run_id = [ids] { return ids->next(); };
   m.outputs = std::make_unique<output_cache>(config.cache_entries, m.queries.get());
   output_cache* outputs = m.outputs.get();
   svc->cache_lookup = [outputs](const std::string& key) { return outputs->find(key); };
@@ -354,28 +332,19 @@ expected<run_handle, validation_errors> engine::start_run(
     m.metrics->wait_below(m.config.writer.pending_max);
   }
   auto sh = std::make_shared<run_handle::shared>();
-  sh->id = options.run_id.empty() ? m.new_run_id() : std::move(options.run_id);
+  sh->id = options.run_id.empty() ? m.ids.next() : std::move(options.run_id);
   sh->on_event = std::move(options.on_event);
-  impl* self = impl_.get();
-  std::string id = sh->id;
-  bool keep_log = m.config.mode == persistence_mode::memory;
-  sh->on_end = [self, id, keep_log, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
-    if (keep_log) {
+  memory_log* log = m.config.mode == persistence_mode::memory ? m.log.get() : nullptr;
+  sh->on_end = [runs = &m.runs, log, id = sh->id, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
+    if (log) {
       if (auto s = sh_weak.lock(); s && s->result) {
-        self->remember(*s->result);
+        log->remember(*s->result);
       }
     }
-    {
-      std::lock_guard<std::mutex> lock(self->runs_mutex);
-      self->live.erase(id);
-    }
-    self->runs_cv.notify_all();
+    runs->remove(id);
   };
-  {
-    std::lock_guard<std::mutex> lock(m.runs_mutex);
-    if (!m.live.emplace(sh->id, sh).second) {
-      return make_unexpected(one_error("", "a run with id '" + sh->id + "' is already running"));
-    }
+  if (!m.runs.add(sh->id, sh)) {
+    return make_unexpected(one_error("", "a run with id '" + sh->id + "' is already running"));
   }
   run_spawn_args a;
   a.plan = p;
@@ -394,33 +363,12 @@ expected<run_handle, validation_errors> engine::start_run(
   return run_handle(sh);
 }
 
-namespace {
-run_row row_of(const run_result& r) {
-  run_row row;
-  row.run_id = r.run_id;
-  row.workflow = r.workflow;
-  row.status = r.status;
-  row.outputs = r.status == run_status::succeeded ? make_json(r.outputs) : nullptr;
-  row.error = r.error;
-  return row;
-}
-}  // namespace
-
 expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q) const {
   auto& m = *impl_;
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.list_runs(q); });
   }
-  std::vector<run_row> out;
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto it = m.memory_log.rbegin(); it != m.memory_log.rend() && out.size() < q.limit; ++it) {
-    const run_result& r = **it;
-    if ((q.status && *q.status != r.status) || (!q.workflow.empty() && q.workflow != r.workflow)) {
-      continue;
-    }
-    out.push_back(row_of(r));
-  }
-  return out;
+  return m.log->list(q);
 }
 
 expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {
@@ -428,13 +376,7 @@ expected<std::optional<run_row>, store_error> engine::get_run(std::string_view r
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.get_run(run_id); });
   }
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto& r : m.memory_log) {
-    if (r->run_id == run_id) {
-      return std::optional<run_row>(row_of(*r));
-    }
-  }
-  return std::optional<run_row>();
+  return m.log->get(run_id);
 }
 
 expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view run_id) const {
@@ -442,24 +384,7 @@ expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view 
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.node_rows(run_id); });
   }
-  std::vector<node_row> out;
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto& r : m.memory_log) {
-    if (r->run_id != run_id) {
-      continue;
-    }
-    for (auto& n : r->nodes) {
-      node_row row;
-      row.run_id = r->run_id;
-      row.node_id = n.id;
-      row.attempt = n.attempts;
-      row.status = n.status;
-      row.error = n.error;
-      row.cache = n.cache;
-      out.push_back(std::move(row));
-    }
-  }
-  return out;
+  return m.log->node_rows(run_id);
 }
 
 writer_metrics& engine::metrics() const {
@@ -560,11 +485,8 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
     if (!r.parent_run_id.empty()) {
       continue;  // a child run continues when its parent's node runs again
     }
-    {
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      if (m.live.count(r.run_id)) {
-        continue;  // running here already
-      }
+    if (m.runs.contains(r.run_id)) {
+      continue;  // running here already
     }
     out.push_back(resume(r.run_id));
   }
@@ -576,8 +498,7 @@ std::size_t engine::dynamic_compiles() const {
 }
 
 std::size_t engine::active_runs() const {
-  std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-  return impl_->live.size();
+  return impl_->runs.size();
 }
 
 void engine::shutdown(std::chrono::milliseconds deadline) {
@@ -586,20 +507,11 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     return;
   }
   m.accepting = false;
-  {
-    std::unique_lock<std::mutex> lock(m.runs_mutex);
-    if (!m.runs_cv.wait_for(lock, deadline, [&] { return m.live.empty(); })) {
-      std::vector<std::shared_ptr<run_handle::shared>> runs;
-      for (auto& [id, sh] : m.live) {
-        runs.push_back(sh);
-      }
-      lock.unlock();
-      for (auto& sh : runs) {
-        run_handle(sh).cancel();
-      }
-      lock.lock();
-      m.runs_cv.wait(lock, [&] { return m.live.empty(); });
+  if (!m.runs.wait_until_empty(deadline)) {
+    for (auto& sh : m.runs.live()) {
+      run_handle(sh).cancel();
     }
+    m.runs.wait_until_empty();
   }
   m.stopped = true;
   if (m.writer) {
