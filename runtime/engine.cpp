@@ -32,6 +32,7 @@
 #include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
 #include "runtime/plans.hpp"
+#include "runtime/resume.hpp"
 #include "runtime/runs.hpp"
 
 namespace troupe {
@@ -45,30 +46,6 @@ std::int64_t wall_us() {
 
 validation_errors one_error(std::string pointer, std::string message) {
   return validation_errors{validation_error{std::move(pointer), std::move(message)}};
-}
-
-// A run's progress as the store has it: succeeded nodes keep their outputs, and attempts are
-// numbered after those recorded. A for_each node is resumed whole unless its aggregate
-// succeeded: item-level restore would need per-item state the store keeps but the plan cannot
-// yet seed.
-resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows) {
-  resume_point out;
-  out.run_id = std::move(run_id);
-  std::map<std::size_t, int> attempts;
-  for (const auto& r : rows) {
-    const node_plan* np = p.find_node(r.node_id);
-    if (!np) {
-      continue;
-    }
-    if (r.item == -1 && r.status == node_status::succeeded) {
-      out.restored.emplace_back(np->index, r.output);
-    }
-    if (r.item == -1 || np->for_each) {
-      attempts[np->index] = std::max(attempts[np->index], r.attempt);
-    }
-  }
-  out.prior_attempts.assign(attempts.begin(), attempts.end());
-  return out;
 }
 
 }  // namespace
@@ -104,33 +81,6 @@ struct engine::impl {
   std::unique_ptr<detail::query_store> queries;  // null in memory mode
   std::unique_ptr<output_cache> outputs;
   std::unique_ptr<spec_cache> specs;
-
-  std::optional<resume_point> prior_child(const std::string& parent_run,
-                                          const std::string& parent_node, const plan& child) {
-    if (!queries) {
-      return std::nullopt;
-    }
-    return queries->with([&](store& s) -> std::optional<resume_point> {
-      run_query q;
-      q.parent_run_id = parent_run;
-      q.limit = 0;
-      auto runs = s.list_runs(q);
-      if (!runs) {
-        return std::nullopt;  // a fresh child is always correct, only slower
-      }
-      for (const auto& r : *runs) {  // newest first
-        if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
-          continue;
-        }
-        auto rows = s.node_rows(r.run_id);
-        if (!rows) {
-          return std::nullopt;
-        }
-        return resume_point_of(child, r.run_id, *rows);
-      }
-      return std::nullopt;
-    });
-  }
 
   // Registered workflows are stored so that a restarted engine can resume their runs.
   expected<plan_ptr, validation_errors> stored(expected<plan_ptr, validation_errors> p) {
@@ -209,7 +159,6 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->system = m.system.get();
   svc->io = &m.io;
   svc->blocking = m.blocking.get();
-  impl* self = impl_.get();
   plan_registry* plans = m.plans.get();
   svc->tasks = [plans] { return plans->tasks(); };
   svc->tasks_for = [plans](const plan_ptr& p) { return plans->tasks_for(p); };
@@ -234,8 +183,13 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
   svc->spec_remember = [specs](const std::string& key, const plan_ptr& p) {
     specs->remember(key, p);
   };
-  svc->prior_child = [self](const std::string& run, const std::string& node, const plan& child) {
-    return self->prior_child(run, node, child);
+  detail::query_store* queries = m.queries.get();
+  svc->prior_child = [queries](const std::string& run, const std::string& node,
+                               const plan& child) -> std::optional<resume_point> {
+    if (!queries) {
+      return std::nullopt;
+    }
+    return prior_child(*queries, run, node, child);
   };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
@@ -398,58 +352,28 @@ persistence_mode engine::mode() const {
 expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
                                                        start_options options) {
   auto& m = *impl_;
-  auto fail = [](std::string msg) { return make_unexpected(one_error("", std::move(msg))); };
   if (!m.queries) {
-    return fail("resume needs a store: memory mode keeps no resumable log");
+    return make_unexpected(
+        one_error("", "resume needs a store: memory mode keeps no resumable log"));
   }
-  std::optional<run_row> run;
-  std::vector<node_row> rows;
-  std::optional<workflow_row> doc;
-  std::string error = m.queries->with([&](store& s) -> std::string {
-    auto r = s.get_run(run_id);
-    if (!r) {
-      return "cannot read run '" + std::string(run_id) + "': " + r.error().message;
-    }
-    run = std::move(*r);
-    if (!run) {
-      return "no run '" + std::string(run_id) + "' in " + s.describe();
-    }
-    auto n = s.node_rows(run_id);
-    if (!n) {
-      return "cannot read the nodes of run '" + std::string(run_id) + "': " + n.error().message;
-    }
-    rows = std::move(*n);
-    if (!find_workflow(run->workflow, run->version)) {
-      auto w = s.get_workflow(run->workflow, run->version);
-      if (w && *w) {
-        doc = std::move(**w);
-      }
-    }
-    return {};
-  });
-  if (!error.empty()) {
-    return fail(std::move(error));
+  auto stored = load_run(*m.queries, *m.plans, run_id);
+  if (!stored) {
+    return make_unexpected(std::move(stored.error()));
   }
-  if (run->status == run_status::succeeded) {
-    return fail("run '" + std::string(run_id) + "' already succeeded");
+  const run_row& run = stored->run;
+  if (run.status == run_status::succeeded) {
+    return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
   }
-  plan_ptr p = find_workflow(run->workflow, run->version);
-  if (!p && doc) {
-    auto compiled = register_workflow(doc->document);
-    if (!compiled) {
-      return make_unexpected(std::move(compiled.error()));
-    }
-    p = *compiled;
-  }
+  auto p = plan_to_resume(
+      *stored, *m.plans, [this](std::string_view document) { return register_workflow(document); });
   if (!p) {
-    return fail("workflow '" + run->workflow + "' version '" + run->version +
-                "' is neither registered nor stored");
+    return make_unexpected(std::move(p.error()));
   }
-  resume_point from = resume_point_of(*p, run->run_id, rows);
+  resume_point from = resume_point_of(**p, run.run_id, stored->nodes);
   json::object inputs =
-      run->inputs && run->inputs->is_object() ? run->inputs->as_object() : json::object{};
-  options.run_id = run->run_id;
-  return start_run(p, std::move(inputs), std::move(options), std::move(from.restored),
+      run.inputs && run.inputs->is_object() ? run.inputs->as_object() : json::object{};
+  options.run_id = run.run_id;
+  return start_run(*p, std::move(inputs), std::move(options), std::move(from.restored),
                    std::move(from.prior_attempts));
 }
 
@@ -471,20 +395,12 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
   if (!m.queries) {
     return out;
   }
-  std::vector<run_row> runs;
-  {
-    auto r = m.queries->with([](store& s) { return s.unfinished_runs(); });
-    if (!r) {
-      out.push_back(
-          make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
-      return out;
-    }
-    runs = std::move(*r);
+  auto runs = unfinished_top_level_runs(*m.queries);
+  if (!runs) {
+    out.push_back(make_unexpected(std::move(runs.error())));
+    return out;
   }
-  for (const auto& r : runs) {
-    if (!r.parent_run_id.empty()) {
-      continue;  // a child run continues when its parent's node runs again
-    }
+  for (const auto& r : *runs) {
     if (m.runs.contains(r.run_id)) {
       continue;  // running here already
     }
