@@ -2,14 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <fstream>
-#include <map>
-#include <mutex>
-#include <random>
 #include <sstream>
 #include <thread>
-#include <unordered_map>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -20,8 +15,6 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
-#include <deque>
-
 #include "actors/inflight_gate.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/trace.hpp"
@@ -29,29 +22,86 @@
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
 #include "runtime/caches.hpp"
+#include "runtime/detail/errors.hpp"
 #include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
 #include "runtime/plans.hpp"
 #include "runtime/resume.hpp"
 #include "runtime/runs.hpp"
 
+// The engine wires its parts (plans.hpp, caches.hpp, runs.hpp, resume.hpp: no CAF) to the actor
+// system, the I/O threads, the blocking pool and the writer, through run_services
+// (actors/run_actor.hpp). This file is the only one that creates threads or actors.
+
 namespace troupe {
 
+using detail::one_error;
+
 namespace {
+
 std::int64_t wall_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-validation_errors one_error(std::string pointer, std::string message) {
-  return validation_errors{validation_error{std::move(pointer), std::move(message)}};
+// The store objects of an engine that keeps a log (none in memory mode). The writer owns one
+// connection and queries use another, except when both must use one object: memory:// (a second
+// open would be a different, empty store) and a caller's store_object. Then `writer` is null and
+// the writer gets a forwarding_store over `query` (such stores lock internally).
+struct engine_stores {
+  std::unique_ptr<store> writer;
+  std::shared_ptr<store> query;
+};
+
+engine_stores open_stores(const engine_config& config) {
+  engine_stores out;
+  if (config.mode == persistence_mode::memory) {
+    return out;
+  }
+  if (config.store_object) {
+    out.query = config.store_object;
+    return out;
+  }
+  auto open = [&] {
+    auto opened = open_store(config.store);
+    if (!opened) {
+      throw engine_error("cannot open store '" + config.store + "': " + opened.error().message);
+    }
+    return std::move(*opened);
+  };
+  out.writer = open();
+  if (config.store.rfind("memory://", 0) == 0) {
+    out.query = std::move(out.writer);
+  } else {
+    out.query = open();
+  }
+  return out;
 }
 
 }  // namespace
 
 struct engine::impl {
-  engine_config config;
+  impl(engine_config c, engine_stores stores);
+
+  /// The run_services every actor of this engine shares: the parts below behind callbacks.
+  std::shared_ptr<run_services> make_services();
+  /// Registered workflows are stored so that a restarted engine can resume their runs.
+  expected<plan_ptr, validation_errors> logged(expected<plan_ptr, validation_errors> p);
+
+  const engine_config config;
+
+  // The parts (no CAF). Declared before the actor system, so they outlive every actor that
+  // calls them: run_services' callbacks and the runs' on_end hold plain pointers to them.
+  plan_registry plans;
+  std::unique_ptr<detail::query_store> queries;  // the query connection; null in memory mode
+  output_cache outputs;
+  spec_cache specs;
+  run_index runs;
+  memory_log log;  // filled in memory mode only
+  run_ids ids;
+  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
+
   // Declared before the actor system: traced actors record into it until the system is gone.
   std::shared_ptr<trace::tracer> trace;
   caf::actor_system_config caf_config;
@@ -61,135 +111,86 @@ struct engine::impl {
       io.get_executor()};
   std::vector<std::thread> io_threads;
   std::unique_ptr<boost::asio::thread_pool> blocking;
-
-  std::unique_ptr<plan_registry> plans;
-
-  run_index runs;
-  std::unique_ptr<memory_log> log;  // filled in memory mode only
-  run_ids ids;
-  std::atomic<bool> accepting{true};
-  bool stopped = false;
-  std::shared_ptr<store> shared_memory_store;
+  caf::actor writer;  // invalid in memory mode and after shutdown
 
   services_ptr services;
   std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
 
-  // Persistence: the writer owns its connection; queries use a second one (or, for memory://,
-  // the same thread-safe store object).
-  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
-  caf::actor writer;
-  std::unique_ptr<detail::query_store> queries;  // null in memory mode
-  std::unique_ptr<output_cache> outputs;
-  std::unique_ptr<spec_cache> specs;
-
-  // Registered workflows are stored so that a restarted engine can resume their runs.
-  expected<plan_ptr, validation_errors> stored(expected<plan_ptr, validation_errors> p) {
-    if (p && writer) {
-      const plan& shared = **p;
-      persist m;
-      m.workflows.push_back(workflow_row{shared.name, shared.version, shared.hash,
-                                         to_json_text(shared.source), wall_us()});
-      caf::anon_send(writer, std::move(m));
-    }
-    return p;
-  }
+  std::atomic<bool> accepting{true};
+  bool stopped = false;  // set by shutdown(), on the caller's thread
 };
 
-namespace {
-
-// Lets the writer own a handle to a store the engine also queries (memory:// only: a second
-// open would be a different, empty store). The memory store locks internally.
-using shared_store = forwarding_store;
-
-}  // namespace
-
-engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
-  auto& m = *impl_;
-  m.config = config;
+engine::impl::impl(engine_config c, engine_stores stores)
+    : config(std::move(c)),
+      plans(config.limits, config.dynamic_plans),
+      queries(stores.query ? std::make_unique<detail::query_store>(stores.query) : nullptr),
+      outputs(config.cache_entries, queries.get()),
+      specs(config.dynamic_plans, queries.get(), plans),
+      log(config.memory_log_runs) {
   int threads = config.threads > 0
                     ? config.threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  m.caf_config.set("scheduler.max-threads", threads);
-  std::unique_ptr<store> writer_store;
-  std::shared_ptr<store> query_store;
-  if (config.mode != persistence_mode::memory && config.store_object) {
-    query_store = config.store_object;
-    m.shared_memory_store = config.store_object;
-  } else if (config.mode != persistence_mode::memory) {
-    auto opened = open_store(config.store);
-    if (!opened) {
-      throw engine_error("cannot open store '" + config.store + "': " + opened.error().message);
-    }
-    writer_store = std::move(*opened);
-    if (config.store.rfind("memory://", 0) == 0) {
-      // A second open would be a different, empty memory store: share this one (it locks).
-      std::shared_ptr<store> shared(std::move(writer_store));
-      query_store = shared;
-      writer_store = nullptr;
-      m.shared_memory_store = shared;
-    } else {
-      auto q = open_store(config.store);
-      if (!q) {
-        throw engine_error("cannot open store '" + config.store + "': " + q.error().message);
-      }
-      query_store = std::move(*q);
-    }
-  }
-  if (query_store) {
-    m.queries = std::make_unique<detail::query_store>(std::move(query_store));
-  }
+  caf_config.set("scheduler.max-threads", threads);
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
-  m.caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
+  caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
   if (!config.trace_file.empty()) {
     try {
-      m.trace = std::make_shared<trace::tracer>(config.trace_file);
+      trace = std::make_shared<trace::tracer>(config.trace_file);
     } catch (const std::exception& e) {
       throw engine_error(e.what());
     }
   }
-  m.system = std::make_unique<caf::actor_system>(m.caf_config);
+  system = std::make_unique<caf::actor_system>(caf_config);
   for (int i = 0; i < std::max(1, config.io_threads); ++i) {
-    m.io_threads.emplace_back([&m] { m.io.run(); });
+    io_threads.emplace_back([this] { io.run(); });
   }
-  m.blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
-  m.plans = std::make_unique<plan_registry>(config.limits, config.dynamic_plans);
-  m.log = std::make_unique<memory_log>(config.memory_log_runs);
+  blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
+  auto svc = make_services();
+  if (config.mode != persistence_mode::memory) {
+    writer_config wc = config.writer;
+    wc.mode = config.mode;
+    std::unique_ptr<store> ws =
+        stores.writer ? std::move(stores.writer) : std::make_unique<forwarding_store>(stores.query);
+    writer = spawn_writer(*system, std::move(ws), wc, metrics, trace.get());
+    svc->writer = writer;
+  }
+  services_mut = svc;
+  services = std::move(svc);
+}
+
+std::shared_ptr<run_services> engine::impl::make_services() {
   auto svc = std::make_shared<run_services>();
-  svc->system = m.system.get();
-  svc->io = &m.io;
-  svc->blocking = m.blocking.get();
-  plan_registry* plans = m.plans.get();
-  svc->tasks = [plans] { return plans->tasks(); };
-  svc->tasks_for = [plans](const plan_ptr& p) { return plans->tasks_for(p); };
-  svc->find_workflow = [plans](std::string_view n, std::string_view v) {
-    return plans->find(n, v);
-  };
-  run_ids* ids = &m.ids;
-  svc->new_run_id = [ids] { return ids->next(); };
-  m.outputs = std::make_unique<output_cache>(config.cache_entries, m.queries.get());
-  output_cache* outputs = m.outputs.get();
-  svc->cache_lookup = [outputs](const std::string& key) { return outputs->find(key); };
-  if (outputs->has_store()) {
-    svc->cache_load = [outputs](const std::string& key) { return outputs->load(key); };
+  svc->system = system.get();
+  svc->io = &io;
+  svc->blocking = blocking.get();
+  plan_registry* p = &plans;
+  svc->tasks = [p] { return p->tasks(); };
+  svc->tasks_for = [p](const plan_ptr& plan) { return p->tasks_for(plan); };
+  svc->find_workflow = [p](std::string_view n, std::string_view v) { return p->find(n, v); };
+  svc->compile_dynamic = [p](const json::value& doc) { return p->compile_dynamic(doc); };
+  run_ids* i = &ids;
+  svc->new_run_id = [i] { return i->next(); };
+  output_cache* o = &outputs;
+  svc->cache_lookup = [o](const std::string& key) { return o->find(key); };
+  if (o->has_store()) {
+    svc->cache_load = [o](const std::string& key) { return o->load(key); };
   }
-  svc->cache_remember = [outputs](const std::string& key, const json_ptr& output) {
-    outputs->remember(key, output);
+  svc->cache_remember = [o](const std::string& key, const json_ptr& output) {
+    o->remember(key, output);
   };
-  m.specs = std::make_unique<spec_cache>(config.dynamic_plans, m.queries.get(), *m.plans);
-  spec_cache* specs = m.specs.get();
-  svc->compile_dynamic = [plans](const json::value& doc) { return plans->compile_dynamic(doc); };
-  svc->spec_lookup = [specs](const std::string& key) { return specs->lookup(key); };
-  svc->spec_remember = [specs](const std::string& key, const plan_ptr& p) {
-    specs->remember(key, p);
+  spec_cache* s = &specs;
+  svc->spec_lookup = [s](const std::string& key) { return s->lookup(key); };
+  svc->spec_remember = [s](const std::string& key, const plan_ptr& plan) {
+    s->remember(key, plan);
   };
-  detail::query_store* queries = m.queries.get();
-  svc->prior_child = [queries](const std::string& run, const std::string& node,
-                               const plan& child) -> std::optional<resume_point> {
-    if (!queries) {
+  detail::query_store* q = queries.get();
+  svc->prior_child = [q](const std::string& run, const std::string& node,
+                         const plan& child) -> std::optional<resume_point> {
+    if (!q) {
       return std::nullopt;
     }
-    return prior_child(*queries, run, node, child);
+    return prior_child(*q, run, node, child);
   };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
@@ -203,38 +204,42 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
                         std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now().time_since_epoch())
                             .count();
-  if (config.mode != persistence_mode::memory) {
-    writer_config wc = config.writer;
-    wc.mode = config.mode;
-    std::unique_ptr<store> ws =
-        m.shared_memory_store ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
-                              : std::move(writer_store);
-    m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics, m.trace.get());
-    svc->writer = m.writer;
-  }
-  svc->trace = m.trace;
-  m.services_mut = svc;
-  m.services = std::move(svc);
+  svc->trace = trace;
+  return svc;
 }
+
+expected<plan_ptr, validation_errors> engine::impl::logged(
+    expected<plan_ptr, validation_errors> p) {
+  if (p && writer) {
+    const plan& shared = **p;
+    persist m;
+    m.workflows.push_back(workflow_row{shared.name, shared.version, shared.hash,
+                                       to_json_text(shared.source), wall_us()});
+    caf::anon_send(writer, std::move(m));
+  }
+  return p;
+}
+
+engine::engine(engine_config config) : impl_(std::make_unique<impl>(config, open_stores(config))) {}
 
 engine::~engine() {
   shutdown();
 }
 
 bool engine::register_task(task_def def) {
-  return impl_->plans->add_task(std::move(def));
+  return impl_->plans.add_task(std::move(def));
 }
 
 std::shared_ptr<const task_registry> engine::tasks() const {
-  return impl_->plans->tasks();
+  return impl_->plans.tasks();
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(std::string_view json_text) {
-  return impl_->stored(impl_->plans->register_workflow(json_text));
+  return impl_->logged(impl_->plans.register_workflow(json_text));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(const json::value& document) {
-  return impl_->stored(impl_->plans->register_workflow(document));
+  return impl_->logged(impl_->plans.register_workflow(document));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::string& path) {
@@ -248,12 +253,12 @@ expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::
 }
 
 plan_ptr engine::find_workflow(std::string_view name, std::string_view version) const {
-  return impl_->plans->find(name, version);
+  return impl_->plans.find(name, version);
 }
 
 expected<run_handle, validation_errors> engine::start(std::string_view workflow_name,
                                                       json::object inputs, start_options options) {
-  plan_ptr p = impl_->plans->find(workflow_name, {});
+  plan_ptr p = impl_->plans.find(workflow_name, {});
   if (!p) {
     return make_unexpected(
         one_error("", "no registered workflow '" + std::string(workflow_name) + "'"));
@@ -288,7 +293,7 @@ expected<run_handle, validation_errors> engine::start_run(
   auto sh = std::make_shared<run_handle::shared>();
   sh->id = options.run_id.empty() ? m.ids.next() : std::move(options.run_id);
   sh->on_event = std::move(options.on_event);
-  memory_log* log = m.config.mode == persistence_mode::memory ? m.log.get() : nullptr;
+  memory_log* log = m.config.mode == persistence_mode::memory ? &m.log : nullptr;
   sh->on_end = [runs = &m.runs, log, id = sh->id, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
     if (log) {
       if (auto s = sh_weak.lock(); s && s->result) {
@@ -322,7 +327,7 @@ expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.list_runs(q); });
   }
-  return m.log->list(q);
+  return m.log.list(q);
 }
 
 expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {
@@ -330,7 +335,7 @@ expected<std::optional<run_row>, store_error> engine::get_run(std::string_view r
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.get_run(run_id); });
   }
-  return m.log->get(run_id);
+  return m.log.get(run_id);
 }
 
 expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view run_id) const {
@@ -338,7 +343,7 @@ expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view 
   if (m.queries) {
     return m.queries->with([&](store& s) { return s.node_rows(run_id); });
   }
-  return m.log->node_rows(run_id);
+  return m.log.node_rows(run_id);
 }
 
 writer_metrics& engine::metrics() const {
@@ -356,7 +361,7 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
     return make_unexpected(
         one_error("", "resume needs a store: memory mode keeps no resumable log"));
   }
-  auto stored = load_run(*m.queries, *m.plans, run_id);
+  auto stored = load_run(*m.queries, m.plans, run_id);
   if (!stored) {
     return make_unexpected(std::move(stored.error()));
   }
@@ -365,7 +370,7 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
     return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
   }
   auto p = plan_to_resume(
-      *stored, *m.plans, [this](std::string_view document) { return register_workflow(document); });
+      *stored, m.plans, [this](std::string_view document) { return register_workflow(document); });
   if (!p) {
     return make_unexpected(std::move(p.error()));
   }
@@ -410,7 +415,7 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
 }
 
 std::size_t engine::dynamic_compiles() const {
-  return impl_->plans->dynamic_compiles();
+  return impl_->plans.dynamic_compiles();
 }
 
 std::size_t engine::active_runs() const {
