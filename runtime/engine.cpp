@@ -418,6 +418,15 @@ std::size_t engine::dynamic_compiles() const {
   return impl_->plans.dynamic_compiles();
 }
 
+plan_memory engine::plans_in_memory() const {
+  plan_memory out;
+  out.registered_plans = impl_->plans.registered_plans();
+  out.generated_plans = impl_->plans.generated_plans();
+  out.spec_plans = impl_->specs.size();
+  out.task_tables = impl_->plans.task_tables();
+  return out;
+}
+
 std::size_t engine::active_runs() const {
   return impl_->runs.size();
 }

@@ -1,5 +1,7 @@
 #include "runtime/plans.hpp"
 
+#include <string>
+
 #include "runtime/detail/errors.hpp"
 
 namespace troupe {
@@ -23,6 +25,7 @@ expected<plan_ptr, validation_errors> compile_against(const Document& doc,
 plan_registry::plan_registry(workflow_limits limits, std::size_t dynamic_plans)
     : limits_(std::move(limits)),
       tasks_(std::make_shared<const task_registry>(task_registry::with_builtins())),
+      other_tables_(dynamic_plans),
       dynamic_plans_(dynamic_plans) {}
 
 // ---- tasks ---------------------------------------------------------------------------------
@@ -34,12 +37,18 @@ bool plan_registry::add_task(task_def def) {
     return false;
   }
   tasks_ = std::move(next);
+  ++generation_;
   return true;
 }
 
 std::shared_ptr<const task_registry> plan_registry::tasks() const {
   std::lock_guard<std::mutex> lock(tasks_mutex_);
   return tasks_;
+}
+
+plan_registry::snapshot plan_registry::current() const {
+  std::lock_guard<std::mutex> lock(tasks_mutex_);
+  return {tasks_, generation_};
 }
 
 // ---- registered workflows ------------------------------------------------------------------
@@ -83,21 +92,62 @@ plan_ptr plan_registry::find(std::string_view name, std::string_view version) co
 
 // ---- task tables ---------------------------------------------------------------------------
 
-task_table plan_registry::tasks_for(const plan_ptr& p) {
-  auto reg = tasks();
-  std::lock_guard<std::mutex> lock(tables_mutex_);
-  auto& t = tables_[{p.get(), reg.get()}];
-  if (!t) {
-    auto v = std::make_shared<std::vector<std::shared_ptr<const task_def>>>();
-    v->reserve(p->nodes.size());
-    for (const auto& n : p->nodes) {
-      v->push_back(reg->find_shared(n.task));
-    }
-    t = std::move(v);
-    held_registries_.push_back(std::move(reg));  // keeps the key's pointer unique
-    held_plans_.push_back(p);
+namespace {
+
+task_table resolve(const plan& p, const task_registry& tasks) {
+  auto v = std::make_shared<std::vector<std::shared_ptr<const task_def>>>();
+  v->reserve(p.nodes.size());
+  for (const auto& n : p.nodes) {
+    v->push_back(tasks.find_shared(n.task));
   }
-  return t;
+  return v;
+}
+
+}  // namespace
+
+task_table plan_registry::tasks_for(const plan_ptr& p) {
+  snapshot now = current();
+  if (p->hash.empty()) {
+    return resolve(*p, *now.tasks);
+  }
+  if (is_registered(p->hash)) {
+    std::lock_guard<std::mutex> lock(tables_mutex_);
+    auto& [generation, table] = registered_tables_[p->hash];
+    if (table && generation == now.generation) {
+      return table;
+    }
+    task_table fresh = resolve(*p, *now.tasks);
+    // A caller that took its snapshot before a concurrent add_task must not replace the newer
+    // table: it gets its own.
+    if (!table || generation < now.generation) {
+      generation = now.generation;
+      table = fresh;
+    }
+    return fresh;
+  }
+  std::string key = p->hash + "/" + std::to_string(now.generation);
+  std::lock_guard<std::mutex> lock(tables_mutex_);
+  if (auto t = other_tables_.find(key)) {
+    return t;
+  }
+  task_table fresh = resolve(*p, *now.tasks);
+  other_tables_.put(key, fresh);
+  return fresh;
+}
+
+bool plan_registry::is_registered(const std::string& hash) const {
+  std::lock_guard<std::mutex> lock(workflows_mutex_);
+  return plans_by_hash_.count(hash) != 0;
+}
+
+std::size_t plan_registry::registered_plans() const {
+  std::lock_guard<std::mutex> lock(workflows_mutex_);
+  return plans_by_hash_.size();
+}
+
+std::size_t plan_registry::task_tables() const {
+  std::lock_guard<std::mutex> lock(tables_mutex_);
+  return registered_tables_.size() + other_tables_.size();
 }
 
 // ---- generated workflows -------------------------------------------------------------------

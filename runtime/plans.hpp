@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -30,7 +31,7 @@ using task_table = std::shared_ptr<const std::vector<std::shared_ptr<const task_
 
 /// Tasks, registered and generated workflows, and task tables. Thread-safe: called from the
 /// embedder's threads (registration, start), run actors (tasks_for, find) and the blocking pool
-/// (compile_dynamic). No lock is held while another part's lock is taken.
+/// (compile_dynamic). Never holds a lock while calling out of this class.
 class plan_registry {
  public:
   /// `limits` apply to every plan this registry compiles; `dynamic_plans` is how many compiled
@@ -57,8 +58,11 @@ class plan_registry {
 
   // -- task tables ----------------------------------------------------------------------------
 
-  /// The plan's nodes resolved against the current registry. Every run of a plan shares one
-  /// table until a task is registered again.
+  /// The plan's nodes resolved against the current registry. Runs of equal plans (by hash)
+  /// share one table until a task is registered again. Memory is bounded: one table per
+  /// registered plan (the newest registry's), and at most `dynamic_plans` for every other plan
+  /// (generated ones, or compiled by the embedder), least recently used dropped first; a plan
+  /// without a hash (built by hand) gets a fresh table per call.
   task_table tasks_for(const plan_ptr& p);
 
   // -- generated workflows --------------------------------------------------------------------
@@ -70,25 +74,46 @@ class plan_registry {
   /// Generated workflows really compiled so far (reuses not counted).
   std::size_t dynamic_compiles() const { return dynamic_compiles_.load(); }
 
+  // -- what is held, for tests and metrics ----------------------------------------------------
+
+  /// Registered plans: one per distinct document, kept for the registry's life.
+  std::size_t registered_plans() const;
+  /// Compiled generated plans kept by content hash (at most `dynamic_plans`).
+  std::size_t generated_plans() const { return dynamic_plans_.size(); }
+  /// Task tables kept (at most registered_plans() + `dynamic_plans`).
+  std::size_t task_tables() const;
+
  private:
   expected<plan_ptr, validation_errors> add(expected<plan_ptr, validation_errors> compiled);
 
   const workflow_limits limits_;
 
-  mutable std::mutex tasks_mutex_;
-  std::shared_ptr<const task_registry> tasks_;  // guarded by tasks_mutex_
+  // A task table depends only on the plan's task names, which its document (so its hash) fixes,
+  // and on the registry. A registry snapshot is named by its generation (add_task counts it up):
+  // a table of an older generation is never looked up again, and no old registry or plan needs
+  // to be held to keep a key unique.
+  struct snapshot {
+    std::shared_ptr<const task_registry> tasks;
+    std::uint64_t generation = 0;
+  };
+  snapshot current() const;
+  bool is_registered(const std::string& hash) const;
+
+  mutable std::mutex tasks_mutex_;  // guards the two members below
+  std::shared_ptr<const task_registry> tasks_;
+  std::uint64_t generation_ = 0;
 
   mutable std::mutex workflows_mutex_;  // guards the three maps below
   std::map<std::string, std::map<std::string, plan_ptr>, std::less<>> workflows_;
   std::map<std::string, std::string, std::less<>> latest_version_;
   std::unordered_map<std::string, plan_ptr> plans_by_hash_;  // one shared plan per document
 
-  // (plan, registry snapshot) -> resolved tasks. Registering a task makes a new snapshot, so a
-  // stale table is simply never looked up again; plans live as long as the engine.
-  std::mutex tables_mutex_;  // guards the three members below
-  std::map<std::pair<const plan*, const task_registry*>, task_table> tables_;
-  std::vector<std::shared_ptr<const task_registry>> held_registries_;
-  std::vector<plan_ptr> held_plans_;
+  // Held for every lookup-and-fill of a table, so that concurrent runs of a plan share one.
+  mutable std::mutex tables_mutex_;
+  // Registered plans by hash: the table of the newest generation seen (guarded by tables_mutex_).
+  std::unordered_map<std::string, std::pair<std::uint64_t, task_table>> registered_tables_;
+  // Every other plan, by "hash/generation"; bounded by `dynamic_plans`.
+  detail::lru_cache<task_table> other_tables_;
 
   detail::lru_cache<plan_ptr> dynamic_plans_;  // by content hash
   std::atomic<std::size_t> dynamic_compiles_{0};
