@@ -2,15 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <fstream>
-#include <list>
-#include <map>
-#include <mutex>
-#include <random>
 #include <sstream>
 #include <thread>
-#include <unordered_map>
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
@@ -21,190 +15,93 @@
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 
-#include <deque>
-
 #include "actors/inflight_gate.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/trace.hpp"
 #include "actors/writer_actor.hpp"
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
+#include "runtime/caches.hpp"
+#include "runtime/detail/errors.hpp"
+#include "runtime/detail/query_store.hpp"
+#include "runtime/detail/run_handle_shared.hpp"
+#include "runtime/plans.hpp"
+#include "runtime/resume.hpp"
+#include "runtime/runs.hpp"
+
+// The engine wires its parts (plans.hpp, caches.hpp, runs.hpp, resume.hpp: no CAF) to the actor
+// system, the I/O threads, the blocking pool and the writer, through run_services
+// (actors/run_actor.hpp). This file is the only one that creates threads or actors.
 
 namespace troupe {
 
-// ---- run_handle --------------------------------------------------------------------------
-
-// Shared by the handle's copies and the run actor (as its sink). The result is written once,
-// by the run actor; waiters block on the condition variable, so nothing polls.
-struct run_handle::shared final : run_sink {
-  std::string id;
-  std::function<void(const run_event&)> on_event;
-  std::function<void()> on_end;  // engine bookkeeping, called before waiters are released
-
-  mutable std::mutex mutex;
-  mutable std::condition_variable cv;
-  std::shared_ptr<const run_result> result;  // set once; a pointer keeps open runs small
-  std::vector<std::function<void(const run_result&)>> callbacks;
-  caf::actor actor;
-
-  bool wants_events() const override { return static_cast<bool>(on_event); }
-  void event(const run_event& e) override { on_event(e); }
-  void finished(const run_result& r) override {
-    std::vector<std::function<void(const run_result&)>> cbs;
-    {
-      std::lock_guard<std::mutex> lock(mutex);
-      result = std::make_shared<const run_result>(r);
-      cbs.swap(callbacks);
-      actor = caf::actor{};
-    }
-    // The engine's bookkeeping first: a caller woken below may at once read the run back
-    // (memory mode's log) or resume it, and must not find it still listed as running.
-    if (on_end) {
-      on_end();
-    }
-    cv.notify_all();
-    for (auto& cb : cbs) {
-      cb(r);
-    }
-  }
-};
-
-run_handle::run_handle(std::shared_ptr<shared> s) : s_(std::move(s)) {}
-
-const std::string& run_handle::id() const {
-  return s_->id;
-}
-
-std::optional<run_result> run_handle::wait_for(std::chrono::milliseconds timeout) const {
-  std::unique_lock<std::mutex> lock(s_->mutex);
-  if (!s_->cv.wait_for(lock, timeout, [&] { return s_->result != nullptr; })) {
-    return std::nullopt;
-  }
-  return *s_->result;
-}
-
-run_result run_handle::wait() const {
-  std::unique_lock<std::mutex> lock(s_->mutex);
-  s_->cv.wait(lock, [&] { return s_->result != nullptr; });
-  return *s_->result;
-}
-
-std::optional<run_result> run_handle::try_result() const {
-  std::lock_guard<std::mutex> lock(s_->mutex);
-  if (!s_->result) {
-    return std::nullopt;
-  }
-  return *s_->result;
-}
-
-void run_handle::on_finished(std::function<void(const run_result&)> callback) const {
-  std::unique_lock<std::mutex> lock(s_->mutex);
-  if (s_->result) {
-    run_result r = *s_->result;
-    lock.unlock();
-    callback(r);
-    return;
-  }
-  s_->callbacks.push_back(std::move(callback));
-}
-
-void run_handle::cancel() const {
-  caf::actor a;
-  {
-    std::lock_guard<std::mutex> lock(s_->mutex);
-    a = s_->actor;
-  }
-  if (a) {
-    caf::anon_send(a, cancel_atom::value);
-  }
-}
-
-// ---- engine ------------------------------------------------------------------------------
+using detail::one_error;
 
 namespace {
+
 std::int64_t wall_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::system_clock::now().time_since_epoch())
       .count();
 }
 
-validation_errors one_error(std::string pointer, std::string message) {
-  return validation_errors{validation_error{std::move(pointer), std::move(message)}};
-}
+// The store objects of an engine that keeps a log (none in memory mode). The writer owns one
+// connection and queries use another, except when both must use one object: memory:// (a second
+// open would be a different, empty store) and a caller's store_object. Then `writer` is null and
+// the writer gets a forwarding_store over `query` (such stores lock internally).
+struct engine_stores {
+  std::unique_ptr<store> writer;
+  std::shared_ptr<store> query;
+};
 
-// A run's progress as the store has it: succeeded nodes keep their outputs, and attempts are
-// numbered after those recorded. A for_each node is resumed whole unless its aggregate
-// succeeded: item-level restore would need per-item state the store keeps but the plan cannot
-// yet seed.
-resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows) {
-  resume_point out;
-  out.run_id = std::move(run_id);
-  std::map<std::size_t, int> attempts;
-  for (const auto& r : rows) {
-    const node_plan* np = p.find_node(r.node_id);
-    if (!np) {
-      continue;
-    }
-    if (r.item == -1 && r.status == node_status::succeeded) {
-      out.restored.emplace_back(np->index, r.output);
-    }
-    if (r.item == -1 || np->for_each) {
-      attempts[np->index] = std::max(attempts[np->index], r.attempt);
-    }
+engine_stores open_stores(const engine_config& config) {
+  engine_stores out;
+  if (config.mode == persistence_mode::memory) {
+    return out;
   }
-  out.prior_attempts.assign(attempts.begin(), attempts.end());
+  if (config.store_object) {
+    out.query = config.store_object;
+    return out;
+  }
+  auto open = [&] {
+    auto opened = open_store(config.store);
+    if (!opened) {
+      throw engine_error("cannot open store '" + config.store + "': " + opened.error().message);
+    }
+    return std::move(*opened);
+  };
+  out.writer = open();
+  if (config.store.rfind("memory://", 0) == 0) {
+    out.query = std::move(out.writer);
+  } else {
+    out.query = open();
+  }
   return out;
 }
-
-// Values by key (node outputs by cache key, compiled plans by spec key or content hash),
-// bounded, least recently used dropped first. Shared by every actor of the engine (any thread),
-// so one mutex guards it; it is held only for the map work, never during a store read.
-template <class Ptr>
-class lru_cache {
- public:
-  explicit lru_cache(std::size_t capacity) : capacity_(capacity) {}
-
-  Ptr find(const std::string& key) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    auto it = index_.find(key);
-    if (it == index_.end()) {
-      return nullptr;
-    }
-    entries_.splice(entries_.begin(), entries_, it->second);  // now the most recently used
-    return it->second->second;
-  }
-
-  void put(const std::string& key, Ptr value) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    if (capacity_ == 0) {
-      return;
-    }
-    if (auto it = index_.find(key); it != index_.end()) {
-      it->second->second = std::move(value);
-      entries_.splice(entries_.begin(), entries_, it->second);
-      return;
-    }
-    entries_.emplace_front(key, std::move(value));
-    index_.emplace(key, entries_.begin());
-    while (entries_.size() > capacity_) {
-      index_.erase(entries_.back().first);
-      entries_.pop_back();
-    }
-  }
-
- private:
-  std::mutex mutex_;
-  std::size_t capacity_;
-  std::list<std::pair<std::string, Ptr>> entries_;  // most recently used first
-  std::unordered_map<std::string, typename std::list<std::pair<std::string, Ptr>>::iterator>
-      index_;
-};
-using output_cache = lru_cache<json_ptr>;
 
 }  // namespace
 
 struct engine::impl {
-  engine_config config;
+  impl(engine_config c, engine_stores stores);
+
+  /// The run_services every actor of this engine shares: the parts below behind callbacks.
+  std::shared_ptr<run_services> make_services();
+  /// Registered workflows are stored so that a restarted engine can resume their runs.
+  expected<plan_ptr, validation_errors> logged(expected<plan_ptr, validation_errors> p);
+
+  const engine_config config;
+
+  // The parts (no CAF). Declared before the actor system, so they outlive every actor that
+  // calls them: run_services' callbacks and the runs' on_end hold plain pointers to them.
+  plan_registry plans;
+  std::unique_ptr<detail::query_store> queries;  // the query connection; null in memory mode
+  output_cache outputs;
+  spec_cache specs;
+  run_index runs;
+  memory_log log;  // filled in memory mode only
+  run_ids ids;
+  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
+
   // Declared before the actor system: traced actors record into it until the system is gone.
   std::shared_ptr<trace::tracer> trace;
   caf::actor_system_config caf_config;
@@ -214,311 +111,86 @@ struct engine::impl {
       io.get_executor()};
   std::vector<std::thread> io_threads;
   std::unique_ptr<boost::asio::thread_pool> blocking;
+  caf::actor writer;  // invalid in memory mode and after shutdown
 
-  // Copy-on-write: a run takes a snapshot; registering replaces the pointer.
-  mutable std::mutex tasks_mutex;
-  std::shared_ptr<const task_registry> tasks;
-
-  mutable std::mutex workflows_mutex;
-  std::map<std::string, std::map<std::string, plan_ptr>, std::less<>> workflows;
-  std::map<std::string, std::string, std::less<>> latest_version;
-  std::unordered_map<std::string, plan_ptr> plans_by_hash;  // one shared plan per document
-
-  mutable std::mutex runs_mutex;
-  std::condition_variable runs_cv;
-  std::unordered_map<std::string, std::shared_ptr<run_handle::shared>> live;
-  std::atomic<bool> accepting{true};
-  bool stopped = false;
-  std::shared_ptr<store> shared_memory_store;
-
-  std::string id_prefix;
-  std::atomic<std::uint64_t> next_id{1};
   services_ptr services;
   std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
 
-  // Persistence: the writer owns its connection; queries use a second one (or, for memory://,
-  // the same thread-safe store object).
-  std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
-  caf::actor writer;
-  std::shared_ptr<store> query_store;
-  mutable std::mutex query_mutex;
-  std::unique_ptr<output_cache> outputs_cache;
-
-  // The store behind the memory cache (not in memory mode); a hit is kept in memory. A point
-  // lookup serialized with the engine's other queries, called by node actors on the blocking
-  // pool: run actors only ever look at memory.
-  json_ptr cache_load(const std::string& key) {
-    if (auto v = outputs_cache->find(key)) {
-      return v;  // another run stored it meanwhile
-    }
-    auto row = [&] {
-      std::lock_guard<std::mutex> lock(query_mutex);
-      return query_store->get_cache(key);
-    }();
-    // A store that cannot answer is a miss: the task runs, which is always correct.
-    if (!row || !*row || (*row)->kind != "output" || !(*row)->value) {
-      return nullptr;
-    }
-    outputs_cache->put(key, (*row)->value);
-    return (*row)->value;
-  }
-  // Dynamic workflows: compiled plans by content hash (equal generated documents share one
-  // plan) and by spec cache key (a hit skips the generating task as well as the compile).
-  std::unique_ptr<lru_cache<plan_ptr>> dynamic_plans;
-  std::unique_ptr<lru_cache<plan_ptr>> spec_plans;
-  std::atomic<std::size_t> dynamic_compiles{0};
-
-  expected<plan_ptr, validation_errors> compile_dynamic(const json::value& generated) {
-    json::value parsed;
-    const json::value* doc = &generated;
-    if (generated.is_string()) {
-      // A generator that prints its workflow (a shell script without `output: json`).
-      auto r = parse_json(generated.as_string(), config.limits.json);
-      if (!r) {
-        return make_unexpected(
-            one_error("", "the task's output is a string that is not JSON: " + r.error().message));
-      }
-      parsed = std::move(*r);
-      doc = &parsed;
-    }
-    std::string hash = canonical_hash(*doc);
-    if (auto p = dynamic_plans->find(hash)) {
-      return p;
-    }
-    auto registry = task_snapshot();
-    compile_options o;
-    o.tasks = registry.get();
-    o.limits = config.limits;
-    o.source_hash = hash;
-    auto p = compile_workflow(*doc, o);
-    ++dynamic_compiles;
-    if (p) {
-      dynamic_plans->put(hash, *p);
-    }
-    return p;
-  }
-
-  // Same shape as cache_lookup: memory, then the store, whose document is compiled once.
-  plan_ptr spec_lookup(const std::string& key) {
-    if (auto p = spec_plans->find(key)) {
-      return p;
-    }
-    if (!query_store) {
-      return nullptr;
-    }
-    auto row = [&] {
-      std::lock_guard<std::mutex> lock(query_mutex);
-      return query_store->get_cache(key);
-    }();
-    if (!row || !*row || (*row)->kind != "spec" || !(*row)->value) {
-      return nullptr;
-    }
-    // A stored spec that no longer compiles (say, a task it names is gone) is a miss: the
-    // generator runs again.
-    auto p = compile_dynamic(*(*row)->value);
-    if (!p) {
-      return nullptr;
-    }
-    spec_plans->put(key, *p);
-    return *p;
-  }
-
-  std::optional<resume_point> prior_child(const std::string& parent_run,
-                                          const std::string& parent_node, const plan& child) {
-    if (!query_store) {
-      return std::nullopt;
-    }
-    std::lock_guard<std::mutex> lock(query_mutex);
-    run_query q;
-    q.parent_run_id = parent_run;
-    q.limit = 0;
-    auto runs = query_store->list_runs(q);
-    if (!runs) {
-      return std::nullopt;  // a fresh child is always correct, only slower
-    }
-    for (const auto& r : *runs) {  // newest first
-      if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
-        continue;
-      }
-      auto rows = query_store->node_rows(r.run_id);
-      if (!rows) {
-        return std::nullopt;
-      }
-      return resume_point_of(child, r.run_id, *rows);
-    }
-    return std::nullopt;
-  }
-
-  // Memory mode: the most recent finished runs, oldest first.
-  mutable std::mutex log_mutex;
-  std::deque<std::shared_ptr<const run_result>> memory_log;
-
-  void remember(const run_result& r) {
-    std::lock_guard<std::mutex> lock(log_mutex);
-    memory_log.push_back(std::make_shared<const run_result>(r));
-    while (memory_log.size() > config.memory_log_runs) {
-      memory_log.pop_front();
-    }
-  }
-
-  // (plan, registry snapshot) -> resolved tasks. Registering a task makes a new snapshot, so a
-  // stale table is simply never looked up again; plans live as long as the engine.
-  mutable std::mutex table_mutex;
-  std::map<std::pair<const plan*, const task_registry*>, task_table> tables;
-
-  task_table task_table_for(const plan_ptr& p) {
-    auto reg = task_snapshot();
-    std::lock_guard<std::mutex> lock(table_mutex);
-    auto& t = tables[{p.get(), reg.get()}];
-    if (!t) {
-      auto v = std::make_shared<std::vector<std::shared_ptr<const task_def>>>();
-      v->reserve(p->nodes.size());
-      for (const auto& n : p->nodes) {
-        v->push_back(reg->find_shared(n.task));
-      }
-      t = std::move(v);
-      held_registries.push_back(std::move(reg));  // keeps the key's pointer unique
-      held_plans.push_back(p);
-    }
-    return t;
-  }
-  std::vector<std::shared_ptr<const task_registry>> held_registries;
-  std::vector<plan_ptr> held_plans;
-
-  std::shared_ptr<const task_registry> task_snapshot() const {
-    std::lock_guard<std::mutex> lock(tasks_mutex);
-    return tasks;
-  }
-
-  plan_ptr find(std::string_view name, std::string_view version) const {
-    std::lock_guard<std::mutex> lock(workflows_mutex);
-    auto w = workflows.find(name);
-    if (w == workflows.end()) {
-      return nullptr;
-    }
-    if (version.empty()) {
-      auto l = latest_version.find(name);
-      version = l->second;
-    }
-    auto v = w->second.find(std::string(version));
-    return v == w->second.end() ? nullptr : v->second;
-  }
-
-  std::string new_run_id() {
-    char buf[48];
-    std::snprintf(buf, sizeof buf, "%s-%06llu", id_prefix.c_str(),
-                  static_cast<unsigned long long>(next_id.fetch_add(1)));
-    return buf;
-  }
-
-  expected<plan_ptr, validation_errors> add_workflow(expected<plan_ptr, validation_errors> p) {
-    if (!p) {
-      return p;
-    }
-    plan_ptr shared;
-    {
-      std::lock_guard<std::mutex> lock(workflows_mutex);
-      auto [it, inserted] = plans_by_hash.emplace((*p)->hash, *p);
-      shared = it->second;
-      workflows[shared->name][shared->version] = shared;
-      latest_version[shared->name] = shared->version;
-    }
-    if (writer) {
-      // Stored so that a restarted engine can resume runs of this workflow.
-      persist m;
-      m.workflows.push_back(workflow_row{shared->name, shared->version, shared->hash,
-                                         to_json_text(shared->source), wall_us()});
-      caf::anon_send(writer, std::move(m));
-    }
-    return shared;
-  }
+  std::atomic<bool> accepting{true};
+  bool stopped = false;  // set by shutdown(), on the caller's thread
 };
 
-namespace {
-
-// Lets the writer own a handle to a store the engine also queries (memory:// only: a second
-// open would be a different, empty store). The memory store locks internally.
-using shared_store = forwarding_store;
-
-}  // namespace
-
-engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
-  auto& m = *impl_;
-  m.config = config;
+engine::impl::impl(engine_config c, engine_stores stores)
+    : config(std::move(c)),
+      plans(config.limits, config.dynamic_plans),
+      queries(stores.query ? std::make_unique<detail::query_store>(stores.query) : nullptr),
+      outputs(config.cache_entries, queries.get()),
+      specs(config.dynamic_plans, queries.get(), plans),
+      log(config.memory_log_runs) {
   int threads = config.threads > 0
                     ? config.threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
-  m.caf_config.set("scheduler.max-threads", threads);
-  std::unique_ptr<store> writer_store;
-  if (config.mode != persistence_mode::memory && config.store_object) {
-    m.query_store = config.store_object;
-    m.shared_memory_store = config.store_object;
-  } else if (config.mode != persistence_mode::memory) {
-    auto opened = open_store(config.store);
-    if (!opened) {
-      throw engine_error("cannot open store '" + config.store + "': " + opened.error().message);
-    }
-    writer_store = std::move(*opened);
-    if (config.store.rfind("memory://", 0) == 0) {
-      // A second open would be a different, empty memory store: share this one (it locks).
-      std::shared_ptr<store> shared(std::move(writer_store));
-      m.query_store = shared;
-      writer_store = nullptr;
-      m.shared_memory_store = shared;
-    } else {
-      auto q = open_store(config.store);
-      if (!q) {
-        throw engine_error("cannot open store '" + config.store + "': " + q.error().message);
-      }
-      m.query_store = std::move(*q);
-    }
-  }
+  caf_config.set("scheduler.max-threads", threads);
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
-  m.caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
+  caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
   if (!config.trace_file.empty()) {
     try {
-      m.trace = std::make_shared<trace::tracer>(config.trace_file);
+      trace = std::make_shared<trace::tracer>(config.trace_file);
     } catch (const std::exception& e) {
       throw engine_error(e.what());
     }
   }
-  m.system = std::make_unique<caf::actor_system>(m.caf_config);
+  system = std::make_unique<caf::actor_system>(caf_config);
   for (int i = 0; i < std::max(1, config.io_threads); ++i) {
-    m.io_threads.emplace_back([&m] { m.io.run(); });
+    io_threads.emplace_back([this] { io.run(); });
   }
-  m.blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
-  m.tasks = std::make_shared<const task_registry>(task_registry::with_builtins());
-  std::random_device rd;
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "%08x", rd());
-  m.id_prefix = buf;
+  blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
+  auto svc = make_services();
+  if (config.mode != persistence_mode::memory) {
+    writer_config wc = config.writer;
+    wc.mode = config.mode;
+    std::unique_ptr<store> ws =
+        stores.writer ? std::move(stores.writer) : std::make_unique<forwarding_store>(stores.query);
+    writer = spawn_writer(*system, std::move(ws), wc, metrics, trace.get());
+    svc->writer = writer;
+  }
+  services_mut = svc;
+  services = std::move(svc);
+}
+
+std::shared_ptr<run_services> engine::impl::make_services() {
   auto svc = std::make_shared<run_services>();
-  svc->system = m.system.get();
-  svc->io = &m.io;
-  svc->blocking = m.blocking.get();
-  impl* self = impl_.get();
-  svc->tasks = [self] { return self->task_snapshot(); };
-  svc->tasks_for = [self](const plan_ptr& p) { return self->task_table_for(p); };
-  svc->find_workflow = [self](std::string_view n, std::string_view v) { return self->find(n, v); };
-  svc->new_run_id = [self] { return self->new_run_id(); };
-  m.outputs_cache = std::make_unique<output_cache>(config.cache_entries);
-  svc->cache_lookup = [self](const std::string& key) { return self->outputs_cache->find(key); };
-  if (m.query_store) {
-    svc->cache_load = [self](const std::string& key) { return self->cache_load(key); };
+  svc->system = system.get();
+  svc->io = &io;
+  svc->blocking = blocking.get();
+  plan_registry* p = &plans;
+  svc->tasks = [p] { return p->tasks(); };
+  svc->tasks_for = [p](const plan_ptr& plan) { return p->tasks_for(plan); };
+  svc->find_workflow = [p](std::string_view n, std::string_view v) { return p->find(n, v); };
+  svc->compile_dynamic = [p](const json::value& doc) { return p->compile_dynamic(doc); };
+  run_ids* i = &ids;
+  svc->new_run_id = [i] { return i->next(); };
+  output_cache* o = &outputs;
+  svc->cache_lookup = [o](const std::string& key) { return o->find(key); };
+  if (o->has_store()) {
+    svc->cache_load = [o](const std::string& key) { return o->load(key); };
   }
-  svc->cache_remember = [self](const std::string& key, const json_ptr& output) {
-    self->outputs_cache->put(key, output);
+  svc->cache_remember = [o](const std::string& key, const json_ptr& output) {
+    o->remember(key, output);
   };
-  m.dynamic_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
-  m.spec_plans = std::make_unique<lru_cache<plan_ptr>>(config.dynamic_plans);
-  svc->compile_dynamic = [self](const json::value& doc) { return self->compile_dynamic(doc); };
-  svc->spec_lookup = [self](const std::string& key) { return self->spec_lookup(key); };
-  svc->spec_remember = [self](const std::string& key, const plan_ptr& p) {
-    self->spec_plans->put(key, p);
+  spec_cache* s = &specs;
+  svc->spec_lookup = [s](const std::string& key) { return s->lookup(key); };
+  svc->spec_remember = [s](const std::string& key, const plan_ptr& plan) {
+    s->remember(key, plan);
   };
-  svc->prior_child = [self](const std::string& run, const std::string& node, const plan& child) {
-    return self->prior_child(run, node, child);
+  detail::query_store* q = queries.get();
+  svc->prior_child = [q](const std::string& run, const std::string& node,
+                         const plan& child) -> std::optional<resume_point> {
+    if (!q) {
+      return std::nullopt;
+    }
+    return prior_child(*q, run, node, child);
   };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
@@ -532,52 +204,42 @@ engine::engine(engine_config config) : impl_(std::make_unique<impl>()) {
                         std::chrono::duration_cast<std::chrono::microseconds>(
                             std::chrono::steady_clock::now().time_since_epoch())
                             .count();
-  if (config.mode != persistence_mode::memory) {
-    writer_config wc = config.writer;
-    wc.mode = config.mode;
-    std::unique_ptr<store> ws =
-        m.shared_memory_store ? std::unique_ptr<store>(new shared_store(m.shared_memory_store))
-                              : std::move(writer_store);
-    m.writer = spawn_writer(*m.system, std::move(ws), wc, m.metrics, m.trace.get());
-    svc->writer = m.writer;
-  }
-  svc->trace = m.trace;
-  m.services_mut = svc;
-  m.services = std::move(svc);
+  svc->trace = trace;
+  return svc;
 }
+
+expected<plan_ptr, validation_errors> engine::impl::logged(
+    expected<plan_ptr, validation_errors> p) {
+  if (p && writer) {
+    const plan& shared = **p;
+    persist m;
+    m.workflows.push_back(workflow_row{shared.name, shared.version, shared.hash,
+                                       to_json_text(shared.source), wall_us()});
+    caf::anon_send(writer, std::move(m));
+  }
+  return p;
+}
+
+engine::engine(engine_config config) : impl_(std::make_unique<impl>(config, open_stores(config))) {}
 
 engine::~engine() {
   shutdown();
 }
 
 bool engine::register_task(task_def def) {
-  std::lock_guard<std::mutex> lock(impl_->tasks_mutex);
-  auto next = std::make_shared<task_registry>(*impl_->tasks);
-  if (!next->add(std::move(def))) {
-    return false;
-  }
-  impl_->tasks = std::move(next);
-  return true;
+  return impl_->plans.add_task(std::move(def));
 }
 
 std::shared_ptr<const task_registry> engine::tasks() const {
-  return impl_->task_snapshot();
+  return impl_->plans.tasks();
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(std::string_view json_text) {
-  auto tasks = impl_->task_snapshot();
-  compile_options o;
-  o.tasks = tasks.get();
-  o.limits = impl_->config.limits;
-  return impl_->add_workflow(compile_workflow(json_text, o));
+  return impl_->logged(impl_->plans.register_workflow(json_text));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow(const json::value& document) {
-  auto tasks = impl_->task_snapshot();
-  compile_options o;
-  o.tasks = tasks.get();
-  o.limits = impl_->config.limits;
-  return impl_->add_workflow(compile_workflow(document, o));
+  return impl_->logged(impl_->plans.register_workflow(document));
 }
 
 expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::string& path) {
@@ -591,12 +253,12 @@ expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::
 }
 
 plan_ptr engine::find_workflow(std::string_view name, std::string_view version) const {
-  return impl_->find(name, version);
+  return impl_->plans.find(name, version);
 }
 
 expected<run_handle, validation_errors> engine::start(std::string_view workflow_name,
                                                       json::object inputs, start_options options) {
-  plan_ptr p = impl_->find(workflow_name, {});
+  plan_ptr p = impl_->plans.find(workflow_name, {});
   if (!p) {
     return make_unexpected(
         one_error("", "no registered workflow '" + std::string(workflow_name) + "'"));
@@ -629,28 +291,19 @@ expected<run_handle, validation_errors> engine::start_run(
     m.metrics->wait_below(m.config.writer.pending_max);
   }
   auto sh = std::make_shared<run_handle::shared>();
-  sh->id = options.run_id.empty() ? m.new_run_id() : std::move(options.run_id);
+  sh->id = options.run_id.empty() ? m.ids.next() : std::move(options.run_id);
   sh->on_event = std::move(options.on_event);
-  impl* self = impl_.get();
-  std::string id = sh->id;
-  bool keep_log = m.config.mode == persistence_mode::memory;
-  sh->on_end = [self, id, keep_log, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
-    if (keep_log) {
+  memory_log* log = m.config.mode == persistence_mode::memory ? &m.log : nullptr;
+  sh->on_end = [runs = &m.runs, log, id = sh->id, sh_weak = std::weak_ptr<run_handle::shared>(sh)] {
+    if (log) {
       if (auto s = sh_weak.lock(); s && s->result) {
-        self->remember(*s->result);
+        log->remember(*s->result);
       }
     }
-    {
-      std::lock_guard<std::mutex> lock(self->runs_mutex);
-      self->live.erase(id);
-    }
-    self->runs_cv.notify_all();
+    runs->remove(id);
   };
-  {
-    std::lock_guard<std::mutex> lock(m.runs_mutex);
-    if (!m.live.emplace(sh->id, sh).second) {
-      return make_unexpected(one_error("", "a run with id '" + sh->id + "' is already running"));
-    }
+  if (!m.runs.add(sh->id, sh)) {
+    return make_unexpected(one_error("", "a run with id '" + sh->id + "' is already running"));
   }
   run_spawn_args a;
   a.plan = p;
@@ -669,75 +322,28 @@ expected<run_handle, validation_errors> engine::start_run(
   return run_handle(sh);
 }
 
-namespace {
-run_row row_of(const run_result& r) {
-  run_row row;
-  row.run_id = r.run_id;
-  row.workflow = r.workflow;
-  row.status = r.status;
-  row.outputs = r.status == run_status::succeeded ? make_json(r.outputs) : nullptr;
-  row.error = r.error;
-  return row;
-}
-}  // namespace
-
 expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->list_runs(q);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.list_runs(q); });
   }
-  std::vector<run_row> out;
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto it = m.memory_log.rbegin(); it != m.memory_log.rend() && out.size() < q.limit; ++it) {
-    const run_result& r = **it;
-    if ((q.status && *q.status != r.status) || (!q.workflow.empty() && q.workflow != r.workflow)) {
-      continue;
-    }
-    out.push_back(row_of(r));
-  }
-  return out;
+  return m.log.list(q);
 }
 
 expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->get_run(run_id);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.get_run(run_id); });
   }
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto& r : m.memory_log) {
-    if (r->run_id == run_id) {
-      return std::optional<run_row>(row_of(*r));
-    }
-  }
-  return std::optional<run_row>();
+  return m.log.get(run_id);
 }
 
 expected<std::vector<node_row>, store_error> engine::node_rows(std::string_view run_id) const {
   auto& m = *impl_;
-  if (m.query_store) {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    return m.query_store->node_rows(run_id);
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.node_rows(run_id); });
   }
-  std::vector<node_row> out;
-  std::lock_guard<std::mutex> lock(m.log_mutex);
-  for (auto& r : m.memory_log) {
-    if (r->run_id != run_id) {
-      continue;
-    }
-    for (auto& n : r->nodes) {
-      node_row row;
-      row.run_id = r->run_id;
-      row.node_id = n.id;
-      row.attempt = n.attempts;
-      row.status = n.status;
-      row.error = n.error;
-      row.cache = n.cache;
-      out.push_back(std::move(row));
-    }
-  }
-  return out;
+  return m.log.node_rows(run_id);
 }
 
 writer_metrics& engine::metrics() const {
@@ -751,56 +357,28 @@ persistence_mode engine::mode() const {
 expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
                                                        start_options options) {
   auto& m = *impl_;
-  auto fail = [](std::string msg) { return make_unexpected(one_error("", std::move(msg))); };
-  if (!m.query_store) {
-    return fail("resume needs a store: memory mode keeps no resumable log");
+  if (!m.queries) {
+    return make_unexpected(
+        one_error("", "resume needs a store: memory mode keeps no resumable log"));
   }
-  std::optional<run_row> run;
-  std::vector<node_row> rows;
-  std::optional<workflow_row> doc;
-  {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    auto r = m.query_store->get_run(run_id);
-    if (!r) {
-      return fail("cannot read run '" + std::string(run_id) + "': " + r.error().message);
-    }
-    run = std::move(*r);
-    if (!run) {
-      return fail("no run '" + std::string(run_id) + "' in " + m.query_store->describe());
-    }
-    auto n = m.query_store->node_rows(run_id);
-    if (!n) {
-      return fail("cannot read the nodes of run '" + std::string(run_id) +
-                  "': " + n.error().message);
-    }
-    rows = std::move(*n);
-    if (!find_workflow(run->workflow, run->version)) {
-      auto w = m.query_store->get_workflow(run->workflow, run->version);
-      if (w && *w) {
-        doc = std::move(**w);
-      }
-    }
+  auto stored = load_run(*m.queries, m.plans, run_id);
+  if (!stored) {
+    return make_unexpected(std::move(stored.error()));
   }
-  if (run->status == run_status::succeeded) {
-    return fail("run '" + std::string(run_id) + "' already succeeded");
+  const run_row& run = stored->run;
+  if (run.status == run_status::succeeded) {
+    return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
   }
-  plan_ptr p = find_workflow(run->workflow, run->version);
-  if (!p && doc) {
-    auto compiled = register_workflow(doc->document);
-    if (!compiled) {
-      return make_unexpected(std::move(compiled.error()));
-    }
-    p = *compiled;
-  }
+  auto p = plan_to_resume(
+      *stored, m.plans, [this](std::string_view document) { return register_workflow(document); });
   if (!p) {
-    return fail("workflow '" + run->workflow + "' version '" + run->version +
-                "' is neither registered nor stored");
+    return make_unexpected(std::move(p.error()));
   }
-  resume_point from = resume_point_of(*p, run->run_id, rows);
+  resume_point from = resume_point_of(**p, run.run_id, stored->nodes);
   json::object inputs =
-      run->inputs && run->inputs->is_object() ? run->inputs->as_object() : json::object{};
-  options.run_id = run->run_id;
-  return start_run(p, std::move(inputs), std::move(options), std::move(from.restored),
+      run.inputs && run.inputs->is_object() ? run.inputs->as_object() : json::object{};
+  options.run_id = run.run_id;
+  return start_run(*p, std::move(inputs), std::move(options), std::move(from.restored),
                    std::move(from.prior_attempts));
 }
 
@@ -819,29 +397,17 @@ bool engine::flush(std::chrono::milliseconds timeout) {
 std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished() {
   auto& m = *impl_;
   std::vector<expected<run_handle, validation_errors>> out;
-  if (!m.query_store) {
+  if (!m.queries) {
     return out;
   }
-  std::vector<run_row> runs;
-  {
-    std::lock_guard<std::mutex> lock(m.query_mutex);
-    auto r = m.query_store->unfinished_runs();
-    if (!r) {
-      out.push_back(
-          make_unexpected(one_error("", "cannot list unfinished runs: " + r.error().message)));
-      return out;
-    }
-    runs = std::move(*r);
+  auto runs = unfinished_top_level_runs(*m.queries);
+  if (!runs) {
+    out.push_back(make_unexpected(std::move(runs.error())));
+    return out;
   }
-  for (const auto& r : runs) {
-    if (!r.parent_run_id.empty()) {
-      continue;  // a child run continues when its parent's node runs again
-    }
-    {
-      std::lock_guard<std::mutex> lock(m.runs_mutex);
-      if (m.live.count(r.run_id)) {
-        continue;  // running here already
-      }
+  for (const auto& r : *runs) {
+    if (m.runs.contains(r.run_id)) {
+      continue;  // running here already
     }
     out.push_back(resume(r.run_id));
   }
@@ -849,12 +415,20 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
 }
 
 std::size_t engine::dynamic_compiles() const {
-  return impl_->dynamic_compiles.load();
+  return impl_->plans.dynamic_compiles();
+}
+
+plan_memory engine::plans_in_memory() const {
+  plan_memory out;
+  out.registered_plans = impl_->plans.registered_plans();
+  out.generated_plans = impl_->plans.generated_plans();
+  out.spec_plans = impl_->specs.size();
+  out.task_tables = impl_->plans.task_tables();
+  return out;
 }
 
 std::size_t engine::active_runs() const {
-  std::lock_guard<std::mutex> lock(impl_->runs_mutex);
-  return impl_->live.size();
+  return impl_->runs.size();
 }
 
 void engine::shutdown(std::chrono::milliseconds deadline) {
@@ -863,20 +437,11 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     return;
   }
   m.accepting = false;
-  {
-    std::unique_lock<std::mutex> lock(m.runs_mutex);
-    if (!m.runs_cv.wait_for(lock, deadline, [&] { return m.live.empty(); })) {
-      std::vector<std::shared_ptr<run_handle::shared>> runs;
-      for (auto& [id, sh] : m.live) {
-        runs.push_back(sh);
-      }
-      lock.unlock();
-      for (auto& sh : runs) {
-        run_handle(sh).cancel();
-      }
-      lock.lock();
-      m.runs_cv.wait(lock, [&] { return m.live.empty(); });
+  if (!m.runs.wait_until_empty(deadline)) {
+    for (auto& sh : m.runs.live()) {
+      run_handle(sh).cancel();
     }
+    m.runs.wait_until_empty();
   }
   m.stopped = true;
   if (m.writer) {

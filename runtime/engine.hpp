@@ -72,6 +72,21 @@ struct engine_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// What an engine holds in memory for plans (engine::plans_in_memory; for tests and metrics).
+/// Registered plans live as long as the engine; what generated workflows leave behind is bounded
+/// by engine_config::dynamic_plans.
+struct plan_memory {
+  /// Registered plans: one per distinct document.
+  std::size_t registered_plans = 0;
+  /// Compiled generated plans kept by content hash: at most dynamic_plans.
+  std::size_t generated_plans = 0;
+  /// Generated plans kept by spec cache key: at most dynamic_plans.
+  std::size_t spec_plans = 0;
+  /// Plans' nodes resolved to task definitions: at most one per registered plan, plus at most
+  /// dynamic_plans for all other plans (generated, or compiled by the embedder).
+  std::size_t task_tables = 0;
+};
+
 /// One started run. Copyable; all copies refer to the same run. Thread-safe.
 class run_handle {
  public:
@@ -154,6 +169,8 @@ class engine {
   /// Generated (`dynamic`) workflows compiled so far: equal documents and spec cache hits
   /// reuse a compiled plan, so this counts only the real compiles.
   std::size_t dynamic_compiles() const;
+  /// What the engine holds in memory for plans, for tests and metrics (see plan_memory).
+  plan_memory plans_in_memory() const;
 
   /// The execution log. In memory mode: the recent runs kept in memory; otherwise the store
   /// (what the writer has committed so far).

@@ -385,6 +385,64 @@ BOOST_AUTO_TEST_CASE(subscribers_see_node_events_in_order_then_the_end) {
                                                "b:succeeded", ":succeeded"}));
 }
 
+BOOST_AUTO_TEST_CASE(generated_plans_and_their_task_tables_stay_within_dynamic_plans) {
+  engine_config c = cfg(2);
+  c.dynamic_plans = 4;
+  engine e(c);
+  // Generates a one-node workflow echoing its input: every input is a distinct document.
+  task_def gen;
+  gen.name = "gen";
+  gen.run = [](const json::value& in, const task_call&) {
+    json::array nodes{json::object{{"id", "e"}, {"task", "echo"}, {"with", in}}};
+    return task_result::success(json::object{{"name", "generated"},
+                                             {"nodes", std::move(nodes)},
+                                             {"outputs", {{"v", "{{ nodes.e.output }}"}}}});
+  };
+  BOOST_REQUIRE(e.register_task(gen));
+  auto p = must_register(e, R"({"name":"parent","inputs":{"i":{"type":"integer"}},
+    "nodes":[{"id":"g","task":"gen","with":"{{ inputs.i }}","dynamic":{}}],
+    "outputs":{"v":"{{ nodes.g.output.v }}"}})");
+  constexpr int documents = 3 * 4;
+  for (int i = 0; i < documents; ++i) {
+    auto r = run_to_end(e, p, R"({"i":)" + std::to_string(i) + "}");
+    BOOST_REQUIRE_MESSAGE(r.status == run_status::succeeded, r.error);
+    BOOST_TEST(r.outputs.at("v").to_number<int>() == i);
+    auto held = e.plans_in_memory();
+    BOOST_TEST(held.generated_plans <= 4u);
+    BOOST_TEST(held.task_tables <= 1u + 4u);  // the parent's, and the generated ones' bound
+  }
+  BOOST_TEST(e.dynamic_compiles() == static_cast<std::size_t>(documents));
+  auto held = e.plans_in_memory();
+  BOOST_TEST(held.registered_plans == 1u);
+  BOOST_TEST(held.generated_plans == 4u);
+  BOOST_TEST(held.task_tables == 1u + 4u);
+  // A document still kept runs again on its kept plan and table: nothing more is held.
+  auto again = run_to_end(e, p, R"({"i":)" + std::to_string(documents - 1) + "}");
+  BOOST_TEST(again.status == run_status::succeeded);
+  BOOST_TEST(e.dynamic_compiles() == static_cast<std::size_t>(documents));
+  BOOST_TEST(e.plans_in_memory().task_tables == 1u + 4u);
+}
+
+BOOST_AUTO_TEST_CASE(re_registering_a_task_keeps_one_task_table_per_registered_plan) {
+  engine e(cfg(2));
+  auto versioned = [](int v) {
+    task_def t;
+    t.name = "versioned";
+    t.run = [v](const json::value&, const task_call&) { return task_result::success(v); };
+    return t;
+  };
+  BOOST_REQUIRE(e.register_task(versioned(0)));
+  auto p = must_register(e, R"({"name":"v","nodes":[{"id":"t","task":"versioned"}],
+    "outputs":{"v":"{{ nodes.t.output }}"}})");
+  for (int v = 1; v <= 10; ++v) {
+    BOOST_REQUIRE(e.register_task(versioned(v)));
+    auto r = run_to_end(e, p);
+    BOOST_TEST(r.outputs.at("v").to_number<int>() == v);  // runs see the newest definition
+    BOOST_TEST(e.plans_in_memory().task_tables == 1u);
+  }
+  BOOST_TEST(e.plans_in_memory().registered_plans == 1u);
+}
+
 BOOST_AUTO_TEST_CASE(shutdown_lets_running_work_finish_then_refuses_new_runs) {
   engine e(cfg(2));
   auto p = must_register(e, R"({"name":"s","nodes":[{"id":"z","task":"sleep","with":{"ms":50}}]})");

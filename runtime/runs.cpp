@@ -1,0 +1,139 @@
+#include "runtime/runs.hpp"
+
+#include <cstdio>
+#include <random>
+#include <utility>
+
+namespace troupe {
+
+// ---- run_index -----------------------------------------------------------------------------
+
+bool run_index::add(const std::string& id, run_ptr run) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return runs_.emplace(id, std::move(run)).second;
+}
+
+void run_index::remove(const std::string& id) {
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    runs_.erase(id);
+  }
+  empty_.notify_all();
+}
+
+bool run_index::contains(const std::string& id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return runs_.count(id) != 0;
+}
+
+std::size_t run_index::size() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return runs_.size();
+}
+
+std::vector<run_index::run_ptr> run_index::live() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  std::vector<run_ptr> out;
+  out.reserve(runs_.size());
+  for (const auto& [id, run] : runs_) {
+    out.push_back(run);
+  }
+  return out;
+}
+
+bool run_index::wait_until_empty(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mutex_);
+  return empty_.wait_for(lock, timeout, [&] { return runs_.empty(); });
+}
+
+void run_index::wait_until_empty() {
+  std::unique_lock<std::mutex> lock(mutex_);
+  empty_.wait(lock, [&] { return runs_.empty(); });
+}
+
+// ---- memory_log ----------------------------------------------------------------------------
+
+namespace {
+
+run_row row_of(const run_result& r) {
+  run_row row;
+  row.run_id = r.run_id;
+  row.workflow = r.workflow;
+  row.status = r.status;
+  row.outputs = r.status == run_status::succeeded ? make_json(r.outputs) : nullptr;
+  row.error = r.error;
+  return row;
+}
+
+}  // namespace
+
+void memory_log::remember(const run_result& r) {
+  auto kept = std::make_shared<const run_result>(r);
+  std::lock_guard<std::mutex> lock(mutex_);
+  runs_.push_back(std::move(kept));
+  while (runs_.size() > capacity_) {
+    runs_.pop_front();
+  }
+}
+
+std::vector<run_row> memory_log::list(const run_query& q) const {
+  std::vector<run_row> out;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = runs_.rbegin(); it != runs_.rend() && out.size() < q.limit; ++it) {
+    const run_result& r = **it;
+    if ((q.status && *q.status != r.status) || (!q.workflow.empty() && q.workflow != r.workflow)) {
+      continue;
+    }
+    out.push_back(row_of(r));
+  }
+  return out;
+}
+
+std::optional<run_row> memory_log::get(std::string_view run_id) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& r : runs_) {
+    if (r->run_id == run_id) {
+      return row_of(*r);
+    }
+  }
+  return std::nullopt;
+}
+
+std::vector<node_row> memory_log::node_rows(std::string_view run_id) const {
+  std::vector<node_row> out;
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (const auto& r : runs_) {
+    if (r->run_id != run_id) {
+      continue;
+    }
+    for (const auto& n : r->nodes) {
+      node_row row;
+      row.run_id = r->run_id;
+      row.node_id = n.id;
+      row.attempt = n.attempts;
+      row.status = n.status;
+      row.error = n.error;
+      row.cache = n.cache;
+      out.push_back(std::move(row));
+    }
+  }
+  return out;
+}
+
+// ---- run_ids -------------------------------------------------------------------------------
+
+run_ids::run_ids() {
+  std::random_device rd;
+  char buf[24];
+  std::snprintf(buf, sizeof buf, "%08x", rd());
+  prefix_ = buf;
+}
+
+std::string run_ids::next() {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "%s-%06llu", prefix_.c_str(),
+                static_cast<unsigned long long>(next_.fetch_add(1)));
+  return buf;
+}
+
+}  // namespace troupe
