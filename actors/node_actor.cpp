@@ -142,21 +142,20 @@ void start_child_run(node_actor* self, plan_ptr p, const json::object& given,
   auto spawn = [](node_actor* self, run_spawn_args a, std::optional<resume_point> prior) {
     auto& st = self->state;
     if (prior) {
-      a.options.run_id = std::move(prior->run_id);
-      a.restored = std::move(prior->restored);
-      a.prior_attempts = std::move(prior->prior_attempts);
+      resume_from(a, std::move(*prior));
     } else {
       a.options.run_id = st.services->new_run_id();
     }
     st.outcome.child_run = a.options.run_id;
     st.child = spawn_run(st.services, std::move(a), caf::actor_cast<caf::actor>(self));
   };
-  if (!st.args.dynamic || !svc->prior_child) {
+  if (!svc->prior_child) {
     spawn(self, std::move(a), std::nullopt);
     return;
   }
-  // A dynamic node that runs again (a retry, or its run resumed after a crash or a failure)
-  // continues its earlier child of the same plan: what succeeded there is not run again.
+  // A `dynamic` or `workflow` node that runs again (a retry, or its run resumed after a crash
+  // or a failure) continues its earlier child of the same plan: what succeeded there is not run
+  // again.
   auto shared_args = std::make_shared<run_spawn_args>(std::move(a));
   off_thread(
       self,

@@ -1,6 +1,7 @@
 #include "runtime/engine.hpp"
 
 #include <algorithm>
+#include <cstdio>
 #include <atomic>
 #include <fstream>
 #include <sstream>
@@ -8,14 +9,18 @@
 
 #include <boost/asio/executor_work_guard.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/thread_pool.hpp>
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
+#include <caf/thread_hook.hpp>
 
 #include "actors/inflight_gate.hpp"
+#include "actors/lease_keeper.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/trace.hpp"
 #include "actors/writer_actor.hpp"
@@ -26,6 +31,7 @@
 #include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
 #include "runtime/plans.hpp"
+#include "runtime/ownership.hpp"
 #include "runtime/resume.hpp"
 #include "runtime/runs.hpp"
 
@@ -38,6 +44,17 @@ namespace troupe {
 using detail::one_error;
 
 namespace {
+
+// Marks the threads of an engine (CAF's scheduler and detached actors, the I/O threads): a run
+// started from one of them is queued instead of waiting for the writer, which these very
+// threads must keep running.
+thread_local bool on_engine_thread = false;
+
+struct engine_thread_hook final : caf::thread_hook {
+  void init(caf::actor_system&) override {}
+  void thread_started() override { on_engine_thread = true; }
+  void thread_terminates() override {}
+};
 
 std::int64_t wall_us() {
   return std::chrono::duration_cast<std::chrono::microseconds>(
@@ -112,6 +129,22 @@ struct engine::impl {
   std::vector<std::thread> io_threads;
   std::unique_ptr<boost::asio::thread_pool> blocking;
   caf::actor writer;  // invalid in memory mode and after shutdown
+  // Ownership: who this engine is, its lease terms, and the actor renewing its runs' leases
+  // (invalid in memory mode).
+  std::string owner = this_process_identity().to_string();
+  lease_terms terms;
+  caf::actor keeper;
+  // Runs started from engine threads while the writer was too far behind: spawned when it has
+  // caught up (writer_hooks::room), or at shutdown.
+  std::mutex admission_mutex;
+  std::vector<std::pair<std::shared_ptr<run_handle::shared>, run_spawn_args>> admission;
+  void admit_queued();
+  // adopt_expired_runs(): its timer (on the I/O threads) and callback.
+  std::mutex adopt_mutex;
+  std::function<void(const run_handle&)> on_adopted;
+  std::unique_ptr<boost::asio::steady_timer> adopt_timer;
+  bool adopting = false;
+  std::shared_ptr<std::function<void()>> adopt_round;  // the round the timer posts
 
   services_ptr services;
   std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
@@ -126,7 +159,8 @@ engine::impl::impl(engine_config c, engine_stores stores)
       queries(stores.query ? std::make_unique<detail::query_store>(stores.query) : nullptr),
       outputs(config.cache_entries, queries.get()),
       specs(config.dynamic_plans, queries.get(), plans),
-      log(config.memory_log_runs) {
+      log(config.memory_log_runs),
+      terms(config.lease.count()) {
   int threads = config.threads > 0
                     ? config.threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
@@ -134,6 +168,7 @@ engine::impl::impl(engine_config c, engine_stores stores)
   // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
   // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
   caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
+  caf_config.add_thread_hook<engine_thread_hook>();
   if (!config.trace_file.empty()) {
     try {
       trace = std::make_shared<trace::tracer>(config.trace_file);
@@ -143,7 +178,10 @@ engine::impl::impl(engine_config c, engine_stores stores)
   }
   system = std::make_unique<caf::actor_system>(caf_config);
   for (int i = 0; i < std::max(1, config.io_threads); ++i) {
-    io_threads.emplace_back([this] { io.run(); });
+    io_threads.emplace_back([this] {
+      on_engine_thread = true;
+      io.run();
+    });
   }
   blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
   auto svc = make_services();
@@ -152,8 +190,23 @@ engine::impl::impl(engine_config c, engine_stores stores)
     wc.mode = config.mode;
     std::unique_ptr<store> ws =
         stores.writer ? std::move(stores.writer) : std::make_unique<forwarding_store>(stores.query);
-    writer = spawn_writer(*system, std::move(ws), wc, metrics, trace.get());
+    // The keeper is spawned after the writer it renews through; the writer's hook reaches it
+    // through this holder, set before any run can exist.
+    auto keeper_of = std::make_shared<caf::actor>();
+    writer_hooks hooks;
+    hooks.lost_runs = [keeper_of](const std::vector<std::string>& runs) {
+      if (*keeper_of) {
+        caf::anon_send(*keeper_of, lost_atom::value, runs);
+      }
+    };
+    hooks.room = [this] { admit_queued(); };
+    writer = spawn_writer(*system, std::move(ws), wc, metrics, trace.get(), std::move(hooks));
+    keeper = spawn_lease_keeper(*system, writer, owner, terms.lease_ms(), trace.get());
+    *keeper_of = keeper;
     svc->writer = writer;
+    svc->owner = owner;
+    svc->lease_ms = terms.lease_ms();
+    svc->lease_keeper = keeper;
   }
   services_mut = svc;
   services = std::move(svc);
@@ -185,12 +238,12 @@ std::shared_ptr<run_services> engine::impl::make_services() {
     s->remember(key, plan);
   };
   detail::query_store* q = queries.get();
-  svc->prior_child = [q](const std::string& run, const std::string& node,
-                         const plan& child) -> std::optional<resume_point> {
+  svc->prior_child = [q, this](const std::string& run, const std::string& node,
+                               const plan& child) -> std::optional<resume_point> {
     if (!q) {
       return std::nullopt;
     }
-    return prior_child(*q, run, node, child);
+    return prior_child(*q, run, node, child, owner, terms);
   };
   svc->max_workflow_depth = config.max_workflow_depth;
   svc->max_in_flight = config.max_in_flight;
@@ -220,7 +273,30 @@ expected<plan_ptr, validation_errors> engine::impl::logged(
   return p;
 }
 
-engine::engine(engine_config config) : impl_(std::make_unique<impl>(config, open_stores(config))) {}
+void engine::impl::admit_queued() {
+  std::vector<std::pair<std::shared_ptr<run_handle::shared>, run_spawn_args>> ready;
+  {
+    std::lock_guard<std::mutex> lock(admission_mutex);
+    ready.swap(admission);
+  }
+  for (auto& [sh, args] : ready) {
+    std::unique_lock<std::mutex> lock(sh->mutex);
+    auto actor = spawn_run(services, std::move(args), caf::actor{});
+    if (!sh->result) {
+      sh->actor = actor;
+    }
+  }
+}
+
+engine::engine(engine_config config) : impl_(std::make_unique<impl>(config, open_stores(config))) {
+  if (impl_->config.adopt_expired_runs && impl_->queries) {
+    adopt_expired_runs();
+  }
+}
+
+const std::string& engine::owner_id() const {
+  return impl_->owner;
+}
 
 engine::~engine() {
   shutdown();
@@ -268,13 +344,12 @@ expected<run_handle, validation_errors> engine::start(std::string_view workflow_
 
 expected<run_handle, validation_errors> engine::start(const plan_ptr& p, json::object inputs,
                                                       start_options options) {
-  return start_run(p, std::move(inputs), std::move(options), {}, {});
+  return start_run(p, std::move(inputs), std::move(options), nullptr);
 }
 
-expected<run_handle, validation_errors> engine::start_run(
-    const plan_ptr& p, json::object inputs, start_options options,
-    std::vector<std::pair<std::size_t, json_ptr>> restored,
-    std::vector<std::pair<std::size_t, int>> prior_attempts) {
+expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, json::object inputs,
+                                                          start_options options,
+                                                          resume_point* from) {
   auto& m = *impl_;
   if (!p) {
     return make_unexpected(one_error("", "no plan given"));
@@ -286,9 +361,14 @@ expected<run_handle, validation_errors> engine::start_run(
   if (!bound) {
     return make_unexpected(std::move(bound.error()));
   }
-  if (m.writer) {
-    // Too much not yet committed: the producer waits here instead of memory growing.
-    m.metrics->wait_below(m.config.writer.pending_max);
+  bool queue = false;
+  if (m.writer && m.metrics->pending.load() >= m.config.writer.pending_max) {
+    if (on_engine_thread) {
+      queue = true;  // never wait on a thread the writer needs: start it once it caught up
+    } else {
+      // Too much not yet committed: the producer waits here instead of memory growing.
+      m.metrics->wait_below(m.config.writer.pending_max);
+    }
   }
   auto sh = std::make_shared<run_handle::shared>();
   sh->id = options.run_id.empty() ? m.ids.next() : std::move(options.run_id);
@@ -310,8 +390,23 @@ expected<run_handle, validation_errors> engine::start_run(
   a.inputs = std::move(*bound);
   a.options.run_id = sh->id;
   a.sink = sh;
-  a.restored = std::move(restored);
-  a.prior_attempts = std::move(prior_attempts);
+  if (from) {
+    resume_from(a, std::move(*from));
+    a.options.run_id = sh->id;
+  }
+  if (queue) {
+    bool room = false;
+    {
+      std::lock_guard<std::mutex> lock(m.admission_mutex);
+      m.admission.emplace_back(sh, std::move(a));
+      // The writer may have caught up since the check above: then no hook call is coming.
+      room = m.metrics->pending.load() < m.config.writer.pending_max;
+    }
+    if (room) {
+      m.admit_queued();
+    }
+    return run_handle(sh);
+  }
   // The lock orders this store before finished() clears it, should the run end at once.
   std::unique_lock<std::mutex> lock(sh->mutex);
   auto actor = spawn_run(m.services, std::move(a), caf::actor{});
@@ -361,25 +456,41 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
     return make_unexpected(
         one_error("", "resume needs a store: memory mode keeps no resumable log"));
   }
+  if (m.runs.contains(std::string(run_id))) {
+    return make_unexpected(one_error("", "run '" + std::string(run_id) + "' is running here"));
+  }
+  auto head = m.queries->with([&](store& s) { return s.get_run(run_id); });
+  if (!head) {
+    return make_unexpected(
+        one_error("", "cannot read run '" + std::string(run_id) + "': " + head.error().message));
+  }
+  if (!*head) {
+    return make_unexpected(one_error("", "no run '" + std::string(run_id) + "' in the log"));
+  }
+  if ((*head)->status == run_status::succeeded) {
+    return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
+  }
+  // Claimed first, read after: every row the previous owner got committed is in.
+  auto claim = claim_for_resume(*m.queries, **head, m.owner, m.terms);
+  if (!claim) {
+    return make_unexpected(one_error("", std::move(claim.error())));
+  }
   auto stored = load_run(*m.queries, m.plans, run_id);
   if (!stored) {
     return make_unexpected(std::move(stored.error()));
   }
   const run_row& run = stored->run;
-  if (run.status == run_status::succeeded) {
-    return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
-  }
   auto p = plan_to_resume(
       *stored, m.plans, [this](std::string_view document) { return register_workflow(document); });
   if (!p) {
     return make_unexpected(std::move(p.error()));
   }
-  resume_point from = resume_point_of(**p, run.run_id, stored->nodes);
+  resume_point from = resume_point_of(**p, run.run_id, stored->nodes, wall_us());
+  from.epoch = claim->epoch;
   json::object inputs =
       run.inputs && run.inputs->is_object() ? run.inputs->as_object() : json::object{};
   options.run_id = run.run_id;
-  return start_run(*p, std::move(inputs), std::move(options), std::move(from.restored),
-                   std::move(from.prior_attempts));
+  return start_run(*p, std::move(inputs), std::move(options), &from);
 }
 
 bool engine::flush(std::chrono::milliseconds timeout) {
@@ -394,7 +505,8 @@ bool engine::flush(std::chrono::milliseconds timeout) {
   return ok;
 }
 
-std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished() {
+std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished(
+    start_options options) {
   auto& m = *impl_;
   std::vector<expected<run_handle, validation_errors>> out;
   if (!m.queries) {
@@ -405,13 +517,95 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished()
     out.push_back(make_unexpected(std::move(runs.error())));
     return out;
   }
+  const std::int64_t now = wall_us();
   for (const auto& r : *runs) {
-    if (m.runs.contains(r.run_id)) {
-      continue;  // running here already
+    if (m.runs.contains(r.run_id) ||
+        !lease_terms::claimable(r.lease_until, now, !r.owner.empty() && owner_gone(r.owner))) {
+      continue;  // running here already, or another live engine holds it
     }
-    out.push_back(resume(r.run_id));
+    auto resumed = resume(r.run_id, options);
+    if (!resumed && resumed.error().front().message.find("is owned by") != std::string::npos) {
+      continue;  // another engine claimed it since it was listed
+    }
+    out.push_back(std::move(resumed));
   }
   return out;
+}
+
+namespace {
+// One round of adopt_expired_runs(): resumes what can be claimed now and returns when the next
+// lease of another engine seen in the store runs out (wall µs; 0: none seen).
+std::int64_t adopt_round(engine& e, detail::query_store& q, const std::string& me,
+                         const std::function<void(const run_handle&)>& on_adopted) {
+  for (auto& r : e.resume_unfinished()) {
+    if (r && on_adopted) {
+      on_adopted(*r);
+    } else if (!r) {
+      std::fprintf(stderr, "troupe: cannot adopt a run: %s\n",
+                   r.error().front().message.c_str());
+    }
+  }
+  auto runs = unfinished_top_level_runs(q);
+  std::int64_t next = 0;
+  if (runs) {
+    for (const auto& r : *runs) {
+      if (r.owner != me && r.lease_until > 0 && (next == 0 || r.lease_until < next)) {
+        next = r.lease_until;
+      }
+    }
+  }
+  return next;
+}
+}  // namespace
+
+void engine::adopt_expired_runs(std::function<void(const run_handle&)> on_adopted) {
+  auto& m = *impl_;
+  if (!m.queries) {
+    return;
+  }
+  {
+    std::lock_guard<std::mutex> lock(m.adopt_mutex);
+    m.on_adopted = std::move(on_adopted);
+    if (m.adopting) {
+      return;
+    }
+    m.adopting = true;
+    m.adopt_timer = std::make_unique<boost::asio::steady_timer>(m.io);
+  }
+  // Each round runs on the blocking pool (store calls); its timer waits on the I/O threads:
+  // at the earliest lease end seen, and at least once per lease length.
+  auto round = std::make_shared<std::function<void()>>();
+  std::weak_ptr<std::function<void()>> weak = round;
+  *round = [this, weak] {
+    auto& m = *impl_;
+    auto self = weak.lock();
+    if (!self || !m.accepting.load()) {
+      return;
+    }
+    std::function<void(const run_handle&)> cb;
+    {
+      std::lock_guard<std::mutex> lock(m.adopt_mutex);
+      cb = m.on_adopted;
+    }
+    const std::int64_t next = adopt_round(*this, *m.queries, m.owner, cb);
+    std::int64_t wait_us = m.terms.lease_ms() * 1000;
+    if (next > 0) {
+      // Just past the lease's end, so that the claim finds it expired.
+      wait_us = std::clamp<std::int64_t>(next - wall_us() + 1000, 1000, wait_us);
+    }
+    std::lock_guard<std::mutex> lock(m.adopt_mutex);
+    if (!m.accepting.load() || !m.adopt_timer) {
+      return;
+    }
+    m.adopt_timer->expires_after(std::chrono::microseconds(wait_us));
+    m.adopt_timer->async_wait([this, self](const boost::system::error_code& ec) {
+      if (!ec) {
+        boost::asio::post(*impl_->blocking, *self);
+      }
+    });
+  };
+  m.adopt_round = round;
+  boost::asio::post(*m.blocking, *round);
 }
 
 std::size_t engine::dynamic_compiles() const {
@@ -437,19 +631,28 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     return;
   }
   m.accepting = false;
+  {
+    std::lock_guard<std::mutex> lock(m.adopt_mutex);
+    if (m.adopt_timer) {
+      boost::asio::post(m.io, [t = m.adopt_timer.get()] { t->cancel(); });
+    }
+  }
+  m.admit_queued();  // queued runs start, and end with the others below
   if (!m.runs.wait_until_empty(deadline)) {
     for (auto& sh : m.runs.live()) {
       run_handle(sh).cancel();
     }
-    m.runs.wait_until_empty();
+    // Cancelled runs end at once, except those waiting for a commit the writer cannot make
+    // (a database that is down): the drain below answers them by its deadline.
+    m.runs.wait_until_empty(deadline);
   }
   m.stopped = true;
   if (m.writer) {
-    // Everything the runs recorded reaches the database before the engine stops.
+    // Everything the runs recorded reaches the database before the engine stops. A database
+    // that stays down must not hang the process: at the drain deadline the writer answers every
+    // run still waiting with an error (run_result::persistence_error), drops what it holds and
+    // counts it (metrics().lost_rows).
     caf::scoped_actor self{*m.system};
-    // A database that stays down must not hang the process forever: past the drain deadline
-    // the writer is stopped and what it still holds is reported (metrics().pending), not lost
-    // silently.
     bool drained = false;
     const auto drain_for = std::max(deadline, m.config.drain_deadline);
     self->request(m.writer, caf::timespan{drain_for + std::chrono::seconds(5)}, drain_atom::value,
@@ -458,10 +661,17 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     if (!drained) {
       caf::anon_send_exit(m.writer, caf::exit_reason::user_shutdown);
     }
+    // Every waiter has its answer now: the runs that waited for a commit end.
+    m.runs.wait_until_empty(deadline);
     m.writer = caf::actor{};
     // No run is left to read it; a live handle would keep the writer and its detached
     // committer's thread (and so the actor system's destructor) waiting forever.
     m.services_mut->writer = caf::actor{};
+  }
+  if (m.keeper) {
+    caf::anon_send_exit(m.keeper, caf::exit_reason::user_shutdown);
+    m.keeper = caf::actor{};
+    m.services_mut->lease_keeper = caf::actor{};
   }
   m.blocking->join();
   m.io_guard.reset();
@@ -469,6 +679,8 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
   for (auto& t : m.io_threads) {
     t.join();
   }
+  m.adopt_timer.reset();
+  m.adopt_round.reset();
   m.system.reset();  // waits for the last actors (cancelled node actors) to quit
   if (m.trace) {
     m.trace->stop();  // every traced actor is gone: the file can be completed

@@ -25,6 +25,8 @@
 
 namespace troupe {
 
+struct resume_point;  // actors/run_actor.hpp
+
 struct engine_config {
   /// Actor scheduler threads; 0: one per core.
   int threads = 0;
@@ -46,9 +48,19 @@ struct engine_config {
   persistence_mode mode = persistence_mode::memory;
   writer_config writer;
   /// At shutdown, how long the writer may keep retrying a failing database to commit what it
-  /// still holds (at least shutdown's own deadline); past it the rows are counted in
-  /// metrics().pending and dropped.
+  /// still holds (at least shutdown's own deadline); past it every run still waiting for a
+  /// commit is told its log is incomplete (run_result::persistence_error), and the rows are
+  /// counted in metrics().lost_rows and dropped.
   std::chrono::milliseconds drain_deadline{std::chrono::seconds(30)};
+  /// Ownership (not in memory mode): every run this engine starts or resumes is leased to it
+  /// for this long and renewed every third of it; another engine may claim a run whose lease
+  /// has run out (or, on the same host, whose engine process is gone) and resume it.
+  std::chrono::milliseconds lease{std::chrono::seconds(15)};
+  /// Adopt at once (at the end of the constructor), and keep adopting until shutdown, the runs
+  /// of the store whose engines died: see adopt_expired_runs(). Only for engines whose
+  /// workflows need no task registered after construction; otherwise call
+  /// adopt_expired_runs() once they are registered.
+  bool adopt_expired_runs = false;
   /// Tests and embedders may hand in a store object instead of a URL (it must be safe to call
   /// from two threads: the writer writes while queries read). Overrides `store`.
   std::shared_ptr<troupe::store> store_object;
@@ -141,23 +153,42 @@ class engine {
   plan_ptr find_workflow(std::string_view name, std::string_view version = {}) const;
 
   /// Starts a run. Inputs are checked first: bad ones are rejected (pointer "/inputs/<name>")
-  /// before anything runs.
+  /// before anything runs. When the writer is more than writer_config::pending_max rows behind,
+  /// a call from a thread of the caller's blocks until it has caught up (producers slow down
+  /// instead of memory growing); a call from one of the engine's own threads (an on_finished
+  /// callback, an event subscriber, a task) never blocks: the run is queued and starts when the
+  /// writer has caught up.
   expected<run_handle, validation_errors> start(const plan_ptr& p, json::object inputs,
                                                 start_options options = {});
   expected<run_handle, validation_errors> start(std::string_view workflow_name, json::object inputs,
                                                 start_options options = {});
 
-  /// Resumes a run recorded in the store (not in memory mode): nodes that succeeded are not
-  /// executed again (their outputs come from the store); everything else runs, with attempt
-  /// numbers continuing after the recorded ones. For a failed, cancelled or timed-out run this
-  /// re-runs only what did not succeed. The workflow is the registered one of that name and
-  /// version, else the document stored with it. Errors: unknown run, a run that succeeded or is
-  /// running here, a workflow that no longer compiles.
+  /// Resumes a run recorded in the store (not in memory mode). First it claims the run: only a
+  /// run whose lease has expired, or whose engine was a process of this host that is gone, can
+  /// be claimed; a run another engine holds is refused, naming that engine and when its lease
+  /// ends. Then nodes, for_each items and child runs that succeeded are not executed again
+  /// (their outputs come from the store); attempts the dead engine left running are closed as
+  /// `interrupted`; everything else runs, with attempt numbers continuing after the recorded
+  /// ones. For a failed, cancelled or timed-out run this re-runs only what did not succeed. The
+  /// workflow is the registered one of that name and version, else the document stored with
+  /// it. Errors: unknown run, a run that succeeded, is running here or is held elsewhere, a
+  /// workflow that no longer compiles. Blocks on store calls.
   expected<run_handle, validation_errors> resume(std::string_view run_id,
                                                  start_options options = {});
-  /// Resumes every run the store still records as pending or running (left by a process that
-  /// died). Call it after registering the tasks those workflows use.
-  std::vector<expected<run_handle, validation_errors>> resume_unfinished();
+  /// Resumes every top-level run the store records as pending or running that can be claimed
+  /// now (see resume()); runs other live engines hold are left to them. Call it after
+  /// registering the tasks those workflows use. `options` applies to each (its run_id is
+  /// ignored).
+  std::vector<expected<run_handle, validation_errors>> resume_unfinished(
+      start_options options = {});
+  /// Like resume_unfinished() now, and again, until shutdown, whenever a lease seen in the store
+  /// runs out (and at least once per lease length, for runs started since): the runs of engines
+  /// that die are resumed here. `on_adopted` is called with each run adopted, on an engine
+  /// thread; it must not block. Call it after registering tasks. Calling it again replaces the
+  /// callback.
+  void adopt_expired_runs(std::function<void(const run_handle&)> on_adopted = {});
+  /// This engine's identity as stored in the runs it owns ("host/pid/start_us").
+  const std::string& owner_id() const;
 
   /// Blocks until every state change recorded before this call (and handed to the writer) is
   /// committed; false after `timeout`. Events a subscriber has seen were handed to the writer
@@ -189,10 +220,8 @@ class engine {
   struct impl;
 
  private:
-  expected<run_handle, validation_errors> start_run(
-      const plan_ptr& p, json::object inputs, start_options options,
-      std::vector<std::pair<std::size_t, json_ptr>> restored,
-      std::vector<std::pair<std::size_t, int>> prior_attempts);
+  expected<run_handle, validation_errors> start_run(const plan_ptr& p, json::object inputs,
+                                                    start_options options, resume_point* from);
 
   std::unique_ptr<impl> impl_;
 };

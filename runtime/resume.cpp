@@ -2,10 +2,12 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
 #include <utility>
 
 #include "actors/run_actor.hpp"
 #include "runtime/detail/errors.hpp"
+#include "runtime/ownership.hpp"
 
 namespace troupe {
 
@@ -57,10 +59,18 @@ expected<plan_ptr, validation_errors> plan_to_resume(
                                            r.run.version + "' is neither registered nor stored"));
 }
 
-resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows) {
+resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows,
+                             std::int64_t now_us) {
   resume_point out;
   out.run_id = std::move(run_id);
   std::map<std::size_t, int> attempts;
+  std::set<std::size_t> done_nodes;
+  for (const auto& r : rows) {
+    const node_plan* np = p.find_node(r.node_id);
+    if (np && r.item == -1 && r.status == node_status::succeeded) {
+      done_nodes.insert(np->index);
+    }
+  }
   for (const auto& r : rows) {
     const node_plan* np = p.find_node(r.node_id);
     if (!np) {
@@ -69,8 +79,20 @@ resume_point resume_point_of(const plan& p, std::string run_id, const std::vecto
     if (r.item == -1 && r.status == node_status::succeeded) {
       out.restored.emplace_back(np->index, r.output);
     }
+    if (np->for_each && r.item >= 0 && r.status == node_status::succeeded &&
+        !done_nodes.count(np->index)) {
+      out.restored_items.emplace_back(np->index, r.item, r.output);
+    }
     if (r.item == -1 || np->for_each) {
       attempts[np->index] = std::max(attempts[np->index], r.attempt);
+    }
+    if (r.attempt > 0 && (r.status == node_status::running || r.status == node_status::pending)) {
+      // The process running this attempt died with it: it may or may not have had its effect.
+      node_row closed = r;
+      closed.status = node_status::interrupted;
+      closed.finished_at = now_us;
+      closed.error = "interrupted: the engine running it stopped before it finished";
+      out.interrupted.push_back(std::move(closed));
     }
   }
   out.prior_attempts.assign(attempts.begin(), attempts.end());
@@ -78,8 +100,9 @@ resume_point resume_point_of(const plan& p, std::string run_id, const std::vecto
 }
 
 std::optional<resume_point> prior_child(detail::query_store& store, const std::string& parent_run,
-                                        const std::string& parent_node, const plan& child) {
-  return store.with([&](troupe::store& s) -> std::optional<resume_point> {
+                                        const std::string& parent_node, const plan& child,
+                                        const std::string& me, const lease_terms& terms) {
+  auto found = store.with([&](troupe::store& s) -> std::optional<run_row> {
     run_query q;
     q.parent_run_id = parent_run;
     q.limit = 0;
@@ -87,18 +110,34 @@ std::optional<resume_point> prior_child(detail::query_store& store, const std::s
     if (!runs) {
       return std::nullopt;  // a fresh child is always correct, only slower
     }
-    for (const auto& r : *runs) {  // newest first
-      if (r.parent_node_id != parent_node || r.plan_hash != child.hash) {
-        continue;
+    for (auto& r : *runs) {  // newest first
+      if (r.parent_node_id == parent_node && r.plan_hash == child.hash) {
+        return std::move(r);
       }
-      auto rows = s.node_rows(r.run_id);
-      if (!rows) {
-        return std::nullopt;
-      }
-      return resume_point_of(child, r.run_id, *rows);
     }
     return std::nullopt;
   });
+  if (!found || found->status == run_status::succeeded) {
+    // A child that succeeded is continued too: its nodes are all restored, nothing runs.
+    if (!found) {
+      return std::nullopt;
+    }
+  }
+  std::int64_t epoch = 0;
+  if (found->status != run_status::succeeded) {
+    auto claim = claim_for_resume(store, *found, me, terms);
+    if (!claim) {
+      return std::nullopt;
+    }
+    epoch = claim->epoch;
+  }
+  auto rows = store.with([&](troupe::store& s) { return s.node_rows(found->run_id); });
+  if (!rows) {
+    return std::nullopt;
+  }
+  resume_point out = resume_point_of(child, found->run_id, *rows, wall_now_us());
+  out.epoch = epoch;
+  return out;
 }
 
 expected<std::vector<run_row>, validation_errors> unfinished_top_level_runs(

@@ -14,6 +14,7 @@
 #include "runtime/detail/query_store.hpp"
 #include "runtime/plans.hpp"
 #include "workflow/expected.hpp"
+#include "workflow/ownership.hpp"
 #include "workflow/plan.hpp"
 
 namespace troupe {
@@ -46,16 +47,19 @@ expected<plan_ptr, validation_errors> plan_to_resume(
         register_document);
 
 /// Where a run picks up, from its rows as the store has them: succeeded nodes keep their
-/// outputs, and attempts are numbered after those recorded. Rows of nodes the plan does not
-/// have are ignored. A for_each node is resumed whole unless its aggregate succeeded:
-/// item-level restore would need per-item state the store keeps but the plan cannot yet seed.
-resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows);
+/// outputs, succeeded items of for_each nodes keep theirs (only the other items run), attempts
+/// are numbered after those recorded, and attempts recorded as running (their process died)
+/// are closed as `interrupted` at `now_us`. Rows of nodes the plan does not have are ignored.
+resume_point resume_point_of(const plan& p, std::string run_id, const std::vector<node_row>& rows,
+                             std::int64_t now_us);
 
-/// The child run an attempt of a dynamic node continues: the newest child of (parent run,
-/// parent node label) with the child plan's hash, and where it picks up. nullopt (start a fresh
-/// child, always correct, only slower): none, or a store that cannot answer. Blocking.
+/// The child run an attempt of a `dynamic` or `workflow` node continues: the newest child of
+/// (parent run, parent node label) with the child plan's hash, claimed for `me` (its own
+/// epoch), and where it picks up. nullopt (start a fresh child, always correct, only slower):
+/// none, a child another live engine holds, or a store that cannot answer. Blocking.
 std::optional<resume_point> prior_child(detail::query_store& store, const std::string& parent_run,
-                                        const std::string& parent_node, const plan& child);
+                                        const std::string& parent_node, const plan& child,
+                                        const std::string& me, const lease_terms& terms);
 
 /// The runs resume_unfinished() resumes: those the store records as pending or running, except
 /// child runs (a child continues when its parent's node runs again). Blocking.

@@ -122,18 +122,12 @@ std::vector<node_row> memory_log::node_rows(std::string_view run_id) const {
 
 // ---- run_ids -------------------------------------------------------------------------------
 
-run_ids::run_ids() {
-  std::random_device rd;
-  char buf[24];
-  std::snprintf(buf, sizeof buf, "%08x", rd());
-  prefix_ = buf;
-}
-
 std::string run_ids::next() {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "%s-%06llu", prefix_.c_str(),
-                static_cast<unsigned long long>(next_.fetch_add(1)));
-  return buf;
+  const auto ms = std::chrono::duration_cast<std::chrono::milliseconds>(
+                      std::chrono::system_clock::now().time_since_epoch())
+                      .count();
+  std::lock_guard<std::mutex> lock(mutex_);
+  return gen_.next(ms);
 }
 
 }  // namespace troupe

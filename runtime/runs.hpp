@@ -19,6 +19,7 @@
 
 #include "persistence/store.hpp"
 #include "runtime/engine.hpp"
+#include "workflow/ownership.hpp"
 #include "workflow/run_report.hpp"
 
 namespace troupe {
@@ -67,16 +68,16 @@ class memory_log {
   std::deque<std::shared_ptr<const run_result>> runs_;  // oldest first
 };
 
-/// The ids of this engine's new runs: the one place that makes them. Today
-/// "<8 hex digits of a random prefix per engine>-<counter of 6 digits or more>". Thread-safe.
+/// The ids of this engine's new runs: the one place that makes them. 128-bit, time-ordered
+/// (workflow/ownership.hpp, run_id_generator): any number of engines share one database.
+/// Thread-safe.
 class run_ids {
  public:
-  run_ids();
   std::string next();
 
  private:
-  std::string prefix_;
-  std::atomic<std::uint64_t> next_{1};
+  std::mutex mutex_;  // guards gen_
+  run_id_generator gen_;
 };
 
 }  // namespace troupe

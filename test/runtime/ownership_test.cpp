@@ -4,6 +4,7 @@
 #define BOOST_TEST_MODULE runtime_ownership
 #include <boost/test/unit_test.hpp>
 
+#include <fcntl.h>
 #include <libpq-fe.h>
 #include <signal.h>
 #include <sqlite3.h>
