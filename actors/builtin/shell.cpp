@@ -23,6 +23,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -172,6 +173,24 @@ expected<shell_spec, std::string> parse_shell_input(const json::value& input) {
     spec.json_output = *s == "json";
   }
   return spec;
+}
+
+/// The variables that tell a task attempt who it is (see start_shell), replacing any of the same
+/// names that the environment or `env` gave.
+void set_call_environment(shell_spec& spec, const task_call& call) {
+  constexpr std::array<std::string_view, 5> names = {
+      "TROUPE_EXECUTION_KEY", "TROUPE_RUN_ID", "TROUPE_NODE_ID", "TROUPE_ITEM", "TROUPE_ATTEMPT"};
+  std::erase_if(spec.env, [&](const std::string& entry) {
+    const std::string_view name = std::string_view(entry).substr(0, entry.find('='));
+    return std::find(names.begin(), names.end(), name) != names.end();
+  });
+  spec.env.push_back("TROUPE_EXECUTION_KEY=" + call.execution_key());
+  spec.env.push_back("TROUPE_RUN_ID=" + std::string(call.run_id));
+  spec.env.push_back("TROUPE_NODE_ID=" + std::string(call.node_id));
+  if (call.item_index >= 0) {
+    spec.env.push_back("TROUPE_ITEM=" + std::to_string(call.item_index));
+  }
+  spec.env.push_back("TROUPE_ATTEMPT=" + std::to_string(call.attempt));
 }
 
 /// Where to look for the program, in execvp's order, computed before fork because the child may
@@ -717,8 +736,18 @@ class shell_operation final : public operation,
 }  // namespace
 }  // namespace detail
 
+operation_ptr start_shell(boost::asio::io_context& io, const json::value& input,
+                          const task_call& call, completion done) {
+  auto spec = detail::parse_shell_input(input);
+  if (spec) {
+    detail::set_call_environment(*spec, call);
+  }
+  return detail::start_parsed<detail::shell_operation>(io, std::move(spec), std::move(done));
+}
+
 operation_ptr start_shell(boost::asio::io_context& io, const json::value& input, completion done) {
-  return detail::start_parsed<detail::shell_operation>(io, detail::parse_shell_input(input), std::move(done));
+  return detail::start_parsed<detail::shell_operation>(io, detail::parse_shell_input(input),
+                                                       std::move(done));
 }
 
 }  // namespace troupe

@@ -86,6 +86,18 @@ task_result run_shell(const json::value& input) {
   return p.get();
 }
 
+/// The same, as an attempt of a task in a run.
+task_result run_shell(const json::value& input, const troupe::task_call& call) {
+  io_thread io;
+  pending p;
+  auto op = troupe::start_shell(io.io(), input, call, p.callback());
+  return p.get();
+}
+
+/// A command printing the variables that identify a task attempt, "-" for an unset one.
+const json::value print_call_variables = json::parse(
+    R"({"command": "printf '%s|' \"${TROUPE_EXECUTION_KEY--}\" \"${TROUPE_RUN_ID--}\" \"${TROUPE_NODE_ID--}\" \"${TROUPE_ITEM--}\" \"${TROUPE_ATTEMPT--}\""})");
+
 std::string stdout_of(const task_result& r) {
   return std::string(r.output.at("stdout").as_string());
 }
@@ -178,6 +190,54 @@ BOOST_AUTO_TEST_CASE(env_overrides_an_inherited_variable, *utf::timeout(30)) {
   BOOST_TEST_REQUIRE(overridden.ok, overridden.error);
   BOOST_TEST(stdout_of(inherited) == "inherited\n");
   BOOST_TEST(stdout_of(overridden) == "mine\n");
+}
+
+BOOST_AUTO_TEST_CASE(the_execution_key_is_run_and_node_plus_the_item_in_a_for_each,
+                     *utf::timeout(30)) {
+  const troupe::task_call plain{"run-7", "fetch", -1, 1};
+  const troupe::task_call retried{"run-7", "fetch", -1, 3};
+  const troupe::task_call item{"run-7", "fetch", 12, 2};
+  const troupe::task_call first_item{"run-7", "fetch", 0, 1};
+  BOOST_TEST(plain.execution_key() == "run-7/fetch");
+  BOOST_TEST(retried.execution_key() == plain.execution_key());
+  BOOST_TEST(item.execution_key() == "run-7/fetch/12");
+  BOOST_TEST(first_item.execution_key() == "run-7/fetch/0");
+}
+
+BOOST_AUTO_TEST_CASE(a_task_attempt_gets_its_execution_key_run_node_and_attempt_in_the_environment,
+                     *utf::timeout(30)) {
+  const auto r = run_shell(print_call_variables, troupe::task_call{"run-7", "resize", -1, 2});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-7/resize|run-7|resize|-|2|");
+}
+
+BOOST_AUTO_TEST_CASE(a_for_each_item_also_gets_its_index_in_the_environment, *utf::timeout(30)) {
+  const auto r = run_shell(print_call_variables, troupe::task_call{"run-7", "resize", 4, 1});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-7/resize/4|run-7|resize|4|1|");
+}
+
+// A troupe started by a shell task inherits the outer task's variables; they must not leak into
+// its own tasks, and a workflow's `env` cannot fake them.
+BOOST_AUTO_TEST_CASE(the_call_variables_replace_inherited_and_env_values, *utf::timeout(30)) {
+  ::setenv("TROUPE_EXECUTION_KEY", "outer/node/9", 1);
+  ::setenv("TROUPE_ITEM", "9", 1);
+  json::value input = print_call_variables;
+  input.as_object()["env"] = json::object{{"TROUPE_RUN_ID", "mine"}, {"TROUPE_ATTEMPT", "0"}};
+  const auto r = run_shell(input, troupe::task_call{"run-8", "inner", -1, 1});
+  const auto without_call = run_shell(print_call_variables);
+  ::unsetenv("TROUPE_EXECUTION_KEY");
+  ::unsetenv("TROUPE_ITEM");
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-8/inner|run-8|inner|-|1|");
+  BOOST_TEST_REQUIRE(without_call.ok, without_call.error);
+  BOOST_TEST(stdout_of(without_call) == "outer/node/9|-|-|9|-|");
+}
+
+BOOST_AUTO_TEST_CASE(a_bad_input_with_a_call_still_fails_before_spawning, *utf::timeout(30)) {
+  const auto r = run_shell(json::parse(R"({"argv": []})"), troupe::task_call{"run-7", "x", -1, 1});
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error == "shell: 'argv' must be a non-empty array of strings");
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_cwd_fails_naming_the_directory, *utf::timeout(30)) {
