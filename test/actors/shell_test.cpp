@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "actors/builtin/operation.hpp"
+#include "actors/builtin/process_guardian.hpp"
 
 namespace {
 
@@ -422,6 +424,60 @@ BOOST_AUTO_TEST_CASE(cancel_kills_the_grandchildren_of_sh_too, *utf::timeout(30)
   BOOST_TEST((std::chrono::steady_clock::now() - started < 5s));
   BOOST_TEST(terminated_within(pidfd, 10'000ms), "the grandchild survived the cancel");
   ::close(pidfd);
+}
+
+// The parent-death signal is tied to the thread that forked: ending that thread (while the
+// operation is still pending on its io_context) shows that the child has one.
+BOOST_AUTO_TEST_CASE(the_child_is_killed_when_the_thread_that_started_it_ends, *utf::timeout(30)) {
+  side_channel channel;
+  boost::asio::io_context io;
+  pending p;
+  json::object input;
+  input["command"] = "echo $$ >&" + std::to_string(channel.write_fd) + "; exec sleep 30";
+  auto op = troupe::start_shell(io, input, p.callback());
+  std::promise<void> release;
+  std::thread forker([&io, done = release.get_future()] {
+    io.run_one();  // spawn(): the fork happens on this thread
+    done.wait();
+  });
+  const pid_t child = std::stoi(channel.read_line());
+  channel.close_write();
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
+  BOOST_TEST_REQUIRE(pidfd >= 0, "the child is already gone: errno " << errno);
+  BOOST_TEST(!terminated_within(pidfd, 0ms));
+
+  release.set_value();
+  forker.join();
+  BOOST_TEST(terminated_within(pidfd, 10'000ms), "the child outlived the thread that forked it");
+  ::close(pidfd);
+  // Destroying the io_context destroys the pending operation, which kills and forgets the group.
+}
+
+BOOST_AUTO_TEST_CASE(one_guardian_serves_every_io_context_of_the_process, *utf::timeout(30)) {
+  const auto run_on_new_context = [] { return run_shell(json::parse(R"({"argv": ["true"]})")); };
+  BOOST_TEST_REQUIRE(run_on_new_context().ok);
+  const pid_t guardian = troupe::detail::guardian_pid();
+  BOOST_TEST_REQUIRE(guardian > 0);
+  // Like engines created and destroyed in turn, and side by side.
+  for (int i = 0; i < 5; ++i) {
+    BOOST_TEST(run_on_new_context().ok);
+  }
+  std::vector<std::future<task_result>> side_by_side;
+  for (int i = 0; i < 4; ++i) {
+    side_by_side.push_back(std::async(std::launch::async, run_on_new_context));
+  }
+  for (auto& r : side_by_side) {
+    BOOST_TEST(r.get().ok);
+  }
+  BOOST_TEST(troupe::detail::guardian_pid() == guardian);
+  // Still running (it ends when this process does), and still our only guardian: it is our child.
+  siginfo_t info{};
+  BOOST_TEST(::waitid(P_PID, static_cast<id_t>(guardian), &info, WEXITED | WNOHANG) == 0);
+  BOOST_TEST(info.si_pid == 0);
+  std::ifstream comm("/proc/" + std::to_string(guardian) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  BOOST_TEST(name == "troupe-guardian");
 }
 
 BOOST_AUTO_TEST_CASE(cancel_is_idempotent_and_harmless_after_completion, *utf::timeout(30)) {
