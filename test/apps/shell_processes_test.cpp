@@ -18,12 +18,15 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <fstream>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "test/apps/process.hpp"
+#include "workflow/json.hpp"
 
+namespace json = boost::json;
 namespace utf = boost::unit_test;
 using troupe::test::child;
 using troupe::test::process_result;
@@ -41,6 +44,22 @@ constexpr const char* background_grandchild = R"({
       "with": { "command": "sleep 600 & echo \"$$ $!\" > \"$FIFO\"; wait",
                 "env": { "FIFO": "{{ inputs.fifo }}" } } }
   ]
+})";
+
+// Each shell task prints the variables that identify its attempt; `flaky` fails its first
+// attempt, and every attempt of it leaves a line in attempts.txt (in troupe's directory).
+constexpr const char* execution_keys = R"({
+  "name": "execution_keys",
+  "nodes": [
+    { "id": "single", "task": "shell",
+      "with": { "command": "printf %s \"$TROUPE_EXECUTION_KEY|${TROUPE_ITEM--}|$TROUPE_ATTEMPT\"" } },
+    { "id": "each", "task": "shell", "for_each": "{{ ['a', 'b'] }}",
+      "with": { "command": "printf %s \"$TROUPE_EXECUTION_KEY|$TROUPE_ITEM|$TROUPE_ATTEMPT\"" } },
+    { "id": "flaky", "task": "shell", "retry": { "max_attempts": 2 },
+      "with": { "command": "echo \"$TROUPE_EXECUTION_KEY $TROUPE_ATTEMPT\" >> attempts.txt; [ \"$TROUPE_ATTEMPT\" != 1 ]" } }
+  ],
+  "outputs": { "single": "{{ nodes.single.output.stdout }}",
+               "each": "{{ [nodes.each.output[0].stdout, nodes.each.output[1].stdout] }}" }
 })";
 
 /// Orphaned descendants (troupe's children once troupe is gone) are reparented to this process
@@ -186,4 +205,24 @@ BOOST_AUTO_TEST_CASE(sigterm_cancels_the_run_kills_the_whole_group_and_the_guard
   BOOST_TEST(r.signal == 0, "killed by signal " << r.signal);
   BOOST_TEST(r.exit_code == 1, r.err);
   BOOST_TEST(troupe::test::contains(r.out, "cancelled"));
+}
+
+BOOST_AUTO_TEST_CASE(shell_tasks_get_the_execution_key_of_their_node_or_item_on_every_attempt,
+                     *utf::timeout(60)) {
+  temp_dir dir;
+  const auto file = dir.write_file("execution_keys.json", execution_keys);
+  const process_result r = troupe::test::run_troupe({"run", file, "--json"}, dir.path());
+  BOOST_TEST_REQUIRE(r.exit_code == 0, r.err);
+  const auto doc = troupe::parse_json(r.out);
+  BOOST_TEST_REQUIRE(doc.has_value(), r.out);
+  const std::string run(doc->at("run_id").as_string());
+  BOOST_TEST_REQUIRE(!run.empty());
+  BOOST_TEST(doc->at("outputs").at("single") == json::value(run + "/single|-|1"));
+  BOOST_TEST(
+      doc->at("outputs").at("each") ==
+      json::value(json::array{json::value(run + "/each/0|0|1"), json::value(run + "/each/1|1|1")}));
+  std::ifstream attempts(dir.path() / "attempts.txt");
+  std::stringstream lines;
+  lines << attempts.rdbuf();
+  BOOST_TEST(lines.str() == run + "/flaky 1\n" + run + "/flaky 2\n");
 }
