@@ -34,8 +34,9 @@ using troupe::test::temp_dir;
 
 namespace {
 
-// The direct child (sh) starts a grandchild in its own process group, reports both pids, and
-// waits for it: two processes that only troupe's cleanup can end before the test's timeout.
+// The direct child (sh) starts a background grandchild (in sh's process group), reports both
+// pids, and waits for it: two processes that only troupe's cleanup can end before the test's
+// timeout.
 constexpr const char* background_grandchild = R"({
   "name": "background_grandchild",
   "inputs": { "fifo": { "type": "string", "required": true } },
