@@ -381,7 +381,8 @@ void start_task(node_actor* self) {
       if (def.name == "sleep") {
         start_sleep(self);
       } else if (def.name == "shell") {
-        st.op = start_shell(*svc->io, *st.args.input, report);
+        const task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt};
+        st.op = start_shell(*svc->io, *st.args.input, call, report);
       } else if (def.name == "http") {
         st.op = start_http(*svc->io, *st.args.input, report);
       } else if (def.name == "workflow") {

@@ -19,6 +19,16 @@ std::string_view to_string(task_kind k) {
   return "unknown";
 }
 
+std::string task_call::execution_key() const {
+  std::string key;
+  key.reserve(run_id.size() + node_id.size() + 22);
+  key.append(run_id).append(1, '/').append(node_id);
+  if (item_index >= 0) {
+    key.append(1, '/').append(std::to_string(item_index));
+  }
+  return key;
+}
+
 namespace {
 
 task_result run_noop(const json::value&, const task_call&) {

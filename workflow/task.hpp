@@ -1,5 +1,6 @@
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <string>
@@ -30,12 +31,19 @@ struct task_result {
   static task_result failure(std::string error) { return {false, nullptr, std::move(error)}; }
 };
 
-/// What a task attempt is told about itself.
+/// What a task attempt is told about itself. The views are valid during the call only: an async
+/// task that needs them later keeps copies (execution_key() returns one).
 struct task_call {
   std::string_view run_id;
   std::string_view node_id;
   std::int64_t item_index = -1;  // -1 outside for_each
   int attempt = 1;
+
+  /// "<run_id>/<node_id>", or "<run_id>/<node_id>/<item_index>" for an item of a for_each node:
+  /// the same on every attempt of this task in this run, and after a resume (which keeps the run
+  /// id), so a task can use it to make its side effects idempotent (an attempt that was in
+  /// flight when troupe died may run again). Unambiguous: run and node ids contain no '/'.
+  std::string execution_key() const;
 };
 
 using quick_fn = std::function<task_result(const json::value& input, const task_call& call)>;

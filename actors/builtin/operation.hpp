@@ -29,6 +29,15 @@ using operation_ptr = std::shared_ptr<operation>;
 /// (object of strings, added to the environment), `cwd`, `stdin` (string), `output`
 /// ("text" | "json"). Output `{ "exit_code", "stdout", "stderr" }`, or stdout parsed as JSON with
 /// `output: "json"`. A non-zero exit fails with stderr in the error. Bad input fails at once.
+/// The process and its process group are killed when troupe dies, even by SIGKILL.
+///
+/// With `call` (a task attempt in a run), the child's environment also has
+/// TROUPE_EXECUTION_KEY (call.execution_key()), TROUPE_RUN_ID, TROUPE_NODE_ID, TROUPE_ATTEMPT
+/// and, for an item of a for_each node only, TROUPE_ITEM (the item's index). They replace
+/// inherited variables and `env` entries of the same names; an inherited TROUPE_ITEM is removed
+/// outside for_each. Without `call` (tools, tests) the environment is left as it is.
+operation_ptr start_shell(boost::asio::io_context& io, const json::value& input,
+                          const task_call& call, completion done);
 operation_ptr start_shell(boost::asio::io_context& io, const json::value& input, completion done);
 
 /// `http`: `{ "method", "url", "headers", "body" }` → `{ "status", "headers", "body" }` (body

@@ -5,6 +5,10 @@
 // its output through non-blocking pipes, and a failed exec through a close-on-exec status pipe:
 // nothing polls, no thread waits, and no SIGCHLD handler is installed (the process may not own
 // that signal).
+//
+// The child and its group do not outlive troupe, even when troupe is killed with SIGKILL: the
+// child has a parent-death signal (SIGKILL), and registers its group with the process guardian
+// (process_guardian.hpp) before exec, which kills the group when troupe is gone.
 
 #include <boost/asio/bind_executor.hpp>
 #include <boost/asio/buffer.hpp>
@@ -18,11 +22,13 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <array>
 #include <cerrno>
 #include <cstring>
@@ -34,6 +40,7 @@
 
 #include "actors/builtin/detail_operation.hpp"
 #include "actors/builtin/operation.hpp"
+#include "actors/builtin/process_guardian.hpp"
 
 extern char** environ;
 
@@ -174,6 +181,24 @@ expected<shell_spec, std::string> parse_shell_input(const json::value& input) {
   return spec;
 }
 
+/// The variables that tell a task attempt who it is (see start_shell), replacing any of the same
+/// names that the environment or `env` gave.
+void set_call_environment(shell_spec& spec, const task_call& call) {
+  constexpr std::array<std::string_view, 5> names = {
+      "TROUPE_EXECUTION_KEY", "TROUPE_RUN_ID", "TROUPE_NODE_ID", "TROUPE_ITEM", "TROUPE_ATTEMPT"};
+  std::erase_if(spec.env, [&](const std::string& entry) {
+    const std::string_view name = std::string_view(entry).substr(0, entry.find('='));
+    return std::find(names.begin(), names.end(), name) != names.end();
+  });
+  spec.env.push_back("TROUPE_EXECUTION_KEY=" + call.execution_key());
+  spec.env.push_back("TROUPE_RUN_ID=" + std::string(call.run_id));
+  spec.env.push_back("TROUPE_NODE_ID=" + std::string(call.node_id));
+  if (call.item_index >= 0) {
+    spec.env.push_back("TROUPE_ITEM=" + std::to_string(call.item_index));
+  }
+  spec.env.push_back("TROUPE_ATTEMPT=" + std::to_string(call.attempt));
+}
+
 /// Where to look for the program, in execvp's order, computed before fork because the child may
 /// not allocate. PATH comes from the child's environment so that `env.PATH` is honoured.
 std::vector<std::string> exec_candidates(const shell_spec& spec) {
@@ -218,6 +243,8 @@ struct child_plan {
   int stdout_fd = -1;
   int stderr_fd = -1;
   int status_fd = -1;
+  pid_t parent_pid = -1;  // getpid() before fork: the child's parent, unless that died
+  int guardian_fd = -1;   // the process guardian's pipe, or -1 without a guardian
 };
 
 [[noreturn]] void report_and_exit(int status_fd, int stage, int error) {
@@ -239,6 +266,17 @@ struct child_plan {
     sigaction(sig, &dfl, nullptr);  // fails harmlessly for SIGKILL, SIGSTOP and libc's own
   }
   ::setpgid(0, 0);
+  // Die with troupe. The signal is sent when the thread that forked exits: the I/O threads that
+  // run spawn() live as long as the engine, which kills its children when it stops anyway. If
+  // troupe died before prctl, nobody will send it: the child has been reparented, so leave now.
+  if (::prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0) != 0) {
+    report_and_exit(plan.status_fd, exec_status::setup_failed, errno);
+  }
+  if (::getppid() != plan.parent_pid) {
+    ::_exit(127);
+  }
+  // The group is registered before anything runs in it, so no grandchild escapes the guardian.
+  guardian_register_self(plan.guardian_fd);
   // Move the pipe ends above 2 first, so that dup2 onto 0..2 cannot clobber one of them when the
   // parent ran with a standard descriptor closed.
   const int fds[3] = {plan.stdin_fd, plan.stdout_fd, plan.stderr_fd};
@@ -319,34 +357,6 @@ bool set_non_blocking(int fd) {
   return flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) == 0;
 }
 
-/// write(2) that reports EPIPE instead of raising SIGPIPE: a child that closes its stdin early
-/// must not kill the runtime, and pipes (unlike sockets) have no MSG_NOSIGNAL. SIGPIPE from
-/// write is thread-directed, so blocking it on this thread and consuming the one we caused leaves
-/// the rest of the process untouched.
-ssize_t write_without_sigpipe(int fd, const char* data, std::size_t size) {
-  sigset_t pipe_set;
-  sigset_t old_mask;
-  sigemptyset(&pipe_set);
-  sigaddset(&pipe_set, SIGPIPE);
-  pthread_sigmask(SIG_BLOCK, &pipe_set, &old_mask);
-  sigset_t pending;
-  sigpending(&pending);
-  const bool already_pending = sigismember(&pending, SIGPIPE) == 1;
-  ssize_t n;
-  do {
-    n = ::write(fd, data, size);
-  } while (n < 0 && errno == EINTR);
-  const int saved = errno;
-  if (n < 0 && saved == EPIPE && !already_pending) {
-    const timespec zero{};
-    while (sigtimedwait(&pipe_set, nullptr, &zero) < 0 && errno == EINTR) {
-    }
-  }
-  pthread_sigmask(SIG_SETMASK, &old_mask, nullptr);
-  errno = saved;
-  return n;
-}
-
 /// One spawned process. Every member is touched only from strand_ (after construction), so
 /// handlers on a multi-threaded io_context never race. Handlers hold shared_from_this(): the
 /// operation outlives its last pending handler even when the caller drops its operation_ptr.
@@ -369,6 +379,7 @@ class shell_operation final : public operation,
     if (pid_ > 0 && !reaped_) {
       ::kill(-pid_, SIGKILL);
       ::kill(pid_, SIGKILL);
+      forget_group();
     }
   }
 
@@ -423,6 +434,8 @@ class shell_operation final : public operation,
     plan.stdout_fd = out.write;
     plan.stderr_fd = err.write;
     plan.status_fd = status.write;
+    plan.parent_pid = ::getpid();
+    plan.guardian_fd = guardian_fd();  // starts the guardian with the first shell task
 
     const pid_t pid = ::fork();
     if (pid < 0) {
@@ -433,6 +446,7 @@ class shell_operation final : public operation,
       run_child(plan);
     }
     pid_ = pid;
+    guarded_ = plan.guardian_fd >= 0;
     // Also set the group from the parent, so that kill(-pid) works even if cancel() arrives before
     // the child has run. EACCES (the child already exec'd, having done it itself) is fine.
     ::setpgid(pid, pid);
@@ -448,6 +462,7 @@ class shell_operation final : public operation,
       // once (SIGKILL cannot be caught), so this waitpid does not stall the thread.
       ::kill(-pid, SIGKILL);
       ::kill(pid, SIGKILL);
+      forget_group();
       ::waitpid(pid, nullptr, 0);
       reaped_ = true;
       finish(task_result::failure("pidfd_open failed (Linux 5.3 or later is required): " +
@@ -617,6 +632,8 @@ class shell_operation final : public operation,
         !status_finished_) {
       return;
     }
+    // The leader has exited and is not reaped yet, so its pid still names this group.
+    forget_group();
     siginfo_t info{};
     const int rc = ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG);
     reaped_ = true;
@@ -688,6 +705,15 @@ class shell_operation final : public operation,
     done(std::move(r));
   }
 
+  /// Tells the guardian that the group needs no killing any more: it was killed, or its leader
+  /// exited (what the leader left running is its own). Before the leader is reaped, once.
+  void forget_group() {
+    if (guarded_) {
+      guarded_ = false;
+      guardian_forget(pid_);
+    }
+  }
+
   static void close_quietly(asio::posix::stream_descriptor& d) {
     if (d.is_open()) {
       error_code ignored;
@@ -709,6 +735,7 @@ class shell_operation final : public operation,
   std::string abort_reason_;  // set once: "cancelled" or an output limit
   bool exited_ = false;
   bool reaped_ = false;
+  bool guarded_ = false;  // the child registered its group with the guardian, not forgotten yet
   bool exec_failed_ = false;
   bool status_finished_ = false;
   bool completed_ = false;
@@ -717,8 +744,18 @@ class shell_operation final : public operation,
 }  // namespace
 }  // namespace detail
 
+operation_ptr start_shell(boost::asio::io_context& io, const json::value& input,
+                          const task_call& call, completion done) {
+  auto spec = detail::parse_shell_input(input);
+  if (spec) {
+    detail::set_call_environment(*spec, call);
+  }
+  return detail::start_parsed<detail::shell_operation>(io, std::move(spec), std::move(done));
+}
+
 operation_ptr start_shell(boost::asio::io_context& io, const json::value& input, completion done) {
-  return detail::start_parsed<detail::shell_operation>(io, detail::parse_shell_input(input), std::move(done));
+  return detail::start_parsed<detail::shell_operation>(io, detail::parse_shell_input(input),
+                                                       std::move(done));
 }
 
 }  // namespace troupe

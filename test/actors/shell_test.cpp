@@ -9,6 +9,7 @@
 #include <poll.h>
 #include <signal.h>
 #include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -25,6 +26,7 @@
 #include <vector>
 
 #include "actors/builtin/operation.hpp"
+#include "actors/builtin/process_guardian.hpp"
 
 namespace {
 
@@ -85,6 +87,18 @@ task_result run_shell(const json::value& input) {
   auto op = troupe::start_shell(io.io(), input, p.callback());
   return p.get();
 }
+
+/// The same, as an attempt of a task in a run.
+task_result run_shell(const json::value& input, const troupe::task_call& call) {
+  io_thread io;
+  pending p;
+  auto op = troupe::start_shell(io.io(), input, call, p.callback());
+  return p.get();
+}
+
+/// A command printing the variables that identify a task attempt, "-" for an unset one.
+const json::value print_call_variables = json::parse(
+    R"({"command": "printf '%s|' \"${TROUPE_EXECUTION_KEY--}\" \"${TROUPE_RUN_ID--}\" \"${TROUPE_NODE_ID--}\" \"${TROUPE_ITEM--}\" \"${TROUPE_ATTEMPT--}\""})");
 
 std::string stdout_of(const task_result& r) {
   return std::string(r.output.at("stdout").as_string());
@@ -178,6 +192,54 @@ BOOST_AUTO_TEST_CASE(env_overrides_an_inherited_variable, *utf::timeout(30)) {
   BOOST_TEST_REQUIRE(overridden.ok, overridden.error);
   BOOST_TEST(stdout_of(inherited) == "inherited\n");
   BOOST_TEST(stdout_of(overridden) == "mine\n");
+}
+
+BOOST_AUTO_TEST_CASE(the_execution_key_is_run_and_node_plus_the_item_in_a_for_each,
+                     *utf::timeout(30)) {
+  const troupe::task_call plain{"run-7", "fetch", -1, 1};
+  const troupe::task_call retried{"run-7", "fetch", -1, 3};
+  const troupe::task_call item{"run-7", "fetch", 12, 2};
+  const troupe::task_call first_item{"run-7", "fetch", 0, 1};
+  BOOST_TEST(plain.execution_key() == "run-7/fetch");
+  BOOST_TEST(retried.execution_key() == plain.execution_key());
+  BOOST_TEST(item.execution_key() == "run-7/fetch/12");
+  BOOST_TEST(first_item.execution_key() == "run-7/fetch/0");
+}
+
+BOOST_AUTO_TEST_CASE(a_task_attempt_gets_its_execution_key_run_node_and_attempt_in_the_environment,
+                     *utf::timeout(30)) {
+  const auto r = run_shell(print_call_variables, troupe::task_call{"run-7", "resize", -1, 2});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-7/resize|run-7|resize|-|2|");
+}
+
+BOOST_AUTO_TEST_CASE(a_for_each_item_also_gets_its_index_in_the_environment, *utf::timeout(30)) {
+  const auto r = run_shell(print_call_variables, troupe::task_call{"run-7", "resize", 4, 1});
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-7/resize/4|run-7|resize|4|1|");
+}
+
+// A troupe started by a shell task inherits the outer task's variables; they must not leak into
+// its own tasks, and a workflow's `env` cannot fake them.
+BOOST_AUTO_TEST_CASE(the_call_variables_replace_inherited_and_env_values, *utf::timeout(30)) {
+  ::setenv("TROUPE_EXECUTION_KEY", "outer/node/9", 1);
+  ::setenv("TROUPE_ITEM", "9", 1);
+  json::value input = print_call_variables;
+  input.as_object()["env"] = json::object{{"TROUPE_RUN_ID", "mine"}, {"TROUPE_ATTEMPT", "0"}};
+  const auto r = run_shell(input, troupe::task_call{"run-8", "inner", -1, 1});
+  const auto without_call = run_shell(print_call_variables);
+  ::unsetenv("TROUPE_EXECUTION_KEY");
+  ::unsetenv("TROUPE_ITEM");
+  BOOST_TEST_REQUIRE(r.ok, r.error);
+  BOOST_TEST(stdout_of(r) == "run-8/inner|run-8|inner|-|1|");
+  BOOST_TEST_REQUIRE(without_call.ok, without_call.error);
+  BOOST_TEST(stdout_of(without_call) == "outer/node/9|-|-|9|-|");
+}
+
+BOOST_AUTO_TEST_CASE(a_bad_input_with_a_call_still_fails_before_spawning, *utf::timeout(30)) {
+  const auto r = run_shell(json::parse(R"({"argv": []})"), troupe::task_call{"run-7", "x", -1, 1});
+  BOOST_TEST(!r.ok);
+  BOOST_TEST(r.error == "shell: 'argv' must be a non-empty array of strings");
 }
 
 BOOST_AUTO_TEST_CASE(a_missing_cwd_fails_naming_the_directory, *utf::timeout(30)) {
@@ -362,6 +424,60 @@ BOOST_AUTO_TEST_CASE(cancel_kills_the_grandchildren_of_sh_too, *utf::timeout(30)
   BOOST_TEST((std::chrono::steady_clock::now() - started < 5s));
   BOOST_TEST(terminated_within(pidfd, 10'000ms), "the grandchild survived the cancel");
   ::close(pidfd);
+}
+
+// The parent-death signal is tied to the thread that forked: ending that thread (while the
+// operation is still pending on its io_context) shows that the child has one.
+BOOST_AUTO_TEST_CASE(the_child_is_killed_when_the_thread_that_started_it_ends, *utf::timeout(30)) {
+  side_channel channel;
+  boost::asio::io_context io;
+  pending p;
+  json::object input;
+  input["command"] = "echo $$ >&" + std::to_string(channel.write_fd) + "; exec sleep 30";
+  auto op = troupe::start_shell(io, input, p.callback());
+  std::promise<void> release;
+  std::thread forker([&io, done = release.get_future()] {
+    io.run_one();  // spawn(): the fork happens on this thread
+    done.wait();
+  });
+  const pid_t child = std::stoi(channel.read_line());
+  channel.close_write();
+  const int pidfd = static_cast<int>(::syscall(SYS_pidfd_open, child, 0));
+  BOOST_TEST_REQUIRE(pidfd >= 0, "the child is already gone: errno " << errno);
+  BOOST_TEST(!terminated_within(pidfd, 0ms));
+
+  release.set_value();
+  forker.join();
+  BOOST_TEST(terminated_within(pidfd, 10'000ms), "the child outlived the thread that forked it");
+  ::close(pidfd);
+  // Destroying the io_context destroys the pending operation, which kills and forgets the group.
+}
+
+BOOST_AUTO_TEST_CASE(one_guardian_serves_every_io_context_of_the_process, *utf::timeout(30)) {
+  const auto run_on_new_context = [] { return run_shell(json::parse(R"({"argv": ["true"]})")); };
+  BOOST_TEST_REQUIRE(run_on_new_context().ok);
+  const pid_t guardian = troupe::detail::guardian_pid();
+  BOOST_TEST_REQUIRE(guardian > 0);
+  // Like engines created and destroyed in turn, and side by side.
+  for (int i = 0; i < 5; ++i) {
+    BOOST_TEST(run_on_new_context().ok);
+  }
+  std::vector<std::future<task_result>> side_by_side;
+  for (int i = 0; i < 4; ++i) {
+    side_by_side.push_back(std::async(std::launch::async, run_on_new_context));
+  }
+  for (auto& r : side_by_side) {
+    BOOST_TEST(r.get().ok);
+  }
+  BOOST_TEST(troupe::detail::guardian_pid() == guardian);
+  // Still running (it ends when this process does), and still our only guardian: it is our child.
+  siginfo_t info{};
+  BOOST_TEST(::waitid(P_PID, static_cast<id_t>(guardian), &info, WEXITED | WNOHANG) == 0);
+  BOOST_TEST(info.si_pid == 0);
+  std::ifstream comm("/proc/" + std::to_string(guardian) + "/comm");
+  std::string name;
+  std::getline(comm, name);
+  BOOST_TEST(name == "troupe-guardian");
 }
 
 BOOST_AUTO_TEST_CASE(cancel_is_idempotent_and_harmless_after_completion, *utf::timeout(30)) {
