@@ -111,8 +111,26 @@ constexpr const char* schema_v2[] = {
     "WHERE parent_run_id <> ''",
 };
 
+// Version 3: run ownership (DESIGN.md, "Ownership, leases and fencing") and dead letters. The
+// defaults make every older run unowned, without a lease, at epoch 0: claimable, and fenced
+// against any write that carries an epoch until claimed. Constant defaults: no table rewrite.
+constexpr const char* schema_v3[] = {
+    "ALTER TABLE runs ADD COLUMN owner text NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN lease_until bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+    R"(CREATE TABLE dead_letters (
+  id bigserial PRIMARY KEY,
+  run_id text NOT NULL,
+  tbl text NOT NULL,
+  key text NOT NULL,
+  "row" text NOT NULL,
+  error text NOT NULL,
+  at bigint NOT NULL))",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
-                                    {2, schema_v2, std::size(schema_v2)}};
+                                    {2, schema_v2, std::size(schema_v2)},
+                                    {3, schema_v3, std::size(schema_v3)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 // SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
@@ -223,7 +241,7 @@ std::string unnest_upsert(const table_spec& t, int& param) {
 // The first parameter of each table's arrays in the write statement (0-based), in the order
 // write_sql() numbers them.
 constexpr int run_params = 0;
-constexpr int node_params = run_params + 12;
+constexpr int node_params = run_params + 15;
 constexpr int workflow_params = node_params + 14;
 constexpr int cache_params = workflow_params + 5;
 constexpr int write_param_count = cache_params + 6;
@@ -362,6 +380,9 @@ expected<run_row, store_error> read_run(const PGresult* res, int i) {
   r.finished_at = int_value(res, i, 9);
   r.parent_run_id = text_value(res, i, 10);
   r.parent_node_id = text_value(res, i, 11);
+  r.owner = text_value(res, i, 12);
+  r.lease_until = int_value(res, i, 13);
+  r.epoch = int_value(res, i, 14);
   return r;
 }
 
@@ -875,6 +896,9 @@ class postgres_store final : public store {
       p[9].integer(r->finished_at);
       p[10].text(r->parent_run_id);
       p[11].text(r->parent_node_id);
+      p[12].text(r->owner);
+      p[13].integer(is_final(r->status) ? 0 : r->lease_until);  // a finished run holds no lease
+      p[14].integer(r->epoch);
     }
     for (const node_row* r : last_wins(batch.nodes, node_key)) {
       next_row();

@@ -30,11 +30,26 @@ expected<std::string_view, store_error> checked_name(E e, std::string_view kind)
   return name;
 }
 
+// Ownership: a write inserts owner, lease and epoch with a new run and keeps them afterwards
+// (claim_run() and renew_leases() move them), except that a final status releases the lease.
 constexpr column_spec run_columns[] = {
-    {"run_id", "text"},        {"workflow", "text"},      {"version", "text"},
-    {"plan_hash", "text"},     {"status", "text"},        {"inputs", "text"},
-    {"outputs", "text"},       {"error", "text"},         {"started_at", "bigint"},
-    {"finished_at", "bigint"}, {"parent_run_id", "text"}, {"parent_node_id", "text"},
+    {"run_id", "text"},
+    {"workflow", "text"},
+    {"version", "text"},
+    {"plan_hash", "text"},
+    {"status", "text"},
+    {"inputs", "text"},
+    {"outputs", "text"},
+    {"error", "text"},
+    {"started_at", "bigint"},
+    {"finished_at", "bigint"},
+    {"parent_run_id", "text"},
+    {"parent_node_id", "text"},
+    {"owner", "text", ""},
+    {"lease_until", "bigint",
+     "CASE WHEN excluded.status IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN 0 "
+     "ELSE runs.lease_until END"},
+    {"epoch", "bigint", ""},
 };
 constexpr column_spec node_columns[] = {
     {"run_id", "text"},       {"node_id", "text"},       {"item", "bigint"},

@@ -99,6 +99,75 @@ void check_v1_rows_migrated(store& s) {
   check_same((*nodes)[1], added);
 }
 
+void check_v2_rows_migrated(store& s) {
+  node_row v2_node = sample_node("parent", "spawn", -1, 2);
+  v2_node.input = parse(R"({"x":2})");
+  v2_node.output = parse(R"({"y":3})");
+  v2_node.started_at = 30;
+  v2_node.finished_at = 40;
+  v2_node.worker = "w2";
+  v2_node.spec_cache = cache_status::hit;
+  v2_node.child_run_id = "child";
+  auto nodes = s.node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  BOOST_TEST((*nodes)[0].attempt == 1);
+  check_same((*nodes)[1], v2_node);
+
+  run_row child = sample_run("child", 1500);
+  child.inputs = nullptr;
+  child.parent_run_id = "parent";
+  child.parent_node_id = "spawn";
+  auto got = s.get_run("child");
+  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
+  check_same(**got, child);  // owner '', lease_until 0, epoch 0
+  auto unfinished = s.unfinished_runs();
+  BOOST_REQUIRE_MESSAGE(unfinished.has_value(), error_of(unfinished));
+  BOOST_REQUIRE_EQUAL(unfinished->size(), 1u);
+  check_same((*unfinished)[0], child);
+  auto listed = s.list_runs(runs_query().limit(0));
+  BOOST_REQUIRE_MESSAGE(listed.has_value(), error_of(listed));
+  BOOST_REQUIRE_EQUAL(listed->size(), 2u);
+  for (const auto& r : *listed) {
+    BOOST_TEST(r.owner == "");
+    BOOST_TEST(r.lease_until == 0);
+    BOOST_TEST(r.epoch == 0);
+  }
+}
+
+void check_old_runs_take_part_in_ownership(store& s) {
+  node_row n = sample_node("child", "late");
+  n.epoch = 1;
+  auto fenced = s.write(write_batch{{}, {n}, {}, {}});
+  BOOST_REQUIRE_MESSAGE(fenced.has_value(), error_of(fenced));
+  BOOST_TEST(fenced->fenced_runs == std::vector<std::string>{"child"},
+             boost::test_tools::per_element());
+
+  auto refused = s.claim_run("parent", "engine-2", 10, 1000);
+  BOOST_REQUIRE_MESSAGE(refused.has_value(), error_of(refused));
+  BOOST_TEST(refused->found);
+  BOOST_TEST(!refused->claimed);  // succeeded
+  auto claimed = s.claim_run("child", "engine-2", 10, 1000);
+  BOOST_REQUIRE_MESSAGE(claimed.has_value(), error_of(claimed));
+  BOOST_TEST(claimed->claimed);
+  BOOST_TEST(claimed->epoch == 1);
+  BOOST_TEST(claimed->owner == "engine-2");
+
+  auto written = s.write(write_batch{{}, {n}, {}, {}});
+  BOOST_REQUIRE_MESSAGE(written.has_value(), error_of(written));
+  BOOST_TEST(written->fenced_runs.empty());
+  auto nodes = s.node_rows("child");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_TEST(nodes->size() == 1u);
+
+  auto kept = s.write_dead_letters({{"child", "node_executions", "child/x/-1/1", "{}", "no", 5}});
+  BOOST_REQUIRE_MESSAGE(kept.has_value(), error_of(kept));
+  auto letters = s.list_dead_letters(0);
+  BOOST_REQUIRE_MESSAGE(letters.has_value(), error_of(letters));
+  BOOST_REQUIRE_EQUAL(letters->size(), 1u);
+  BOOST_TEST((*letters)[0].key == "child/x/-1/1");
+}
+
 namespace {
 
 struct store_fixture {
