@@ -829,19 +829,8 @@ BOOST_AUTO_TEST_CASE(awkward_texts_come_back_unchanged, *utf::timeout(60)) {
 
 BOOST_AUTO_TEST_SUITE_END()
 
-// Until every backend implements ownership, the suite skips the backends that do not.
-boost::test_tools::assertion_result ownership_available(utf::test_unit_id) {
-  auto probe = make_test_store()->claim_run("probe", "probe", 0, 0);
-  if (!probe && probe.error().message.find("not supported") != std::string::npos) {
-    boost::test_tools::assertion_result r(false);
-    r.message() << "SKIPPED: " << probe.error().message;
-    return r;
-  }
-  return true;
-}
-
 // Ownership: owner, lease and epoch on run rows; fenced writes, claims, renewals; dead letters.
-BOOST_FIXTURE_TEST_SUITE(ownership, store_fixture, *utf::precondition(ownership_available))
+BOOST_FIXTURE_TEST_SUITE(ownership, store_fixture)
 
 namespace {
 
