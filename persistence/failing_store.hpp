@@ -1,14 +1,19 @@
 #pragma once
 
 // A store that fails on demand, for fault tests (in the spirit of leveldb's fault-injection
-// Env): it wraps a real store and makes writes fail for the next N calls, or for as long as a
-// switch is on, with a chosen error. Every switch and counter is atomic, so a test thread may
-// flip them while the writer thread writes. Reads always pass through.
+// Env): it wraps a real store and makes writes fail for the next N calls, for as long as a
+// switch is on, or whenever a batch holds rows of a refused run, with a chosen error. Every
+// switch and counter is atomic (or set under a mutex), so a test thread may flip them while the
+// writer thread writes. Reads, claims, renewals and dead letters always pass through.
 
 #include <atomic>
 #include <cstddef>
+#include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
+#include <utility>
 
 #include "persistence/forwarding_store.hpp"
 
@@ -30,7 +35,14 @@ class failing_store final : public forwarding_store {
   /// While on, every write fails with `error`.
   void set_failing(bool on, store_error error = {"injected failure", true},
                    fail_point when = fail_point::before);
-  /// Stops every injected failure (pending counts and the switch).
+  /// Until heal(): every write whose batch holds a run or node row of `run_id` fails with
+  /// `error` before anything is written, as a database refusing that run's rows for good would
+  /// (a permanent error: the writer isolates such rows by splitting its batch). Several runs may
+  /// be refused at once, each with its own error; the first refused run in the batch's order
+  /// (runs, then nodes) names the error. Checked before the other injections, and consumes none
+  /// of fail_next_writes()'s count.
+  void refuse_rows_of(std::string run_id, store_error error = {"row refused", false});
+  /// Stops every injected failure (pending counts, the switch and refused runs).
   void heal();
 
   /// Calls to write(), failed or not.
@@ -49,10 +61,14 @@ class failing_store final : public forwarding_store {
   // Which failure applies to this write, if any: taken under mu_ so the error and the fail
   // point read together are the ones set together.
   std::optional<std::pair<store_error, fail_point>> take_failure();
+  // The error of the first refused run with a row in `batch`, if any.
+  std::optional<store_error> refusal(const write_batch& batch) const;
 
   mutable std::mutex mu_;
   std::atomic<std::size_t> fail_next_{0};
   std::atomic<bool> failing_{false};
+  std::atomic<bool> refusing_{false};                        // refused_ is not empty
+  std::map<std::string, store_error, std::less<>> refused_;  // guarded by mu_
   store_error next_error_;
   fail_point next_point_ = fail_point::before;
   store_error switch_error_;

@@ -1,6 +1,8 @@
 // The in-memory store: ordered maps behind one mutex, so tests may read while a writer writes.
 // It applies the same row checks as the SQL backends' constraints, so a batch that one backend
-// refuses is refused by all.
+// refuses is refused by all. Every call holds mu_ for its whole work, so a write's fence (the
+// epochs it reads) and a claim or renewal never interleave, as the SQL backends' row locks
+// ensure there.
 
 #include <algorithm>
 #include <map>
@@ -18,48 +20,48 @@ class memory_store final : public store {
   std::string describe() const override { return "memory://"; }
 
   expected<write_outcome, store_error> write(const write_batch& batch) override {
-    auto r = write_unfenced(batch);
-    if (!r) {
-      return make_unexpected(std::move(r.error()));
-    }
-    return write_outcome{};
-  }
-
-  expected<bool, store_error> write_unfenced(const write_batch& batch) {
-    return guarded("memory store write", [&]() -> expected<bool, store_error> {
+    return guarded("memory store write", [&]() -> expected<write_outcome, store_error> {
       // Check everything before changing anything: the batch is all or nothing.
+      if (auto r = check_rows(batch); !r) {
+        return make_unexpected(r.error());
+      }
+      fence_pairs fence;
       for (const auto& r : batch.runs) {
-        if (auto s = status_name(r.status); !s) {
-          return make_unexpected(s.error());
-        }
+        fence.add(r.run_id, r.epoch);
       }
       for (const auto& n : batch.nodes) {
-        if (!valid_node_key(n)) {
-          return make_unexpected(
-              store_error{"node row " + n.run_id + "/" + n.node_id +
-                              ": item must be >= -1 and attempt >= 0 (constraint violated)",
-                          false});
-        }
-        if (auto s = status_name(n.status); !s) {
-          return make_unexpected(s.error());
-        }
-        if (auto s = status_name(n.cache); !s) {
-          return make_unexpected(s.error());
-        }
-        if (auto s = status_name(n.spec_cache); !s) {
-          return make_unexpected(s.error());
+        fence.add(n.run_id, n.epoch);
+      }
+      write_outcome out;
+      std::lock_guard lock(mu_);
+      // Claims take mu_ too: the epochs read here hold until the batch is in.
+      for (const auto& [run_id, epoch] : fence.pairs()) {
+        auto it = runs_.find(run_id);
+        if (it != runs_.end() && it->second.epoch != epoch) {
+          out.fenced_runs.emplace_back(run_id);
         }
       }
-      std::lock_guard lock(mu_);
+      sort_ids(out.fenced_runs);
+      const auto fenced = [&](const std::string& run_id) {
+        return !out.fenced_runs.empty() &&
+               std::binary_search(out.fenced_runs.begin(), out.fenced_runs.end(), run_id);
+      };
       // Readers wait for the whole batch anyway (all or nothing), so the yield may hold mu_.
       slice_pacer pacer(write_yield());
       for (const auto& r : batch.runs) {
         pacer.next_row();
-        runs_.insert_or_assign(r.run_id, r);
+        if (!fenced(r.run_id)) {
+          upsert_run(r);
+        }
       }
       for (const auto& n : batch.nodes) {
         pacer.next_row();
-        nodes_[n.run_id].insert_or_assign(std::make_tuple(n.node_id, n.item, n.attempt), n);
+        if (!fenced(n.run_id)) {
+          node_row& stored = nodes_[n.run_id]
+                                 .insert_or_assign(std::make_tuple(n.node_id, n.item, n.attempt), n)
+                                 .first->second;
+          stored.epoch = 0;  // not stored: reads return 0, as from the SQL stores
+        }
       }
       for (const auto& w : batch.workflows) {
         pacer.next_row();
@@ -69,8 +71,86 @@ class memory_store final : public store {
         pacer.next_row();
         cache_.insert_or_assign(c.key, c);
       }
+      return out;
+    });
+  }
+
+  expected<claim_result, store_error> claim_run(std::string_view run_id, std::string_view owner,
+                                                std::int64_t now_us,
+                                                std::int64_t lease_until_us) override {
+    return guarded("memory store claim_run", [&]() -> expected<claim_result, store_error> {
+      claim_result out;
+      std::lock_guard lock(mu_);
+      auto it = runs_.find(run_id);
+      if (it == runs_.end()) {
+        return out;
+      }
+      run_row& r = it->second;
+      out.found = true;
+      if (r.status != run_status::succeeded && r.lease_until <= now_us) {
+        r.owner = owner;
+        r.epoch += 1;
+        r.lease_until = lease_until_us;
+        out.claimed = true;
+      }
+      out.owner = r.owner;
+      out.lease_until = r.lease_until;
+      out.epoch = r.epoch;
+      out.status = r.status;
+      return out;
+    });
+  }
+
+  expected<std::vector<std::string>, store_error> renew_leases(
+      std::string_view owner, const std::vector<lease_ref>& runs,
+      std::int64_t lease_until_us) override {
+    return guarded("memory store renew_leases",
+                   [&]() -> expected<std::vector<std::string>, store_error> {
+                     std::vector<std::string> lost;
+                     std::lock_guard lock(mu_);
+                     for (const lease_ref& ref : runs) {
+                       auto it = runs_.find(ref.run_id);
+                       if (it == runs_.end()) {
+                         continue;
+                       }
+                       run_row& r = it->second;
+                       if (r.owner != owner || r.epoch != ref.epoch) {
+                         lost.push_back(ref.run_id);
+                       } else if (!is_final(r.status)) {
+                         r.lease_until = lease_until_us;
+                       }
+                     }
+                     sort_ids(lost);
+                     return lost;
+                   });
+  }
+
+  expected<bool, store_error> write_dead_letters(
+      const std::vector<dead_letter_row>& rows) override {
+    return guarded("memory store write_dead_letters", [&]() -> expected<bool, store_error> {
+      std::vector<dead_letter_row> kept;
+      kept.reserve(rows.size());
+      for (const auto& r : rows) {
+        kept.push_back(storable(r));
+      }
+      std::lock_guard lock(mu_);
+      dead_letters_.insert(dead_letters_.end(), std::make_move_iterator(kept.begin()),
+                           std::make_move_iterator(kept.end()));
       return true;
     });
+  }
+
+  expected<std::vector<dead_letter_row>, store_error> list_dead_letters(
+      std::size_t limit) override {
+    return guarded("memory store list_dead_letters",
+                   [&]() -> expected<std::vector<dead_letter_row>, store_error> {
+                     std::lock_guard lock(mu_);
+                     const std::size_t n =
+                         limit == 0 ? dead_letters_.size() : std::min(limit, dead_letters_.size());
+                     return std::vector<dead_letter_row>(
+                         dead_letters_.rbegin(),
+                         dead_letters_.rbegin() + static_cast<std::ptrdiff_t>(n));
+                   });
   }
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
@@ -204,12 +284,33 @@ class memory_store final : public store {
   }
 
  private:
+  // REQUIRES: mu_ is held. A new run is stored as given; an existing one keeps its owner, epoch
+  // and lease (claim_run and renew_leases move them). A final status releases the lease.
+  void upsert_run(const run_row& r) {
+    auto [it, inserted] = runs_.try_emplace(r.run_id, r);
+    if (inserted) {
+      if (is_final(r.status)) {
+        it->second.lease_until = 0;
+      }
+      return;
+    }
+    run_row& stored = it->second;
+    std::string owner = std::move(stored.owner);
+    const std::int64_t epoch = stored.epoch;
+    const std::int64_t lease_until = is_final(r.status) ? 0 : stored.lease_until;
+    stored = r;
+    stored.owner = std::move(owner);
+    stored.epoch = epoch;
+    stored.lease_until = lease_until;
+  }
+
   mutable std::mutex mu_;
   std::map<std::string, run_row, std::less<>> runs_;
   std::map<std::string, std::map<std::tuple<std::string, std::int64_t, int>, node_row>, std::less<>>
       nodes_;
   std::map<std::pair<std::string, std::string>, workflow_row> workflows_;
   std::map<std::string, cache_row, std::less<>> cache_;
+  std::vector<dead_letter_row> dead_letters_;  // oldest first
 };
 
 }  // namespace

@@ -8,16 +8,22 @@
 // async writer asks for slices, set_write_yield(): then the batch is several such statements of
 // at most pg_slice_rows rows between BEGIN and COMMIT, so that the server never works on one
 // for long; one round trip each.) The
-// statement text never changes with the batch size (37 parameters whatever the row count), so it
+// statement text never changes with the batch size (40 parameters whatever the row count), so it
 // is parsed and planned once per connection, where multi-row VALUES would send and parse a new
 // statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
 // no per-table statement and no BEGIN/COMMIT messages. Arrays travel as text array literals.
+//
+// A batch with rows that carry an epoch uses a second statement, the same with a fence in
+// front (two more arrays: the batch's (run, epoch) pairs): a CTE that locks those runs' rows and
+// reads their epochs, and the run and node upserts skip the runs it fenced (write_sql()). Still
+// one statement, one round trip; a batch without epochs pays nothing for it.
 //
 // Connection failures are transient: the connection is dropped and the next call reconnects
 // (and prepares its statements again). Upserts are idempotent, so the writer may simply retry.
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <array>
 #include <charconv>
 #include <mutex>
@@ -111,8 +117,26 @@ constexpr const char* schema_v2[] = {
     "WHERE parent_run_id <> ''",
 };
 
+// Version 3: run ownership (DESIGN.md, "Ownership, leases and fencing") and dead letters. The
+// defaults make every older run unowned, without a lease, at epoch 0: claimable, and fenced
+// against any write that carries an epoch until claimed. Constant defaults: no table rewrite.
+constexpr const char* schema_v3[] = {
+    "ALTER TABLE runs ADD COLUMN owner text NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN lease_until bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+    R"(CREATE TABLE dead_letters (
+  id bigserial PRIMARY KEY,
+  run_id text NOT NULL,
+  tbl text NOT NULL,
+  key text NOT NULL,
+  "row" text NOT NULL,
+  error text NOT NULL,
+  at bigint NOT NULL))",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
-                                    {2, schema_v2, std::size(schema_v2)}};
+                                    {2, schema_v2, std::size(schema_v2)},
+                                    {3, schema_v3, std::size(schema_v3)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 // SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
@@ -205,7 +229,8 @@ class array_literal {
   std::string s_;
 };
 
-std::string unnest_upsert(const table_spec& t, int& param) {
+// `fenced`: only the rows of runs not in the fence CTE `f` (see write_sql()).
+std::string unnest_upsert(const table_spec& t, int& param, bool fenced) {
   std::string sql = "INSERT INTO ";
   sql += t.name;
   sql += " (" + column_list(t) + ") SELECT * FROM unnest(";
@@ -216,40 +241,68 @@ std::string unnest_upsert(const table_spec& t, int& param) {
     sql += "$" + std::to_string(param++) + "::" + t.columns[i].pg_array_type + "[]";
   }
   sql += ") ";
+  if (fenced) {
+    sql += "AS u (" + column_list(t) + ") WHERE u.run_id NOT IN (SELECT run_id FROM f) ";
+  }
   sql += on_conflict_clause(t);
   return sql;
 }
 
 // The first parameter of each table's arrays in the write statement (0-based), in the order
-// write_sql() numbers them.
+// write_sql() numbers them, then the fence's two arrays.
 constexpr int run_params = 0;
-constexpr int node_params = run_params + 12;
+constexpr int node_params = run_params + 15;
 constexpr int workflow_params = node_params + 14;
 constexpr int cache_params = workflow_params + 5;
 constexpr int write_param_count = cache_params + 6;
+constexpr int fence_params = write_param_count;  // run ids (text[]), epochs (bigint[])
+constexpr int fenced_write_param_count = fence_params + 2;
 
-std::string write_sql() {
+// The batch statement; `fenced` adds the fence (write() uses it when a row carries an epoch):
+//   WITH l AS MATERIALIZED (SELECT run_id, epoch FROM runs WHERE run_id = ANY($ids)
+//                           ORDER BY run_id FOR NO KEY UPDATE),
+//        f AS MATERIALIZED (the runs of l whose epoch differs from one of the rows'),
+//        r AS (INSERT INTO runs ... WHERE u.run_id NOT IN (SELECT run_id FROM f) ...),
+//        n AS (the same for node_executions), w AS (...), c AS (...)
+//   SELECT run_id FROM f
+// l locks the batch's stored runs before anything is written, so that a claim (an UPDATE of
+// the row) waits for this transaction; a claim that committed first is seen, although it came
+// after the statement's snapshot: a locking read returns the newest version of the row it
+// waited for (READ COMMITTED). FOR NO KEY UPDATE rather than FOR SHARE: two writers of one run
+// (an old owner and the new) then queue on the lock instead of both taking it and deadlocking
+// when each upserts the row; ORDER BY takes the locks in one order in every writer.
+std::string write_sql(bool fenced) {
   // Parameters are numbered in call order, so the calls are sequenced one statement each. The
   // checks catch a column added to a table_spec but not to the offsets above (and so to
   // encode()): the open fails instead of every write.
   int param = 1;
-  auto table = [&](const table_spec& t, int first) {
+  auto table = [&](const table_spec& t, int first, bool filtered) {
     if (param != first + 1) {
       throw std::logic_error(std::string("write statement: parameters of ") + t.name +
                              " start at $" + std::to_string(param) + ", encode() expects $" +
                              std::to_string(first + 1));
     }
-    return unnest_upsert(t, param);
+    return unnest_upsert(t, param, filtered);
   };
-  std::string sql = "WITH r AS (";
-  sql += table(runs_table, run_params);
+  const std::string ids = "$" + std::to_string(fence_params + 1) + "::text[]";
+  const std::string epochs = "$" + std::to_string(fence_params + 2) + "::bigint[]";
+  std::string sql = "WITH ";
+  if (fenced) {
+    sql += "l AS MATERIALIZED (SELECT run_id, epoch FROM runs WHERE run_id = ANY(" + ids +
+           ") ORDER BY run_id FOR NO KEY UPDATE), f AS MATERIALIZED (SELECT DISTINCT l.run_id "
+           "FROM l JOIN unnest(" +
+           ids + ", " + epochs +
+           ") AS p (run_id, epoch) ON p.run_id = l.run_id WHERE l.epoch <> p.epoch), ";
+  }
+  sql += "r AS (";
+  sql += table(runs_table, run_params, fenced);
   sql += "), n AS (";
-  sql += table(nodes_table, node_params);
+  sql += table(nodes_table, node_params, fenced);
   sql += "), w AS (";
-  sql += table(workflows_table, workflow_params);
+  sql += table(workflows_table, workflow_params, false);
   sql += "), c AS (";
-  sql += table(cache_table, cache_params);
-  sql += ") SELECT 1";
+  sql += table(cache_table, cache_params, false);
+  sql += fenced ? ") SELECT run_id FROM f" : ") SELECT 1";
   if (param != write_param_count + 1) {
     throw std::logic_error("write statement: " + std::to_string(param - 1) +
                            " parameters, encode() fills " + std::to_string(write_param_count));
@@ -269,6 +322,12 @@ const std::string cache_cols = column_list(cache_table);
 
 enum statement_id : std::size_t {
   s_write,
+  s_write_fenced,
+  s_claim,
+  s_run_owner,
+  s_renew,
+  s_add_dead_letters,
+  s_list_dead_letters,
   s_list_runs,
   s_list_child_runs,
   s_get_run,
@@ -283,7 +342,36 @@ enum statement_id : std::size_t {
 
 const std::array<statement, s_count>& statements() {
   static const std::array<statement, s_count> all = {{
-      {"troupe_write", write_sql()},
+      {"troupe_write", write_sql(false)},
+      {"troupe_write_fenced", write_sql(true)},
+      // Refused when the WHERE fails, also on the newest version of a row it waited for (a
+      // write's fence, another claim): READ COMMITTED rechecks it there.
+      {"troupe_claim",
+       "UPDATE runs SET owner = $2::text, epoch = epoch + 1, lease_until = $4::bigint WHERE "
+       "run_id = $1::text AND status <> 'succeeded' AND lease_until <= $3::bigint "
+       "RETURNING owner, lease_until, epoch, status"},
+      {"troupe_run_owner",
+       "SELECT owner, lease_until, epoch, status FROM runs WHERE run_id = $1::text"},
+      // l locks the runs (as the write's fence does) and reads their newest versions, so that
+      // a claim committed meanwhile is reported lost rather than missed; u renews what l says
+      // the owner still holds.
+      {"troupe_renew",
+       "WITH l AS MATERIALIZED (SELECT run_id, owner, epoch, status FROM runs WHERE run_id = "
+       "ANY($2::text[]) ORDER BY run_id FOR NO KEY UPDATE), p AS (SELECT * FROM "
+       "unnest($2::text[], $3::bigint[]) AS p (run_id, epoch)), u AS (UPDATE runs SET "
+       "lease_until = $4::bigint FROM l JOIN p ON p.run_id = l.run_id WHERE runs.run_id = "
+       "l.run_id AND l.owner = $1::text AND l.epoch = p.epoch AND l.status IN ('pending', "
+       "'running')) SELECT DISTINCT l.run_id FROM l JOIN p ON p.run_id = l.run_id WHERE "
+       "l.owner <> $1::text OR l.epoch <> p.epoch"},
+      // In the arrays' order, so that ids (newest first) follow it.
+      {"troupe_add_dead_letters",
+       "INSERT INTO dead_letters (run_id, tbl, key, \"row\", error, at) SELECT run_id, tbl, "
+       "key, \"row\", error, at FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], "
+       "$5::text[], $6::bigint[]) WITH ORDINALITY AS d (run_id, tbl, key, \"row\", error, at, i) "
+       "ORDER BY i"},
+      {"troupe_list_dead_letters",
+       "SELECT run_id, tbl, key, \"row\", error, at FROM dead_letters ORDER BY id DESC "
+       "LIMIT $1::bigint"},
       {"troupe_list_runs", "SELECT " + run_cols +
                                " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
                                "($2::text IS NULL OR workflow = $2::text) "
@@ -362,6 +450,9 @@ expected<run_row, store_error> read_run(const PGresult* res, int i) {
   r.finished_at = int_value(res, i, 9);
   r.parent_run_id = text_value(res, i, 10);
   r.parent_node_id = text_value(res, i, 11);
+  r.owner = text_value(res, i, 12);
+  r.lease_until = int_value(res, i, 13);
+  r.epoch = int_value(res, i, 14);
   return r;
 }
 
@@ -434,6 +525,17 @@ expected<cache_row, store_error> read_cache(const PGresult* res, int i) {
   return r;
 }
 
+expected<dead_letter_row, store_error> read_dead_letter(const PGresult* res, int i) {
+  dead_letter_row r;
+  r.run_id = text_value(res, i, 0);
+  r.table = text_value(res, i, 1);
+  r.key = text_value(res, i, 2);
+  r.row = text_value(res, i, 3);
+  r.error = text_value(res, i, 4);
+  r.at = int_value(res, i, 5);
+  return r;
+}
+
 template <class Row>
 using reader = expected<Row, store_error> (*)(const PGresult*, int);
 
@@ -487,6 +589,17 @@ expected<conn_ptr, store_error> connect(const std::string& url) {
         store_error{"postgres: connect to " + mask_url(url) + ": " + msg, !permanent});
   }
   PQsetNoticeProcessor(c.get(), ignore_notice, nullptr);
+  // Every statement of the store has an index to read through, or none at all (a sequential
+  // scan then still runs). A prepared statement's generic plan is made once, after its first
+  // executions: on a new database, while runs is a page or two, the fence and the renewal would
+  // get a sequential scan of runs and keep it (the plan stays until an ANALYZE invalidates it)
+  // while the table grows to any size, an O(table) read in every batch.
+  result_ptr set(PQexec(c.get(), "SET enable_seqscan = off"));
+  if (!set || PQresultStatus(set.get()) != PGRES_COMMAND_OK) {
+    return make_unexpected(store_error{
+        "postgres: connect to " + mask_url(url) + ": " + trimmed(PQerrorMessage(c.get())),
+        PQstatus(c.get()) != CONNECTION_OK});
+  }
   return c;
 }
 
@@ -515,31 +628,47 @@ class postgres_store final : public store {
   std::string describe() const override { return mask_url(url_); }
 
   expected<write_outcome, store_error> write(const write_batch& batch) override {
-    auto r = write_unfenced(batch);
-    if (!r) {
-      return make_unexpected(std::move(r.error()));
-    }
-    return write_outcome{};
-  }
-
-  expected<bool, store_error> write_unfenced(const write_batch& batch) {
-    return guarded("postgres write", [&]() -> expected<bool, store_error> {
+    return guarded("postgres write", [&]() -> expected<write_outcome, store_error> {
+      write_outcome out;
       if (batch.empty()) {
-        return true;
+        return out;
       }
-      auto slices = encode(batch, slices_writes() ? pg_slice_rows : 0);
-      if (!slices) {
-        return make_unexpected(slices.error());
+      if (auto r = check_rows(batch); !r) {
+        return make_unexpected(r.error());
       }
+      auto encoded = encode(batch, slices_writes() ? pg_slice_rows : 0);
+      if (!encoded) {
+        return make_unexpected(encoded.error());
+      }
+      const bool fenced = encoded->fenced;
+      const std::vector<write_params>& slices = encoded->slices;
+      // The fenced statement answers the runs it fenced, one row each.
+      auto collect = [&](const result_ptr& res) {
+        if (fenced) {
+          for (int i = 0; i < PQntuples(res.get()); ++i) {
+            out.fenced_runs.emplace_back(text_value(res.get(), i, 0));
+          }
+        }
+      };
       std::lock_guard lock(mu_);
-      if (slices->size() == 1) {
-        return write_slice(slices->front());
+      if (slices.size() == 1) {
+        auto res = write_slice(slices.front(), fenced);
+        if (!res) {
+          return make_unexpected(res.error());
+        }
+        collect(*res);
+        sort_ids(out.fenced_runs);
+        return out;
       }
       // In slices, the server works on one statement of a few dozen rows at a time and waits
       // for the next between them, rather than holding a core for the whole batch; BEGIN and
-      // COMMIT keep the batch all or nothing.
+      // COMMIT keep the batch all or nothing. Each slice fences the runs it has rows of (see
+      // encode()); the locks of one slice hold through the later ones, so every slice of a
+      // run sees the same stored epoch. (Locks are then taken in order within a slice only:
+      // two sliced writers of the same runs, an old owner and a new one, may deadlock; the
+      // server breaks it with SQLSTATE 40P01, a transient error, and the retry goes on.)
       if (auto r = ensure_connected(); !r) {
-        return r;
+        return make_unexpected(r.error());
       }
       // Whatever way this ends (an error, an exception from the yield), no transaction stays
       // open: the next single-statement write would run inside it and never be committed.
@@ -558,13 +687,18 @@ class postgres_store final : public store {
         }
       } guard{conn_};
       auto r = exec("BEGIN", PGRES_COMMAND_OK, "begin batch");
-      for (std::size_t i = 0; r && i < slices->size(); ++i) {
+      for (std::size_t i = 0; r && i < slices.size(); ++i) {
         if (i > 0) {
           yield_between_slices();
         }
         r = in_transaction("write batch");
         if (r) {
-          r = write_slice((*slices)[i]);
+          auto res = write_slice(slices[i], fenced);
+          if (res) {
+            collect(*res);
+          } else {
+            r = make_unexpected(res.error());
+          }
         }
       }
       if (r) {
@@ -573,8 +707,126 @@ class postgres_store final : public store {
       if (r) {
         r = exec("COMMIT", PGRES_COMMAND_OK, "commit batch");
       }
-      return r;
+      if (!r) {
+        return make_unexpected(r.error());
+      }
+      sort_ids(out.fenced_runs);
+      return out;
     });
+  }
+
+  expected<claim_result, store_error> claim_run(std::string_view run_id, std::string_view owner,
+                                                std::int64_t now_us,
+                                                std::int64_t lease_until_us) override {
+    return guarded("postgres claim_run", [&]() -> expected<claim_result, store_error> {
+      const std::string id(run_id);
+      const std::string who(owner);
+      const std::string now = std::to_string(now_us);
+      const std::string until = std::to_string(lease_until_us);
+      const char* values[] = {id.c_str(), who.c_str(), now.c_str(), until.c_str()};
+      claim_result out;
+      std::lock_guard lock(mu_);
+      auto res = run(s_claim, values, 4, PGRES_TUPLES_OK, "claim run");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      if (PQntuples(res->get()) == 1) {
+        out.found = true;
+        out.claimed = true;
+        return read_holder(res->get(), out);
+      }
+      // Refused or missing: who holds it now (a statement of its own, so that it reads what
+      // committed up to now, such as the claim that won a race with this one).
+      res = run(s_run_owner, values, 1, PGRES_TUPLES_OK, "read run owner");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      if (PQntuples(res->get()) == 0) {
+        return out;
+      }
+      out.found = true;
+      return read_holder(res->get(), out);
+    });
+  }
+
+  expected<std::vector<std::string>, store_error> renew_leases(
+      std::string_view owner, const std::vector<lease_ref>& runs,
+      std::int64_t lease_until_us) override {
+    return guarded("postgres renew_leases",
+                   [&]() -> expected<std::vector<std::string>, store_error> {
+                     std::vector<std::string> lost;
+                     if (runs.empty()) {
+                       return lost;
+                     }
+                     array_literal ids;
+                     array_literal epochs;
+                     for (const lease_ref& ref : runs) {
+                       ids.text(ref.run_id);
+                       epochs.integer(ref.epoch);
+                     }
+                     const std::string who(owner);
+                     const std::string id_array = std::move(ids).finish();
+                     const std::string epoch_array = std::move(epochs).finish();
+                     const std::string until = std::to_string(lease_until_us);
+                     const char* values[] = {who.c_str(), id_array.c_str(), epoch_array.c_str(),
+                                             until.c_str()};
+                     std::lock_guard lock(mu_);
+                     auto res = run(s_renew, values, 4, PGRES_TUPLES_OK, "renew leases");
+                     if (!res) {
+                       return make_unexpected(res.error());
+                     }
+                     for (int i = 0; i < PQntuples(res->get()); ++i) {
+                       lost.emplace_back(text_value(res->get(), i, 0));
+                     }
+                     sort_ids(lost);
+                     return lost;
+                   });
+  }
+
+  expected<bool, store_error> write_dead_letters(
+      const std::vector<dead_letter_row>& rows) override {
+    return guarded("postgres write_dead_letters", [&]() -> expected<bool, store_error> {
+      if (rows.empty()) {
+        return true;
+      }
+      std::array<array_literal, 6> a;
+      for (const auto& row : rows) {
+        const dead_letter_row d = storable(row);
+        a[0].text(d.run_id);
+        a[1].text(d.table);
+        a[2].text(d.key);
+        a[3].text(d.row);
+        a[4].text(d.error);
+        a[5].integer(d.at);
+      }
+      std::array<std::string, 6> params;
+      std::array<const char*, 6> values{};
+      for (std::size_t i = 0; i < a.size(); ++i) {
+        params[i] = std::move(a[i]).finish();
+        values[i] = params[i].c_str();
+      }
+      std::lock_guard lock(mu_);
+      auto res = run(s_add_dead_letters, values.data(), 6, PGRES_COMMAND_OK, "write dead letters");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      return true;
+    });
+  }
+
+  expected<std::vector<dead_letter_row>, store_error> list_dead_letters(
+      std::size_t limit) override {
+    return guarded(
+        "postgres list_dead_letters", [&]() -> expected<std::vector<dead_letter_row>, store_error> {
+          const std::string n = std::to_string(limit);
+          const char* values[] = {limit == 0 ? nullptr : n.c_str()};
+          std::lock_guard lock(mu_);
+          auto res = run(s_list_dead_letters, values, 1, PGRES_TUPLES_OK, "list dead letters");
+          if (!res) {
+            return make_unexpected(res.error());
+          }
+          return read_rows<dead_letter_row>(res->get(), read_dead_letter);
+        });
   }
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
@@ -819,30 +1071,60 @@ class postgres_store final : public store {
     return res;
   }
 
-  using write_params = std::array<std::string, write_param_count>;
+  // One slice's parameters: the tables' arrays, then the fence's (empty when unfenced).
+  using write_params = std::array<std::string, fenced_write_param_count>;
 
-  expected<bool, store_error> write_slice(const write_params& params) {
-    std::array<const char*, write_param_count> values{};
+  struct encoded_batch {
+    std::vector<write_params> slices;
+    bool fenced = false;  // some row carries an epoch: the fenced statement, for every slice
+  };
+
+  expected<result_ptr, store_error> write_slice(const write_params& params, bool fenced) {
+    std::array<const char*, fenced_write_param_count> values{};
     for (std::size_t i = 0; i < values.size(); ++i) {
       values[i] = params[i].c_str();
     }
-    auto res = run(s_write, values.data(), write_param_count, PGRES_TUPLES_OK, "write batch");
-    if (!res) {
-      return make_unexpected(res.error());
-    }
-    return true;
+    return fenced ? run(s_write_fenced, values.data(), fenced_write_param_count, PGRES_TUPLES_OK,
+                        "write batch")
+                  : run(s_write, values.data(), write_param_count, PGRES_TUPLES_OK, "write batch");
   }
 
   // The batch as the write statement's parameters: one set, or (slice_rows > 0) one set per
-  // slice of at most slice_rows rows, tables in the order runs, nodes, workflows, cache.
-  static expected<std::vector<write_params>, store_error> encode(const write_batch& batch,
-                                                                 std::size_t slice_rows) {
-    std::vector<write_params> out;
-    std::array<array_literal, write_param_count> a;
+  // slice of at most slice_rows rows, tables in the order runs, nodes, workflows, cache. Each
+  // slice's fence holds every (run, epoch) pair of the whole batch (superseded rows included,
+  // as the other stores count them) for the runs it has rows of: fenced alike in every slice.
+  static expected<encoded_batch, store_error> encode(const write_batch& batch,
+                                                     std::size_t slice_rows) {
+    encoded_batch out;
+    fence_pairs all;
+    for (const auto& r : batch.runs) {
+      all.add(r.run_id, r.epoch);
+    }
+    for (const auto& n : batch.nodes) {
+      all.add(n.run_id, n.epoch);
+    }
+    out.fenced = !all.empty();
+    const auto& pairs = all.pairs();
+    std::vector<std::string_view> slice_runs;  // runs with rows in the slice being built
+    std::array<array_literal, fenced_write_param_count> a;
     std::string scratch;
     std::size_t in_slice = 0;
     auto finish_slice = [&] {
-      write_params& params = out.emplace_back();
+      if (out.fenced) {
+        std::sort(slice_runs.begin(), slice_runs.end());
+        slice_runs.erase(std::unique(slice_runs.begin(), slice_runs.end()), slice_runs.end());
+        auto it = pairs.begin();
+        for (std::string_view run : slice_runs) {
+          it = std::lower_bound(it, pairs.end(), run,
+                                [](const auto& p, std::string_view id) { return p.first < id; });
+          for (; it != pairs.end() && it->first == run; ++it) {
+            a[fence_params].text(it->first);
+            a[fence_params + 1].integer(it->second);
+          }
+        }
+        slice_runs.clear();
+      }
+      write_params& params = out.slices.emplace_back();
       for (std::size_t i = 0; i < params.size(); ++i) {
         params[i] = std::move(a[i]).finish();
         a[i] = array_literal();
@@ -856,8 +1138,15 @@ class postgres_store final : public store {
       }
       ++in_slice;
     };
-    for (const run_row* r : last_wins(batch.runs, run_key)) {
+    auto note_run = [&](std::string_view run) {
+      if (out.fenced && (slice_runs.empty() || slice_runs.back() != run)) {
+        slice_runs.push_back(run);
+      }
+    };
+    const bool unique = batch.unique_keys;
+    for (const run_row* r : rows_to_write(batch.runs, run_key, unique)) {
       next_row();
+      note_run(r->run_id);
       auto status = status_name(r->status);
       if (!status) {
         return make_unexpected(status.error());
@@ -875,9 +1164,13 @@ class postgres_store final : public store {
       p[9].integer(r->finished_at);
       p[10].text(r->parent_run_id);
       p[11].text(r->parent_node_id);
+      p[12].text(r->owner);
+      p[13].integer(is_final(r->status) ? 0 : r->lease_until);  // a finished run holds no lease
+      p[14].integer(r->epoch);
     }
-    for (const node_row* r : last_wins(batch.nodes, node_key)) {
+    for (const node_row* r : rows_to_write(batch.nodes, node_key, unique)) {
       next_row();
+      note_run(r->run_id);
       auto status = status_name(r->status);
       if (!status) {
         return make_unexpected(status.error());
@@ -906,7 +1199,7 @@ class postgres_store final : public store {
       p[12].text(*spec_cache);
       p[13].text(r->child_run_id);
     }
-    for (const workflow_row* r : last_wins(batch.workflows, workflow_key)) {
+    for (const workflow_row* r : rows_to_write(batch.workflows, workflow_key, unique)) {
       next_row();
       array_literal* p = &a[workflow_params];
       p[0].text(r->name);
@@ -915,7 +1208,7 @@ class postgres_store final : public store {
       p[3].text(r->document);
       p[4].integer(r->registered_at);
     }
-    for (const cache_row* r : last_wins(batch.cache, cache_key)) {
+    for (const cache_row* r : rows_to_write(batch.cache, cache_key, unique)) {
       next_row();
       array_literal* p = &a[cache_params];
       p[0].text(r->key);
@@ -926,6 +1219,20 @@ class postgres_store final : public store {
       p[5].integer(r->created_at);
     }
     finish_slice();
+    return out;
+  }
+
+  // Reads owner, lease_until, epoch and status (the first four columns of row 0) into `out`.
+  static expected<claim_result, store_error> read_holder(const PGresult* res, claim_result& out) {
+    out.owner = text_value(res, 0, 0);
+    out.lease_until = int_value(res, 0, 1);
+    out.epoch = int_value(res, 0, 2);
+    auto status = parse_run_status(text_value(res, 0, 3));
+    if (!status) {
+      return make_unexpected(
+          store_error{"unknown run status '" + std::string(text_value(res, 0, 3)) + "'", false});
+    }
+    out.status = *status;
     return out;
   }
 

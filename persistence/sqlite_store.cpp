@@ -120,8 +120,27 @@ constexpr const char* schema_v2[] = {
     "WHERE parent_run_id <> ''",
 };
 
+// Version 3: run ownership (DESIGN.md, "Ownership, leases and fencing") and dead letters. The
+// defaults make every older run unowned, without a lease, at epoch 0: claimable, and fenced
+// against any write that carries an epoch until claimed. Constant defaults: no table rewrite.
+constexpr const char* schema_v3[] = {
+    "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+    // AUTOINCREMENT: ids never reused, so "newest first" is "highest id first" for good.
+    R"(CREATE TABLE dead_letters (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  run_id TEXT NOT NULL,
+  tbl TEXT NOT NULL,
+  key TEXT NOT NULL,
+  "row" TEXT NOT NULL,
+  error TEXT NOT NULL,
+  at INTEGER NOT NULL))",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
-                                    {2, schema_v2, std::size(schema_v2)}};
+                                    {2, schema_v2, std::size(schema_v2)},
+                                    {3, schema_v3, std::size(schema_v3)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 enum query_id : std::size_t {
@@ -137,6 +156,11 @@ enum query_id : std::size_t {
   q_get_cache,
   q_list_cache,
   q_clear_cache,
+  q_claim,
+  q_run_owner,
+  q_renew,
+  q_add_dead_letter,
+  q_list_dead_letters,
   q_count
 };
 
@@ -182,6 +206,21 @@ std::string query_sql(query_id q) {
              " FROM cache_entries WHERE (?1 IS NULL OR workflow = ?1) ORDER BY created_at, key";
     case q_clear_cache:
       return "DELETE FROM cache_entries WHERE (?1 IS NULL OR workflow = ?1)";
+    case q_claim:
+      return "UPDATE runs SET owner = ?2, epoch = epoch + 1, lease_until = ?4 WHERE run_id = ?1 "
+             "AND status <> 'succeeded' AND lease_until <= ?3 "
+             "RETURNING owner, lease_until, epoch, status";
+    case q_run_owner:
+      return "SELECT owner, lease_until, epoch, status FROM runs WHERE run_id = ?1";
+    case q_renew:
+      return "UPDATE runs SET lease_until = ?3 WHERE run_id = ?1 AND owner = ?2 AND epoch = ?4 "
+             "AND status IN ('pending', 'running')";
+    case q_add_dead_letter:
+      return "INSERT INTO dead_letters (run_id, tbl, key, \"row\", error, at) "
+             "VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
+    case q_list_dead_letters:
+      return "SELECT run_id, tbl, key, \"row\", error, at FROM dead_letters ORDER BY id DESC "
+             "LIMIT ?1";
     case q_count:
       break;
   }
@@ -191,6 +230,19 @@ std::string query_sql(query_id q) {
 // Multi-row statements are cached for a few row counts; a batch is cut greedily into chunks of
 // these sizes, so at most a handful of statements per table exist, whatever the batch sizes.
 constexpr std::array<int, 4> chunk_sizes = {512, 64, 8, 1};
+
+// The fence reads the stored epochs of a batch's runs with one statement per this many runs
+// (the smallest size that holds them, unused slots bound to NULL, which matches no run).
+constexpr std::array<int, 3> fence_sizes = {8, 64, 512};
+
+std::string fence_sql(int runs) {
+  std::string sql = "SELECT run_id, epoch FROM runs WHERE run_id IN (";
+  for (int i = 0; i < runs; ++i) {
+    sql += i == 0 ? "?" : ",?";
+  }
+  sql += ")";
+  return sql;
+}
 
 std::string upsert_sql(const table_spec& t, int rows) {
   std::string row = "(";
@@ -284,6 +336,9 @@ void bind_row(binder& b, const run_row& r, std::string_view status) {
   b.integer(r.finished_at);
   b.text(r.parent_run_id);
   b.text(r.parent_node_id);
+  b.text(r.owner);
+  b.integer(is_final(r.status) ? 0 : r.lease_until);  // a finished run holds no lease
+  b.integer(r.epoch);
 }
 
 std::string_view column_text(sqlite3_stmt* s, int i) {
@@ -411,42 +466,174 @@ class sqlite_store final : public store {
   std::string describe() const override { return url_; }
 
   expected<write_outcome, store_error> write(const write_batch& batch) override {
-    auto r = write_unfenced(batch);
-    if (!r) {
-      return make_unexpected(std::move(r.error()));
-    }
-    return write_outcome{};
-  }
-
-  expected<bool, store_error> write_unfenced(const write_batch& batch) {
-    return guarded("sqlite write", [&]() -> expected<bool, store_error> {
+    return guarded("sqlite write", [&]() -> expected<write_outcome, store_error> {
+      write_outcome out;
       if (batch.empty()) {
-        return true;
+        return out;
+      }
+      if (auto r = check_rows(batch); !r) {
+        return make_unexpected(r.error());
+      }
+      fence_pairs fence;
+      for (const auto& r : batch.runs) {
+        fence.add(r.run_id, r.epoch);
+      }
+      for (const auto& n : batch.nodes) {
+        fence.add(n.run_id, n.epoch);
       }
       std::lock_guard lock(mu_);
-      if (int rc = step_done(queries_[q_begin].get()); rc != SQLITE_OK) {
-        return make_unexpected(sqlite_error(db_.get(), rc, "begin transaction"));
+      // BEGIN IMMEDIATE holds the database's write lock from the fence's read to COMMIT: no
+      // claim (nor any other write) runs in between, in this process or another.
+      auto r = in_transaction([&]() -> expected<bool, store_error> {
+        if (!fence.empty()) {
+          auto fenced = read_fence(fence);
+          if (!fenced) {
+            return make_unexpected(fenced.error());
+          }
+          out.fenced_runs = std::move(*fenced);
+        }
+        return write_rows(batch, out.fenced_runs);
+      });
+      json_texts_.release_large();
+      if (!r) {
+        return make_unexpected(r.error());
       }
-      // Whatever way this ends (an error, an exception from the yield), no transaction stays
-      // open: every later write would fail to begin one. Some errors (a full disk, an I/O
-      // error) roll back by themselves; otherwise this undoes whatever part went in.
-      struct rollback_unless_done {
-        sqlite_store& self;
-        ~rollback_unless_done() {
-          if (sqlite3_get_autocommit(self.db_.get()) == 0) {
-            step_done(self.queries_[q_rollback].get());
+      return out;
+    });
+  }
+
+  expected<claim_result, store_error> claim_run(std::string_view run_id, std::string_view owner,
+                                                std::int64_t now_us,
+                                                std::int64_t lease_until_us) override {
+    return guarded("sqlite claim_run", [&]() -> expected<claim_result, store_error> {
+      claim_result out;
+      std::lock_guard lock(mu_);
+      // One transaction, so that a refusal reports the holder that caused it.
+      auto r = in_transaction([&]() -> expected<bool, store_error> {
+        sqlite3_stmt* s = queries_[q_claim].get();
+        reset_guard g{s};
+        bind_text(s, 1, run_id);
+        bind_text(s, 2, owner);
+        sqlite3_bind_int64(s, 3, now_us);
+        sqlite3_bind_int64(s, 4, lease_until_us);
+        const int rc = sqlite3_step(s);
+        if (rc == SQLITE_ROW) {
+          out.found = true;
+          out.claimed = true;
+          return read_holder(s, out);
+        }
+        if (rc != SQLITE_DONE) {
+          return make_unexpected(sqlite_error(db_.get(), rc, "claim run"));
+        }
+        sqlite3_stmt* q = queries_[q_run_owner].get();
+        reset_guard gq{q};
+        bind_text(q, 1, run_id);
+        const int qrc = sqlite3_step(q);
+        if (qrc == SQLITE_DONE) {
+          return true;  // no such run
+        }
+        if (qrc != SQLITE_ROW) {
+          return make_unexpected(sqlite_error(db_.get(), qrc, "read run owner"));
+        }
+        out.found = true;
+        return read_holder(q, out);
+      });
+      if (!r) {
+        return make_unexpected(r.error());
+      }
+      return out;
+    });
+  }
+
+  expected<std::vector<std::string>, store_error> renew_leases(
+      std::string_view owner, const std::vector<lease_ref>& runs,
+      std::int64_t lease_until_us) override {
+    return guarded("sqlite renew_leases", [&]() -> expected<std::vector<std::string>, store_error> {
+      std::vector<std::string> lost;
+      if (runs.empty()) {
+        return lost;
+      }
+      std::lock_guard lock(mu_);
+      auto r = in_transaction([&]() -> expected<bool, store_error> {
+        for (const lease_ref& ref : runs) {
+          sqlite3_stmt* s = queries_[q_renew].get();
+          reset_guard g{s};
+          bind_text(s, 1, ref.run_id);
+          bind_text(s, 2, owner);
+          sqlite3_bind_int64(s, 3, lease_until_us);
+          sqlite3_bind_int64(s, 4, ref.epoch);
+          if (int rc = sqlite3_step(s); rc != SQLITE_DONE) {
+            return make_unexpected(sqlite_error(db_.get(), rc, "renew lease"));
+          }
+          if (sqlite3_changes64(db_.get()) > 0) {
+            continue;
+          }
+          // Not renewed: missing, finished, or held by someone else now.
+          sqlite3_stmt* q = queries_[q_run_owner].get();
+          reset_guard gq{q};
+          bind_text(q, 1, ref.run_id);
+          const int rc = sqlite3_step(q);
+          if (rc == SQLITE_DONE) {
+            continue;
+          }
+          if (rc != SQLITE_ROW) {
+            return make_unexpected(sqlite_error(db_.get(), rc, "read run owner"));
+          }
+          if (column_text(q, 0) != owner || sqlite3_column_int64(q, 2) != ref.epoch) {
+            lost.push_back(ref.run_id);
           }
         }
-      } guard{*this};
-      auto r = write_rows(batch);
-      json_texts_.release_large();
-      if (r) {
-        if (int rc = step_done(queries_[q_commit].get()); rc != SQLITE_OK) {
-          r = make_unexpected(sqlite_error(db_.get(), rc, "commit"));
-        }
+        return true;
+      });
+      if (!r) {
+        return make_unexpected(r.error());
       }
-      return r;
+      sort_ids(lost);
+      return lost;
     });
+  }
+
+  expected<bool, store_error> write_dead_letters(
+      const std::vector<dead_letter_row>& rows) override {
+    return guarded("sqlite write_dead_letters", [&]() -> expected<bool, store_error> {
+      if (rows.empty()) {
+        return true;
+      }
+      std::vector<dead_letter_row> kept;
+      kept.reserve(rows.size());
+      for (const auto& r : rows) {
+        kept.push_back(storable(r));
+      }
+      std::lock_guard lock(mu_);
+      return in_transaction([&]() -> expected<bool, store_error> {
+        for (const auto& d : kept) {
+          sqlite3_stmt* s = queries_[q_add_dead_letter].get();
+          reset_guard g{s};
+          bind_text(s, 1, d.run_id);
+          bind_text(s, 2, d.table);
+          bind_text(s, 3, d.key);
+          bind_text(s, 4, d.row);
+          bind_text(s, 5, d.error);
+          sqlite3_bind_int64(s, 6, d.at);
+          if (int rc = sqlite3_step(s); rc != SQLITE_DONE) {
+            return make_unexpected(sqlite_error(db_.get(), rc, "write dead letter"));
+          }
+        }
+        return true;
+      });
+    });
+  }
+
+  expected<std::vector<dead_letter_row>, store_error> list_dead_letters(
+      std::size_t limit) override {
+    return guarded(
+        "sqlite list_dead_letters", [&]() -> expected<std::vector<dead_letter_row>, store_error> {
+          std::lock_guard lock(mu_);
+          sqlite3_stmt* s = queries_[q_list_dead_letters].get();
+          reset_guard g{s};
+          sqlite3_bind_int64(s, 1, limit == 0 ? -1 : static_cast<std::int64_t>(limit));
+          return read_all<dead_letter_row>(s, "list dead letters", &sqlite_store::read_dead_letter);
+        });
   }
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
@@ -567,6 +754,108 @@ class sqlite_store final : public store {
     } else {
       bind_text(s, i, v);
     }
+  }
+
+  // REQUIRES: mu_ is held. Runs `body` (returning expected<bool, store_error>) between BEGIN
+  // IMMEDIATE and COMMIT. Whatever way it ends (an error, an exception from a write's yield), no
+  // transaction stays open: every later call would fail to begin one. Some errors (a full disk,
+  // an I/O error) roll back by themselves; otherwise this undoes whatever part went in.
+  template <class F>
+  expected<bool, store_error> in_transaction(F&& body) {
+    if (int rc = step_done(queries_[q_begin].get()); rc != SQLITE_OK) {
+      return make_unexpected(sqlite_error(db_.get(), rc, "begin transaction"));
+    }
+    struct rollback_unless_done {
+      sqlite_store& self;
+      ~rollback_unless_done() {
+        if (sqlite3_get_autocommit(self.db_.get()) == 0) {
+          step_done(self.queries_[q_rollback].get());
+        }
+      }
+    } guard{*this};
+    expected<bool, store_error> r = body();
+    if (r) {
+      if (int rc = step_done(queries_[q_commit].get()); rc != SQLITE_OK) {
+        r = make_unexpected(sqlite_error(db_.get(), rc, "commit"));
+      }
+    }
+    return r;
+  }
+
+  // REQUIRES: mu_ is held, inside the write's transaction. The runs of `fence` stored with
+  // another epoch than one of their rows', sorted.
+  expected<std::vector<std::string>, store_error> read_fence(fence_pairs& fence) {
+    const auto& pairs = fence.pairs();  // sorted by run id
+    std::vector<std::string_view> ids;
+    for (const auto& p : pairs) {
+      if (ids.empty() || ids.back() != p.first) {
+        ids.push_back(p.first);
+      }
+    }
+    std::vector<std::string> fenced;
+    for (std::size_t done = 0; done < ids.size();) {
+      const std::size_t left = ids.size() - done;
+      int n = fence_sizes.back();
+      for (int c : fence_sizes) {
+        if (static_cast<std::size_t>(c) >= left) {
+          n = c;
+          break;
+        }
+      }
+      stmt_ptr& slot = fences_[n];
+      if (!slot) {
+        if (auto r = prepare(fence_sql(n), slot); !r) {
+          fences_.erase(n);
+          return make_unexpected(r.error());
+        }
+      }
+      sqlite3_stmt* s = slot.get();
+      reset_guard g{s};
+      const std::size_t take = std::min(left, static_cast<std::size_t>(n));
+      for (std::size_t i = 0; i < static_cast<std::size_t>(n); ++i) {
+        if (i < take) {
+          bind_text(s, static_cast<int>(i + 1), ids[done + i]);
+        } else {
+          sqlite3_bind_null(s, static_cast<int>(i + 1));
+        }
+      }
+      for (;;) {
+        const int rc = sqlite3_step(s);
+        if (rc == SQLITE_DONE) {
+          break;
+        }
+        if (rc != SQLITE_ROW) {
+          return make_unexpected(sqlite_error(db_.get(), rc, "read run epochs"));
+        }
+        const std::string_view run_id = column_text(s, 0);
+        const std::int64_t stored = sqlite3_column_int64(s, 1);
+        auto it = std::lower_bound(pairs.begin(), pairs.end(), run_id,
+                                   [](const auto& p, std::string_view id) { return p.first < id; });
+        for (; it != pairs.end() && it->first == run_id; ++it) {
+          if (it->second != stored) {
+            fenced.emplace_back(run_id);
+            break;
+          }
+        }
+      }
+      done += take;
+    }
+    sort_ids(fenced);
+    return fenced;
+  }
+
+  // Reads owner, lease_until, epoch and status (the first four columns) into `out`.
+  static expected<bool, store_error> read_holder(sqlite3_stmt* s, claim_result& out) {
+    out.owner = column_text(s, 0);
+    out.lease_until = sqlite3_column_int64(s, 1);
+    out.epoch = sqlite3_column_int64(s, 2);
+    auto status = parse_run_status(column_text(s, 3));
+    if (!status) {
+      return make_unexpected(
+          store_error{"unknown run status '" + std::string(column_text(s, 3)) + "'", false});
+    }
+    out.status = *status;
+    return true;
   }
 
   // Runs a statement that returns no rows; SQLITE_OK when it completed.
@@ -772,22 +1061,33 @@ class sqlite_store final : public store {
     return true;
   }
 
-  expected<bool, store_error> write_rows(const write_batch& batch) {
+  // Every row of the batch but those of the `fenced` runs (sorted).
+  expected<bool, store_error> write_rows(const write_batch& batch,
+                                         const std::vector<std::string>& fenced) {
+    const bool unique = batch.unique_keys;
+    auto runs = rows_to_write(batch.runs, run_key, unique);
+    auto nodes = rows_to_write(batch.nodes, node_key, unique);
+    if (!fenced.empty()) {
+      const auto is_fenced = [&](const auto* row) {
+        return std::binary_search(fenced.begin(), fenced.end(), row->run_id);
+      };
+      std::erase_if(runs, is_fenced);
+      std::erase_if(nodes, is_fenced);
+    }
     std::size_t statements = 0;
-    if (auto r = write_table(runs_table, last_wins(batch.runs, run_key), statements, "runs"); !r) {
+    if (auto r = write_table(runs_table, runs, statements, "runs"); !r) {
       return r;
     }
-    if (auto r = write_table(nodes_table, last_wins(batch.nodes, node_key), statements,
-                             "node executions");
+    if (auto r = write_table(nodes_table, nodes, statements, "node executions"); !r) {
+      return r;
+    }
+    if (auto r = write_table(workflows_table, rows_to_write(batch.workflows, workflow_key, unique),
+                             statements, "workflows");
         !r) {
       return r;
     }
-    if (auto r = write_table(workflows_table, last_wins(batch.workflows, workflow_key), statements,
-                             "workflows");
-        !r) {
-      return r;
-    }
-    return write_table(cache_table, last_wins(batch.cache, cache_key), statements, "cache entries");
+    return write_table(cache_table, rows_to_write(batch.cache, cache_key, unique), statements,
+                       "cache entries");
   }
 
   template <class Row>
@@ -857,6 +1157,20 @@ class sqlite_store final : public store {
     r.finished_at = sqlite3_column_int64(s, 9);
     r.parent_run_id = column_text(s, 10);
     r.parent_node_id = column_text(s, 11);
+    r.owner = column_text(s, 12);
+    r.lease_until = sqlite3_column_int64(s, 13);
+    r.epoch = sqlite3_column_int64(s, 14);
+    return r;
+  }
+
+  static expected<dead_letter_row, store_error> read_dead_letter(sqlite3_stmt* s) {
+    dead_letter_row r;
+    r.run_id = column_text(s, 0);
+    r.table = column_text(s, 1);
+    r.key = column_text(s, 2);
+    r.row = column_text(s, 3);
+    r.error = column_text(s, 4);
+    r.at = sqlite3_column_int64(s, 5);
     return r;
   }
 
@@ -945,6 +1259,7 @@ class sqlite_store final : public store {
   static constexpr int checkpoint_frames = 1000;  // SQLite's own default threshold
   std::array<stmt_ptr, q_count> queries_;
   std::map<std::pair<const table_spec*, int>, stmt_ptr> upserts_;
+  std::map<int, stmt_ptr> fences_;  // read_fence's, by the number of runs they hold
 };
 
 }  // namespace

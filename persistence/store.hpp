@@ -45,9 +45,10 @@ struct run_row {
   /// that runs it ("host/pid/start_us"), `lease_until` (wall µs, 0: no lease) is when another
   /// engine may claim it, `epoch` counts its owners (1 for a new run, +1 per claim).
   /// write() stores all three when it inserts the row; on update it keeps owner and epoch as
-  /// they are (only claim_run() changes them) and keeps lease_until too (only renew_leases()
-  /// moves it), except that a row whose status is final releases the lease (0). `epoch` also
-  /// fences the write (see write()); 0: an unfenced row (tests, tools).
+  /// they are (only claim_run() changes them) and keeps lease_until too (only claim_run() and
+  /// renew_leases() move it), except that a row whose status is final (succeeded, failed,
+  /// cancelled, timed_out) releases the lease (0), on insert too. `epoch` also fences the write
+  /// (see write()); 0: an unfenced row (tests, tools).
   std::string owner;
   std::int64_t lease_until = 0;
   std::int64_t epoch = 0;
@@ -104,7 +105,8 @@ struct write_batch {
   std::vector<cache_row> cache;
 
   /// The caller guarantees that no two rows of a table share a key (keep_newest_rows() ran):
-  /// the store then skips its own deduplication.
+  /// the store then skips its own deduplication. A batch that breaks the promise may fail
+  /// (PostgreSQL refuses an upsert touching a row twice) or store either row.
   bool unique_keys = false;
 
   bool empty() const { return runs.empty() && nodes.empty() && workflows.empty() && cache.empty(); }
@@ -114,7 +116,8 @@ struct write_batch {
 /// What write() did besides storing rows.
 struct write_outcome {
   /// Runs whose rows were refused because another owner holds them now (the stored epoch differs
-  /// from the rows' epoch): none of their rows in the batch was written. The rest was.
+  /// from the rows' epoch): none of their rows in the batch was written. The rest was. Sorted,
+  /// no duplicates.
   std::vector<std::string> fenced_runs;
 };
 
@@ -139,13 +142,16 @@ struct lease_ref {
 /// A row a database refused for good (a permanent error), kept aside so that the rest of its
 /// batch could be committed: `troupe runs dead-letters` lists them.
 struct dead_letter_row {
-  std::string run_id;  // empty for workflow and cache rows
-  std::string table;   // "runs", "node_executions", "workflows", "cache_entries"
-  std::string key;     // the row's key, readable: "run/node/item/attempt", "name@version", ...
-  std::string row;     // the row as JSON text, cut at 64 KiB
-  std::string error;   // what the database said
+  std::string run_id;   // empty for workflow and cache rows
+  std::string table;    // "runs", "node_executions", "workflows", "cache_entries"
+  std::string key;      // the row's key, readable: "run/node/item/attempt", "name@version", ...
+  std::string row;      // the row as JSON text, cut at 64 KiB
+  std::string error;    // what the database said
   std::int64_t at = 0;  // wall µs
-}; 
+  // Stores keep every text storable whatever it holds: invalid UTF-8 and NUL bytes become
+  // U+FFFD, `row` and `error` are cut to 64 KiB (run_id, table, key to 1 KiB) on a character
+  // boundary.
+};
 
 struct run_query {
   std::optional<run_status> status;
@@ -169,25 +175,35 @@ class store {
   /// transaction, holding it against a concurrent claim_run(); when it exists and differs from
   /// the rows' epoch, every row of that run in the batch is dropped and the run is named in
   /// write_outcome::fenced_runs. A run not stored yet is not fenced (its first rows insert it).
+  /// Rows of one run are meant to carry one epoch: when they carry several (epoch 0 aside), the
+  /// run is fenced if any of them differs from the stored one. A run with only epoch 0 rows in
+  /// the batch is never fenced; its rows are written whatever epoch is stored. A batch with a
+  /// row that cannot be stored at all (a status out of range, a node item < -1 or attempt < 0)
+  /// fails whole, fenced or not, with a non-transient error. Without any row of epoch > 0 the
+  /// write costs nothing more than before fencing existed.
   virtual expected<write_outcome, store_error> write(const write_batch& batch) = 0;
 
   /// Takes a run over: succeeds when the run exists, has not succeeded, and its lease has
   /// expired (lease_until <= now_us; a finished run's lease is released, 0). Then, atomically,
-  /// owner = `owner`, epoch = epoch + 1, lease_until = `lease_until_us`. Otherwise changes nothing
-  /// and reports who holds it.
+  /// owner = `owner`, epoch = epoch + 1, lease_until = `lease_until_us`; its status and every
+  /// other column stay. Otherwise changes nothing and reports who holds it (as stored when the
+  /// refusal is read back). A claim waits for a write that holds the run (its fence), and a
+  /// write that begins after the claim committed is fenced by it.
   virtual expected<claim_result, store_error> claim_run(std::string_view run_id,
-                                                        std::string_view owner,
-                                                        std::int64_t now_us,
+                                                        std::string_view owner, std::int64_t now_us,
                                                         std::int64_t lease_until_us);
   /// Extends to `lease_until_us` the leases of the given runs that `owner` still holds at the
   /// given epochs and that are pending or running, in one transaction. Returns the runs it
-  /// holds no more (stored with another owner or epoch); runs not stored (yet) are not
+  /// holds no more (stored with another owner or epoch), sorted; runs not stored (yet) are not
   /// reported, nor finished ones of the same epoch.
   virtual expected<std::vector<std::string>, store_error> renew_leases(
       std::string_view owner, const std::vector<lease_ref>& runs, std::int64_t lease_until_us);
 
-  /// Keeps rows a database refused for good; the newest first from list_dead_letters().
+  /// Keeps rows a database refused for good, in one transaction (texts made storable, see
+  /// dead_letter_row).
   virtual expected<bool, store_error> write_dead_letters(const std::vector<dead_letter_row>& rows);
+  /// The `limit` (0: all) most recently written dead letters, newest first: by the order they
+  /// were written in (within one call, its last row first), not by `at`.
   virtual expected<std::vector<dead_letter_row>, store_error> list_dead_letters(std::size_t limit);
 
   /// Newest first (by started_at, then run_id).

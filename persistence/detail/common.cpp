@@ -30,11 +30,26 @@ expected<std::string_view, store_error> checked_name(E e, std::string_view kind)
   return name;
 }
 
+// Ownership: a write inserts owner, lease and epoch with a new run and keeps them afterwards
+// (claim_run() and renew_leases() move them), except that a final status releases the lease.
 constexpr column_spec run_columns[] = {
-    {"run_id", "text"},        {"workflow", "text"},      {"version", "text"},
-    {"plan_hash", "text"},     {"status", "text"},        {"inputs", "text"},
-    {"outputs", "text"},       {"error", "text"},         {"started_at", "bigint"},
-    {"finished_at", "bigint"}, {"parent_run_id", "text"}, {"parent_node_id", "text"},
+    {"run_id", "text"},
+    {"workflow", "text"},
+    {"version", "text"},
+    {"plan_hash", "text"},
+    {"status", "text"},
+    {"inputs", "text"},
+    {"outputs", "text"},
+    {"error", "text"},
+    {"started_at", "bigint"},
+    {"finished_at", "bigint"},
+    {"parent_run_id", "text"},
+    {"parent_node_id", "text"},
+    {"owner", "text", ""},
+    {"lease_until", "bigint",
+     "CASE WHEN excluded.status IN ('succeeded', 'failed', 'cancelled', 'timed_out') THEN 0 "
+     "ELSE runs.lease_until END"},
+    {"epoch", "bigint", ""},
 };
 constexpr column_spec node_columns[] = {
     {"run_id", "text"},       {"node_id", "text"},       {"item", "bigint"},
@@ -53,6 +68,8 @@ constexpr column_spec cache_columns[] = {
 };
 
 }  // namespace
+
+const char* const final_statuses_sql = "('succeeded', 'failed', 'cancelled', 'timed_out')";
 
 const table_spec runs_table{"runs", run_columns, std::size(run_columns), 1};
 const table_spec nodes_table{"node_executions", node_columns, std::size(node_columns), 4};
@@ -73,10 +90,10 @@ std::optional<run_status> parse_run_status(std::string_view s) {
 }
 
 std::optional<node_status> parse_node_status(std::string_view s) {
-  static constexpr std::array all = {
-      node_status::pending, node_status::running,   node_status::succeeded, node_status::failed,
-      node_status::skipped, node_status::cancelled, node_status::timed_out,
-      node_status::interrupted};
+  static constexpr std::array all = {node_status::pending,   node_status::running,
+                                     node_status::succeeded, node_status::failed,
+                                     node_status::skipped,   node_status::cancelled,
+                                     node_status::timed_out, node_status::interrupted};
   return parse_enum(s, all);
 }
 
@@ -142,6 +159,120 @@ bool valid_node_key(const node_row& r) {
   return r.item >= -1 && r.attempt >= 0;
 }
 
+expected<bool, store_error> check_rows(const write_batch& batch) {
+  for (const auto& r : batch.runs) {
+    if (auto s = status_name(r.status); !s) {
+      return make_unexpected(s.error());
+    }
+  }
+  for (const auto& n : batch.nodes) {
+    if (!valid_node_key(n)) {
+      return make_unexpected(
+          store_error{"node row " + n.run_id + "/" + n.node_id +
+                          ": item must be >= -1 and attempt >= 0 (constraint violated)",
+                      false});
+    }
+    for (auto s : {status_name(n.status), status_name(n.cache), status_name(n.spec_cache)}) {
+      if (!s) {
+        return make_unexpected(s.error());
+      }
+    }
+  }
+  return true;
+}
+
+bool is_final(run_status s) {
+  switch (s) {
+    case run_status::succeeded:
+    case run_status::failed:
+    case run_status::cancelled:
+    case run_status::timed_out:
+      return true;
+    case run_status::pending:
+    case run_status::running:
+      return false;
+  }
+  return false;
+}
+
+void sort_ids(std::vector<std::string>& runs) {
+  std::sort(runs.begin(), runs.end());
+  runs.erase(std::unique(runs.begin(), runs.end()), runs.end());
+}
+
+namespace {
+
+// The length of the valid UTF-8 sequence at the start of `s` (1-4), or 0 when it is not one
+// (overlong forms, surrogates and code points past U+10FFFF are invalid, as PostgreSQL holds).
+std::size_t utf8_sequence(std::string_view s) {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  if (c < 0x80) {
+    return 1;
+  }
+  std::size_t n = 0;
+  unsigned char lo = 0x80;
+  unsigned char hi = 0xbf;
+  if (c >= 0xc2 && c <= 0xdf) {
+    n = 2;
+  } else if (c >= 0xe0 && c <= 0xef) {
+    n = 3;
+    lo = c == 0xe0 ? 0xa0 : 0x80;
+    hi = c == 0xed ? 0x9f : 0xbf;
+  } else if (c >= 0xf0 && c <= 0xf4) {
+    n = 4;
+    lo = c == 0xf0 ? 0x90 : 0x80;
+    hi = c == 0xf4 ? 0x8f : 0xbf;
+  } else {
+    return 0;
+  }
+  if (s.size() < n || b(1) < lo || b(1) > hi) {
+    return 0;
+  }
+  for (std::size_t i = 2; i < n; ++i) {
+    if (b(i) < 0x80 || b(i) > 0xbf) {
+      return 0;
+    }
+  }
+  return n;
+}
+
+}  // namespace
+
+std::string storable_text(std::string_view text, std::size_t max_bytes) {
+  constexpr std::string_view replacement = "\xef\xbf\xbd";  // U+FFFD
+  std::string out;
+  out.reserve(std::min(text.size(), max_bytes));
+  for (std::size_t at = 0; at < text.size();) {
+    std::size_t n = utf8_sequence(text.substr(at));
+    const bool bad = n == 0 || text[at] == '\0';
+    const std::size_t add = bad ? replacement.size() : n;
+    if (out.size() + add > max_bytes) {
+      break;
+    }
+    if (bad) {
+      out += replacement;
+      n = 1;
+    } else {
+      out.append(text.substr(at, n));
+    }
+    at += n;
+  }
+  return out;
+}
+
+dead_letter_row storable(const dead_letter_row& row) {
+  constexpr std::size_t name_max = 1024;
+  dead_letter_row out;
+  out.run_id = storable_text(row.run_id, name_max);
+  out.table = storable_text(row.table, name_max);
+  out.key = storable_text(row.key, name_max);
+  out.row = storable_text(row.row);
+  out.error = storable_text(row.error);
+  out.at = row.at;
+  return out;
+}
+
 std::string column_list(const table_spec& t) {
   std::string s;
   for (std::size_t i = 0; i < t.column_count; ++i) {
@@ -162,13 +293,24 @@ std::string on_conflict_clause(const table_spec& t) {
     s += t.columns[i].name;
   }
   s += ") DO UPDATE SET ";
+  bool first = true;
   for (std::size_t i = t.key_count; i < t.column_count; ++i) {
-    if (i > t.key_count) {
+    const column_spec& c = t.columns[i];
+    if (c.on_update != nullptr && *c.on_update == '\0') {
+      continue;  // keeps the stored value
+    }
+    if (!first) {
       s += ", ";
     }
-    s += t.columns[i].name;
-    s += " = excluded.";
-    s += t.columns[i].name;
+    first = false;
+    s += c.name;
+    if (c.on_update != nullptr) {
+      s += " = ";
+      s += c.on_update;
+    } else {
+      s += " = excluded.";
+      s += c.name;
+    }
   }
   return s;
 }

@@ -20,7 +20,10 @@
 namespace troupe::detail {
 
 /// The schema version this build creates and understands.
-inline constexpr int current_schema_version = 2;
+inline constexpr int current_schema_version = 3;
+
+/// The most bytes of a dead letter's `row` and `error` a store keeps (dead_letter_row).
+inline constexpr std::size_t dead_letter_text_max = 64 * 1024;
 
 /// One schema version: the statements that take a database from the version before to this
 /// one, run in order inside the migration transaction (each backend spells its own SQL).
@@ -53,10 +56,71 @@ std::string mask_url(std::string_view url);
 /// SQL backends through CHECK constraints), so a bad row fails its whole batch everywhere.
 bool valid_node_key(const node_row& r);
 
+/// Checks every run and node row of `batch` before anything is written: statuses a store can
+/// name, node keys in their domain. Every backend runs it first, so a batch with a bad row fails
+/// whole (non-transient) on all of them, whether or not that row's run is fenced.
+expected<bool, store_error> check_rows(const write_batch& batch);
+
+/// Whether a run in this status is finished: writing it releases the run's lease (lease_until
+/// 0). The SQL backends spell the same set in final_statuses_sql.
+bool is_final(run_status s);
+/// `('succeeded', 'failed', 'cancelled', 'timed_out')`: is_final's statuses as an SQL list.
+extern const char* const final_statuses_sql;
+
+/// The distinct (run, epoch) pairs with epoch > 0 among the rows given to add(): the runs a
+/// write fences. Keeps views of the run ids, which must outlive it. Consecutive rows of one run
+/// (the common case) cost a comparison each; no allocation per row.
+class fence_pairs {
+ public:
+  void add(std::string_view run_id, std::int64_t epoch) {
+    if (epoch <= 0) {
+      return;
+    }
+    if (!pairs_.empty() && pairs_.back().first == run_id && pairs_.back().second == epoch) {
+      return;
+    }
+    pairs_.emplace_back(run_id, epoch);
+    sorted_ = false;
+  }
+  bool empty() const { return pairs_.empty(); }
+  /// Sorted by run id, then epoch; no duplicates.
+  const std::vector<std::pair<std::string_view, std::int64_t>>& pairs() {
+    if (!sorted_) {
+      std::sort(pairs_.begin(), pairs_.end());
+      pairs_.erase(std::unique(pairs_.begin(), pairs_.end()), pairs_.end());
+      sorted_ = true;
+    }
+    return pairs_;
+  }
+  void clear() {
+    pairs_.clear();
+    sorted_ = true;
+  }
+
+ private:
+  std::vector<std::pair<std::string_view, std::int64_t>> pairs_;
+  bool sorted_ = true;
+};
+
+/// Sorts run ids and drops duplicates: write_outcome::fenced_runs and the runs renew_leases()
+/// reports lost come out alike from every backend.
+void sort_ids(std::vector<std::string>& runs);
+
+/// `text` made storable anywhere as a dead letter: invalid UTF-8 and NUL bytes (which PostgreSQL
+/// text refuses) replaced by U+FFFD, then cut to at most `max_bytes` on a character boundary. A
+/// dead letter exists because its row was refused; its own text must not be refused too.
+std::string storable_text(std::string_view text, std::size_t max_bytes = dead_letter_text_max);
+/// `row` with its texts made storable (storable_text; run_id, table and key to 1 KiB).
+dead_letter_row storable(const dead_letter_row& row);
+
 /// One column of a table as the SQL backends declare and write it.
 struct column_spec {
   const char* name;
   const char* pg_array_type;  // element type for PostgreSQL's unnest($n::type[])
+  /// What an upsert sets the column to when the row exists already: nullptr, the new value
+  /// (`excluded.name`); "", the stored value (the column is left out of the SET list); else this
+  /// SQL expression (valid in SQLite and PostgreSQL; the stored row is `<table>.column`).
+  const char* on_update = nullptr;
 };
 
 struct table_spec {
@@ -73,7 +137,8 @@ extern const table_spec cache_table;
 
 /// "a, b, c"
 std::string column_list(const table_spec& t);
-/// "ON CONFLICT (k1, k2) DO UPDATE SET c = excluded.c, ..." (valid in SQLite and PostgreSQL).
+/// "ON CONFLICT (k1, k2) DO UPDATE SET c = excluded.c, ..." (valid in SQLite and PostgreSQL),
+/// each column as its column_spec::on_update says.
 std::string on_conflict_clause(const table_spec& t);
 
 struct tuple_hash {
@@ -159,6 +224,21 @@ std::vector<const Row*> last_wins(const std::vector<Row>& rows, KeyFn key) {
   std::vector<const Row*> out;
   out.reserve(rows.size() - gone.size());
   for_each_kept(rows.size(), gone, [&](std::size_t i) { out.push_back(&rows[i]); });
+  return out;
+}
+
+/// The rows write() stores: all of them when the caller vouches that keys are unique
+/// (write_batch::unique_keys), else last_wins().
+template <class Row, class KeyFn>
+std::vector<const Row*> rows_to_write(const std::vector<Row>& rows, KeyFn key, bool unique_keys) {
+  if (!unique_keys) {
+    return last_wins(rows, key);
+  }
+  std::vector<const Row*> out;
+  out.reserve(rows.size());
+  for (const Row& r : rows) {
+    out.push_back(&r);
+  }
   return out;
 }
 

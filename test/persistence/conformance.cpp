@@ -22,6 +22,9 @@ void check_same(const run_row& got, const run_row& want) {
   BOOST_TEST(got.finished_at == want.finished_at);
   BOOST_TEST(got.parent_run_id == want.parent_run_id);
   BOOST_TEST(got.parent_node_id == want.parent_node_id);
+  BOOST_TEST(got.owner == want.owner);
+  BOOST_TEST(got.lease_until == want.lease_until);
+  BOOST_TEST(got.epoch == want.epoch);
 }
 
 void check_same(const node_row& got, const node_row& want) {
@@ -94,6 +97,75 @@ void check_v1_rows_migrated(store& s) {
   BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
   check_same((*nodes)[0], replaced);
   check_same((*nodes)[1], added);
+}
+
+void check_v2_rows_migrated(store& s) {
+  node_row v2_node = sample_node("parent", "spawn", -1, 2);
+  v2_node.input = parse(R"({"x":2})");
+  v2_node.output = parse(R"({"y":3})");
+  v2_node.started_at = 30;
+  v2_node.finished_at = 40;
+  v2_node.worker = "w2";
+  v2_node.spec_cache = cache_status::hit;
+  v2_node.child_run_id = "child";
+  auto nodes = s.node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  BOOST_TEST((*nodes)[0].attempt == 1);
+  check_same((*nodes)[1], v2_node);
+
+  run_row child = sample_run("child", 1500);
+  child.inputs = nullptr;
+  child.parent_run_id = "parent";
+  child.parent_node_id = "spawn";
+  auto got = s.get_run("child");
+  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
+  check_same(**got, child);  // owner '', lease_until 0, epoch 0
+  auto unfinished = s.unfinished_runs();
+  BOOST_REQUIRE_MESSAGE(unfinished.has_value(), error_of(unfinished));
+  BOOST_REQUIRE_EQUAL(unfinished->size(), 1u);
+  check_same((*unfinished)[0], child);
+  auto listed = s.list_runs(runs_query().limit(0));
+  BOOST_REQUIRE_MESSAGE(listed.has_value(), error_of(listed));
+  BOOST_REQUIRE_EQUAL(listed->size(), 2u);
+  for (const auto& r : *listed) {
+    BOOST_TEST(r.owner == "");
+    BOOST_TEST(r.lease_until == 0);
+    BOOST_TEST(r.epoch == 0);
+  }
+}
+
+void check_old_runs_take_part_in_ownership(store& s) {
+  node_row n = sample_node("child", "late");
+  n.epoch = 1;
+  auto fenced = s.write(write_batch{{}, {n}, {}, {}});
+  BOOST_REQUIRE_MESSAGE(fenced.has_value(), error_of(fenced));
+  BOOST_TEST(fenced->fenced_runs == std::vector<std::string>{"child"},
+             boost::test_tools::per_element());
+
+  auto refused = s.claim_run("parent", "engine-2", 10, 1000);
+  BOOST_REQUIRE_MESSAGE(refused.has_value(), error_of(refused));
+  BOOST_TEST(refused->found);
+  BOOST_TEST(!refused->claimed);  // succeeded
+  auto claimed = s.claim_run("child", "engine-2", 10, 1000);
+  BOOST_REQUIRE_MESSAGE(claimed.has_value(), error_of(claimed));
+  BOOST_TEST(claimed->claimed);
+  BOOST_TEST(claimed->epoch == 1);
+  BOOST_TEST(claimed->owner == "engine-2");
+
+  auto written = s.write(write_batch{{}, {n}, {}, {}});
+  BOOST_REQUIRE_MESSAGE(written.has_value(), error_of(written));
+  BOOST_TEST(written->fenced_runs.empty());
+  auto nodes = s.node_rows("child");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_TEST(nodes->size() == 1u);
+
+  auto kept = s.write_dead_letters({{"child", "node_executions", "child/x/-1/1", "{}", "no", 5}});
+  BOOST_REQUIRE_MESSAGE(kept.has_value(), error_of(kept));
+  auto letters = s.list_dead_letters(0);
+  BOOST_REQUIRE_MESSAGE(letters.has_value(), error_of(letters));
+  BOOST_REQUIRE_EQUAL(letters->size(), 1u);
+  BOOST_TEST((*letters)[0].key == "child/x/-1/1");
 }
 
 namespace {
@@ -756,6 +828,432 @@ BOOST_AUTO_TEST_CASE(awkward_texts_come_back_unchanged, *utf::timeout(60)) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Ownership: owner, lease and epoch on run rows; fenced writes, claims, renewals; dead letters.
+BOOST_FIXTURE_TEST_SUITE(ownership, store_fixture)
+
+namespace {
+
+run_row owned_run(std::string id, std::string owner, std::int64_t epoch, std::int64_t lease_until,
+                  run_status status = run_status::running) {
+  run_row r = sample_run(std::move(id));
+  r.owner = std::move(owner);
+  r.epoch = epoch;
+  r.lease_until = lease_until;
+  r.status = status;
+  return r;
+}
+
+node_row epoch_node(std::string run, std::string node, std::int64_t epoch, std::int64_t item = -1) {
+  node_row n = sample_node(std::move(run), std::move(node), item);
+  n.epoch = epoch;
+  return n;
+}
+
+write_outcome must_write_outcome(store& s, const write_batch& b) {
+  auto r = s.write(b);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "write failed: " << error_of(r));
+  return *r;
+}
+
+claim_result must_claim(store& s, std::string_view run, std::string_view owner, std::int64_t now,
+                        std::int64_t lease_until) {
+  auto r = s.claim_run(run, owner, now, lease_until);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "claim_run failed: " << error_of(r));
+  return *r;
+}
+
+std::vector<std::string> must_renew(store& s, std::string_view owner,
+                                    const std::vector<lease_ref>& runs, std::int64_t until) {
+  auto r = s.renew_leases(owner, runs, until);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "renew_leases failed: " << error_of(r));
+  return *r;
+}
+
+using ids_t = std::vector<std::string>;
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(reads_back_owner_lease_and_epoch_from_every_run_query, *utf::timeout(60)) {
+  const run_row r = owned_run("r1", "host/42/1700000000000000", 3, 5'000'000);
+  must_write(*s, write_batch{{r}, {}, {}, {}});
+  check_same(must_get_run("r1"), r);
+  auto listed = must_list({});
+  BOOST_REQUIRE_EQUAL(listed.size(), 1u);
+  check_same(listed[0], r);
+  auto unfinished = s->unfinished_runs();
+  BOOST_REQUIRE_MESSAGE(unfinished.has_value(), error_of(unfinished));
+  BOOST_REQUIRE_EQUAL(unfinished->size(), 1u);
+  check_same((*unfinished)[0], r);
+  // A node's epoch fences its write but is not stored.
+  must_write(*s, write_batch{{}, {epoch_node("r1", "a", 3)}, {}, {}});
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  BOOST_TEST(nodes[0].epoch == 0);
+}
+
+BOOST_AUTO_TEST_CASE(a_run_written_again_keeps_its_owner_epoch_and_renewed_lease,
+                     *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 1, 1000)}, {}, {}, {}});
+  BOOST_TEST(must_renew(*s, "a", {{"r1", 1}}, 8000).empty());
+  // The owner's next write of the run carries the lease it started with, or another engine's
+  // name: neither changes what claims and renewals decided.
+  run_row again = owned_run("r1", "someone-else", 1, 1000);
+  again.outputs = parse(R"({"partial": true})");
+  must_write(*s, write_batch{{again}, {}, {}, {}});
+  run_row want = again;
+  want.owner = "a";
+  want.lease_until = 8000;
+  check_same(must_get_run("r1"), want);
+  // Epoch 0 (an unfenced write) keeps the stored epoch too.
+  again.epoch = 0;
+  must_write(*s, write_batch{{again}, {}, {}, {}});
+  check_same(must_get_run("r1"), want);
+}
+
+BOOST_AUTO_TEST_CASE(a_final_status_releases_the_lease_and_keeps_owner_and_epoch,
+                     *utf::timeout(60)) {
+  for (run_status st :
+       {run_status::succeeded, run_status::failed, run_status::cancelled, run_status::timed_out}) {
+    const std::string id(to_string(st));
+    must_write(*s, write_batch{{owned_run(id, "a", 2, 9000)}, {}, {}, {}});
+    run_row done = owned_run(id, "a", 2, 9000, st);
+    done.finished_at = 5000;
+    must_write(*s, write_batch{{done}, {}, {}, {}});
+    run_row want = done;
+    want.lease_until = 0;
+    check_same(must_get_run(id), want);
+    // Inserted finished, too.
+    const std::string fresh = id + "-fresh";
+    run_row inserted = owned_run(fresh, "a", 1, 9000, st);
+    must_write(*s, write_batch{{inserted}, {}, {}, {}});
+    inserted.lease_until = 0;
+    check_same(must_get_run(fresh), inserted);
+  }
+  // pending and running keep it.
+  must_write(*s, write_batch{{owned_run("p", "a", 1, 9000, run_status::pending)}, {}, {}, {}});
+  must_write(*s, write_batch{{owned_run("p", "a", 1, 1, run_status::running)}, {}, {}, {}});
+  BOOST_TEST(must_get_run("p").lease_until == 9000);
+}
+
+BOOST_AUTO_TEST_CASE(a_stale_epoch_changes_none_of_its_runs_rows_and_the_rest_lands,
+                     *utf::timeout(60)) {
+  write_batch first;
+  first.runs = {owned_run("r1", "a", 1, 100), owned_run("r2", "a", 1, 100)};
+  first.nodes = {epoch_node("r1", "x", 1), epoch_node("r2", "x", 1)};
+  BOOST_TEST(must_write_outcome(*s, first).fenced_runs.empty());
+  const claim_result c = must_claim(*s, "r1", "b", 200, 9000);
+  BOOST_REQUIRE(c.claimed);
+  BOOST_TEST(c.epoch == 2);
+
+  // The old owner's next batch: r1's rows are stale, r2's and the rest are not.
+  write_batch stale;
+  run_row r1_done = owned_run("r1", "a", 1, 100, run_status::succeeded);
+  r1_done.outputs = parse(R"({"from": "the old owner"})");
+  node_row r1_x = epoch_node("r1", "x", 1);
+  r1_x.error = "overwritten";
+  stale.runs = {r1_done, owned_run("r2", "a", 1, 100, run_status::failed),
+                owned_run("r3", "a", 1, 100)};
+  stale.nodes = {r1_x, epoch_node("r1", "y", 1), epoch_node("r2", "y", 1),
+                 epoch_node("r3", "x", 1)};
+  stale.workflows = {{"etl", "3", "h", "{}", 1}};
+  stale.cache = {{"k", "etl", "x", parse("1"), "output", 5}};
+  const write_outcome out = must_write_outcome(*s, stale);
+  BOOST_TEST(out.fenced_runs == (ids_t{"r1"}), boost::test_tools::per_element());
+
+  run_row r1 = first.runs[0];
+  r1.owner = "b";
+  r1.epoch = 2;
+  r1.lease_until = 9000;
+  check_same(must_get_run("r1"), r1);
+  auto r1_nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(r1_nodes.size(), 1u);
+  check_same(r1_nodes[0], first.nodes[0]);
+
+  BOOST_TEST(to_string(must_get_run("r2").status) == "failed");
+  BOOST_TEST(must_nodes("r2").size() == 2u);
+  BOOST_TEST(must_get_run("r3").epoch == 1);
+  BOOST_TEST(must_nodes("r3").size() == 1u);
+  auto w = s->get_workflow("etl", "3");
+  BOOST_REQUIRE(w.has_value());
+  BOOST_TEST(w->has_value());
+  auto k = s->get_cache("k");
+  BOOST_REQUIRE(k.has_value());
+  BOOST_TEST(k->has_value());
+
+  // The new owner writes under epoch 2.
+  run_row r1_new = owned_run("r1", "b", 2, 9000, run_status::succeeded);
+  BOOST_TEST(must_write_outcome(*s, write_batch{{r1_new}, {epoch_node("r1", "y", 2)}, {}, {}})
+                 .fenced_runs.empty());
+  BOOST_TEST(to_string(must_get_run("r1").status) == "succeeded");
+  BOOST_TEST(must_nodes("r1").size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(node_rows_alone_are_fenced_by_their_epoch, *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 4, 0)}, {}, {}, {}});
+  // Newer or older, any other epoch is fenced; several rows name the run once.
+  for (std::int64_t e : {3, 5}) {
+    const write_outcome out = must_write_outcome(
+        *s, write_batch{{}, {epoch_node("r1", "x", e), epoch_node("r1", "y", e)}, {}, {}});
+    BOOST_TEST(out.fenced_runs == (ids_t{"r1"}), boost::test_tools::per_element());
+  }
+  BOOST_TEST(must_nodes("r1").empty());
+  BOOST_TEST(must_write_outcome(*s, write_batch{{}, {epoch_node("r1", "x", 4)}, {}, {}})
+                 .fenced_runs.empty());
+  BOOST_TEST(must_nodes("r1").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(unfenced_rows_of_epoch_0_always_write, *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 1, 0)}, {}, {}, {}});
+  BOOST_REQUIRE(must_claim(*s, "r1", "b", 1, 9000).claimed);
+  run_row tool = owned_run("r1", "tool", 0, 0, run_status::cancelled);
+  tool.error = "cancelled by a tool";
+  const write_outcome out =
+      must_write_outcome(*s, write_batch{{tool}, {epoch_node("r1", "x", 0)}, {}, {}});
+  BOOST_TEST(out.fenced_runs.empty());
+  const run_row got = must_get_run("r1");
+  BOOST_TEST(got.error == "cancelled by a tool");
+  BOOST_TEST(got.owner == "b");
+  BOOST_TEST(got.epoch == 2);
+  BOOST_TEST(got.lease_until == 0);
+  BOOST_TEST(must_nodes("r1").size() == 1u);
+}
+
+BOOST_AUTO_TEST_CASE(a_run_with_rows_of_several_epochs_is_fenced_whole, *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 2, 0)}, {}, {}, {}});
+  const write_outcome out = must_write_outcome(
+      *s,
+      write_batch{{},
+                  {epoch_node("r1", "x", 2), epoch_node("r1", "y", 1), epoch_node("r1", "z", 0)},
+                  {},
+                  {}});
+  BOOST_TEST(out.fenced_runs == (ids_t{"r1"}), boost::test_tools::per_element());
+  BOOST_TEST(must_nodes("r1").empty());
+}
+
+BOOST_AUTO_TEST_CASE(a_run_not_stored_yet_is_never_fenced, *utf::timeout(60)) {
+  // Node rows first (the run row comes in a later batch), then the run row, at any epoch.
+  BOOST_TEST(must_write_outcome(*s, write_batch{{}, {epoch_node("new", "x", 7)}, {}, {}})
+                 .fenced_runs.empty());
+  BOOST_TEST(must_nodes("new").size() == 1u);
+  BOOST_TEST(
+      must_write_outcome(
+          *s, write_batch{{owned_run("new", "a", 7, 50)}, {epoch_node("new", "y", 7)}, {}, {}})
+          .fenced_runs.empty());
+  BOOST_TEST(must_get_run("new").epoch == 7);
+  BOOST_TEST(must_nodes("new").size() == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(a_sliced_batch_fences_a_runs_rows_in_every_slice, *utf::timeout(120)) {
+  must_write(
+      *s, write_batch{{owned_run("stale", "a", 1, 0), owned_run("live", "a", 1, 0)}, {}, {}, {}});
+  BOOST_REQUIRE(must_claim(*s, "stale", "b", 1, 9000).claimed);
+  s->set_write_yield([] {});
+  write_batch b;
+  for (int i = 0; i < 400; ++i) {  // the two runs' rows interleaved over many slices
+    b.nodes.push_back(epoch_node(i % 2 == 0 ? "stale" : "live", "map", 1, i));
+  }
+  b.runs = {owned_run("stale", "a", 1, 0, run_status::failed),
+            owned_run("live", "a", 1, 0, run_status::succeeded)};
+  const write_outcome out = must_write_outcome(*s, b);
+  BOOST_TEST(out.fenced_runs == (ids_t{"stale"}), boost::test_tools::per_element());
+  BOOST_TEST(must_nodes("stale").empty());
+  BOOST_TEST(must_nodes("live").size() == 200u);
+  BOOST_TEST(to_string(must_get_run("stale").status) == "running");
+  BOOST_TEST(to_string(must_get_run("live").status) == "succeeded");
+}
+
+BOOST_AUTO_TEST_CASE(a_batch_with_an_invalid_row_fails_whole_even_when_that_run_is_fenced,
+                     *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 1, 0)}, {}, {}, {}});
+  BOOST_REQUIRE(must_claim(*s, "r1", "b", 1, 9000).claimed);
+  node_row bad = epoch_node("r1", "bad", 1);
+  bad.attempt = -1;
+  auto r = s->write(write_batch{{owned_run("r2", "a", 1, 0)}, {bad}, {}, {}});
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(!r.error().transient, r.error().message);
+  auto r2 = s->get_run("r2");
+  BOOST_REQUIRE(r2.has_value());
+  BOOST_TEST(!r2->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(a_batch_with_unique_keys_is_written_as_given, *utf::timeout(60)) {
+  write_batch b = map_batch("u", 300);
+  b.runs = {owned_run("u", "a", 1, 0)};
+  b.workflows = {{"etl", "3", "h", "{}", 1}};
+  b.cache = {{"k", "etl", "a", parse("1"), "output", 5}};
+  for (auto& n : b.nodes) {
+    n.epoch = 1;
+  }
+  b.unique_keys = true;
+  BOOST_TEST(must_write_outcome(*s, b).fenced_runs.empty());
+  BOOST_TEST(must_nodes("u").size() == 300u);
+  BOOST_TEST(must_get_run("u").epoch == 1);
+}
+
+BOOST_AUTO_TEST_CASE(claims_a_run_whose_lease_expired, *utf::timeout(60)) {
+  run_row r = owned_run("r1", "a", 1, 1000);
+  must_write(*s, write_batch{{r}, {}, {}, {}});
+  const claim_result c = must_claim(*s, "r1", "b", 1000, 61000);  // expired at lease_until
+  BOOST_TEST(c.found);
+  BOOST_TEST(c.claimed);
+  BOOST_TEST(c.owner == "b");
+  BOOST_TEST(c.epoch == 2);
+  BOOST_TEST(c.lease_until == 61000);
+  BOOST_TEST(to_string(c.status) == "running");
+  r.owner = "b";
+  r.epoch = 2;
+  r.lease_until = 61000;
+  check_same(must_get_run("r1"), r);  // nothing else changed
+}
+
+BOOST_AUTO_TEST_CASE(refuses_a_live_lease_and_names_its_holder, *utf::timeout(60)) {
+  const run_row r = owned_run("r1", "a", 3, 1000);
+  must_write(*s, write_batch{{r}, {}, {}, {}});
+  const claim_result c = must_claim(*s, "r1", "b", 999, 61000);
+  BOOST_TEST(c.found);
+  BOOST_TEST(!c.claimed);
+  BOOST_TEST(c.owner == "a");
+  BOOST_TEST(c.lease_until == 1000);
+  BOOST_TEST(c.epoch == 3);
+  BOOST_TEST(to_string(c.status) == "running");
+  check_same(must_get_run("r1"), r);
+  // Claimed once, then refused to the next claimant until the new lease ends.
+  BOOST_REQUIRE(must_claim(*s, "r1", "b", 1000, 61000).claimed);
+  const claim_result again = must_claim(*s, "r1", "c", 60999, 99000);
+  BOOST_TEST(!again.claimed);
+  BOOST_TEST(again.owner == "b");
+  BOOST_TEST(again.epoch == 4);
+  BOOST_TEST(must_claim(*s, "r1", "c", 61000, 99000).epoch == 5);
+}
+
+BOOST_AUTO_TEST_CASE(refuses_a_succeeded_run_and_claims_a_finished_failed_one, *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("ok", "a", 1, 5000, run_status::succeeded),
+                              owned_run("bad", "a", 1, 5000, run_status::failed)},
+                             {},
+                             {},
+                             {}});
+  const claim_result ok = must_claim(*s, "ok", "b", 10, 9000);
+  BOOST_TEST(ok.found);
+  BOOST_TEST(!ok.claimed);
+  BOOST_TEST(to_string(ok.status) == "succeeded");
+  BOOST_TEST(ok.epoch == 1);
+  BOOST_TEST(must_get_run("ok").owner == "a");
+  // A failed run's lease was released when it finished: claimable at once, status unchanged.
+  const claim_result bad = must_claim(*s, "bad", "b", 10, 9000);
+  BOOST_TEST(bad.claimed);
+  BOOST_TEST(bad.epoch == 2);
+  BOOST_TEST(to_string(bad.status) == "failed");
+  BOOST_TEST(must_get_run("bad").lease_until == 9000);
+}
+
+BOOST_AUTO_TEST_CASE(claiming_an_unknown_run_finds_nothing, *utf::timeout(60)) {
+  const claim_result c = must_claim(*s, "nope", "b", 10, 9000);
+  BOOST_TEST(!c.found);
+  BOOST_TEST(!c.claimed);
+  auto got = s->get_run("nope");
+  BOOST_REQUIRE(got.has_value());
+  BOOST_TEST(!got->has_value());
+}
+
+BOOST_AUTO_TEST_CASE(renews_its_own_leases_and_reports_the_runs_it_lost, *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 1, 1000), owned_run("r2", "a", 1, 1000),
+                              owned_run("r3", "a", 1, 1000, run_status::pending),
+                              owned_run("done", "a", 1, 1000, run_status::succeeded),
+                              owned_run("other", "z", 1, 1000)},
+                             {},
+                             {},
+                             {}});
+  BOOST_REQUIRE(must_claim(*s, "r2", "b", 1000, 50000).claimed);
+  const ids_t lost = must_renew(
+      *s, "a", {{"r1", 1}, {"r2", 1}, {"r3", 1}, {"done", 1}, {"missing", 1}, {"other", 1}}, 20000);
+  BOOST_TEST(lost == (ids_t{"other", "r2"}), boost::test_tools::per_element());
+  BOOST_TEST(must_get_run("r1").lease_until == 20000);
+  BOOST_TEST(must_get_run("r3").lease_until == 20000);
+  BOOST_TEST(must_get_run("done").lease_until == 0);  // finished: nothing to renew, not lost
+  const run_row r2 = must_get_run("r2");
+  BOOST_TEST(r2.owner == "b");
+  BOOST_TEST(r2.lease_until == 50000);
+  BOOST_TEST(must_get_run("other").lease_until == 1000);
+  auto missing = s->get_run("missing");
+  BOOST_REQUIRE(missing.has_value());
+  BOOST_TEST(!missing->has_value());  // renewing never creates a run
+}
+
+BOOST_AUTO_TEST_CASE(a_renewal_under_an_old_epoch_is_lost_even_for_the_same_owner,
+                     *utf::timeout(60)) {
+  must_write(*s, write_batch{{owned_run("r1", "a", 1, 1000)}, {}, {}, {}});
+  // The same engine claimed it again (e.g. `runs resume` in the same process): epoch 2.
+  BOOST_REQUIRE(must_claim(*s, "r1", "a", 1000, 5000).claimed);
+  BOOST_TEST(must_renew(*s, "a", {{"r1", 1}}, 9000) == (ids_t{"r1"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(must_get_run("r1").lease_until == 5000);
+  BOOST_TEST(must_renew(*s, "a", {{"r1", 2}}, 9000).empty());
+  BOOST_TEST(must_get_run("r1").lease_until == 9000);
+  BOOST_TEST(must_renew(*s, "a", {}, 9000).empty());
+}
+
+BOOST_AUTO_TEST_CASE(keeps_dead_letters_and_lists_the_newest_first, *utf::timeout(60)) {
+  auto none = s->list_dead_letters(0);
+  BOOST_REQUIRE_MESSAGE(none.has_value(), error_of(none));
+  BOOST_TEST(none->empty());
+  const dead_letter_row a{
+      "r1", "node_executions", "r1/n/-1/1", R"({"run_id":"r1"})", "CHECK constraint failed", 300};
+  const dead_letter_row b{"", "workflows", "etl@3", "{}", "value too long", 100};
+  const dead_letter_row c{"r2", "runs", "r2", R"({"run_id":"r2"})", "trigger said no", 200};
+  auto w = s->write_dead_letters({a, b});
+  BOOST_REQUIRE_MESSAGE(w.has_value(), error_of(w));
+  w = s->write_dead_letters({c});
+  BOOST_REQUIRE_MESSAGE(w.has_value(), error_of(w));
+  w = s->write_dead_letters({});
+  BOOST_REQUIRE_MESSAGE(w.has_value(), error_of(w));
+
+  auto all = s->list_dead_letters(0);
+  BOOST_REQUIRE_MESSAGE(all.has_value(), error_of(all));
+  BOOST_REQUIRE_EQUAL(all->size(), 3u);
+  // In the order written, newest first, whatever `at` says.
+  const dead_letter_row* want[] = {&c, &b, &a};
+  for (std::size_t i = 0; i < 3; ++i) {
+    const dead_letter_row& got = (*all)[i];
+    BOOST_TEST(got.run_id == want[i]->run_id);
+    BOOST_TEST(got.table == want[i]->table);
+    BOOST_TEST(got.key == want[i]->key);
+    BOOST_TEST(got.row == want[i]->row);
+    BOOST_TEST(got.error == want[i]->error);
+    BOOST_TEST(got.at == want[i]->at);
+  }
+  auto two = s->list_dead_letters(2);
+  BOOST_REQUIRE(two.has_value());
+  BOOST_REQUIRE_EQUAL(two->size(), 2u);
+  BOOST_TEST((*two)[0].run_id == "r2");
+  BOOST_TEST((*two)[1].table == "workflows");
+}
+
+BOOST_AUTO_TEST_CASE(keeps_any_dead_letter_text_storable_and_cut_to_64_kib, *utf::timeout(60)) {
+  dead_letter_row d;
+  d.run_id = "r\xff";  // invalid UTF-8, as a refused row's text may well be
+  d.table = "node_executions";
+  d.key = std::string("k\0ey", 4);
+  d.row = std::string(70 * 1024, 'x') + "tail";
+  d.error = "bad byte \xc3 then \xe2\x98\x83";
+  d.at = 7;
+  auto w = s->write_dead_letters({d});
+  BOOST_REQUIRE_MESSAGE(w.has_value(), error_of(w));
+  auto got = s->list_dead_letters(1);
+  BOOST_REQUIRE_MESSAGE(got.has_value(), error_of(got));
+  BOOST_REQUIRE_EQUAL(got->size(), 1u);
+  const dead_letter_row& g = (*got)[0];
+  BOOST_TEST(g.run_id == "r\xef\xbf\xbd");
+  BOOST_TEST(g.key ==
+             "k\xef\xbf\xbd"
+             "ey");
+  BOOST_TEST(g.row == std::string(64 * 1024, 'x'));
+  BOOST_TEST(g.error == "bad byte \xef\xbf\xbd then \xe2\x98\x83");
+  BOOST_TEST(g.at == 7);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
 BOOST_AUTO_TEST_SUITE_END()
 
 }  // namespace troupe::test

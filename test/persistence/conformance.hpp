@@ -131,7 +131,9 @@ inline constexpr const char* v1_rows[] = {
     "'{\"ok\":true}', '', 1000, 2000, '', '')",
     "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
     "0, 'parent', 'spawn')",
-    "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
+    // Columns named: version 2 added two (with defaults) that this row leaves out.
+    "INSERT INTO node_executions (run_id, node_id, item, attempt, status, input, output, error, "
+    "cache, started_at, finished_at, worker) VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
     "'{\"x\":1}', '{\"y\":[1,2.5]}', '', 'miss', 10, 20, 'w1')",
     "INSERT INTO workflows VALUES ('etl', '3', 'h', '{}', 42)",
     "INSERT INTO cache_entries VALUES ('k', 'etl', 'spawn', '1', 'output', 7)",
@@ -155,5 +157,30 @@ void create_v1_database(Raw& raw, const char* const (&ddl)[N]) {
 /// Checks that `s`, opened on a version 1 database holding v1_rows, reads every row back with
 /// the version 2 columns at their defaults, and writes version 2 rows over and beside them.
 void check_v1_rows_migrated(store& s);
+
+/// What version 2 added to v1_rows' database, by raw SQL both backends' version 2 DDL accepts.
+inline constexpr const char* v2_rows[] = {
+    "INSERT INTO node_executions VALUES ('parent', 'spawn', -1, 2, 'succeeded', '{\"x\":2}', "
+    "'{\"y\":3}', '', 'off', 30, 40, 'w2', 'hit', 'child')",
+};
+
+/// As create_v1_database, for version 2: `ddl` (the test's frozen copy of the version 2 schema,
+/// stamped 1 and 2), then v1_rows and v2_rows.
+template <class Raw, std::size_t N>
+void create_v2_database(Raw& raw, const char* const (&ddl)[N]) {
+  create_v1_database(raw, ddl);
+  for (const char* sql : v2_rows) {
+    raw.exec(sql);
+  }
+}
+
+/// Checks that `s`, opened on a version 2 database holding v1_rows and v2_rows, reads every row
+/// back (version 2's columns as written, the runs unowned: owner '', lease 0, epoch 0).
+void check_v2_rows_migrated(store& s);
+
+/// Checks that the runs of a migrated database (v1_rows: "parent" succeeded, "child" running,
+/// both unowned at epoch 0) take part in ownership: a write under an epoch is fenced until the
+/// run is claimed, a succeeded run is refused, unfenced writes go on; dead letters are kept.
+void check_old_runs_take_part_in_ownership(store& s);
 
 }  // namespace troupe::test

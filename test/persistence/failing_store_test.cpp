@@ -143,6 +143,64 @@ BOOST_AUTO_TEST_CASE(stops_failing_when_healed, *utf::timeout(30)) {
   BOOST_TEST(s.injected_failures() == 0u);
 }
 
+BOOST_AUTO_TEST_CASE(refuses_every_batch_with_rows_of_a_refused_run_until_healed,
+                     *utf::timeout(30)) {
+  auto s = make_failing();
+  s.refuse_rows_of("bad");
+  BOOST_TEST(s.write(one_run("good")).has_value());  // other runs pass
+
+  write_batch nodes_only;
+  nodes_only.runs = {sample_run("fine")};
+  nodes_only.nodes = {sample_node("fine", "a"), sample_node("bad", "a")};
+  auto r = s.write(nodes_only);
+  BOOST_REQUIRE(!r.has_value());
+  BOOST_TEST(!r.error().transient);
+  BOOST_TEST(r.error().message == "row refused");
+  BOOST_TEST(!stored(s, "fine"));  // before writing: nothing of the batch is stored
+
+  write_batch run_only;
+  run_only.runs = {sample_run("bad")};
+  BOOST_TEST(!s.write(run_only).has_value());
+  // Workflow and cache rows belong to no run.
+  write_batch other;
+  other.workflows = {{"bad", "1", "h", "{}", 1}};
+  other.cache = {{"bad", "etl", "a", parse("1"), "output", 1}};
+  BOOST_TEST(s.write(other).has_value());
+  BOOST_TEST(s.injected_failures() == 2u);
+
+  s.heal();
+  BOOST_TEST(s.write(nodes_only).has_value());
+  BOOST_TEST(stored(s, "fine"));
+}
+
+BOOST_AUTO_TEST_CASE(refuses_several_runs_each_with_its_error_before_other_injections,
+                     *utf::timeout(30)) {
+  auto s = make_failing();
+  s.refuse_rows_of("a", {"value too long", false});
+  s.refuse_rows_of("b", {"trigger says no", false});
+  s.fail_next_writes(1, {"transient", true});
+  auto ra = s.write(one_run("a"));
+  BOOST_REQUIRE(!ra.has_value());
+  BOOST_TEST(ra.error().message == "value too long");
+  auto rb = s.write(one_run("b"));
+  BOOST_REQUIRE(!rb.has_value());
+  BOOST_TEST(rb.error().message == "trigger says no");
+  // The refusals consumed none of the count: the next write of another run still fails once.
+  auto rc = s.write(one_run("c"));
+  BOOST_REQUIRE(!rc.has_value());
+  BOOST_TEST(rc.error().message == "transient");
+  BOOST_TEST(s.write(one_run("c")).has_value());
+  BOOST_TEST(s.injected_failures() == 3u);
+}
+
+BOOST_AUTO_TEST_CASE(refusals_set_from_another_thread_apply_to_the_next_write, *utf::timeout(30)) {
+  auto s = make_failing();
+  std::thread([&] { s.refuse_rows_of("r1"); }).join();
+  BOOST_TEST(!s.write(one_run("r1")).has_value());
+  std::thread([&] { s.heal(); }).join();
+  BOOST_TEST(s.write(one_run("r1")).has_value());
+}
+
 BOOST_AUTO_TEST_CASE(passes_real_errors_through_uncounted_as_success, *utf::timeout(30)) {
   auto s = make_failing();
   write_batch b = one_run("r1");

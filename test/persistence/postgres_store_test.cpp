@@ -5,8 +5,10 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <thread>
 
 #include "test/persistence/conformance.hpp"
@@ -117,11 +119,11 @@ BOOST_AUTO_TEST_CASE(creates_the_tables_and_stamps_every_version, *utf::timeout(
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2");
+      "1,2,3");
   BOOST_TEST(raw.exec("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM "
                       "information_schema.tables WHERE table_schema = '" +
                       schema_of(url) + "'") ==
-             "cache_entries,node_executions,runs,troupe_schema,workflows");
+             "cache_entries,dead_letters,node_executions,runs,troupe_schema,workflows");
 }
 
 BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
@@ -132,7 +134,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2");
+      "1,2,3");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -161,7 +163,7 @@ BOOST_AUTO_TEST_CASE(concurrent_opens_of_a_fresh_database_do_not_race, *utf::tim
   }
   BOOST_TEST(opened == 6);
   BOOST_TEST(pg_conn(url).exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
-                               "troupe_schema") == "1,2");
+                               "troupe_schema") == "1,2,3");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) {
@@ -172,7 +174,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (2); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (3); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(60)) {
@@ -291,16 +293,18 @@ constexpr const char* v1_schema[] = {
     "INSERT INTO troupe_schema (version) VALUES (1)",
 };
 
-/// Columns and indexes of the tables in `schema`, one line each, with the schema name left out.
+/// Columns and indexes of the tables in `schema`, one line each, with the schema name left out
+/// (index definitions and sequence defaults name it when it is not on the search path).
 std::string describe_schema(pg_conn& raw, const std::string& schema) {
   const std::string in_schema = "'" + schema + "'";
   return raw.exec(
-      "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (SELECT table_name || '.' || "
+      "SELECT string_agg(line, E'\\n' ORDER BY line) FROM (SELECT replace(line, " + in_schema +
+      " || '.', '') AS line FROM (SELECT table_name || '.' || "
       "column_name || ' ' || data_type || ' ' || is_nullable || ' ' || coalesce(column_default, "
       "'-') || ' ' || coalesce(collation_name, '-') AS line FROM information_schema.columns "
       "WHERE table_schema = " +
-      in_schema + " UNION ALL SELECT replace(indexdef, " + in_schema +
-      " || '.', '') FROM pg_indexes WHERE schemaname = " + in_schema + ") lines");
+      in_schema + " UNION ALL SELECT indexdef FROM pg_indexes WHERE schemaname = " + in_schema +
+      ") raw_lines) lines");
 }
 
 BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) {
@@ -314,9 +318,10 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2");
+      "1,2,3");
 
   check_v1_rows_migrated(*s);
+  check_old_runs_take_part_in_ownership(*s);
 
   // The migrated schema is the one a fresh database gets, and opening again changes nothing.
   const std::string fresh = fresh_schema_url();
@@ -329,7 +334,92 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2");
+      "1,2,3");
+}
+
+// Version 2 exactly as troupe wrote it (postgres_store.cpp before version 3): version 1's
+// statements, then version 2's, each stamped.
+constexpr const char* v2_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  version text NOT NULL,
+  plan_hash text NOT NULL,
+  status text NOT NULL,
+  inputs text,
+  outputs text,
+  error text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  parent_run_id text NOT NULL,
+  parent_node_id text NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id text COLLATE "C" NOT NULL,
+  node_id text COLLATE "C" NOT NULL,
+  item bigint NOT NULL CHECK (item >= -1),
+  attempt integer NOT NULL CHECK (attempt >= 0),
+  status text NOT NULL,
+  input text,
+  output text,
+  error text NOT NULL,
+  cache text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  worker text NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name text COLLATE "C" NOT NULL,
+  version text COLLATE "C" NOT NULL,
+  hash text NOT NULL,
+  document text NOT NULL,
+  registered_at bigint NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  node_id text NOT NULL,
+  value text,
+  kind text NOT NULL,
+  created_at bigint NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version integer NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+    "ALTER TABLE node_executions ADD COLUMN spec_cache text NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id text NOT NULL DEFAULT ''",
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+    "INSERT INTO troupe_schema (version) VALUES (2)",
+};
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  {
+    pg_conn raw(url);
+    create_v2_database(raw, v2_schema);
+  }
+
+  auto s = must_open(url);
+  pg_conn raw(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2,3");
+
+  check_v2_rows_migrated(*s);
+  check_old_runs_take_part_in_ownership(*s);
+
+  const std::string fresh = fresh_schema_url();
+  must_open(fresh);
+  const std::string migrated = describe_schema(raw, schema_of(url));
+  BOOST_TEST(migrated.find("runs.epoch bigint NO 0") != std::string::npos, migrated);
+  BOOST_TEST(migrated.find("dead_letters.row text NO") != std::string::npos, migrated);
+  BOOST_TEST(migrated == describe_schema(raw, schema_of(fresh)));
+  must_open(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2,3");
 }
 
 BOOST_AUTO_TEST_CASE(masks_the_password_in_its_description, *utf::timeout(60)) {
@@ -339,6 +429,213 @@ BOOST_AUTO_TEST_CASE(masks_the_password_in_its_description, *utf::timeout(60)) {
   auto s = must_open(with_password);  // trust auth ignores the password
   BOOST_TEST(s->describe().find("hunter2") == std::string::npos, s->describe());
   BOOST_TEST(s->describe().find("postgres:***@") != std::string::npos, s->describe());
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(postgres_errors, *utf::precondition(backend_available))
+
+// A row the database refuses for good must come back as a permanent error, so that the writer
+// isolates it instead of retrying forever; in one statement or in slices, nothing of the batch
+// stays and the store works on.
+BOOST_AUTO_TEST_CASE(rows_the_database_refuses_for_good_are_permanent_errors, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  pg_conn raw(url);
+  raw.exec("CREATE UNIQUE INDEX one_hash ON workflows (hash)");
+  raw.exec("ALTER TABLE node_executions ADD CONSTRAINT short_worker CHECK (length(worker) < 10)");
+  add_row_trigger(raw, "refuse_run", "BEFORE INSERT ON runs",
+                  "IF NEW.run_id = 'refused' THEN RAISE EXCEPTION 'run refused'; END IF;");
+  struct refused {
+    const char* what;
+    write_batch batch;
+    const char* sqlstate;
+  };
+  write_batch unique;
+  unique.workflows = {{"etl", "1", "same", "{}", 1}, {"etl", "2", "same", "{}", 2}};
+  node_row long_worker = sample_node("r", "n");
+  long_worker.worker = "a worker name far too long";
+  node_row bad_utf8 = sample_node("r", "n");
+  bad_utf8.error = "caf\xc3 \xff";
+  const refused cases[] = {
+      {"class 23 (unique)", unique, "SQLSTATE 23505"},
+      {"class 23 (check)", write_batch{{}, {long_worker}, {}, {}}, "SQLSTATE 23514"},
+      {"class 22 (invalid UTF-8)", write_batch{{}, {bad_utf8}, {}, {}}, "SQLSTATE 22021"},
+      {"P0001 (RAISE EXCEPTION)", write_batch{{sample_run("refused")}, {}, {}, {}},
+       "SQLSTATE P0001"},
+  };
+  for (const bool sliced : {false, true}) {
+    if (sliced) {
+      s->set_write_yield([] {});
+    }
+    for (const refused& c : cases) {
+      write_batch b = c.batch;
+      b.runs.insert(b.runs.begin(), sample_run("innocent"));
+      if (sliced) {
+        write_batch more = map_batch("innocent", 100);  // the refused row comes slices later
+        b.nodes.insert(b.nodes.begin(), more.nodes.begin(), more.nodes.end());
+      }
+      auto r = s->write(b);
+      BOOST_REQUIRE_MESSAGE(!r.has_value(), c.what);
+      BOOST_TEST(!r.error().transient, c.what << ": " << r.error().message);
+      BOOST_TEST(r.error().message.find(c.sqlstate) != std::string::npos,
+                 c.what << ": " << r.error().message);
+      BOOST_TEST(raw.exec("SELECT count(*) FROM runs") == "0", c.what);
+      BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "0", c.what);
+      must_write(*s, write_batch{{}, {}, {}, {{"k", "etl", "a", parse("1"), "output", 1}}});
+    }
+  }
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+
+/// Returns once a backend of the test server waits for a row lock (pg_stat_activity), polling:
+/// the server offers no event for it. The test's timeout bounds the wait.
+void wait_for_a_lock_wait(pg_conn& raw) {
+  while (raw.exec("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'") == "0") {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+}
+
+run_row owned(std::string id, std::int64_t epoch) {
+  run_row r = sample_run(std::move(id));
+  r.owner = "a";
+  r.epoch = epoch;
+  r.lease_until = 100;
+  return r;
+}
+
+}  // namespace
+
+// Two connections: a claim against a write's fence, and a write against a claim.
+BOOST_AUTO_TEST_SUITE(postgres_fencing, *utf::precondition(backend_available))
+
+// The write's fence locks the run in its first slice and keeps it to its commit (node rows
+// only: no upsert of the run row takes that lock instead): a claim arriving in between waits,
+// then takes the run over.
+BOOST_AUTO_TEST_CASE(a_claim_waits_for_a_write_that_holds_the_run, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto writer = must_open(url);
+  auto claimer = must_open(url);
+  pg_conn raw(url);
+  must_write(*writer, write_batch{{owned("r1", 1)}, {}, {}, {}});
+
+  write_batch b = map_batch("r1", 200);
+  for (auto& n : b.nodes) {
+    n.epoch = 1;
+  }
+  std::optional<expected<claim_result, store_error>> claim;
+  std::thread claiming;
+  writer->set_write_yield([&] {
+    if (claiming.joinable()) {
+      return;
+    }
+    claiming = std::thread([&] { claim = claimer->claim_run("r1", "b", 100, 5000); });
+    wait_for_a_lock_wait(raw);  // the claim waits for the write's transaction
+    BOOST_TEST(!claim.has_value());
+  });
+  auto r = writer->write(b);
+  claiming.join();
+  BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+  BOOST_TEST(r->fenced_runs.empty());
+  BOOST_REQUIRE(claim.has_value());
+  BOOST_REQUIRE_MESSAGE(claim->has_value(), error_of(*claim));
+  BOOST_TEST((*claim)->claimed);
+  BOOST_TEST((*claim)->epoch == 2);
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions") == "200");
+}
+
+// A claim that commits while the write waits for the run's lock (after the write's statement
+// began, so its snapshot misses the claim) still fences the write: the locking read sees it.
+BOOST_AUTO_TEST_CASE(a_claim_committed_first_fences_a_waiting_write, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto writer = must_open(url);
+  pg_conn raw(url);
+  must_write(*writer, write_batch{{owned("r1", 1), owned("r2", 1)}, {}, {}, {}});
+
+  pg_conn claimer(url);
+  claimer.exec("BEGIN");
+  claimer.exec(
+      "UPDATE runs SET owner = 'b', epoch = epoch + 1, lease_until = 5000 "
+      "WHERE run_id = 'r1'");
+  write_batch b;
+  b.runs = {owned("r1", 1), owned("r2", 1)};
+  b.runs[0].status = run_status::succeeded;
+  b.runs[1].status = run_status::succeeded;
+  node_row n1 = sample_node("r1", "a");
+  n1.epoch = 1;
+  node_row n2 = sample_node("r2", "a");
+  n2.epoch = 1;
+  b.nodes = {n1, n2};
+  std::optional<expected<write_outcome, store_error>> written;
+  std::thread writing([&] { written = writer->write(b); });
+  wait_for_a_lock_wait(raw);
+  claimer.exec("COMMIT");
+  writing.join();
+  BOOST_REQUIRE(written.has_value());
+  BOOST_REQUIRE_MESSAGE(written->has_value(), error_of(*written));
+  BOOST_TEST((*written)->fenced_runs == std::vector<std::string>{"r1"},
+             boost::test_tools::per_element());
+  BOOST_TEST(raw.exec("SELECT status || ' ' || owner || ' ' || epoch FROM runs WHERE run_id = "
+                      "'r1'") == "running b 2");
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions WHERE run_id = 'r1'") == "0");
+  BOOST_TEST(raw.exec("SELECT status FROM runs WHERE run_id = 'r2'") == "succeeded");
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions WHERE run_id = 'r2'") == "1");
+}
+
+// In slices, each slice fences the runs it holds rows of: a claim committed between two
+// slices fences the runs whose rows come after it, and the batch still commits as one.
+BOOST_AUTO_TEST_CASE(a_claim_between_slices_fences_the_runs_of_later_slices, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto writer = must_open(url);
+  pg_conn raw(url);
+  must_write(*writer, write_batch{{owned("early", 1), owned("late", 1)}, {}, {}, {}});
+  write_batch b;
+  for (int i = 0; i < 64; ++i) {  // two slices of "early", then "late"
+    node_row n = sample_node("early", "map", i);
+    n.epoch = 1;
+    b.nodes.push_back(n);
+  }
+  node_row late = sample_node("late", "a");
+  late.epoch = 1;
+  b.nodes.push_back(late);
+  pg_conn claimer(url);
+  bool claimed = false;
+  writer->set_write_yield([&] {
+    if (!claimed) {
+      claimed = true;
+      claimer.exec("UPDATE runs SET owner = 'b', epoch = 2 WHERE run_id = 'late'");
+    }
+  });
+  auto r = writer->write(b);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+  BOOST_TEST(r->fenced_runs == std::vector<std::string>{"late"}, boost::test_tools::per_element());
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions WHERE run_id = 'early'") == "64");
+  BOOST_TEST(raw.exec("SELECT count(*) FROM node_executions WHERE run_id = 'late'") == "0");
+}
+
+// A renewal that waits for a claim in progress reports the run lost once the claim commits,
+// rather than renewing, or missing, the lease it no longer holds.
+BOOST_AUTO_TEST_CASE(a_renewal_waiting_for_a_claim_reports_the_run_lost, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  pg_conn raw(url);
+  must_write(*s, write_batch{{owned("r1", 1), owned("r2", 1)}, {}, {}, {}});
+  pg_conn claimer(url);
+  claimer.exec("BEGIN");
+  claimer.exec("UPDATE runs SET owner = 'b', epoch = 2, lease_until = 5000 WHERE run_id = 'r1'");
+  std::optional<expected<std::vector<std::string>, store_error>> lost;
+  std::thread renewing([&] { lost = s->renew_leases("a", {{"r1", 1}, {"r2", 1}}, 9000); });
+  wait_for_a_lock_wait(raw);
+  claimer.exec("COMMIT");
+  renewing.join();
+  BOOST_REQUIRE(lost.has_value());
+  BOOST_REQUIRE_MESSAGE(lost->has_value(), error_of(*lost));
+  BOOST_TEST(**lost == std::vector<std::string>{"r1"}, boost::test_tools::per_element());
+  BOOST_TEST(raw.exec("SELECT lease_until FROM runs WHERE run_id = 'r1'") == "5000");
+  BOOST_TEST(raw.exec("SELECT lease_until FROM runs WHERE run_id = 'r2'") == "9000");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -5,6 +5,7 @@
 #include <sqlite3.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -100,9 +101,10 @@ BOOST_AUTO_TEST_CASE(creates_a_fresh_database_file_in_wal_mode, *utf::timeout(30
   BOOST_TEST(s->describe() == "sqlite://" + path);
   raw_db raw(path);
   BOOST_TEST(raw.text("PRAGMA journal_mode") == "wal");
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
   BOOST_TEST(raw.text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
-             "cache_entries\nnode_executions\nruns\ntroupe_schema\nworkflows");
+             "cache_entries\ndead_letters\nnode_executions\nruns\nsqlite_sequence\ntroupe_schema\n"
+             "workflows");
 }
 
 BOOST_AUTO_TEST_CASE(accepts_relative_paths, *utf::timeout(30)) {
@@ -126,7 +128,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(30)) {
   auto again = must_open(path);
   auto third = must_open(path);  // two stores on one file at once are fine too
   BOOST_TEST(raw.text("SELECT sql FROM sqlite_master ORDER BY name") == schema_before);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -140,7 +142,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(30)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (2); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (3); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(30)) {
@@ -256,9 +258,10 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
 
   check_v1_rows_migrated(*s);
+  check_old_runs_take_part_in_ownership(*s);
 
   // The migrated schema is the one a fresh database gets, and opening again changes nothing.
   const std::string fresh = fresh_path();
@@ -270,7 +273,91 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
   BOOST_TEST(migrated.find("CREATE INDEX runs_parent") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+}
+
+// Version 2 exactly as troupe wrote it (sqlite_store.cpp before version 3): version 1's
+// statements, then version 2's, each stamped.
+constexpr const char* v2_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  version TEXT NOT NULL,
+  plan_hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  inputs TEXT,
+  outputs TEXT,
+  error TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  parent_run_id TEXT NOT NULL,
+  parent_node_id TEXT NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  item INTEGER NOT NULL CHECK (item >= -1),
+  attempt INTEGER NOT NULL CHECK (attempt >= 0),
+  status TEXT NOT NULL,
+  input TEXT,
+  output TEXT,
+  error TEXT NOT NULL,
+  cache TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  worker TEXT NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  document TEXT NOT NULL,
+  registered_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  value TEXT,
+  kind TEXT NOT NULL,
+  created_at INTEGER NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version INTEGER NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+    "ALTER TABLE node_executions ADD COLUMN spec_cache TEXT NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+    "INSERT INTO troupe_schema (version) VALUES (2)",
+};
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  {
+    raw_db raw(path);
+    raw.exec("PRAGMA journal_mode=WAL");
+    create_v2_database(raw, v2_schema);
+  }
+
+  auto s = must_open(path);
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+
+  check_v2_rows_migrated(*s);
+  check_old_runs_take_part_in_ownership(*s);
+
+  const std::string fresh = fresh_path();
+  must_open(fresh);
+  const std::string schema_sql =
+      "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name";
+  const std::string migrated = raw.text(schema_sql);
+  BOOST_TEST(migrated.find("epoch INTEGER NOT NULL DEFAULT 0") != std::string::npos, migrated);
+  BOOST_TEST(migrated.find("CREATE TABLE dead_letters") != std::string::npos, migrated);
+  BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
+  must_open(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -349,6 +436,112 @@ BOOST_AUTO_TEST_CASE(a_failure_late_in_a_batch_rolls_back_its_earlier_tables, *u
   BOOST_TEST(raw.text("SELECT count(*) FROM node_executions") == "0");
   BOOST_TEST(raw.text("SELECT count(*) FROM workflows") == "0");
   BOOST_TEST(raw.text("SELECT count(*) FROM cache_entries") == "0");
+}
+
+// A row the database refuses for good must come back as a permanent error, so that the writer
+// isolates it instead of retrying forever; the store stays usable after each.
+BOOST_AUTO_TEST_CASE(rows_the_database_refuses_for_good_are_permanent_errors, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  raw_db raw(path);
+  raw.exec("CREATE UNIQUE INDEX one_hash ON workflows (hash)");
+  raw.exec(
+      "CREATE TRIGGER abort_run BEFORE INSERT ON runs WHEN NEW.run_id = 'abort' "
+      "BEGIN SELECT RAISE(ABORT, 'run refused'); END");
+  raw.exec(
+      "CREATE TRIGGER rollback_run BEFORE INSERT ON runs WHEN NEW.run_id = 'rollback' "
+      "BEGIN SELECT RAISE(ROLLBACK, 'run refused, transaction rolled back'); END");
+  raw.exec(
+      "CREATE TRIGGER too_big BEFORE INSERT ON node_executions WHEN NEW.node_id = 'big' "
+      "BEGIN SELECT zeroblob(2000000000); END");
+  struct refused {
+    const char* what;
+    write_batch batch;
+    const char* message;  // a part of the error's
+  };
+  write_batch unique;
+  unique.workflows = {{"etl", "1", "same", "{}", 1}, {"etl", "2", "same", "{}", 2}};
+  const refused cases[] = {
+      {"SQLITE_CONSTRAINT_UNIQUE", unique, "UNIQUE constraint failed"},
+      {"SQLITE_CONSTRAINT_TRIGGER (ABORT)", write_batch{{sample_run("abort")}, {}, {}, {}},
+       "run refused"},
+      {"SQLITE_CONSTRAINT_TRIGGER (ROLLBACK)", write_batch{{sample_run("rollback")}, {}, {}, {}},
+       "rolled back"},
+      {"SQLITE_TOOBIG", write_batch{{}, {sample_node("r", "big")}, {}, {}}, "too big"},
+  };
+  for (const refused& c : cases) {
+    write_batch b = c.batch;
+    b.runs.push_back(sample_run("innocent"));  // written before the refused row: rolled back
+    auto r = s->write(b);
+    BOOST_REQUIRE_MESSAGE(!r.has_value(), c.what);
+    BOOST_TEST(!r.error().transient, c.what << ": " << r.error().message);
+    BOOST_TEST(r.error().message.find(c.message) != std::string::npos,
+               c.what << ": " << r.error().message);
+    BOOST_TEST(raw.text("SELECT count(*) FROM runs") == "0", c.what);
+    BOOST_TEST(raw.text("SELECT count(*) FROM workflows") == "0", c.what);
+    // No transaction left open: the next write works.
+    must_write(*s, write_batch{{}, {}, {}, {{"k", "etl", "a", parse("1"), "output", 1}}});
+  }
+}
+
+// The fence reads every run of a batch, whatever their number: statements of 8, 64 and 512
+// runs, the last slots unused.
+BOOST_AUTO_TEST_CASE(fences_batches_of_any_number_of_runs, *utf::timeout(60)) {
+  auto s = make_test_store();
+  for (int runs : {1, 8, 9, 64, 65, 600}) {
+    const std::string prefix = "n" + std::to_string(runs) + "-";
+    write_batch setup;
+    for (int i = 0; i < runs; ++i) {
+      run_row r = sample_run(prefix + std::to_string(i));
+      r.epoch = 1;
+      setup.runs.push_back(r);
+    }
+    must_write(*s, setup);
+    // Every third run is claimed away: its rows in the next batch are stale.
+    std::vector<std::string> want;
+    for (int i = 0; i < runs; i += 3) {
+      auto c = s->claim_run(prefix + std::to_string(i), "other", 0, 100);
+      BOOST_REQUIRE(c.has_value() && c->claimed);
+      want.push_back(prefix + std::to_string(i));
+    }
+    std::sort(want.begin(), want.end());
+    write_batch b;
+    for (int i = 0; i < runs; ++i) {
+      node_row n = sample_node(prefix + std::to_string(i), "a");
+      n.epoch = 1;
+      b.nodes.push_back(n);
+    }
+    auto r = s->write(b);
+    BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+    BOOST_TEST(r->fenced_runs == want, boost::test_tools::per_element());
+    for (int i = 0; i < runs; ++i) {
+      auto nodes = s->node_rows(prefix + std::to_string(i));
+      BOOST_REQUIRE(nodes.has_value());
+      BOOST_TEST(nodes->size() == (i % 3 == 0 ? 0u : 1u), runs << " runs, run " << i);
+    }
+  }
+}
+
+// The claim and the write take the same database write lock: while another connection holds
+// it, a claim fails transiently and changes nothing.
+BOOST_AUTO_TEST_CASE(a_claim_waits_for_no_write_lock_held_elsewhere, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  run_row r = sample_run("r1");
+  r.epoch = 1;
+  must_write(*s, write_batch{{r}, {}, {}, {}});
+  raw_db other(path);
+  other.exec("BEGIN IMMEDIATE");
+  auto c = s->claim_run("r1", "b", 0, 100);
+  BOOST_REQUIRE(!c.has_value());
+  BOOST_TEST(c.error().transient, c.error().message);
+  auto lost = s->renew_leases("a", {{"r1", 1}}, 100);
+  BOOST_REQUIRE(!lost.has_value());
+  BOOST_TEST(lost.error().transient, lost.error().message);
+  other.exec("ROLLBACK");
+  c = s->claim_run("r1", "b", 0, 100);
+  BOOST_REQUIRE_MESSAGE(c.has_value(), error_of(c));
+  BOOST_TEST(c->epoch == 2);
 }
 
 BOOST_AUTO_TEST_CASE(a_sliced_batch_is_still_one_transaction, *utf::timeout(30)) {
