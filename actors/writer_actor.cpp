@@ -470,16 +470,19 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
     }
   }
   auto error = o.error;
-  answer_all(self, st.policy->settle(o, steady_us()));
+  auto answers = st.policy->settle(o, steady_us());
   if (error && st.policy->retrying()) {
     note_error(st, *error);
     m.pending.store(st.policy->uncommitted());
+    answer_all(self, std::move(answers));
     self->delayed_send(self, std::chrono::milliseconds(st.policy->retry_after_ms()),
                        retry_due_atom::value);
     return;
   }
   m.lag_us.store(st.policy->last_lag_us());
+  // The counters first: a caller told its rows are committed may read them at once.
   publish_pending(st);
+  answer_all(self, std::move(answers));
   act(self);
 }
 
