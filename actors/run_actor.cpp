@@ -71,6 +71,8 @@ struct run_actor_state {
   std::int64_t epoch = 0;
   bool lost = false;
   std::string persistence_error;
+  // Durable runs: a commit request is out for the successes of items that hold their slots.
+  bool confirming = false;
 
   static inline const char* name = "run";
   std::string_view trace_run() const {
@@ -110,6 +112,8 @@ void return_buffers(run_actor_state& st) {
 }
 
 void drive(run_actor* self);
+void confirm_held_slots(run_actor* self);
+std::string error_text(run_actor* self, const caf::error& e);
 
 void deliver_events(run_actor_state& st) {
   if (st.events_due.empty()) {
@@ -496,8 +500,40 @@ void drive(run_actor* self) {
   if ((!st.rows.empty() || !st.cache_rows.empty() || st.run_row_due) && !st.done) {
     send_rows(self);
   }
+  confirm_held_slots(self);
   deliver_events(st);
   return_buffers(st);
+}
+
+// Durable runs: items that succeeded hold their slots until their records are committed (the
+// rows went to the writer above; this request is answered after a commit that holds them).
+void confirm_held_slots(run_actor* self) {
+  auto& st = self->state;
+  if (st.done || st.confirming || st.lost || st.machine->held_slot_count() == 0 ||
+      !st.services->writer) {
+    return;
+  }
+  st.confirming = true;
+  auto slots = st.machine->held_slots();
+  auto release = [self, slots] {
+    auto& st = self->state;
+    st.confirming = false;
+    if (st.done) {
+      return;
+    }
+    borrow_buffers(st);
+    st.machine->release_held_slots(slots, now_us(), st.out);
+    drive(self);
+  };
+  self->request(st.services->writer, caf::infinite, commit_atom::value, persist{})
+      .then([release](caf::ok_atom) { release(); },
+            [self, release](caf::error& e) {
+              auto& st = self->state;
+              if (st.persistence_error.empty()) {
+                st.persistence_error = error_text(self, e);
+              }
+              release();
+            });
 }
 
 caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_args args,
@@ -515,6 +551,8 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   st.tasks = st.services->tasks_for(args.plan);
   // Records feed subscribers (and the writer); nobody listening means nothing to build.
   args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
+  args.options.hold_item_slots =
+      st.services->writer && st.services->mode == persistence_mode::durable;
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
   for (auto& [node, output] : args.restored) {
     st.machine->restore(node, std::move(output));

@@ -297,7 +297,7 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
     if (!launchable(ns)) {
       continue;
     }
-    if (np.concurrency && ns.in_flight >= static_cast<std::uint32_t>(*np.concurrency)) {
+    if (np.concurrency && ns.in_flight + ns.held >= static_cast<std::uint32_t>(*np.concurrency)) {
       continue;  // re-queued when one of its units finishes
     }
     unit u;
@@ -316,7 +316,8 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
     }
     // Round-robin: a node with more units goes to the back so siblings get their turn.
     if (launchable(ns) && !ns.queued &&
-        (!np.concurrency || ns.in_flight < static_cast<std::uint32_t>(*np.concurrency))) {
+        (!np.concurrency ||
+         ns.in_flight + ns.held < static_cast<std::uint32_t>(*np.concurrency))) {
       ns.queued = true;
       launch_queue_.push_back(n);
     }
@@ -452,6 +453,10 @@ void run_state::exec_finished(std::uint64_t exec, task_result result, json_ptr c
     timers_.erase(e.timeout_timer);
   }
   --nodes_[e.u.node].in_flight;
+  if (options_.hold_item_slots && e.u.item >= 0 && (cached || result.ok)) {
+    ++nodes_[e.u.node].held;
+    ++held_total_;
+  }
   if (dynamic && !dynamic->child_run.empty()) {
     nodes_[e.u.node].x().child_run = dynamic->child_run;
   }
@@ -519,6 +524,40 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
   ns.extra->item_outputs[static_cast<std::size_t>(e.u.item)] = std::move(out_ptr);
   if (++ns.units_done == ns.unit_count) {
     items_succeeded(e.u.node, now, out);
+  }
+}
+
+std::vector<std::pair<std::uint32_t, std::uint32_t>> run_state::held_slots() const {
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> out;
+  if (held_total_ == 0) {
+    return out;
+  }
+  for (std::uint32_t n = 0; n < nodes_.size(); ++n) {
+    if (nodes_[n].held > 0) {
+      out.emplace_back(n, nodes_[n].held);
+    }
+  }
+  return out;
+}
+
+void run_state::release_held_slots(
+    const std::vector<std::pair<std::uint32_t, std::uint32_t>>& slots, std::int64_t now,
+    std::vector<command>& out) {
+  for (const auto& [n, count] : slots) {
+    if (n >= nodes_.size()) {
+      continue;
+    }
+    auto& ns = nodes_[n];
+    const std::uint32_t k = std::min(count, ns.held);
+    ns.held -= k;
+    held_total_ -= k;
+    if (!finished() && launchable(ns) && !ns.queued) {
+      ns.queued = true;
+      launch_queue_.push_back(n);
+    }
+  }
+  if (!finished()) {
+    pump(now, out);
   }
 }
 

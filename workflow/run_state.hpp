@@ -95,6 +95,11 @@ struct run_options {
   /// Emit records at all: off when nobody stores or watches them (memory mode without
   /// subscribers), which saves building one per state change.
   bool emit_records = true;
+  /// Durable runs: a for_each item that succeeded keeps its slot of the node's concurrency
+  /// until the driver says its success is committed (release_held_slots()). So at most
+  /// `concurrency` items of a node can have run without their success in the log: after a
+  /// crash, at most that many run again.
+  bool hold_item_slots = false;
 };
 
 /// What a node did, for answers built from memory (CLI tables, handles): never read back from
@@ -159,6 +164,12 @@ class run_state {
   void task_finished_dynamic(std::uint64_t exec, task_result result, dynamic_outcome how,
                              std::int64_t now_us, std::vector<command>& out);
   void timer_fired(std::uint64_t timer, std::int64_t now_us, std::vector<command>& out);
+  /// hold_item_slots: the slots held now, per node (node, count). The driver asks for a commit
+  /// of the records emitted so far, then gives these counts back to release_held_slots().
+  std::vector<std::pair<std::uint32_t, std::uint32_t>> held_slots() const;
+  void release_held_slots(const std::vector<std::pair<std::uint32_t, std::uint32_t>>& slots,
+                          std::int64_t now_us, std::vector<command>& out);
+  std::size_t held_slot_count() const { return held_total_; }
   void cancel(std::int64_t now_us, std::vector<command>& out);
 
   run_status status() const { return status_; }
@@ -237,6 +248,7 @@ class run_state {
     node_summary summary;
     std::uint32_t join = 0;
     std::uint32_t in_flight = 0;
+    std::uint32_t held = 0;  // hold_item_slots: succeeded items not yet confirmed committed
     std::uint32_t unit_count = 0;  // items, or 1 outside for_each
     std::uint32_t next_unit = 0;
     std::uint32_t units_done = 0;
@@ -296,6 +308,7 @@ class run_state {
   std::size_t run_limit_ = 0;  // 0: unlimited
   std::size_t nodes_done_ = 0;
   std::size_t max_inflight_seen_ = 0;
+  std::size_t held_total_ = 0;
   run_status status_ = run_status::pending;
   std::string error_;
   json_ptr outputs_;

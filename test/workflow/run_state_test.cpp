@@ -603,6 +603,41 @@ BOOST_AUTO_TEST_CASE(a_for_each_whose_items_all_succeeded_before_succeeds_withou
   BOOST_TEST(d.outputs() == R"({"after":["a","b"]})");
 }
 
+BOOST_AUTO_TEST_CASE(held_item_slots_wait_for_their_commit_before_more_items_start) {
+  run_options o;
+  o.hold_item_slots = true;
+  driver d(R"({"name":"fe","nodes":[
+      {"id":"sq","task":"echo","for_each":"{{ [1,2,3,4,5] }}","concurrency":2,
+       "with":"{{ item }}"}],
+    "outputs":{"all":"{{ nodes.sq.output }}"}})", o);
+  d.start();
+  BOOST_REQUIRE_EQUAL(d.pending.size(), 2u);
+  cmd::dispatch first = d.pending.front();
+  d.pending.erase(d.pending.begin());
+  d.finish(first, task_result::success(*first.input));
+  // Its success is recorded, but its slot stays taken until the driver confirms the commit.
+  BOOST_TEST(d.pending.size() == 1u);
+  BOOST_TEST(d.rs.held_slot_count() == 1u);
+  auto held = d.rs.held_slots();
+  std::vector<command> out;
+  d.rs.release_held_slots(held, d.now_us, out);
+  d.absorb(out);
+  BOOST_TEST(d.pending.size() == 2u);  // the next item starts only now
+  BOOST_TEST(d.rs.held_slot_count() == 0u);
+  while (!d.pending.empty() || d.rs.held_slot_count() > 0) {
+    if (!d.pending.empty()) {
+      cmd::dispatch next = d.pending.front();
+      d.pending.erase(d.pending.begin());
+      d.finish(next, task_result::success(*next.input));
+    }
+    BOOST_TEST(d.pending.size() + d.rs.held_slot_count() <= 2u);
+    std::vector<command> more;
+    d.rs.release_held_slots(d.rs.held_slots(), d.now_us, more);
+    d.absorb(more);
+  }
+  BOOST_TEST(d.outputs() == R"({"all":[1,2,3,4,5]})");
+}
+
 BOOST_AUTO_TEST_CASE(a_run_whose_nodes_all_succeeded_before_finishes_at_once) {
   driver d(R"({"name":"done","nodes":[{"id":"a","task":"echo","with":1}],
     "outputs":{"a":"{{ nodes.a.output }}"}})");
