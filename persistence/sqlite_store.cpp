@@ -24,6 +24,9 @@ constexpr int write_busy_timeout_ms = 10;
 // Opening (journal mode switch, migrations) is rare and may meet another process doing the
 // same, so it waits longer before giving up.
 constexpr int open_busy_timeout_ms = 5000;
+// A claim is rare and its caller (a resume) would fail without it: it waits for the writer's
+// transaction like an open does, instead of failing after 10 ms.
+constexpr int claim_busy_timeout_ms = 5000;
 
 bool transient_code(int rc) {
   switch (rc & 0xff) {
@@ -508,6 +511,11 @@ class sqlite_store final : public store {
     return guarded("sqlite claim_run", [&]() -> expected<claim_result, store_error> {
       claim_result out;
       std::lock_guard lock(mu_);
+      sqlite3_busy_timeout(db_.get(), claim_busy_timeout_ms);
+      struct restore_timeout {
+        sqlite3* db;
+        ~restore_timeout() { sqlite3_busy_timeout(db, write_busy_timeout_ms); }
+      } restore{db_.get()};
       // One transaction, so that a refusal reports the holder that caused it.
       auto r = in_transaction([&]() -> expected<bool, store_error> {
         sqlite3_stmt* s = queries_[q_claim].get();
