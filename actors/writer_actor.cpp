@@ -391,6 +391,8 @@ struct writer_state {
   std::unordered_map<write_policy::waiter_id, caf::response_promise> promises;
   caf::response_promise drain_waiter;
   bool drain_answered = false;
+  bool failing = false;  // commits fail since the last success
+  std::uint64_t failed_commits = 0;
 
   static inline const char* name = "writer";
   std::uint64_t trace_rows() const { return metrics ? metrics->rows.load() : 0; }
@@ -472,12 +474,27 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
   auto error = o.error;
   auto answers = st.policy->settle(o, steady_us());
   if (error && st.policy->retrying()) {
+    if (!st.failing) {
+      // Said once per streak, so that a database that is down or full is never silent.
+      st.failing = true;
+      std::fprintf(stderr,
+                   "troupe: writer: cannot commit (%s); retrying with backoff, nothing is "
+                   "dropped\n",
+                   error->message.c_str());
+    }
+    ++st.failed_commits;
     note_error(st, *error);
     m.pending.store(st.policy->uncommitted());
     answer_all(self, std::move(answers));
     self->delayed_send(self, std::chrono::milliseconds(st.policy->retry_after_ms()),
                        retry_due_atom::value);
     return;
+  }
+  if (st.failing) {
+    std::fprintf(stderr, "troupe: writer: commits resumed after %llu failed attempts\n",
+                 static_cast<unsigned long long>(st.failed_commits));
+    st.failing = false;
+    st.failed_commits = 0;
   }
   m.lag_us.store(st.policy->last_lag_us());
   // The counters first: a caller told its rows are committed may read them at once.

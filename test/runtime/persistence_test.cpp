@@ -1,7 +1,9 @@
 #define BOOST_TEST_MODULE runtime_persistence
 #include <boost/test/unit_test.hpp>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <mutex>
 #include <filesystem>
 #include <map>
 #include <string>
@@ -297,3 +299,121 @@ BOOST_AUTO_TEST_CASE(an_unopenable_store_is_a_clear_engine_error) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+namespace {
+// Runs `total` runs one after another, each started from the previous one's on_finished
+// callback: on an engine thread.
+struct callback_chain {
+  callback_chain(engine& eng, plan_ptr plan, int n) : e(eng), p(std::move(plan)), total(n) {}
+  engine& e;
+  plan_ptr p;
+  int total;
+  std::mutex m;
+  std::condition_variable cv;
+  int finished = 0;
+  int entered = 0;  // calls of start_next() so far (counted before engine::start)
+  std::vector<std::string> errors;
+
+  void start_next() {
+    {
+      std::lock_guard<std::mutex> lock(m);
+      ++entered;
+      cv.notify_all();
+    }
+    auto h = e.start(p, json::object{});
+    if (!h) {
+      std::lock_guard<std::mutex> lock(m);
+      errors.push_back(h.error().front().message);
+      cv.notify_all();
+      return;
+    }
+    h->on_finished([this](const run_result&) {
+      bool more = false;
+      {
+        std::lock_guard<std::mutex> lock(m);
+        more = ++finished < total;
+        cv.notify_all();
+      }
+      if (more) {
+        start_next();  // on the engine's thread
+      }
+    });
+  }
+  void wait_entered(int n) {
+    std::unique_lock<std::mutex> lock(m);
+    cv.wait(lock, [&] { return entered >= n; });
+  }
+  bool wait_all(std::chrono::seconds timeout) {
+    std::unique_lock<std::mutex> lock(m);
+    return cv.wait_for(lock, timeout, [&] { return finished >= total || !errors.empty(); });
+  }
+};
+}  // namespace
+
+// engine::start called from callbacks (engine threads) while the writer is past pending_max
+// queues the run instead of waiting on the very threads the writer needs. Before, two chains
+// like these put both scheduler threads to sleep in the backlog wait and nothing ran again,
+// even after the database came back.
+BOOST_AUTO_TEST_CASE(runs_started_from_callbacks_while_the_writer_is_behind_never_block_it,
+                     *utf::timeout(120)) {
+  auto mem = open_store("memory://");
+  BOOST_REQUIRE(mem.has_value());
+  auto failing = std::make_shared<failing_store>(std::move(*mem));
+  failing->set_failing(true, store_error{"database is locked (injected)", true});
+  engine_config c = config(persistence_mode::async, "");
+  c.store_object = failing;
+  c.writer.pending_max = 4;
+  c.writer.retry_initial_ms = 1;
+  c.writer.retry_max_ms = 5;
+  engine e(c);
+  std::mutex gate_mutex;
+  std::condition_variable gate_cv;
+  std::vector<completion> held;
+  task_def gate;
+  gate.name = "gate";
+  gate.kind = task_kind::async;
+  gate.start = [&](const json::value&, const task_call&, completion done) {
+    std::lock_guard<std::mutex> lock(gate_mutex);
+    held.push_back(std::move(done));
+    gate_cv.notify_all();
+  };
+  e.register_task(gate);
+  auto gated = e.register_workflow(R"({"name":"gated","nodes":[{"id":"g","task":"gate"}]})");
+  auto link = e.register_workflow(R"({"name":"link","nodes":[{"id":"a","task":"echo","with":1}]})");
+  BOOST_REQUIRE(gated.has_value() && link.has_value());
+  callback_chain one{e, *link, 20};
+  callback_chain two{e, *link, 20};
+  // Two gated runs; their rows (run row, the gate's running row) fill the backlog to
+  // pending_max while the database refuses every commit.
+  for (auto* chain : {&one, &two}) {
+    auto h = e.start(*gated, json::object{});
+    BOOST_REQUIRE(h.has_value());
+    h->on_finished([chain](const run_result&) { chain->start_next(); });  // an engine thread
+  }
+  {
+    std::unique_lock<std::mutex> lock(gate_mutex);
+    gate_cv.wait(lock, [&] { return held.size() == 2; });
+  }
+  // Two more failed commits: the second began after every row sent so far was absorbed.
+  const auto errors = e.metrics().errors.load();
+  BOOST_REQUIRE(e.metrics().wait_errors(errors + 2, std::chrono::seconds(60)));
+  BOOST_REQUIRE(e.metrics().pending.load() >= c.writer.pending_max);
+  {
+    std::lock_guard<std::mutex> lock(gate_mutex);
+    for (auto& done : held) {
+      done(task_result::success(nullptr));  // the gated runs end; their callbacks start chains
+    }
+  }
+  // Both chains start from callbacks, with the backlog full; then the database heals.
+  one.wait_entered(1);
+  two.wait_entered(1);
+  failing->heal();
+  BOOST_TEST(one.wait_all(std::chrono::seconds(60)));
+  BOOST_TEST(two.wait_all(std::chrono::seconds(60)));
+  BOOST_TEST(one.errors.empty());
+  BOOST_TEST(two.errors.empty());
+  BOOST_TEST(one.finished == 20);
+  BOOST_TEST(two.finished == 20);
+  e.shutdown();
+  BOOST_TEST(e.metrics().lost_rows.load() == 0u);
+}
