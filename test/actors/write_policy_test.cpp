@@ -6,6 +6,7 @@
 #include <string>
 
 #include "actors/write_policy.hpp"
+#include "test/support/rows.hpp"
 
 using namespace troupe;
 using kind = write_policy::step::kind;
@@ -14,17 +15,7 @@ namespace {
 
 persist rows(const std::string& run, int count, std::int64_t sent_us,
              node_status status = node_status::succeeded) {
-  persist m;
-  m.sent_us = sent_us;
-  for (int i = 0; i < count; ++i) {
-    node_row r;
-    r.run_id = run;
-    r.node_id = "n" + std::to_string(i);
-    r.attempt = 1;
-    r.status = status;
-    m.nodes.push_back(std::move(r));
-  }
-  return m;
+  return test::node_rows_of(run, count, sent_us, status);
 }
 
 writer_config config(persistence_mode mode = persistence_mode::durable) {

@@ -18,6 +18,7 @@
 #include "messages/messages.hpp"
 #include "persistence/forwarding_store.hpp"
 #include "test/support/status_io.hpp"
+#include "test/support/rows.hpp"
 
 using namespace troupe;
 using namespace std::chrono_literals;
@@ -152,17 +153,7 @@ class gated_store final : public forwarding_store {
 
 persist rows(const std::string& run, int count, std::int64_t sent_us,
              node_status status = node_status::succeeded) {
-  persist m;
-  m.sent_us = sent_us;
-  for (int i = 0; i < count; ++i) {
-    node_row r;
-    r.run_id = run;
-    r.node_id = "n" + std::to_string(i);
-    r.attempt = 1;
-    r.status = status;
-    m.nodes.push_back(std::move(r));
-  }
-  return m;
+  return test::node_rows_of(run, count, sent_us, status);
 }
 
 std::int64_t now_us() {
