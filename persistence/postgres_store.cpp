@@ -13,10 +13,11 @@
 // statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
 // no per-table statement and no BEGIN/COMMIT messages. Arrays travel as text array literals.
 //
-// A batch with rows that carry an epoch uses a second statement, the same with a fence in
-// front (two more arrays: the batch's (run, epoch) pairs): a CTE that locks those runs' rows and
-// reads their epochs, and the run and node upserts skip the runs it fenced (write_sql()). Still
-// one statement, one round trip; a batch without epochs pays nothing for it.
+// A batch with rows that carry an epoch uses a second statement, the same with the fence
+// (write_sql()): the runs upsert refuses a run row stored under another epoch, a CTE locks and
+// reads the other runs the batch has rows of (two more arrays: their (run, epoch) pairs), and
+// the node upsert skips every fenced run. Still one statement, one round trip; a batch without
+// epochs pays nothing for it.
 //
 // Connection failures are transient: the connection is dropped and the next call reconnects
 // (and prepares its statements again). Upserts are idempotent, so the writer may simply retry.
@@ -229,8 +230,8 @@ class array_literal {
   std::string s_;
 };
 
-// `fenced`: only the rows of runs not in the fence CTE `f` (see write_sql()).
-std::string unnest_upsert(const table_spec& t, int& param, bool fenced) {
+// `filter`: only the rows of runs not in the CTE of that name (see write_sql()).
+std::string unnest_upsert(const table_spec& t, int& param, const char* filter = nullptr) {
   std::string sql = "INSERT INTO ";
   sql += t.name;
   sql += " (" + column_list(t) + ") SELECT * FROM unnest(";
@@ -241,8 +242,10 @@ std::string unnest_upsert(const table_spec& t, int& param, bool fenced) {
     sql += "$" + std::to_string(param++) + "::" + t.columns[i].pg_array_type + "[]";
   }
   sql += ") ";
-  if (fenced) {
-    sql += "AS u (" + column_list(t) + ") WHERE u.run_id NOT IN (SELECT run_id FROM f) ";
+  if (filter != nullptr) {
+    sql += "AS u (" + column_list(t) + ") WHERE u.run_id NOT IN (SELECT run_id FROM ";
+    sql += filter;
+    sql += ") ";
   }
   sql += on_conflict_clause(t);
   return sql;
@@ -251,6 +254,7 @@ std::string unnest_upsert(const table_spec& t, int& param, bool fenced) {
 // The first parameter of each table's arrays in the write statement (0-based), in the order
 // write_sql() numbers them, then the fence's two arrays.
 constexpr int run_params = 0;
+constexpr int run_epoch_param = run_params + 14;  // runs.epoch's array
 constexpr int node_params = run_params + 15;
 constexpr int workflow_params = node_params + 14;
 constexpr int cache_params = workflow_params + 5;
@@ -261,31 +265,45 @@ constexpr int fenced_write_param_count = fence_params + 2;
 // The batch statement; `fenced` adds the fence (write() uses it when a row carries an epoch):
 //   WITH l AS MATERIALIZED (SELECT run_id, epoch FROM runs WHERE run_id = ANY($ids)
 //                           ORDER BY run_id FOR NO KEY UPDATE),
-//        f AS MATERIALIZED (the runs of l whose epoch differs from one of the rows'),
-//        r AS (INSERT INTO runs ... WHERE u.run_id NOT IN (SELECT run_id FROM f) ...),
-//        n AS (the same for node_executions), w AS (...), c AS (...)
-//   SELECT run_id FROM f
-// l locks the batch's stored runs before anything is written, so that a claim (an UPDATE of
-// the row) waits for this transaction; a claim that committed first is seen, although it came
-// after the statement's snapshot: a locking read returns the newest version of the row it
-// waited for (READ COMMITTED). FOR NO KEY UPDATE rather than FOR SHARE: two writers of one run
-// (an old owner and the new) then queue on the lock instead of both taking it and deadlocking
-// when each upserts the row; ORDER BY takes the locks in one order in every writer.
+//        f AS MATERIALIZED (the runs of l stored with another epoch than one of the pairs'),
+//        r AS (INSERT INTO runs ... WHERE u.run_id NOT IN (SELECT run_id FROM f)
+//              ON CONFLICT ... DO UPDATE SET ... WHERE runs.epoch = excluded.epoch
+//              OR excluded.epoch = 0 RETURNING run_id),
+//        g AS MATERIALIZED (f, and the runs whose row (epoch > 0) r did not write),
+//        n AS (INSERT INTO node_executions ... WHERE u.run_id NOT IN (SELECT run_id FROM g) ...),
+//        w AS (...), c AS (...)
+//   SELECT run_id FROM g
+// Two ways to fence a run, both taking its row lock before the run's rows are written, so that
+// a claim (an UPDATE of the row) waits for this transaction, and both deciding on the newest
+// version of the row: a claim that committed after the statement's snapshot is still seen.
+//  - A run whose row is in the slice with the run's one epoch (the common case) is fenced by
+//    the upsert itself: ON CONFLICT locks the stored row and checks its epoch (the WHERE), and
+//    a refused row is missing from RETURNING. No lookup, no lock beyond the upsert's own.
+//  - Every other run with an epoch in the slice (node rows without their run's row, several
+//    epochs) is among the fence pairs ($ids, $epochs; encode() decides): l locks and reads it
+//    (a locking read returns the newest version it waited for, READ COMMITTED), f keeps those
+//    stored with another epoch. FOR NO KEY UPDATE rather than FOR SHARE: two writers of one
+//    run (an old owner and the new) queue on the lock instead of both taking it and
+//    deadlocking when each upserts the row; ORDER BY takes the locks in one order.
+// n reads g, so r has run (and taken its locks) before any node row is written.
 std::string write_sql(bool fenced) {
   // Parameters are numbered in call order, so the calls are sequenced one statement each. The
   // checks catch a column added to a table_spec but not to the offsets above (and so to
   // encode()): the open fails instead of every write.
   int param = 1;
-  auto table = [&](const table_spec& t, int first, bool filtered) {
+  auto table = [&](const table_spec& t, int first, const char* filter) {
     if (param != first + 1) {
       throw std::logic_error(std::string("write statement: parameters of ") + t.name +
                              " start at $" + std::to_string(param) + ", encode() expects $" +
                              std::to_string(first + 1));
     }
-    return unnest_upsert(t, param, filtered);
+    return unnest_upsert(t, param, filter);
   };
-  const std::string ids = "$" + std::to_string(fence_params + 1) + "::text[]";
-  const std::string epochs = "$" + std::to_string(fence_params + 2) + "::bigint[]";
+  const auto arg = [](int p, const char* type) {
+    return "$" + std::to_string(p + 1) + "::" + type + "[]";
+  };
+  const std::string ids = arg(fence_params, "text");
+  const std::string epochs = arg(fence_params + 1, "bigint");
   std::string sql = "WITH ";
   if (fenced) {
     sql += "l AS MATERIALIZED (SELECT run_id, epoch FROM runs WHERE run_id = ANY(" + ids +
@@ -295,14 +313,22 @@ std::string write_sql(bool fenced) {
            ") AS p (run_id, epoch) ON p.run_id = l.run_id WHERE l.epoch <> p.epoch), ";
   }
   sql += "r AS (";
-  sql += table(runs_table, run_params, fenced);
+  sql += table(runs_table, run_params, fenced ? "f" : nullptr);
+  if (fenced) {
+    sql +=
+        " WHERE runs.epoch = excluded.epoch OR excluded.epoch = 0 RETURNING run_id), g AS "
+        "MATERIALIZED (SELECT run_id FROM f UNION SELECT x.run_id FROM unnest(" +
+        arg(run_params, "text") + ", " + arg(run_epoch_param, "bigint") +
+        ") AS x (run_id, epoch) WHERE x.epoch > 0 AND x.run_id NOT IN (SELECT run_id FROM "
+        "r)";
+  }
   sql += "), n AS (";
-  sql += table(nodes_table, node_params, fenced);
+  sql += table(nodes_table, node_params, fenced ? "g" : nullptr);
   sql += "), w AS (";
-  sql += table(workflows_table, workflow_params, false);
+  sql += table(workflows_table, workflow_params, nullptr);
   sql += "), c AS (";
-  sql += table(cache_table, cache_params, false);
-  sql += fenced ? ") SELECT run_id FROM f" : ") SELECT 1";
+  sql += table(cache_table, cache_params, nullptr);
+  sql += fenced ? ") SELECT run_id FROM g" : ") SELECT 1";
   if (param != write_param_count + 1) {
     throw std::logic_error("write statement: " + std::to_string(param - 1) +
                            " parameters, encode() fills " + std::to_string(write_param_count));
@@ -1090,9 +1116,11 @@ class postgres_store final : public store {
   }
 
   // The batch as the write statement's parameters: one set, or (slice_rows > 0) one set per
-  // slice of at most slice_rows rows, tables in the order runs, nodes, workflows, cache. Each
-  // slice's fence holds every (run, epoch) pair of the whole batch (superseded rows included,
-  // as the other stores count them) for the runs it has rows of: fenced alike in every slice.
+  // slice of at most slice_rows rows, tables in the order runs, nodes, workflows, cache. When
+  // rows carry epochs, each slice fences the runs it has rows of (write_sql()): those whose row
+  // is in the slice with their one epoch by the runs upsert; the others through the fence
+  // pairs, every (run, epoch) pair of the whole batch for them (superseded rows included, as
+  // the other stores count them), so that a run is fenced alike in every slice.
   static expected<encoded_batch, store_error> encode(const write_batch& batch,
                                                      std::size_t slice_rows) {
     encoded_batch out;
@@ -1105,7 +1133,16 @@ class postgres_store final : public store {
     }
     out.fenced = !all.empty();
     const auto& pairs = all.pairs();
-    std::vector<std::string_view> slice_runs;  // runs with rows in the slice being built
+    const bool unique = batch.unique_keys;
+    auto runs = rows_to_write(batch.runs, run_key, unique);
+    if (out.fenced) {
+      // The upserts lock the rows they meet in this order: run id order, like l's.
+      std::sort(runs.begin(), runs.end(),
+                [](const run_row* a, const run_row* b) { return a->run_id < b->run_id; });
+    }
+    // The slice being built: the runs it has rows of, and the epochs of its run rows.
+    std::vector<std::string_view> slice_runs;
+    std::vector<std::pair<std::string_view, std::int64_t>> slice_run_rows;
     std::array<array_literal, fenced_write_param_count> a;
     std::string scratch;
     std::size_t in_slice = 0;
@@ -1113,16 +1150,28 @@ class postgres_store final : public store {
       if (out.fenced) {
         std::sort(slice_runs.begin(), slice_runs.end());
         slice_runs.erase(std::unique(slice_runs.begin(), slice_runs.end()), slice_runs.end());
+        std::sort(slice_run_rows.begin(), slice_run_rows.end());
         auto it = pairs.begin();
         for (std::string_view run : slice_runs) {
           it = std::lower_bound(it, pairs.end(), run,
                                 [](const auto& p, std::string_view id) { return p.first < id; });
-          for (; it != pairs.end() && it->first == run; ++it) {
+          auto end = it;
+          while (end != pairs.end() && end->first == run) {
+            ++end;
+          }
+          auto row =
+              std::lower_bound(slice_run_rows.begin(), slice_run_rows.end(), run,
+                               [](const auto& p, std::string_view id) { return p.first < id; });
+          const bool fenced_by_upsert = end - it == 1 && row != slice_run_rows.end() &&
+                                        row->first == run && row->second == it->second;
+          for (; !fenced_by_upsert && it != end; ++it) {
             a[fence_params].text(it->first);
             a[fence_params + 1].integer(it->second);
           }
+          it = end;
         }
         slice_runs.clear();
+        slice_run_rows.clear();
       }
       write_params& params = out.slices.emplace_back();
       for (std::size_t i = 0; i < params.size(); ++i) {
@@ -1143,10 +1192,12 @@ class postgres_store final : public store {
         slice_runs.push_back(run);
       }
     };
-    const bool unique = batch.unique_keys;
-    for (const run_row* r : rows_to_write(batch.runs, run_key, unique)) {
+    for (const run_row* r : runs) {
       next_row();
       note_run(r->run_id);
+      if (out.fenced) {
+        slice_run_rows.emplace_back(r->run_id, r->epoch);
+      }
       auto status = status_name(r->status);
       if (!status) {
         return make_unexpected(status.error());

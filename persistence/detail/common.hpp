@@ -62,10 +62,8 @@ bool valid_node_key(const node_row& r);
 expected<bool, store_error> check_rows(const write_batch& batch);
 
 /// Whether a run in this status is finished: writing it releases the run's lease (lease_until
-/// 0). The SQL backends spell the same set in final_statuses_sql.
+/// 0). The SQL upsert of runs spells the same set (runs_table's lease_until column).
 bool is_final(run_status s);
-/// `('succeeded', 'failed', 'cancelled', 'timed_out')`: is_final's statuses as an SQL list.
-extern const char* const final_statuses_sql;
 
 /// The distinct (run, epoch) pairs with epoch > 0 among the rows given to add(): the runs a
 /// write fences. Keeps views of the run ids, which must outlive it. Consecutive rows of one run

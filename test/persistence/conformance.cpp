@@ -455,6 +455,28 @@ BOOST_AUTO_TEST_CASE(writes_nothing_from_a_batch_with_an_invalid_row, *utf::time
   BOOST_TEST(must_nodes("r1").size() == 1u);
 }
 
+// A value no store can name is refused for good (a retry could only fail again), before
+// anything of its batch is written.
+BOOST_AUTO_TEST_CASE(refuses_a_status_out_of_range_for_good, *utf::timeout(60)) {
+  run_row bad_run = sample_run("r1");
+  bad_run.status = static_cast<run_status>(42);
+  node_row bad_node = sample_node("r2", "a");
+  bad_node.cache = static_cast<cache_status>(9);
+  const write_batch batches[] = {
+      write_batch{{bad_run}, {sample_node("r2", "a")}, {}, {}},
+      write_batch{{sample_run("r1")}, {bad_node}, {}, {}},
+  };
+  for (const write_batch& b : batches) {
+    auto r = s->write(b);
+    BOOST_REQUIRE(!r.has_value());
+    BOOST_TEST(!r.error().transient, r.error().message);
+    auto run = s->get_run("r1");
+    BOOST_REQUIRE(run.has_value());
+    BOOST_TEST(!run->has_value());
+    BOOST_TEST(must_nodes("r2").empty());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(writes_large_batches_completely, *utf::timeout(120)) {
   // 3000 rows cross every statement-size boundary of the chunked SQL writers.
   write_batch b;
