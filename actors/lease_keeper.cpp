@@ -71,7 +71,13 @@ caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string
         self->state.runs.insert_or_assign(run, keeper_state::held{epoch, actor});
         tick_later(self);
       },
-      [self](release_atom, const std::string& run) { self->state.runs.erase(run); },
+      [self](release_atom, const std::string& run, std::int64_t epoch) {
+        // Only the registration of that epoch: a resume may have registered the run anew.
+        auto& runs = self->state.runs;
+        if (auto it = runs.find(run); it != runs.end() && it->second.epoch == epoch) {
+          runs.erase(it);
+        }
+      },
       [self](lost_atom, const std::vector<std::string>& runs) {
         tell_lost(self, runs,
                   "lost its ownership: another engine claimed it, and this engine's rows were "

@@ -12,8 +12,8 @@ class tracer;
 }
 
 /// Spawns the lease keeper of an engine: it knows which runs are alive here (every run actor
-/// sends `own_atom, run_id, epoch, actor` when it starts and `release_atom, run_id` when it
-/// ends) and, while there are any, renews their leases every lease_ms / 3 in one request to the
+/// sends `own_atom, run_id, epoch, actor` when it starts and `release_atom, run_id, epoch`
+/// when it ends) and, while there are any, renews their leases every lease_ms / 3 in one request to the
 /// writer (`renew_atom`), off the callers' path. A run the store says this engine no longer
 /// holds (another engine claimed it), or whose rows the store fenced (`lost_atom,
 /// std::vector<std::string>` from the writer's hook), is sent `lost_atom, why` and forgotten. A

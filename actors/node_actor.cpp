@@ -43,6 +43,8 @@ struct node_actor_state {
   services_ptr services;
   caf::actor run;
   operation_ptr op;  // shell, http
+  // The child run's persistence error, passed on with the answer.
+  std::string child_persistence_error;
   caf::actor child;  // workflow, dynamic
   bool answered = false;
   std::optional<task_result> sync_result;  // set when a task completed inside start()
@@ -83,7 +85,8 @@ void answer(node_actor* self, task_result r) {
   st.answered = true;
   st.op.reset();
   st.child = caf::actor{};
-  attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store};
+  attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store, {}};
+  m.persistence_error = std::move(st.child_persistence_error);
   if (st.args.dynamic || st.report_child) {
     m.has_outcome = true;
     m.outcome = std::move(st.outcome);
@@ -98,14 +101,13 @@ template <class Work, class Then>
 void off_thread(node_actor* self, Work work, Then then) {
   auto& st = self->state;
   caf::actor me = caf::actor_cast<caf::actor>(self);
-  boost::asio::post(*st.services->blocking, [me, self, exec = st.args.exec,
-                                             work = std::move(work),
+  boost::asio::post(*st.services->blocking, [me, self, exec = st.args.exec, work = std::move(work),
                                              then = std::move(then)]() mutable {
     auto result = work();
-    caf::anon_send(me, node_step{exec, [self, then = std::move(then),
-                                        result = std::move(result)]() mutable {
-                                   then(self, std::move(result));
-                                 }});
+    caf::anon_send(
+        me, node_step{exec, [self, then = std::move(then), result = std::move(result)]() mutable {
+                        then(self, std::move(result));
+                      }});
   });
 }
 
@@ -114,8 +116,7 @@ std::string parent_label(const node_spawn_args& a) {
   return a.item < 0 ? a.node_id : a.node_id + "[" + std::to_string(a.item) + "]";
 }
 
-void start_child_run(node_actor* self, plan_ptr p, const json::object& given,
-                     const char* what) {
+void start_child_run(node_actor* self, plan_ptr p, const json::object& given, const char* what) {
   auto& st = self->state;
   const auto& svc = st.services;
   if (st.args.depth + 1 > svc->max_workflow_depth) {
@@ -421,6 +422,7 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
           return;  // a child of an attempt that was already answered
         }
         const run_result& r = *m.result;
+        self->state.child_persistence_error = r.persistence_error;
         if (r.status == run_status::succeeded) {
           answer(self, task_result::success(r.outputs));
         } else {
@@ -451,10 +453,9 @@ void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_
 caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
                       node_spawn_args args) {
   if (services->trace) {
-    return trace::spawn_traced<node_actor, caf::monitored>(*run, services->trace.get(),
-                                                           node_behavior, services,
-                                                           caf::actor_cast<caf::actor>(run),
-                                                           std::move(args));
+    return trace::spawn_traced<node_actor, caf::monitored>(
+        *run, services->trace.get(), node_behavior, services, caf::actor_cast<caf::actor>(run),
+        std::move(args));
   }
   return run->spawn<caf::monitored>(node_behavior, services, caf::actor_cast<caf::actor>(run),
                                     std::move(args));

@@ -433,6 +433,11 @@ void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
     st.waiting_gate = false;
     st.services->gate->leave(caf::actor_cast<caf::actor>(self));
   }
+  if (st.services->lease_keeper) {
+    // Before anyone hears of the end: a resume of this run started from a callback registers
+    // with the keeper after this, under its new epoch.
+    self->send(st.services->lease_keeper, release_atom::value, st.machine->run_id(), st.epoch);
+  }
   if (st.sink) {
     if (st.events) {
       run_event e;
@@ -446,9 +451,6 @@ void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
   }
   if (st.parent) {
     self->send(st.parent, run_done{report});
-  }
-  if (st.services->lease_keeper) {
-    self->send(st.services->lease_keeper, release_atom::value, st.machine->run_id());
   }
   self->quit();
 }
@@ -611,6 +613,9 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
           remember(st, k->second.key, k->second.node, make_json(m.result.output));
         }
         forget_node(st, m.exec);
+        if (!m.persistence_error.empty() && st.persistence_error.empty()) {
+          st.persistence_error = std::move(m.persistence_error);  // a child run's log
+        }
         if (m.has_outcome) {
           st.machine->task_finished_dynamic(m.exec, std::move(m.result), std::move(m.outcome),
                                             now_us(), st.out);

@@ -101,7 +101,7 @@ struct run_services {
   std::int64_t wall_offset_us = 0;
   /// Ownership (not in memory mode): this engine's instance id, the lease a new run starts with
   /// (ms), and the actor that renews the leases of the runs alive here (every run actor
-  /// registers with it: `own_atom, run_id, epoch` at start, `release_atom, run_id` at the end;
+  /// registers with it: `own_atom, run_id, epoch` at start, `release_atom, run_id, epoch` at the end;
   /// it sends `lost_atom` to a run whose ownership is gone). Invalid handle: no ownership.
   std::string owner;
   std::int64_t lease_ms = 0;

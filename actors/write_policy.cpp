@@ -201,6 +201,10 @@ std::vector<write_policy::answer> write_policy::give_up(const std::string& why,
   parts_.clear();
   pending_rows_ = 0;
   flight_rows_ = 0;
+  in_flight_ = false;  // a late outcome of the job out is not settled: the owner has quit
+  retrying_ = false;
+  trouble_.clear();
+  trouble_order_.clear();
   ++generation_;
   return out;
 }

@@ -73,7 +73,7 @@ void writer_metrics::wait_below(std::size_t bound) {
     return;
   }
   std::unique_lock<std::mutex> lock(mutex);
-  drained.wait(lock, [&] { return pending.load() < bound; });
+  drained.wait(lock, [&] { return pending.load() < bound || closed.load(); });
 }
 
 bool writer_metrics::wait_errors(std::uint64_t n, std::chrono::milliseconds timeout) {
@@ -391,6 +391,7 @@ struct writer_state {
   std::unordered_map<write_policy::waiter_id, caf::response_promise> promises;
   caf::response_promise drain_waiter;
   bool drain_answered = false;
+  bool full = false;     // pending was at or above pending_max when last published
   bool failing = false;  // commits fail since the last success
   std::uint64_t failed_commits = 0;
 
@@ -412,8 +413,10 @@ void note_error(writer_state& st, const store_error& e) {
 
 void publish_pending(writer_state& st) {
   const std::size_t p = st.policy->uncommitted();
-  const bool was_full = st.metrics->pending.exchange(p) >= st.hooks.pending_max;
-  if (p < st.hooks.pending_max) {
+  st.metrics->pending.store(p);
+  const bool was_full = st.full;
+  st.full = p >= st.hooks.pending_max;
+  if (!st.full) {
     {
       // Producers blocked in wait_below() re-check under the mutex.
       std::lock_guard<std::mutex> lock(st.metrics->mutex);
@@ -442,10 +445,36 @@ void answer_all(writer_actor* self, std::vector<write_policy::answer> answers) {
 }
 
 void act(writer_actor* self);
+void finish_drain(writer_actor* self, std::uint64_t dropped);
+
+// Gives up: every waiter is answered with `why`, what is not committed is counted as lost,
+// producers waiting for room are released, and the writer quits.
+void stop_writing(writer_actor* self, const std::string& why) {
+  auto& st = self->state;
+  std::size_t dropped = 0;
+  answer_all(self, st.policy->give_up(why, dropped));
+  st.metrics->lost_rows.fetch_add(dropped);
+  st.metrics->pending.store(0);
+  {
+    std::lock_guard<std::mutex> lock(st.metrics->mutex);
+    st.metrics->closed.store(true);
+  }
+  st.metrics->drained.notify_all();
+  if (dropped > 0) {
+    std::fprintf(stderr, "troupe: writer: %zu log rows were not committed: %s\n", dropped,
+                 why.c_str());
+  }
+  finish_drain(self, dropped);
+}
 
 void finish_drain(writer_actor* self, std::uint64_t dropped) {
   auto& st = self->state;
-  if (!st.drain_answered) {
+  {
+    std::lock_guard<std::mutex> lock(st.metrics->mutex);
+    st.metrics->closed.store(true);
+  }
+  st.metrics->drained.notify_all();
+  if (!st.drain_answered && st.drain_waiter.pending()) {
     st.drain_answered = true;
     st.drain_waiter.deliver(caf::ok_atom::value, dropped);
   }
@@ -484,7 +513,7 @@ void on_outcome(writer_actor* self, commit_outcome& o) {
     }
     ++st.failed_commits;
     note_error(st, *error);
-    m.pending.store(st.policy->uncommitted());
+    publish_pending(st);
     answer_all(self, std::move(answers));
     self->delayed_send(self, std::chrono::milliseconds(st.policy->retry_after_ms()),
                        retry_due_atom::value);
@@ -515,8 +544,10 @@ void start_commit(writer_actor* self) {
   self->request(st.committer, caf::infinite, st.policy->take_job())
       .then([self](commit_outcome& o) { on_outcome(self, o); },
             [self](caf::error& e) {
-              // The committer is gone (the engine is stopping): nothing can be written.
-              self->quit(std::move(e));
+              // The committer is gone (it died, or the engine is stopping): nothing can be
+              // written. Everyone waiting is told, never left without an answer.
+              stop_writing(self, "not committed: the writer's committer stopped (" +
+                                     self->system().render(e) + ")");
             });
 }
 
@@ -610,7 +641,6 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
       },
       [self](give_up_atom) {
         auto& st = self->state;
-        std::size_t dropped = 0;
         std::string last;
         {
           std::lock_guard<std::mutex> lock(st.metrics->mutex);
@@ -620,14 +650,7 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
         if (!last.empty()) {
           why += " (the database said: " + last + ")";
         }
-        answer_all(self, st.policy->give_up(why, dropped));
-        st.metrics->lost_rows.fetch_add(dropped);
-        st.metrics->pending.store(0);
-        if (dropped > 0) {
-          std::fprintf(stderr, "troupe: writer: %zu log rows were not committed: %s\n", dropped,
-                       why.c_str());
-        }
-        finish_drain(self, dropped);
+        stop_writing(self, why);
       },
   };
 }

@@ -90,6 +90,8 @@ struct writer_metrics {
   std::atomic<std::uint64_t> dead_letters{0};
   std::atomic<std::uint64_t> fenced_runs{0};
   std::atomic<std::uint64_t> lost_rows{0};
+  /// The writer has stopped (drained, given up, or its committer died): nobody waits for room.
+  std::atomic<bool> closed{false};
   std::string last_error;  // guarded by mutex
   std::mutex mutex;
   std::condition_variable drained;  // notified when pending falls below the bound
@@ -97,7 +99,7 @@ struct writer_metrics {
   /// Each counter read once (not one consistent cut: they move while they are read).
   writer_counts snapshot() const;
 
-  /// Blocks the calling producer while `pending >= bound`.
+  /// Blocks the calling producer while `pending >= bound` and the writer runs.
   void wait_below(std::size_t bound);
   /// Blocks until at least `n` commits have failed, or `timeout` passes (then false). For tests
   /// and operators watching a failing database; woken by the writer, never by polling.

@@ -7,13 +7,13 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <condition_variable>
 #include <csignal>
 #include <cstdlib>
 #include <cstring>
 #include <exception>
 #include <functional>
 #include <iostream>
-#include <condition_variable>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -180,8 +180,8 @@ constexpr std::chrono::seconds cli_drain_deadline{10};
 bool log_complete(const run_result& result, const engine& eng, const std::string& db) {
   bool complete = true;
   if (!result.persistence_error.empty()) {
-    std::cerr << "troupe: error: the log of run " << result.run_id << " is incomplete: "
-              << result.persistence_error << '\n';
+    std::cerr << "troupe: error: the log of run " << result.run_id
+              << " is incomplete: " << result.persistence_error << '\n';
     complete = false;
   }
   if (eng.mode() != persistence_mode::memory) {
@@ -193,8 +193,7 @@ bool log_complete(const run_result& result, const engine& eng, const std::string
     }
     if (const auto dead = eng.metrics().dead_letters.load(); dead > 0) {
       std::cerr << "troupe: error: the database refused " << dead
-                << " log rows for good (troupe runs dead-letters --db " << display_url(db)
-                << ")\n";
+                << " log rows for good (troupe runs dead-letters --db " << display_url(db) << ")\n";
       complete = false;
     }
   }
@@ -662,9 +661,8 @@ int run_cli(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
-    for (CLI::App* sub :
-         {run, validate, runs, list, show, dead, resume, load, cache, cache_list, cache_clear, trace,
-          trace_opts.summary, trace_opts.sequence}) {
+    for (CLI::App* sub : {run, validate, runs, list, show, dead, resume, load, cache, cache_list,
+                          cache_clear, trace, trace_opts.summary, trace_opts.sequence}) {
       if (sub->parsed()) {
         context = sub;
       }

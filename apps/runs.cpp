@@ -104,7 +104,8 @@ int runs_list_command(const runs_list_options& o) {
   } else if (runs->empty()) {
     // An empty table would look like a bug; say what was searched.
     std::cout << "no runs in " << display_url(o.db)
-              << (q.status || !q.workflow.empty() || !q.parent_run_id.empty() ? " match" : "") << '\n';
+              << (q.status || !q.workflow.empty() || !q.parent_run_id.empty() ? " match" : "")
+              << '\n';
   } else {
     print_runs_table(std::cout, *runs);
   }
@@ -162,8 +163,7 @@ int dead_letters_command(const dead_letters_options& o) {
     std::cout << "no dead letters in " << display_url(o.db) << '\n';
   } else {
     for (const auto& d : *letters) {
-      std::cout << local_time(d.at) << "  " << d.table << "  " << d.key << "  " << d.error
-                << '\n';
+      std::cout << local_time(d.at) << "  " << d.table << "  " << d.key << "  " << d.error << '\n';
     }
   }
   std::cout.flush();

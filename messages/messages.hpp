@@ -39,6 +39,8 @@ struct attempt_done {
   run_state::dynamic_outcome outcome;
   /// The output came from the store's cache: the task did not run.
   bool cached = false;
+  /// A child run's log is incomplete (run_result::persistence_error): the parent's is too.
+  std::string persistence_error;
 };
 
 /// `drain_atom, std::int64_t deadline_ms`: ask the writer to commit everything pending, then
@@ -84,7 +86,7 @@ struct lease_renewal {
 /// be renewed because another engine claimed the run): it stops at once, without writing.
 using lost_atom = caf::atom_constant<caf::atom("tr_lost")>;
 /// To the lease keeper: `own_atom, run_id, epoch, run actor` (a run started or resumed here),
-/// `release_atom, run_id` (it ended), `lost_atom, std::vector<std::string>` (runs fenced by the
+/// `release_atom, run_id, epoch` (it ended), `lost_atom, std::vector<std::string>` (runs fenced by the
 /// store: tell them).
 using own_atom = caf::atom_constant<caf::atom("tr_own")>;
 using release_atom = caf::atom_constant<caf::atom("tr_release")>;

@@ -1,9 +1,10 @@
 #include "runtime/engine.hpp"
 
 #include <algorithm>
-#include <cstdio>
 #include <atomic>
+#include <cstdio>
 #include <fstream>
+#include <latch>
 #include <sstream>
 #include <thread>
 
@@ -30,8 +31,8 @@
 #include "runtime/detail/errors.hpp"
 #include "runtime/detail/query_store.hpp"
 #include "runtime/detail/run_handle_shared.hpp"
-#include "runtime/plans.hpp"
 #include "runtime/ownership.hpp"
+#include "runtime/plans.hpp"
 #include "runtime/resume.hpp"
 #include "runtime/runs.hpp"
 
@@ -147,7 +148,7 @@ struct engine::impl {
   std::shared_ptr<std::function<void()>> adopt_round;  // the round the timer posts
 
   services_ptr services;
-  std::shared_ptr<run_services> services_mut;  // the same object; shutdown drops its writer
+  std::shared_ptr<run_services> services_mut;  // the same object, writable while wiring
 
   std::atomic<bool> accepting{true};
   bool stopped = false;  // set by shutdown(), on the caller's thread
@@ -183,7 +184,20 @@ engine::impl::impl(engine_config c, engine_stores stores)
       io.run();
     });
   }
-  blocking = std::make_unique<boost::asio::thread_pool>(std::max(1, config.blocking_threads));
+  const int pool_threads = std::max(1, config.blocking_threads);
+  blocking = std::make_unique<boost::asio::thread_pool>(pool_threads);
+  {
+    // Marks every pool thread as the engine's: each job waits until all have started, so they
+    // run on distinct threads; the constructor waits for the last.
+    std::latch marked(pool_threads + 1);
+    for (int i = 0; i < pool_threads; ++i) {
+      boost::asio::post(*blocking, [&marked] {
+        on_engine_thread = true;
+        marked.arrive_and_wait();
+      });
+    }
+    marked.arrive_and_wait();
+  }
   auto svc = make_services();
   if (config.mode != persistence_mode::memory) {
     writer_config wc = config.writer;
@@ -368,6 +382,9 @@ expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, jso
     } else {
       // Too much not yet committed: the producer waits here instead of memory growing.
       m.metrics->wait_below(m.config.writer.pending_max);
+      if (!m.accepting.load()) {
+        return make_unexpected(one_error("", "the engine is shutting down"));
+      }
     }
   }
   auto sh = std::make_shared<run_handle::shared>();
@@ -398,6 +415,10 @@ expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, jso
     bool room = false;
     {
       std::lock_guard<std::mutex> lock(m.admission_mutex);
+      if (!m.accepting.load()) {  // shutdown drained the queue already: nobody would start it
+        m.runs.remove(sh->id);
+        return make_unexpected(one_error("", "the engine is shutting down"));
+      }
       m.admission.emplace_back(sh, std::move(a));
       // The writer may have caught up since the check above: then no hook call is coming.
       room = m.metrics->pending.load() < m.config.writer.pending_max;
@@ -470,6 +491,9 @@ expected<run_handle, validation_errors> engine::resume(std::string_view run_id,
   if ((*head)->status == run_status::succeeded) {
     return make_unexpected(one_error("", "run '" + std::string(run_id) + "' already succeeded"));
   }
+  if (!m.accepting.load()) {  // never claim a run nobody here would run
+    return make_unexpected(one_error("", "the engine is shutting down"));
+  }
   // Claimed first, read after: every row the previous owner got committed is in.
   auto claim = claim_for_resume(*m.queries, **head, m.owner, m.terms);
   if (!claim) {
@@ -541,8 +565,7 @@ std::int64_t adopt_round(engine& e, detail::query_store& q, const std::string& m
     if (r && on_adopted) {
       on_adopted(*r);
     } else if (!r) {
-      std::fprintf(stderr, "troupe: cannot adopt a run: %s\n",
-                   r.error().front().message.c_str());
+      std::fprintf(stderr, "troupe: cannot adopt a run: %s\n", r.error().front().message.c_str());
     }
   }
   auto runs = unfinished_top_level_runs(q);
@@ -630,7 +653,12 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
   if (m.stopped) {
     return;
   }
-  m.accepting = false;
+  {
+    // Under the admission lock: a run being queued either is in the queue drained below, or
+    // sees the engine closed.
+    std::lock_guard<std::mutex> lock(m.admission_mutex);
+    m.accepting = false;
+  }
   {
     std::lock_guard<std::mutex> lock(m.adopt_mutex);
     if (m.adopt_timer) {
@@ -663,15 +691,11 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     }
     // Every waiter has its answer now: the runs that waited for a commit end.
     m.runs.wait_until_empty(deadline);
-    m.writer = caf::actor{};
-    // No run is left to read it; a live handle would keep the writer and its detached
-    // committer's thread (and so the actor system's destructor) waiting forever.
-    m.services_mut->writer = caf::actor{};
+    // The writer has quit (drained or given up); actors may still hold its handle, which
+    // keeps no thread alive.
   }
   if (m.keeper) {
     caf::anon_send_exit(m.keeper, caf::exit_reason::user_shutdown);
-    m.keeper = caf::actor{};
-    m.services_mut->lease_keeper = caf::actor{};
   }
   m.blocking->join();
   m.io_guard.reset();

@@ -105,14 +105,14 @@ std::string utc_text(std::int64_t wall_us) {
   return buf;
 }
 
-expected<claim_result, std::string> claim_for_resume(detail::query_store& store,
-                                                     const run_row& run, const std::string& me,
+expected<claim_result, std::string> claim_for_resume(detail::query_store& store, const run_row& run,
+                                                     const std::string& me,
                                                      const lease_terms& terms) {
   const std::int64_t now = wall_now_us();
   const bool gone = !run.owner.empty() && owner_gone(run.owner);
   const std::int64_t at = lease_terms::claim_time(run.lease_until, now, gone);
-  auto claim =
-      store.with([&](troupe::store& s) { return s.claim_run(run.run_id, me, at, terms.until(now)); });
+  auto claim = store.with(
+      [&](troupe::store& s) { return s.claim_run(run.run_id, me, at, terms.until(now)); });
   if (!claim) {
     return make_unexpected("cannot claim run '" + run.run_id + "': " + claim.error().message);
   }

@@ -316,8 +316,7 @@ void run_state::pump(std::int64_t now, std::vector<command>& out) {
     }
     // Round-robin: a node with more units goes to the back so siblings get their turn.
     if (launchable(ns) && !ns.queued &&
-        (!np.concurrency ||
-         ns.in_flight + ns.held < static_cast<std::uint32_t>(*np.concurrency))) {
+        (!np.concurrency || ns.in_flight + ns.held < static_cast<std::uint32_t>(*np.concurrency))) {
       ns.queued = true;
       launch_queue_.push_back(n);
     }

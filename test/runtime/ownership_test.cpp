@@ -130,7 +130,8 @@ std::unique_ptr<store> open_log(const std::string& url) {
 void pg_exec(const std::string& url, const std::string& sql) {
   PGconn* c = PQconnectdb(url.c_str());
   BOOST_REQUIRE_MESSAGE(PQstatus(c) == CONNECTION_OK, PQerrorMessage(c));
-  PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
+  PQsetNoticeProcessor(
+      c, [](void*, const char*) {}, nullptr);
   PGresult* r = PQexec(c, sql.c_str());
   const auto st = PQresultStatus(r);
   const std::string err = PQresultErrorMessage(r);
@@ -151,10 +152,10 @@ std::string pg_schema_url(const std::string& name) {
          schema;
 }
 
-#define SKIP_WITHOUT_PG(url)                                                 \
-  if ((url).empty()) {                                                       \
+#define SKIP_WITHOUT_PG(url)                                                  \
+  if ((url).empty()) {                                                        \
     BOOST_TEST_MESSAGE("SKIPPED: no PostgreSQL server (pgtest/url missing)"); \
-    return;                                                                  \
+    return;                                                                   \
   }
 
 // ---- a for_each killed at random points ----------------------------------------------------
@@ -191,11 +192,9 @@ void killed_for_each_runs_no_success_twice(const std::string& url, unsigned seed
   std::vector<std::set<int>> succeeded_at_kill;  // what the log said had succeeded, per kill
   std::string run_id;
   for (int life = 0; life <= kills; ++life) {
-    {
-      std::ofstream(effects, std::ios::app) << "life " << life << "\n";
-    }
-    auto w = spawn_worker({"items", url, effects, std::to_string(items),
-                           std::to_string(concurrency)});
+    { std::ofstream(effects, std::ios::app) << "life " << life << "\n"; }
+    auto w =
+        spawn_worker({"items", url, effects, std::to_string(items), std::to_string(concurrency)});
     if (life == kills) {
       const std::string done = w->read_until("done");
       BOOST_TEST(done == "done succeeded -");
@@ -532,13 +531,12 @@ BOOST_AUTO_TEST_CASE(a_durable_engine_whose_database_stays_down_shuts_down_by_it
   auto h = e.start(*p, json::object{});
   BOOST_REQUIRE(h.has_value());
   BOOST_REQUIRE(e.metrics().wait_errors(3, std::chrono::seconds(60)));
-  BOOST_TEST(!h->try_result().has_value());  // its end waits for a commit that cannot happen
+  BOOST_TEST(!h->try_result().has_value());    // its end waits for a commit that cannot happen
   e.shutdown(std::chrono::milliseconds(100));  // returns: the test's timeout is the bound
   auto r = h->try_result();
   BOOST_REQUIRE(r.has_value());
   BOOST_TEST(r->status == run_status::succeeded);
-  BOOST_TEST(r->persistence_error.find("not committed") != std::string::npos,
-             r->persistence_error);
+  BOOST_TEST(r->persistence_error.find("not committed") != std::string::npos, r->persistence_error);
   BOOST_TEST(e.metrics().lost_rows.load() > 0u);
 }
 

@@ -3,9 +3,9 @@
 
 #include <condition_variable>
 #include <cstdlib>
-#include <mutex>
 #include <filesystem>
 #include <map>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -283,7 +283,7 @@ BOOST_AUTO_TEST_CASE(shutdown_gives_up_on_a_database_that_stays_down_and_reports
   c.drain_deadline = 200ms;
   engine e(c);
   run_many(e, 3);
-  e.shutdown(0ms);  // returns although nothing could be committed
+  e.shutdown(0ms);                                // returns although nothing could be committed
   BOOST_TEST(e.metrics().lost_rows.load() > 0u);  // given up, counted, not silently dropped
   BOOST_TEST(e.metrics().pending.load() == 0u);
   BOOST_TEST(failing->successful_writes() == 0u);
