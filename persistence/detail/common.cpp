@@ -163,12 +163,24 @@ expected<bool, store_error> check_rows(const write_batch& batch) {
   // This runs over every row of every batch on the committer's core: a plain test per value, the
   // error (status_name()'s) built only for a bad row.
   const auto known = [](auto e) { return to_string(e) != "unknown"; };
+  // PostgreSQL text ends at a NUL byte, and the fences look runs up by id: such an id would
+  // name another run there, or none.
+  const auto bad_run_id = [](std::string_view id) -> expected<bool, store_error> {
+    return make_unexpected(store_error{
+        "run id '" + std::string(id.substr(0, id.find('\0'))) + "...' holds a NUL byte", false});
+  };
   for (const auto& r : batch.runs) {
     if (!known(r.status)) {
       return make_unexpected(status_name(r.status).error());
     }
+    if (r.run_id.find('\0') != std::string::npos) {
+      return bad_run_id(r.run_id);
+    }
   }
   for (const auto& n : batch.nodes) {
+    if (n.run_id.find('\0') != std::string::npos) {
+      return bad_run_id(n.run_id);
+    }
     if (!valid_node_key(n)) {
       return make_unexpected(
           store_error{"node row " + n.run_id + "/" + n.node_id +

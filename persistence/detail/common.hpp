@@ -57,8 +57,9 @@ std::string mask_url(std::string_view url);
 bool valid_node_key(const node_row& r);
 
 /// Checks every run and node row of `batch` before anything is written: statuses a store can
-/// name, node keys in their domain. Every backend runs it first, so a batch with a bad row fails
-/// whole (non-transient) on all of them, whether or not that row's run is fenced.
+/// name, node keys in their domain, run ids without NUL bytes. Every backend runs it first, so a
+/// batch with a bad row fails whole (non-transient) on all of them, whether or not that row's run
+/// is fenced.
 expected<bool, store_error> check_rows(const write_batch& batch);
 
 /// Whether a run in this status is finished: writing it releases the run's lease (lease_until

@@ -477,6 +477,19 @@ BOOST_AUTO_TEST_CASE(refuses_a_status_out_of_range_for_good, *utf::timeout(60)) 
   }
 }
 
+// PostgreSQL text ends at a NUL byte: such a run id would name another run there, so every
+// store refuses it.
+BOOST_AUTO_TEST_CASE(refuses_a_run_id_with_a_nul_byte_for_good, *utf::timeout(60)) {
+  const std::string id("r\0x", 3);
+  for (const write_batch& b : {write_batch{{sample_run(id)}, {}, {}, {}},
+                               write_batch{{sample_run("r")}, {sample_node(id, "a")}, {}, {}}}) {
+    auto r = s->write(b);
+    BOOST_REQUIRE(!r.has_value());
+    BOOST_TEST(!r.error().transient, r.error().message);
+    BOOST_TEST(must_list({}).empty());
+  }
+}
+
 BOOST_AUTO_TEST_CASE(writes_large_batches_completely, *utf::timeout(120)) {
   // 3000 rows cross every statement-size boundary of the chunked SQL writers.
   write_batch b;

@@ -484,8 +484,7 @@ BOOST_AUTO_TEST_CASE(rows_the_database_refuses_for_good_are_permanent_errors, *u
   }
 }
 
-// The fence reads every run of a batch, whatever their number: statements of 8, 64 and 512
-// runs, the last slots unused.
+// The fence reads every run of a batch, whatever their number.
 BOOST_AUTO_TEST_CASE(fences_batches_of_any_number_of_runs, *utf::timeout(60)) {
   auto s = make_test_store();
   for (int runs : {1, 8, 9, 64, 65, 600}) {
@@ -519,6 +518,50 @@ BOOST_AUTO_TEST_CASE(fences_batches_of_any_number_of_runs, *utf::timeout(60)) {
       BOOST_REQUIRE(nodes.has_value());
       BOOST_TEST(nodes->size() == (i % 3 == 0 ? 0u : 1u), runs << " runs, run " << i);
     }
+  }
+}
+
+// The fence passes the run ids to SQLite as a JSON array: ids that JSON must escape, and bytes
+// that are not UTF-8 (SQLite stores any), name the same runs.
+BOOST_AUTO_TEST_CASE(fences_runs_whatever_bytes_their_ids_hold, *utf::timeout(30)) {
+  auto s = make_test_store();
+  const std::vector<std::string> ids = {"q\"uote",
+                                        "back\\slash",
+                                        "tab\tnew\nline",
+                                        "\x01\x1f",
+                                        "caf\xc3\xa9 \xe2\x98\x83",
+                                        "bad \xff\xc3",
+                                        "[1,2]",
+                                        ""};
+  write_batch setup;
+  for (const auto& id : ids) {
+    run_row r = sample_run(id);
+    r.epoch = 1;
+    setup.runs.push_back(r);
+  }
+  must_write(*s, setup);
+  for (std::size_t i = 0; i < ids.size(); i += 2) {
+    auto c = s->claim_run(ids[i], "other", 0, 100);
+    BOOST_REQUIRE_MESSAGE(c.has_value() && c->claimed, "claim " << i);
+  }
+  write_batch b;
+  std::vector<std::string> want;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    node_row n = sample_node(ids[i], "a");
+    n.epoch = 1;
+    b.nodes.push_back(n);
+    if (i % 2 == 0) {
+      want.push_back(ids[i]);
+    }
+  }
+  std::sort(want.begin(), want.end());
+  auto r = s->write(b);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+  BOOST_TEST(r->fenced_runs == want, boost::test_tools::per_element());
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    auto nodes = s->node_rows(ids[i]);
+    BOOST_REQUIRE(nodes.has_value());
+    BOOST_TEST(nodes->size() == (i % 2 == 0 ? 0u : 1u), "run " << i);
   }
 }
 
