@@ -2,9 +2,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdio>
 #include <fstream>
-#include <latch>
 #include <sstream>
 #include <thread>
 
@@ -188,15 +188,27 @@ engine::impl::impl(engine_config c, engine_stores stores)
   blocking = std::make_unique<boost::asio::thread_pool>(pool_threads);
   {
     // Marks every pool thread as the engine's: each job waits until all have started, so they
-    // run on distinct threads; the constructor waits for the last.
-    std::latch marked(pool_threads + 1);
+    // run on distinct threads; the constructor waits for them. (A mutex and a condition
+    // variable: libstdc++ 12's std::latch can miss a wake-up.)
+    std::mutex mark_mutex;
+    std::condition_variable marked;
+    int arrived = 0;
     for (int i = 0; i < pool_threads; ++i) {
-      boost::asio::post(*blocking, [&marked] {
+      boost::asio::post(*blocking, [&, pool_threads] {
         on_engine_thread = true;
-        marked.arrive_and_wait();
+        std::unique_lock<std::mutex> lock(mark_mutex);
+        ++arrived;
+        marked.notify_all();
+        marked.wait(lock, [&] { return arrived >= pool_threads + 1; });
+        ++arrived;  // past pool_threads + 1: this job is done with the locals
+        marked.notify_all();
       });
     }
-    marked.arrive_and_wait();
+    std::unique_lock<std::mutex> lock(mark_mutex);
+    marked.wait(lock, [&] { return arrived == pool_threads; });
+    ++arrived;
+    marked.notify_all();
+    marked.wait(lock, [&] { return arrived == 2 * pool_threads + 1; });
   }
   auto svc = make_services();
   if (config.mode != persistence_mode::memory) {

@@ -1,6 +1,7 @@
 #include "runtime/ownership.hpp"
 
 #include <signal.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -14,14 +15,14 @@ namespace troupe {
 
 namespace {
 
-// The start time of process `pid` in wall µs, from /proc: boot time (btime in /proc/stat) plus
-// field 22 of /proc/PID/stat (clock ticks after boot). Computed the same way for every process,
-// so one process always gets the same value. 0 when it cannot be read.
+// The start time of process `pid`, in µs after boot: field 22 of /proc/PID/stat (clock ticks
+// after boot), which never changes for the life of a process, unlike a wall time derived from
+// it (the boot time is rebuilt from the realtime clock). 0 when it cannot be read.
 std::int64_t process_start_us(long pid) {
   std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
   std::string text((std::istreambuf_iterator<char>(stat)), std::istreambuf_iterator<char>());
   const auto close = text.rfind(')');  // the command name may hold spaces and parentheses
-  if (close == std::string::npos) {
+  if (close == std::string::npos || close + 2 > text.size()) {
     return 0;
   }
   std::istringstream fields(text.substr(close + 2));
@@ -32,20 +33,28 @@ std::int64_t process_start_us(long pid) {
       ticks = std::stoll(field);
     }
   }
-  std::ifstream boot("/proc/stat");
-  std::string line;
-  long long btime = -1;
-  while (std::getline(boot, line)) {
-    if (line.rfind("btime ", 0) == 0) {
-      btime = std::stoll(line.substr(6));
-      break;
-    }
-  }
   const long hz = ::sysconf(_SC_CLK_TCK);
-  if (ticks < 0 || btime < 0 || hz <= 0) {
+  if (ticks < 0 || hz <= 0) {
     return 0;
   }
-  return btime * 1'000'000 + ticks * 1'000'000 / hz;
+  return ticks * 1'000'000 / hz;
+}
+
+// What makes pids comparable: the same boot of the same kernel and the same pid namespace.
+std::string pid_space() {
+  std::ifstream boot("/proc/sys/kernel/random/boot_id");
+  std::string id;
+  std::getline(boot, id);
+  std::string hex;
+  for (char c : id) {
+    if (c != '-' && hex.size() < 8) {
+      hex += c;
+    }
+  }
+  struct stat ns {};
+  const unsigned long long inode =
+      ::stat("/proc/self/ns/pid", &ns) == 0 ? static_cast<unsigned long long>(ns.st_ino) : 0;
+  return (hex.empty() ? std::string("noboot") : hex) + "~" + std::to_string(inode);
 }
 
 std::string host_name() {
@@ -67,7 +76,9 @@ std::string host_name() {
 engine_identity this_process_identity() {
   static const engine_identity me = [] {
     engine_identity id;
-    id.host = host_name();
+    // The host part names the pid space too, so that only an engine that can see the owner's
+    // process ever judges it gone.
+    id.host = host_name() + "~" + pid_space();
     id.pid = ::getpid();
     id.start_us = process_start_us(::getpid());
     return id;

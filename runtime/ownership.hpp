@@ -16,8 +16,10 @@
 
 namespace troupe {
 
-/// This process as an engine identity: host name, pid, and the process's start time as the
-/// kernel reports it (so another process of the same host can tell whether it still runs).
+/// This process as an engine identity: host name (with the boot id and pid namespace, so that
+/// pids compare only where they mean the same process: "name~bootid~pidns"), pid, and the
+/// process's start time after boot in µs (/proc, fixed for the life of a process), so that
+/// another process of the same host can tell whether it still runs.
 engine_identity this_process_identity();
 
 /// Whether the engine named by `owner` ("host/pid/start_us") is known to be gone: it ran on

@@ -12,9 +12,9 @@
 
 namespace troupe {
 
-/// An engine instance: the host it runs on, its process id and the process's start time (wall
-/// µs, as the kernel reports it: two processes that reuse a pid differ here). Stored as a run's
-/// owner in the form "host/pid/start_us".
+/// An engine instance: the host it runs on, its process id and the process's start time (µs, as
+/// the kernel reports it: two processes that reuse a pid differ here). Stored as a run's owner in
+/// the form "host/pid/start_us".
 struct engine_identity {
   std::string host;
   std::int64_t pid = 0;
