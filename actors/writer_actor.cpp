@@ -428,6 +428,14 @@ void publish_pending(writer_state& st) {
   }
 }
 
+// Rows came in: producers see the backlog grow; once it reaches pending_max the writer owes
+// them a room() call when it falls below again (publish_pending).
+void note_absorbed(writer_state& st) {
+  const std::size_t p = st.policy->uncommitted();
+  st.metrics->pending.store(p);
+  st.full = st.full || p >= st.hooks.pending_max;
+}
+
 void answer_all(writer_actor* self, std::vector<write_policy::answer> answers) {
   auto& st = self->state;
   for (auto& a : answers) {
@@ -598,7 +606,7 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
         auto& st = self->state;
         st.metrics->rows_received.fetch_add(m.size());
         st.policy->absorb(std::move(m), steady_us());
-        st.metrics->pending.store(st.policy->uncommitted());
+        note_absorbed(st);
         act(self);
       },
       [self](commit_atom, persist& m) -> caf::result<caf::ok_atom> {
@@ -608,7 +616,7 @@ caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_c
         std::string run = run_of(m);
         st.metrics->rows_received.fetch_add(m.size());
         st.policy->absorb(std::move(m), now);
-        st.metrics->pending.store(st.policy->uncommitted());
+        note_absorbed(st);
         auto rp = self->make_response_promise<caf::ok_atom>();
         st.promises.emplace(st.policy->add_waiter(std::move(run), since), rp);
         act(self);
