@@ -345,7 +345,7 @@ void start_task(node_actor* self) {
       raw->state.sync_result = std::move(r);
       return;
     }
-    caf::anon_send(me, attempt_done{exec, std::move(r), false, {}});
+    caf::anon_send(me, attempt_done{exec, std::move(r), false, {}, false, {}});
   };
   switch (def.kind) {
     case task_kind::quick:
