@@ -1,5 +1,12 @@
-import subprocess, time, os, signal, sys, statistics
-W="/work/main/build/test/ownership_worker"
+#!/usr/bin/env python3
+"""Time from an engine's SIGKILL to its run adopted by another engine, against the lease.
+
+usage: benchmarks/runtime/takeover.py [BUILD_DIR]   (default: build; needs test/ownership_worker)
+Engine A holds a run at a gate; engine B adopts expired runs and reads A's lease; A is killed
+0.3 s later; B adopts and finishes the run once that lease runs out (as another host would).
+"""
+import os, statistics, subprocess, sys, tempfile, time
+W = os.path.join(sys.argv[1] if len(sys.argv) > 1 else "build", "test", "ownership_worker")
 def once(lease, d):
     db=f"sqlite://{d}/t.db"
     a=subprocess.Popen([W,"hold",db,str(lease)],stdin=subprocess.PIPE,stdout=subprocess.PIPE,text=True)
@@ -14,8 +21,7 @@ def once(lease, d):
 for lease in (1000, 3000):
     res=[]
     for i in range(3):
-        d=f"/tmp/tko-{lease}-{i}"; os.makedirs(d, exist_ok=True)
-        for f in os.listdir(d): os.remove(os.path.join(d,f))
-        res.append(once(lease,d))
+        with tempfile.TemporaryDirectory(prefix="troupe-takeover-") as d:
+            res.append(once(lease, d))
     ad=[x[0] for x in res]; fin=[x[1] for x in res]
     print(f"lease {lease} ms: adopted after {' '.join(f'{x:.2f}' for x in ad)} s (median {statistics.median(ad):.2f}); finished {statistics.median(fin):.2f} s; {res[0][2]} / {res[0][3]}")
