@@ -2,7 +2,6 @@
 
 #include <chrono>
 #include <cstdio>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -27,11 +26,7 @@ struct keeper_state {
   caf::actor writer;
   std::string owner;
   std::int64_t lease_ms = 0;
-  struct held {
-    std::int64_t epoch;
-    caf::actor run;
-  };
-  std::unordered_map<std::string, held> runs;
+  std::shared_ptr<lease_registry> runs;
   bool ticking = false;   // a renew_due message is on its way
   bool renewing = false;  // a renewal is out
   static inline const char* name = "lease_keeper";
@@ -40,7 +35,7 @@ using keeper_actor = caf::stateful_actor<keeper_state>;
 
 void tick_later(keeper_actor* self) {
   auto& st = self->state;
-  if (st.ticking || st.runs.empty()) {
+  if (st.ticking) {
     return;
   }
   st.ticking = true;
@@ -49,35 +44,20 @@ void tick_later(keeper_actor* self) {
 }
 
 void tell_lost(keeper_actor* self, const std::vector<std::string>& ids, const std::string& why) {
-  auto& st = self->state;
-  for (const auto& id : ids) {
-    auto it = st.runs.find(id);
-    if (it == st.runs.end()) {
-      continue;
-    }
-    self->send(it->second.run, lost_atom::value, "run " + id + " " + why);
-    st.runs.erase(it);
+  for (auto& h : self->state.runs->take(ids)) {
+    self->send(h.run, lost_atom::value, "run " + h.run_id + " " + why);
   }
 }
 
 caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string owner,
-                              std::int64_t lease_ms) {
+                              std::int64_t lease_ms, std::shared_ptr<lease_registry> registry) {
   auto& st = self->state;
   st.writer = std::move(writer);
   st.owner = std::move(owner);
   st.lease_ms = lease_ms;
+  st.runs = std::move(registry);
   return {
-      [self](own_atom, const std::string& run, std::int64_t epoch, const caf::actor& actor) {
-        self->state.runs.insert_or_assign(run, keeper_state::held{epoch, actor});
-        tick_later(self);
-      },
-      [self](release_atom, const std::string& run, std::int64_t epoch) {
-        // Only the registration of that epoch: a resume may have registered the run anew.
-        auto& runs = self->state.runs;
-        if (auto it = runs.find(run); it != runs.end() && it->second.epoch == epoch) {
-          runs.erase(it);
-        }
-      },
+      [self](own_atom) { tick_later(self); },
       [self](lost_atom, const std::vector<std::string>& runs) {
         tell_lost(self, runs,
                   "lost its ownership: another engine claimed it, and this engine's rows were "
@@ -86,16 +66,20 @@ caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string
       [self](renew_due_atom) {
         auto& st = self->state;
         st.ticking = false;
-        if (st.runs.empty() || st.renewing) {
+        if (st.renewing) {
           tick_later(self);
           return;
+        }
+        auto held = st.runs->held_or_idle();
+        if (held.empty()) {
+          return;  // idle until a run registers and wakes it
         }
         lease_renewal r;
         r.owner = st.owner;
         r.lease_until_us = wall_us() + st.lease_ms * 1000;
-        r.runs.reserve(st.runs.size());
-        for (const auto& [id, h] : st.runs) {
-          r.runs.push_back(lease_ref{id, h.epoch});
+        r.runs.reserve(held.size());
+        for (const auto& h : held) {
+          r.runs.push_back(lease_ref{h.run_id.str(), h.epoch});
         }
         st.renewing = true;
         self->request(st.writer,
@@ -121,13 +105,61 @@ caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string
 
 }  // namespace
 
+bool lease_registry::own(const shared_text& run_id, std::int64_t epoch, caf::actor run) {
+  std::lock_guard lock(mutex_);
+  held h{run_id, epoch, std::move(run)};
+  std::string_view key = h.run_id;
+  runs_.erase(key);  // the old value's buffer may back the old key: replace both
+  runs_.emplace(key, std::move(h));
+  bool wake = keeper_idle_;
+  keeper_idle_ = false;
+  return wake;
+}
+
+void lease_registry::release(std::string_view run_id, std::int64_t epoch) {
+  std::lock_guard lock(mutex_);
+  if (auto it = runs_.find(run_id); it != runs_.end() && it->second.epoch == epoch) {
+    runs_.erase(it);
+  }
+}
+
+std::vector<lease_registry::held> lease_registry::held_or_idle() {
+  std::lock_guard lock(mutex_);
+  std::vector<held> out;
+  out.reserve(runs_.size());
+  for (const auto& [key, h] : runs_) {
+    out.push_back(h);
+  }
+  keeper_idle_ = out.empty();
+  return out;
+}
+
+std::vector<lease_registry::held> lease_registry::take(const std::vector<std::string>& run_ids) {
+  std::lock_guard lock(mutex_);
+  std::vector<held> out;
+  for (const auto& id : run_ids) {
+    if (auto it = runs_.find(std::string_view(id)); it != runs_.end()) {
+      out.push_back(std::move(it->second));
+      runs_.erase(it);
+    }
+  }
+  return out;
+}
+
+std::size_t lease_registry::size() const {
+  std::lock_guard lock(mutex_);
+  return runs_.size();
+}
+
 caf::actor spawn_lease_keeper(caf::actor_system& sys, caf::actor writer, std::string owner,
-                              std::int64_t lease_ms, trace::tracer* trace) {
+                              std::int64_t lease_ms, std::shared_ptr<lease_registry> registry,
+                              trace::tracer* trace) {
   if (trace != nullptr) {
     return trace::spawn_traced<keeper_actor>(sys, trace, keeper_behavior, std::move(writer),
-                                             std::move(owner), lease_ms);
+                                             std::move(owner), lease_ms, std::move(registry));
   }
-  return sys.spawn(keeper_behavior, std::move(writer), std::move(owner), lease_ms);
+  return sys.spawn(keeper_behavior, std::move(writer), std::move(owner), lease_ms,
+                   std::move(registry));
 }
 
 }  // namespace troupe

@@ -1,5 +1,7 @@
 #include "actors/run_actor.hpp"
 
+#include "actors/lease_keeper.hpp"
+
 #include <chrono>
 #include <deque>
 #include <exception>
@@ -30,6 +32,7 @@ std::int64_t now_us() {
 // and out: quick tasks are answered inline (no hop), everything else gets a node actor.
 struct run_actor_state {
   std::unique_ptr<run_state> machine;
+  shared_text run_id;  // the machine's, shared by every row this run writes
   services_ptr services;
   task_table tasks;  // node index -> task, shared by the runs of this plan
   std::shared_ptr<run_sink> sink;
@@ -128,7 +131,7 @@ void deliver_events(run_actor_state& st) {
 node_row to_row(const run_actor_state& st, const node_record& rec) {
   const auto& m = *st.machine;
   node_row r;
-  r.run_id = m.run_id();
+  r.run_id = st.run_id;
   r.node_id = m.workflow().nodes[rec.node].id;
   r.item = rec.item;
   r.attempt = rec.attempt;
@@ -183,7 +186,7 @@ run_row run_row_of(const run_actor_state& st) {
   const auto& m = *st.machine;
   const plan& p = m.workflow();
   run_row r;
-  r.run_id = m.run_id();
+  r.run_id = st.run_id;
   r.workflow = p.name;
   r.version = p.version;
   r.plan_hash = p.hash;
@@ -433,10 +436,10 @@ void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
     st.waiting_gate = false;
     st.services->gate->leave(caf::actor_cast<caf::actor>(self));
   }
-  if (st.services->lease_keeper) {
+  if (st.services->leases) {
     // Before anyone hears of the end: a resume of this run started from a callback registers
-    // with the keeper after this, under its new epoch.
-    self->send(st.services->lease_keeper, release_atom::value, st.machine->run_id(), st.epoch);
+    // after this, under its new epoch.
+    st.services->leases->release(st.run_id, st.epoch);
   }
   if (st.sink) {
     if (st.events) {
@@ -573,9 +576,10 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
       st.rows.push_back(std::move(r));
     }
   }
-  if (st.services->lease_keeper) {
-    self->send(st.services->lease_keeper, own_atom::value, st.machine->run_id(), st.epoch,
-               caf::actor_cast<caf::actor>(self));
+  st.run_id = st.machine->run_id();
+  if (st.services->leases &&
+      st.services->leases->own(st.run_id, st.epoch, caf::actor_cast<caf::actor>(self))) {
+    self->send(st.services->lease_keeper, own_atom::value);
   }
   // A node actor that dies without answering (an exception escaped it) fails its attempt
   // instead of leaving the run waiting forever.

@@ -18,6 +18,7 @@
 #include "workflow/plan.hpp"
 #include "workflow/run_report.hpp"
 #include "workflow/run_state.hpp"
+#include "workflow/shared_text.hpp"
 #include "workflow/task.hpp"
 
 namespace boost::asio {
@@ -28,6 +29,7 @@ class thread_pool;
 namespace troupe {
 
 class inflight_gate;
+class lease_registry;
 namespace trace {
 class tracer;
 }
@@ -100,11 +102,13 @@ struct run_services {
   /// Added to steady-clock microseconds to get wall-clock microseconds for stored rows.
   std::int64_t wall_offset_us = 0;
   /// Ownership (not in memory mode): this engine's instance id, the lease a new run starts with
-  /// (ms), and the actor that renews the leases of the runs alive here (every run actor
-  /// registers with it: `own_atom, run_id, epoch` at start, `release_atom, run_id, epoch` at the end;
-  /// it sends `lost_atom` to a run whose ownership is gone). Invalid handle: no ownership.
-  std::string owner;
+  /// (ms), the runs alive here whose leases are renewed (every run actor registers itself at
+  /// start and removes itself at its end: actors/lease_keeper.hpp) and the actor that renews them
+  /// (woken with `own_atom` when lease_registry::own says so; it sends `lost_atom` to a run whose
+  /// ownership is gone). Null registry: no ownership.
+  shared_text owner;
   std::int64_t lease_ms = 0;
+  std::shared_ptr<lease_registry> leases;
   caf::actor lease_keeper;
   /// Actor traces (actors/trace.hpp): null when tracing is off, and then actors are spawned
   /// without any tracing code.

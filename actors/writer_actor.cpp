@@ -585,7 +585,7 @@ void act(writer_actor* self) {
 }
 
 std::string run_of(const persist& m) {
-  return m.runs.empty() ? std::string() : m.runs.front().run_id;
+  return m.runs.empty() ? std::string() : m.runs.front().run_id.str();
 }
 
 caf::behavior writer_behavior(writer_actor* self, caf::actor committer, writer_config config,

@@ -110,7 +110,7 @@ json::value value_or_null(const json_ptr& v) {
 
 json::object run_object(const run_row& r) {
   json::object o;
-  o["run_id"] = r.run_id;
+  o["run_id"] = r.run_id.str();
   o["workflow"] = r.workflow;
   o["version"] = r.version;
   o["status"] = to_string(r.status);

@@ -85,11 +85,9 @@ struct lease_renewal {
 /// Sent to a run actor whose ownership was lost (its rows were fenced, or its lease could not
 /// be renewed because another engine claimed the run): it stops at once, without writing.
 using lost_atom = caf::atom_constant<caf::atom("tr_lost")>;
-/// To the lease keeper: `own_atom, run_id, epoch, run actor` (a run started or resumed here),
-/// `release_atom, run_id, epoch` (it ended), `lost_atom, std::vector<std::string>` (runs fenced by the
-/// store: tell them).
+/// To the lease keeper: `own_atom` (runs registered in its lease_registry while it was idle:
+/// start renewing), `lost_atom, std::vector<std::string>` (runs fenced by the store: tell them).
 using own_atom = caf::atom_constant<caf::atom("tr_own")>;
-using release_atom = caf::atom_constant<caf::atom("tr_release")>;
 /// The lease keeper's renewal timer.
 using renew_due_atom = caf::atom_constant<caf::atom("tr_renewd")>;
 

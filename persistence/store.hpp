@@ -17,6 +17,7 @@
 #include "workflow/expected.hpp"
 #include "workflow/json.hpp"
 #include "workflow/run_state.hpp"
+#include "workflow/shared_text.hpp"
 
 namespace troupe {
 
@@ -29,7 +30,7 @@ struct store_error {
 
 /// Times are wall-clock microseconds since the Unix epoch (0: not set).
 struct run_row {
-  std::string run_id;
+  shared_text run_id;
   std::string workflow;
   std::string version;
   std::string plan_hash;
@@ -49,7 +50,7 @@ struct run_row {
   /// renew_leases() move it), except that a row whose status is final (succeeded, failed,
   /// cancelled, timed_out) releases the lease (0), on insert too. `epoch` also fences the write
   /// (see write()); 0: an unfenced row (tests, tools).
-  std::string owner;
+  shared_text owner;
   std::int64_t lease_until = 0;
   std::int64_t epoch = 0;
 };
@@ -57,7 +58,7 @@ struct run_row {
 /// One row per (run, node, item, attempt); item -1 outside for_each; attempt 0 is the
 /// node-level record (see node_record in workflow/run_state.hpp).
 struct node_row {
-  std::string run_id;
+  shared_text run_id;  // shared by every row of a run: a copy is a reference count
   std::string node_id;
   std::int64_t item = -1;
   int attempt = 0;

@@ -227,11 +227,13 @@ engine::impl::impl(engine_config c, engine_stores stores)
     };
     hooks.room = [this] { admit_queued(); };
     writer = spawn_writer(*system, std::move(ws), wc, metrics, trace.get(), std::move(hooks));
-    keeper = spawn_lease_keeper(*system, writer, owner, terms.lease_ms(), trace.get());
+    auto leases = std::make_shared<lease_registry>();
+    keeper = spawn_lease_keeper(*system, writer, owner, terms.lease_ms(), leases, trace.get());
     *keeper_of = keeper;
     svc->writer = writer;
     svc->owner = owner;
     svc->lease_ms = terms.lease_ms();
+    svc->leases = std::move(leases);
     svc->lease_keeper = keeper;
   }
   services_mut = svc;

@@ -173,12 +173,12 @@ expected<bool, store_error> check_rows(const write_batch& batch) {
     if (!known(r.status)) {
       return make_unexpected(status_name(r.status).error());
     }
-    if (r.run_id.find('\0') != std::string::npos) {
+    if (r.run_id.str().find('\0') != std::string::npos) {
       return bad_run_id(r.run_id);
     }
   }
   for (const auto& n : batch.nodes) {
-    if (n.run_id.find('\0') != std::string::npos) {
+    if (n.run_id.str().find('\0') != std::string::npos) {
       return bad_run_id(n.run_id);
     }
     if (!valid_node_key(n)) {
