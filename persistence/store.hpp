@@ -75,6 +75,11 @@ struct node_row {
   cache_status spec_cache = cache_status::off;
   /// `dynamic` and `workflow` nodes: the child run this execution started or resumed.
   std::string child_run_id;
+  /// The run's event sequence numbers (run_event::seq) of this attempt's node_started and
+  /// node_finished events; 0: not (yet) emitted. A run's event stream is replayed from its
+  /// rows in this order (its run_started is 1, its run_finished follows the largest).
+  std::int64_t started_seq = 0;
+  std::int64_t finished_seq = 0;
   /// The epoch of its run under which the row was made: fences the write (see write()); not
   /// stored. 0: unfenced.
   std::int64_t epoch = 0;
