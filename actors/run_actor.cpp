@@ -142,6 +142,8 @@ node_row to_row(const run_actor_state& st, const node_record& rec) {
   r.cache = rec.cache;
   r.spec_cache = rec.spec_cache;
   r.child_run_id = rec.child_run;
+  r.started_seq = rec.started_seq;
+  r.finished_seq = rec.finished_seq;
   r.epoch = st.epoch;
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = rec.started_us ? rec.started_us + off : 0;
@@ -445,6 +447,7 @@ void deliver(run_actor* self, std::shared_ptr<const run_result> report) {
     if (st.events) {
       run_event e;
       e.what = run_event::kind::run_finished;
+      e.seq = st.machine->take_event_seq();
       e.run_id = report->run_id;
       e.status = std::string(to_string(report->status));
       e.error = report->error;
@@ -558,6 +561,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   args.options.emit_records = st.events || static_cast<bool>(st.services->writer);
   args.options.hold_item_slots =
       st.services->writer && st.services->mode == persistence_mode::durable;
+  const bool new_run = args.options.events_after == 0;
   st.machine = std::make_unique<run_state>(std::move(args.plan), std::move(args.options));
   for (auto& [node, output] : args.restored) {
     st.machine->restore(node, std::move(output));
@@ -573,8 +577,18 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
     // Attempts the dead process left running are closed first, under this run's epoch.
     for (auto& r : args.interrupted) {
       r.epoch = st.epoch;
+      r.finished_seq = st.machine->take_event_seq();
       st.rows.push_back(std::move(r));
     }
+  }
+  if (st.events && new_run) {
+    run_event e;  // delivered with the first turn's events, after its rows went to the writer
+    e.what = run_event::kind::run_started;
+    e.seq = 1;
+    e.run_id = st.machine->run_id();
+    e.workflow = st.machine->workflow().name;
+    e.status = "running";
+    st.events_due.push_back(std::move(e));
   }
   st.run_id = st.machine->run_id();
   if (st.services->leases &&

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <algorithm>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -46,6 +47,8 @@ struct resume_point {
   std::vector<node_row> interrupted;
   /// The epoch the run was claimed under (0: not claimed, e.g. a store without ownership).
   std::int64_t epoch = 0;
+  /// The largest event number its rows hold (run_options::events_after).
+  std::int64_t events_after = 0;
 };
 
 /// Node index -> its task definition (null: unknown task), resolved once per plan and registry.
@@ -157,6 +160,8 @@ inline void resume_from(run_spawn_args& args, resume_point&& from) {
   args.restored_items = std::move(from.restored_items);
   args.interrupted = std::move(from.interrupted);
   args.epoch = from.epoch;
+  // A resumed run numbers its events after its log's (at least past run_started's 1).
+  args.options.events_after = std::max<std::int64_t>(from.events_after, 1);
 }
 
 /// Spawns the actor that runs one workflow run. `parent`, when valid, receives a `run_done`

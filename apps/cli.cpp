@@ -141,6 +141,9 @@ expected<json::object, located_errors> gather_inputs(const run_options& o,
 std::string event_line(const run_event& e) {
   std::string line;
   switch (e.what) {
+    case run_event::kind::run_started:
+      line = "run " + e.run_id + " started";
+      break;
     case run_event::kind::node_started:
     case run_event::kind::node_finished:
       line = "node " + e.node_id;

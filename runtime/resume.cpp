@@ -86,6 +86,7 @@ resume_point resume_point_of(const plan& p, std::string run_id, const std::vecto
     if (r.item == -1 || np->for_each) {
       attempts[np->index] = std::max(attempts[np->index], r.attempt);
     }
+    out.events_after = std::max({out.events_after, r.started_seq, r.finished_seq});
     if (r.attempt > 0 && (r.status == node_status::running || r.status == node_status::pending)) {
       // The process running this attempt died with it: it may or may not have had its effect.
       node_row closed = r;

@@ -48,7 +48,29 @@ run_event event_of(const run_state& rs, const node_record& rec) {
   e.attempt = rec.attempt;
   e.status = std::string(to_string(rec.status));
   e.error = rec.error;
+  if (rec.status == node_status::running) {
+    e.seq = rec.started_seq;
+  } else {
+    e.seq = rec.finished_seq;
+    if (rec.status == node_status::succeeded) {
+      e.output = rec.output;
+    }
+  }
   return e;
+}
+
+std::string_view to_string(run_event::kind k) {
+  switch (k) {
+    case run_event::kind::run_started:
+      return "run_started";
+    case run_event::kind::node_started:
+      return "node_started";
+    case run_event::kind::node_finished:
+      return "node_finished";
+    case run_event::kind::run_finished:
+      return "run_finished";
+  }
+  return "unknown";
 }
 
 json::value to_json(const run_result& r) {

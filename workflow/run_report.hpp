@@ -2,6 +2,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "workflow/json.hpp"
@@ -10,16 +11,26 @@
 namespace troupe {
 
 /// Something that happened in a run, delivered to subscribers in order for that run.
+/// Every event of a run has a number, `seq`: 1 is run_started, each node event takes the next,
+/// run_finished is the last. The numbers are stored with the rows (node_row::started_seq,
+/// finished_seq), so a run's events can be replayed from its log with the numbers they had live.
+/// A resumed run continues its numbering (and has no second run_started).
 struct run_event {
-  enum class kind { node_started, node_finished, run_finished };
+  enum class kind { run_started, node_started, node_finished, run_finished };
   kind what = kind::node_started;
+  std::int64_t seq = 0;
   std::string run_id;
-  std::string node_id;  // empty for run_finished
+  std::string workflow;  // run_started only
+  std::string node_id;   // empty for run events
   std::int64_t item = -1;
   int attempt = 0;
   std::string status;  // a node_status or run_status name
   std::string error;
+  json_ptr output;  // node_finished of a node that succeeded: its output
 };
+
+/// The event's kind as the service names it ("run_started", ...).
+std::string_view to_string(run_event::kind k);
 
 /// What a node did, as the CLI table and `--json` show it.
 struct node_report {

@@ -103,6 +103,7 @@ void run_state::exec_table::clear() {
 
 run_state::run_state(plan_ptr p, run_options options)
     : plan_(std::move(p)), options_(std::move(options)) {
+  last_event_seq_ = options_.events_after > 0 ? options_.events_after : 1;  // 1: run_started
   identity_.id = options_.run_id;
   identity_.workflow = plan_->name;
   nodes_.resize(plan_->nodes.size());
@@ -379,9 +380,7 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
       return;
     }
   }
-  std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0}, next_exec_++);
-  ++ns.in_flight;
-  max_inflight_seen_ = std::max(max_inflight_seen_, inflight_.size());
+  std::int64_t started_seq = 0;
   if (options_.record_starts && options_.emit_records) {
     node_record r;
     r.node = u.node;
@@ -391,7 +390,11 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
     r.input = input;
     r.started_us = now;
     record(std::move(r), out);
+    started_seq = last_event_seq_;
   }
+  std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0, started_seq}, next_exec_++);
+  ++ns.in_flight;
+  max_inflight_seen_ = std::max(max_inflight_seen_, inflight_.size());
   std::string key;
   if (np.cache_version) {
     const json::value* item =
@@ -513,6 +516,7 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
       r.child_run = dynamic->child_run;
     }
     r.started_us = e.started_us;
+    r.started_seq = e.started_seq;
     r.finished_us = now;
     record(std::move(r), out);
   }
@@ -606,6 +610,7 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
     ns.summary.spec_cache = dynamic->spec_cache;
   }
   r.started_us = e.started_us;
+  r.started_seq = e.started_seq;
   r.finished_us = now;
   if (np.cache_version) {
     ns.summary.cache = r.cache == cache_status::hit && ns.summary.cache != cache_status::miss
@@ -694,6 +699,7 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
       r.status = node_status::cancelled;
       r.input = e.input;
       r.started_us = e.started_us;
+      r.started_seq = e.started_seq;
       r.finished_us = now;
       record(std::move(r), out);
       out.emplace_back(cmd::cancel_task{exec});
@@ -823,6 +829,7 @@ void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
     r.status = node_status::cancelled;
     r.input = e.input;
     r.started_us = e.started_us;
+    r.started_seq = e.started_seq;
     r.finished_us = now;
     record(std::move(r), out);
     out.emplace_back(cmd::cancel_task{exec});
@@ -862,6 +869,11 @@ void run_state::finish_run(run_status s, std::string error, std::int64_t now,
 
 void run_state::record(node_record r, std::vector<command>& out) {
   if (options_.emit_records) {
+    if (r.status == node_status::running) {
+      r.started_seq = ++last_event_seq_;
+    } else {
+      r.finished_seq = ++last_event_seq_;
+    }
     out.emplace_back(cmd::record{std::move(r)});
   }
 }

@@ -41,6 +41,10 @@ struct node_record {
   std::string child_run;                        // `dynamic` nodes: the child run, once started
   std::int64_t started_us = 0;
   std::int64_t finished_us = 0;  // 0 while running
+  /// The run's event sequence numbers of this attempt's start and end (run_event::seq): set by
+  /// the state machine as it emits the record; 0: no such event (not started, or still running).
+  std::int64_t started_seq = 0;
+  std::int64_t finished_seq = 0;
 };
 
 /// Commands the state machine asks its driver (the run actor, or a test) to carry out.
@@ -100,6 +104,10 @@ struct run_options {
   /// `concurrency` items of a node can have run without their success in the log: after a
   /// crash, at most that many run again.
   bool hold_item_slots = false;
+  /// The run's events are numbered 1, 2, ... (run_event::seq): 1 is run_started, every record
+  /// takes the next number, and the run's end the last one. A resumed run continues after the
+  /// largest number its log holds.
+  std::int64_t events_after = 0;
 };
 
 /// What a node did, for answers built from memory (CLI tables, handles): never read back from
@@ -172,6 +180,12 @@ class run_state {
   std::size_t held_slot_count() const { return held_total_; }
   void cancel(std::int64_t now_us, std::vector<command>& out);
 
+  /// The run's event numbering (run_options::events_after): the number of its latest event so
+  /// far, and the next number, taken by the driver for events it makes itself (run_started,
+  /// run_finished, attempts a resume closes as interrupted).
+  std::int64_t last_event_seq() const { return last_event_seq_; }
+  std::int64_t take_event_seq() { return ++last_event_seq_; }
+
   run_status status() const { return status_; }
   bool finished() const { return status_ != run_status::pending && status_ != run_status::running; }
   const std::string& error() const { return error_; }
@@ -199,6 +213,7 @@ class run_state {
     json_ptr input;
     std::int64_t started_us;
     std::uint64_t timeout_timer = 0;  // 0: none
+    std::int64_t started_seq = 0;     // its node_started event's number (0: none emitted)
   };
   // In-flight attempts by exec id without a hash map: an exec id is (sequence << 32 | slot), so
   // a lookup is an index plus a check that the slot still holds that sequence. Freed slots are
@@ -248,7 +263,7 @@ class run_state {
     node_summary summary;
     std::uint32_t join = 0;
     std::uint32_t in_flight = 0;
-    std::uint32_t held = 0;  // hold_item_slots: succeeded items not yet confirmed committed
+    std::uint32_t held = 0;        // hold_item_slots: succeeded items not yet confirmed committed
     std::uint32_t unit_count = 0;  // items, or 1 outside for_each
     std::uint32_t next_unit = 0;
     std::uint32_t units_done = 0;
@@ -304,6 +319,7 @@ class run_state {
   std::vector<std::uint32_t> launch_queue_;
   std::size_t launch_head_ = 0;
   std::uint64_t next_exec_ = 1;
+  std::int64_t last_event_seq_ = 0;  // the number of the run's latest event
   std::uint64_t next_timer_ = 1;
   std::size_t run_limit_ = 0;  // 0: unlimited
   std::size_t nodes_done_ = 0;

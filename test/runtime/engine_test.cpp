@@ -371,18 +371,25 @@ BOOST_AUTO_TEST_CASE(subscribers_see_node_events_in_order_then_the_end) {
       {"id":"a","task":"noop"},{"id":"b","task":"noop","needs":["a"]}]})");
   std::mutex m;
   std::vector<std::string> seen;
+  std::vector<std::int64_t> seqs;
   start_options o;
   o.on_event = [&](const run_event& ev) {
     std::lock_guard<std::mutex> lock(m);
-    seen.push_back(ev.node_id + ":" + ev.status);
+    seen.push_back(std::string(to_string(ev.what)) + ":" + ev.node_id + ":" + ev.status);
+    seqs.push_back(ev.seq);
   };
   auto h = e.start(p, {}, o);
   BOOST_REQUIRE(h.has_value());
   auto r = h->wait_for(30s);
   BOOST_REQUIRE(r.has_value());
   std::lock_guard<std::mutex> lock(m);
-  BOOST_TEST((seen == std::vector<std::string>{"a:running", "a:succeeded", "b:running",
-                                               "b:succeeded", ":succeeded"}));
+  BOOST_TEST((seen == std::vector<std::string>{"run_started::running", "node_started:a:running",
+                                               "node_finished:a:succeeded",
+                                               "node_started:b:running",
+                                               "node_finished:b:succeeded",
+                                               "run_finished::succeeded"}));
+  // Numbered 1, 2, ... in delivery order: the ids of the service's event stream.
+  BOOST_TEST((seqs == std::vector<std::int64_t>{1, 2, 3, 4, 5, 6}));
 }
 
 BOOST_AUTO_TEST_CASE(generated_plans_and_their_task_tables_stay_within_dynamic_plans) {

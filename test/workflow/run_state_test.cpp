@@ -857,3 +857,56 @@ BOOST_AUTO_TEST_CASE(dynamic_inputs_that_fail_to_render_fail_the_node_before_dis
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+BOOST_AUTO_TEST_SUITE(event_numbers, *utf::timeout(30))
+
+// Every record takes the next number after run_started's 1, in the order emitted; an
+// attempt's final record carries its start's number too; the run's end takes the next one.
+BOOST_AUTO_TEST_CASE(records_are_numbered_in_emission_order) {
+  driver d(R"({"name":"seq","nodes":[
+      {"id":"a","task":"echo","with":1},
+      {"id":"b","task":"echo","needs":["a"],"with":2,"retry":{"max_attempts":2,"backoff_ms":1}},
+      {"id":"s","task":"echo","needs":["a"],"when":"{{ false }}"}]})");
+  d.start();
+  d.succeed("a");
+  d.fail("b");
+  d.advance_ms(5);
+  d.succeed("b");
+  std::int64_t expected = 1;
+  for (auto& c : d.log) {
+    if (auto* r = std::get_if<cmd::record>(&c)) {
+      std::int64_t seq = r->rec.status == node_status::running ? r->rec.started_seq
+                                                                : r->rec.finished_seq;
+      BOOST_TEST(seq == ++expected);
+      if (r->rec.status == node_status::running) {
+        BOOST_TEST(r->rec.finished_seq == 0);
+      }
+    }
+  }
+  BOOST_TEST(d.rs.last_event_seq() == expected);
+  auto b = d.records_of("b");
+  BOOST_REQUIRE(b.size() == 4u);  // running, failed, running, succeeded
+  BOOST_TEST(b[1].started_seq == b[0].started_seq);
+  BOOST_TEST(b[3].started_seq == b[2].started_seq);
+  BOOST_TEST(b[3].finished_seq > b[2].started_seq);
+  auto s = d.records_of("s");
+  BOOST_REQUIRE(s.size() == 1u);  // skipped: an end without a start
+  BOOST_TEST(s[0].started_seq == 0);
+  BOOST_TEST(s[0].finished_seq > 0);
+  BOOST_TEST(d.rs.take_event_seq() == expected + 1);  // the driver's run_finished
+}
+
+BOOST_AUTO_TEST_CASE(a_resumed_run_numbers_after_its_log) {
+  run_options o;
+  o.events_after = 41;
+  driver d(R"({"name":"seq","nodes":[{"id":"a","task":"echo","with":1}]})", o);
+  d.start();
+  d.succeed("a");
+  auto a = d.records_of("a");
+  BOOST_REQUIRE(a.size() == 2u);
+  BOOST_TEST(a[0].started_seq == 42);
+  BOOST_TEST(a[1].started_seq == 42);
+  BOOST_TEST(a[1].finished_seq == 43);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
