@@ -24,6 +24,7 @@
 #include "apps/load.hpp"
 #include "apps/output.hpp"
 #include "apps/runs.hpp"
+#include "apps/serve.hpp"
 #include "apps/signals.hpp"
 #include "apps/trace_cmd.hpp"
 #include "runtime/engine.hpp"
@@ -645,11 +646,105 @@ int run_cli(int argc, char** argv) {
   add_db_option(cache_clear, cache_clear_opts.db);
   cache_clear->add_flag("--json", cache_clear_opts.json, "Print the count as JSON.");
 
+  serve_options serve_opts;
+  CLI::App* serve = app.add_subcommand(
+      "serve",
+      "Serve the engine over HTTP: register workflows, start runs (async, wait or streamed as "
+      "Server-Sent Events), query the log, /metrics. Every option can also come from the "
+      "environment variable named in its help. Stops on SIGTERM: no new runs, running ones get "
+      "--drain-ms to finish, the rest are cancelled, the log is drained.");
+  serve->add_option("--listen", serve_opts.listen, "HOST:PORT to listen on (port 0: any free).")
+      ->envname("TROUPE_LISTEN")
+      ->capture_default_str()
+      ->type_name("HOST:PORT");
+  add_db_option(serve, serve_opts.db)->envname("TROUPE_DB");
+  serve
+      ->add_option_function<std::string>(
+          "--mode",
+          [&serve_opts](const std::string& text) { parse_persistence_mode(text, serve_opts.mode); },
+          "What the log costs (default durable: a run's end is committed before it is "
+          "reported).")
+      ->check(mode_check())
+      ->envname("TROUPE_MODE")
+      ->type_name("MODE");
+  serve->add_option("--workflows", serve_opts.workflows_dir,
+                    "Register every *.json file of DIR at start (the operator's workflows: any "
+                    "task allowed).")
+      ->envname("TROUPE_WORKFLOWS")
+      ->type_name("DIR");
+  serve->add_option("--api-keys", serve_opts.api_keys_file,
+                    "A file of API keys, one per line; requests need `Authorization: Bearer "
+                    "KEY`. TROUPE_API_KEYS may hold more, comma-separated. Without keys the "
+                    "server listens on loopback only.")
+      ->envname("TROUPE_API_KEYS_FILE")
+      ->type_name("FILE");
+  if (const char* env = std::getenv("TROUPE_API_KEYS")) {
+    serve_opts.api_keys_env = env;
+  }
+  serve->add_option("--threads", serve_opts.threads, "Actor scheduler threads (0: one per core).")
+      ->envname("TROUPE_THREADS")
+      ->check(CLI::Range(0, 1024))
+      ->type_name("N");
+  serve->add_option("--http-threads", serve_opts.http_threads, "Threads serving HTTP.")
+      ->envname("TROUPE_HTTP_THREADS")
+      ->check(CLI::Range(1, 64))
+      ->capture_default_str()
+      ->type_name("N");
+  serve->add_option("--allow-tasks", serve_opts.allow_tasks,
+                    "Tasks that workflows registered through the API may use, comma-separated, "
+                    "or `all` (default: every task but shell).")
+      ->envname("TROUPE_ALLOW_TASKS")
+      ->type_name("LIST");
+  serve->add_flag("--allow-dynamic", serve_opts.allow_dynamic,
+                  "Let workflows registered through the API have `dynamic` nodes (the "
+                  "workflows they generate are not checked against --allow-tasks).")
+      ->envname("TROUPE_ALLOW_DYNAMIC");
+  serve->add_option("--max-body", serve_opts.max_body, "Largest request body, in bytes (413).")
+      ->envname("TROUPE_MAX_BODY")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))
+      ->capture_default_str()
+      ->type_name("BYTES");
+  serve->add_option("--max-connections", serve_opts.max_connections,
+                    "Open connections at most; more are answered 503 and closed.")
+      ->envname("TROUPE_MAX_CONNECTIONS")
+      ->check(CLI::Range(std::size_t{1}, std::size_t{1000000}))
+      ->capture_default_str()
+      ->type_name("N");
+  serve->add_option("--rate-limit", serve_opts.rate_limit,
+                    "Requests per second per API key (429 with Retry-After past it); 0: none.")
+      ->envname("TROUPE_RATE_LIMIT")
+      ->check(CLI::Range(0.0, 1e9))
+      ->type_name("R");
+  serve->add_option("--runs-per-key", serve_opts.runs_per_key,
+                    "Runs in flight per API key (429 past it); 0: no limit.")
+      ->envname("TROUPE_RUNS_PER_KEY")
+      ->type_name("N");
+  serve->add_option("--read-timeout-ms", serve_opts.read_timeout_ms,
+                    "A request must arrive within this long (slow clients are cut off); also "
+                    "how long an idle connection stays open.")
+      ->envname("TROUPE_READ_TIMEOUT_MS")
+      ->check(CLI::Range(std::int64_t{10}, std::int64_t{3600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  serve->add_option("--drain-ms", serve_opts.drain_ms,
+                    "On SIGTERM, how long running runs get to finish before they are "
+                    "cancelled.")
+      ->envname("TROUPE_DRAIN_MS")
+      ->check(CLI::Range(std::int64_t{0}, std::int64_t{3600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  serve->add_option("--sse-keepalive-ms", serve_opts.sse_keepalive_ms,
+                    "A comment is written to every open event stream this often.")
+      ->envname("TROUPE_SSE_KEEPALIVE_MS")
+      ->check(CLI::Range(std::int64_t{10}, std::int64_t{3600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
       std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs" &&
       std::string_view(argv[1]) != "cache" && std::string_view(argv[1]) != "load" &&
-      std::string_view(argv[1]) != "trace") {
+      std::string_view(argv[1]) != "trace" && std::string_view(argv[1]) != "serve") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -665,7 +760,7 @@ int run_cli(int argc, char** argv) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
     for (CLI::App* sub : {run, validate, runs, list, show, dead, resume, load, cache, cache_list,
-                          cache_clear, trace, trace_opts.summary, trace_opts.sequence}) {
+                          cache_clear, trace, trace_opts.summary, trace_opts.sequence, serve}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -685,6 +780,7 @@ int run_cli(int argc, char** argv) {
       {cache_clear, [&] { return cache_clear_command(cache_clear_opts); }},
       {load, [&] { return load_command(load_opts); }},
       {trace, [&] { return trace_command(trace_opts); }},
+      {serve, [&] { return serve_command(serve_opts); }},
   };
   try {
     for (const auto& [sub, command] : commands) {

@@ -117,6 +117,8 @@ struct engine::impl {
   spec_cache specs;
   run_index runs;
   memory_log log;  // filled in memory mode only
+  std::mutex request_keys_mutex;
+  std::unique_ptr<store> request_keys;  // memory mode only: the service's idempotency keys
   run_ids ids;
   std::shared_ptr<writer_metrics> metrics = std::make_shared<writer_metrics>();
 
@@ -356,6 +358,16 @@ expected<plan_ptr, validation_errors> engine::register_workflow_file(const std::
   return register_workflow(text.str());
 }
 
+std::vector<engine::registered_workflow> engine::workflows() const {
+  std::vector<registered_workflow> out;
+  for (auto& e : impl_->plans.registered()) {
+    out.push_back({std::move(e.plan), e.latest});
+  }
+  return out;
+}
+
+std::string engine::new_run_id() { return impl_->ids.next(); }
+
 plan_ptr engine::find_workflow(std::string_view name, std::string_view version) const {
   return impl_->plans.find(name, version);
 }
@@ -458,6 +470,35 @@ expected<std::vector<run_row>, store_error> engine::list_runs(const run_query& q
     return m.queries->with([&](store& s) { return s.list_runs(q); });
   }
   return m.log.list(q);
+}
+
+expected<request_key_row, store_error> engine::remember_request(const request_key_row& row,
+                                                                std::int64_t expired_before_us) {
+  auto& m = *impl_;
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.remember_request(row, expired_before_us); });
+  }
+  std::lock_guard lock(m.request_keys_mutex);
+  if (!m.request_keys) {
+    auto opened = open_store("memory://");
+    if (!opened) {
+      return make_unexpected(opened.error());
+    }
+    m.request_keys = std::move(*opened);
+  }
+  return m.request_keys->remember_request(row, expired_before_us);
+}
+
+expected<std::size_t, store_error> engine::forget_requests(std::int64_t before_us) {
+  auto& m = *impl_;
+  if (m.queries) {
+    return m.queries->with([&](store& s) { return s.forget_requests(before_us); });
+  }
+  std::lock_guard lock(m.request_keys_mutex);
+  if (!m.request_keys) {
+    return std::size_t{0};
+  }
+  return m.request_keys->forget_requests(before_us);
 }
 
 expected<std::optional<run_row>, store_error> engine::get_run(std::string_view run_id) const {

@@ -151,6 +151,16 @@ class engine {
   expected<plan_ptr, validation_errors> register_workflow_file(const std::string& path);
   /// A registered plan; empty version: the most recently registered version of that name.
   plan_ptr find_workflow(std::string_view name, std::string_view version = {}) const;
+  /// Every registered workflow version, by name then version; `latest` marks the version
+  /// find_workflow(name) returns.
+  struct registered_workflow {
+    plan_ptr plan;
+    bool latest = false;
+  };
+  std::vector<registered_workflow> workflows() const;
+  /// A fresh run id, as start() would make one (for callers that must know the id before the
+  /// run starts: pass it in start_options::run_id).
+  std::string new_run_id();
 
   /// Starts a run. Inputs are checked first: bad ones are rejected (pointer "/inputs/<name>")
   /// before anything runs. When the writer is more than writer_config::pending_max rows behind,
@@ -208,6 +218,13 @@ class engine {
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) const;
   expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) const;
   expected<std::vector<node_row>, store_error> node_rows(std::string_view run_id) const;
+
+  /// Idempotency keys (troupe serve's Idempotency-Key): store::remember_request and
+  /// forget_requests on the query connection; in memory mode an in-memory table. Block on the
+  /// store: call them off the engine's threads.
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us);
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us);
 
   /// The writer's counters (all zero in memory mode).
   writer_metrics& metrics() const;

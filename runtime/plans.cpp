@@ -90,6 +90,18 @@ plan_ptr plan_registry::find(std::string_view name, std::string_view version) co
   return v == w->second.end() ? nullptr : v->second;
 }
 
+std::vector<plan_registry::registered_entry> plan_registry::registered() const {
+  std::lock_guard<std::mutex> lock(workflows_mutex_);
+  std::vector<registered_entry> out;
+  for (const auto& [name, versions] : workflows_) {
+    auto l = latest_version_.find(name);
+    for (const auto& [version, p] : versions) {
+      out.push_back({p, l != latest_version_.end() && l->second == version});
+    }
+  }
+  return out;
+}
+
 // ---- task tables ---------------------------------------------------------------------------
 
 namespace {

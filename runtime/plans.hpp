@@ -55,6 +55,13 @@ class plan_registry {
   expected<plan_ptr, validation_errors> register_workflow(const json::value& document);
   /// A registered plan; empty version: the most recently registered version of `name`.
   plan_ptr find(std::string_view name, std::string_view version) const;
+  /// Every registered (name, version), by name then version, with the latest version of each
+  /// name flagged.
+  struct registered_entry {
+    plan_ptr plan;
+    bool latest = false;
+  };
+  std::vector<registered_entry> registered() const;
 
   // -- task tables ----------------------------------------------------------------------------
 

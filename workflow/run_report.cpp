@@ -52,6 +52,9 @@ run_event event_of(const run_state& rs, const node_record& rec) {
     e.seq = rec.started_seq;
   } else {
     e.seq = rec.finished_seq;
+    if (rec.started_seq > 0 && rec.finished_us >= rec.started_us) {
+      e.duration_us = rec.finished_us - rec.started_us;
+    }
     if (rec.status == node_status::succeeded) {
       e.output = rec.output;
     }

@@ -27,6 +27,7 @@ struct run_event {
   std::string status;  // a node_status or run_status name
   std::string error;
   json_ptr output;  // node_finished of a node that succeeded: its output
+  std::int64_t duration_us = -1;  // node_finished of an attempt that started: how long it took
 };
 
 /// The event's kind as the service names it ("run_started", ...).

@@ -66,14 +66,19 @@ class temp_dir {
 /// A running troupe process with its stdout and stderr on pipes.
 class child {
  public:
-  child(const std::vector<std::string>& args, const std::filesystem::path& cwd) {
+  child(const std::vector<std::string>& args, const std::filesystem::path& cwd)
+      : child(TROUPE_BINARY, args, cwd) {}
+
+  /// Runs `program` (a path, or a name looked up in PATH) with `args`.
+  child(const std::string& program, const std::vector<std::string>& args,
+        const std::filesystem::path& cwd) {
     int out_pipe[2];
     int err_pipe[2];
     if (::pipe2(out_pipe, O_CLOEXEC) != 0 || ::pipe2(err_pipe, O_CLOEXEC) != 0) {
       throw std::runtime_error("pipe2 failed");
     }
     std::vector<std::string> all;
-    all.emplace_back(TROUPE_BINARY);
+    all.emplace_back(program);
     all.insert(all.end(), args.begin(), args.end());
     std::vector<char*> argv;
     for (auto& a : all) {
@@ -100,7 +105,7 @@ class child {
       if (::chdir(dir.c_str()) != 0) {
         ::_exit(127);
       }
-      ::execv(argv[0], argv.data());
+      ::execvp(argv[0], argv.data());
       ::_exit(127);
     }
     ::close(out_pipe[1]);
@@ -137,6 +142,19 @@ class child {
     }
     return err_.find(needle) != std::string::npos;
   }
+
+  /// Like wait_for_stderr, on stdout.
+  bool wait_for_stdout(const std::string& needle) {
+    while (out_fd_ >= 0) {
+      if (out_.find(needle) != std::string::npos) {
+        return true;
+      }
+      pump();
+    }
+    return out_.find(needle) != std::string::npos;
+  }
+  const std::string& out_so_far() const { return out_; }
+  const std::string& err_so_far() const { return err_; }
 
   void send(int signal) { ::kill(pid_, signal); }
 

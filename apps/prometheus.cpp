@@ -1,0 +1,130 @@
+#include "apps/prometheus.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+
+namespace troupe::cli {
+
+namespace {
+
+std::string escape_label(const std::string& v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\') {
+      out += "\\\\";
+    } else if (c == '"') {
+      out += "\\\"";
+    } else if (c == '\n') {
+      out += "\\n";
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string labels_text(const std::vector<std::string>& names, const label_values& values,
+                        const std::string& extra = {}) {
+  std::string out;
+  for (std::size_t i = 0; i < names.size() && i < values.size(); ++i) {
+    out += out.empty() ? "{" : ",";
+    out += names[i] + "=\"" + escape_label(values[i]) + "\"";
+  }
+  if (!extra.empty()) {
+    out += out.empty() ? "{" : ",";
+    out += extra;
+  }
+  if (!out.empty()) {
+    out += "}";
+  }
+  return out;
+}
+
+std::string number(double v) {
+  if (std::isinf(v)) {
+    return v > 0 ? "+Inf" : "-Inf";
+  }
+  char buf[64];
+  if (v == std::floor(v) && std::fabs(v) < 1e15) {
+    std::snprintf(buf, sizeof buf, "%.0f", v);
+  } else {
+    std::snprintf(buf, sizeof buf, "%.9g", v);
+  }
+  return buf;
+}
+
+void header(std::string& out, const std::string& name, const std::string& type,
+            const std::string& help) {
+  out += "# HELP " + name + " " + help + "\n# TYPE " + name + " " + type + "\n";
+}
+
+}  // namespace
+
+counter_family::counter_family(std::string name, std::string help,
+                               std::vector<std::string> labels)
+    : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)) {}
+
+void counter_family::add(const label_values& values, double amount) {
+  std::lock_guard lock(mutex_);
+  series_[values] += amount;
+}
+
+void counter_family::render(std::string& out) const {
+  header(out, name_, "counter", help_);
+  std::lock_guard lock(mutex_);
+  for (const auto& [values, v] : series_) {
+    out += name_ + labels_text(labels_, values) + " " + number(v) + "\n";
+  }
+}
+
+histogram_family::histogram_family(std::string name, std::string help,
+                                   std::vector<std::string> labels, std::vector<double> bounds)
+    : name_(std::move(name)),
+      help_(std::move(help)),
+      labels_(std::move(labels)),
+      bounds_(std::move(bounds)) {}
+
+void histogram_family::observe(const label_values& values, double value) {
+  std::size_t b = static_cast<std::size_t>(
+      std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
+  std::lock_guard lock(mutex_);
+  auto& s = series_[values];
+  if (s.buckets.empty()) {
+    s.buckets.assign(bounds_.size() + 1, 0);
+  }
+  ++s.buckets[b];
+  s.sum += value;
+  ++s.count;
+}
+
+void histogram_family::render(std::string& out) const {
+  header(out, name_, "histogram", help_);
+  std::lock_guard lock(mutex_);
+  for (const auto& [values, s] : series_) {
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i <= bounds_.size(); ++i) {
+      cumulative += s.buckets[i];
+      std::string le = i < bounds_.size() ? number(bounds_[i]) : "+Inf";
+      out += name_ + "_bucket" + labels_text(labels_, values, "le=\"" + le + "\"") + " " +
+             number(static_cast<double>(cumulative)) + "\n";
+    }
+    out += name_ + "_sum" + labels_text(labels_, values) + " " + number(s.sum) + "\n";
+    out += name_ + "_count" + labels_text(labels_, values) + " " +
+           number(static_cast<double>(s.count)) + "\n";
+  }
+}
+
+void render_single(std::string& out, const std::string& name, const std::string& type,
+                   const std::string& help, double value) {
+  header(out, name, type, help);
+  out += name + " " + number(value) + "\n";
+}
+
+std::vector<double> latency_buckets() {
+  return {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
+          0.1,    0.25,    0.5,    1,     2.5,    5,     10,   30,    60};
+}
+
+}  // namespace troupe::cli

@@ -1,0 +1,59 @@
+#pragma once
+
+// Prometheus text exposition (version 0.0.4) of the service's counters, gauges and histograms.
+// Thread-safe: each family has its own mutex, held only to find a series and bump it.
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <mutex>
+#include <string>
+#include <vector>
+
+namespace troupe::cli {
+
+/// Label values in family order ("workflow", "status", ...).
+using label_values = std::vector<std::string>;
+
+class counter_family {
+ public:
+  counter_family(std::string name, std::string help, std::vector<std::string> labels);
+  void add(const label_values& values, double amount = 1);
+  void render(std::string& out) const;
+
+ private:
+  std::string name_, help_;
+  std::vector<std::string> labels_;
+  mutable std::mutex mutex_;
+  std::map<label_values, double> series_;
+};
+
+class histogram_family {
+ public:
+  /// `bounds`: the upper bounds of the buckets, ascending (+Inf is added).
+  histogram_family(std::string name, std::string help, std::vector<std::string> labels,
+                   std::vector<double> bounds);
+  void observe(const label_values& values, double value);
+  void render(std::string& out) const;
+
+ private:
+  struct series {
+    std::vector<std::uint64_t> buckets;  // non-cumulative counts per bound, then +Inf
+    double sum = 0;
+    std::uint64_t count = 0;
+  };
+  std::string name_, help_;
+  std::vector<std::string> labels_;
+  std::vector<double> bounds_;
+  mutable std::mutex mutex_;
+  std::map<label_values, series> series_;
+};
+
+/// One sample line of a gauge or counter without labels, with its HELP and TYPE lines.
+void render_single(std::string& out, const std::string& name, const std::string& type,
+                   const std::string& help, double value);
+
+/// Durations in seconds from 100 µs to 60 s.
+std::vector<double> latency_buckets();
+
+}  // namespace troupe::cli

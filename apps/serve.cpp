@@ -1,0 +1,206 @@
+#include "apps/serve.hpp"
+
+#include <condition_variable>
+#include <csignal>
+#include <filesystem>
+#include <iostream>
+#include <mutex>
+#include <optional>
+
+#include "apps/cli.hpp"
+#include "apps/http_server.hpp"
+#include "apps/output.hpp"
+#include "apps/service.hpp"
+#include "apps/signals.hpp"
+#include "runtime/engine.hpp"
+
+namespace troupe::cli {
+
+namespace {
+
+bool loopback(const std::string& host) {
+  return host == "127.0.0.1" || host == "::1" || host.rfind("127.", 0) == 0 ||
+         host == "localhost";
+}
+
+// "HOST:PORT", "[v6]:PORT" or ":PORT".
+bool split_listen(const std::string& text, std::string& host, std::uint16_t& port) {
+  auto colon = text.rfind(':');
+  if (colon == std::string::npos) {
+    return false;
+  }
+  host = text.substr(0, colon);
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  if (host.empty()) {
+    host = "0.0.0.0";
+  }
+  if (host == "localhost") {
+    host = "127.0.0.1";
+  }
+  try {
+    std::size_t used = 0;
+    int p = std::stoi(text.substr(colon + 1), &used);
+    if (used != text.size() - colon - 1 || p < 0 || p > 65535) {
+      return false;
+    }
+    port = static_cast<std::uint16_t>(p);
+  } catch (const std::exception&) {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+int serve_command(const serve_options& o) {
+  std::string host;
+  std::uint16_t port = 0;
+  if (!split_listen(o.listen, host, port)) {
+    std::cerr << "troupe serve: --listen '" << o.listen << "' is not HOST:PORT\n";
+    return exit_usage;
+  }
+  service_config sc;
+  try {
+    sc.api_keys = read_api_keys(o.api_keys_file, o.api_keys_env);
+  } catch (const std::exception& e) {
+    std::cerr << "troupe serve: " << e.what() << '\n';
+    return exit_usage;
+  }
+  if (sc.api_keys.empty() && !loopback(host)) {
+    std::cerr << "troupe serve: refusing to listen on " << host
+              << " without API keys: anyone who can reach it could run workflows. Give keys "
+                 "(--api-keys FILE or TROUPE_API_KEYS) or listen on 127.0.0.1.\n";
+    return exit_usage;
+  }
+  if (!o.allow_tasks.empty()) {
+    std::size_t start = 0;
+    while (start <= o.allow_tasks.size()) {
+      auto comma = o.allow_tasks.find(',', start);
+      std::string name = o.allow_tasks.substr(
+          start, comma == std::string::npos ? std::string::npos : comma - start);
+      if (name == "all") {
+        sc.all_tasks = true;
+      } else if (!name.empty()) {
+        sc.allowed_tasks.insert(name);
+      }
+      if (comma == std::string::npos) {
+        break;
+      }
+      start = comma + 1;
+    }
+  }
+  sc.allow_dynamic = o.allow_dynamic;
+  sc.rate_per_key = o.rate_limit;
+  sc.runs_per_key = o.runs_per_key;
+
+  engine_config config;
+  config.threads = o.threads;
+  config.store = o.db;
+  config.mode = o.mode;
+  config.writer.mode = o.mode;
+  config.adopt_expired_runs = false;
+  std::optional<engine> eng;
+  try {
+    eng.emplace(config);
+  } catch (const engine_error& e) {
+    std::cerr << "troupe serve: " << e.what() << '\n';
+    return exit_run_failed;
+  }
+  // The operator's workflows: trusted, every task allowed.
+  if (!o.workflows_dir.empty()) {
+    std::error_code ec;
+    std::vector<std::filesystem::path> files;
+    for (const auto& entry : std::filesystem::directory_iterator(o.workflows_dir, ec)) {
+      if (entry.is_regular_file() && entry.path().extension() == ".json") {
+        files.push_back(entry.path());
+      }
+    }
+    if (ec) {
+      std::cerr << "troupe serve: cannot read --workflows " << o.workflows_dir << ": "
+                << ec.message() << '\n';
+      return exit_usage;
+    }
+    std::sort(files.begin(), files.end());
+    for (const auto& f : files) {
+      auto r = eng->register_workflow_file(f.string());
+      if (!r) {
+        for (const auto& e : r.error()) {
+          std::cerr << "troupe serve: " << f.string() << ": " << (e.pointer.empty() ? "" : e.pointer + ": ")
+                    << e.message << '\n';
+        }
+        return exit_usage;
+      }
+      std::cerr << "troupe serve: registered " << (*r)->name << " version " << (*r)->version
+                << " from " << f.string() << '\n';
+    }
+  }
+  if (config.mode != persistence_mode::memory) {
+    eng->adopt_expired_runs();
+  }
+
+  http_server_config hc;
+  hc.host = host;
+  hc.port = port;
+  hc.threads = std::max(1, o.http_threads);
+  hc.max_body_bytes = o.max_body;
+  hc.max_connections = o.max_connections;
+  hc.read_timeout = std::chrono::milliseconds(o.read_timeout_ms);
+  hc.stream_keepalive = std::chrono::milliseconds(o.sse_keepalive_ms);
+
+  std::unique_ptr<service> svc;
+  std::unique_ptr<http_server> server;
+  http_server* server_ptr = nullptr;
+  svc = std::make_unique<service>(*eng, sc, [&server_ptr] {
+    return server_ptr ? server_ptr->stats() : http_server_stats{};
+  });
+  try {
+    server = std::make_unique<http_server>(
+        hc, [s = svc.get()](const std::shared_ptr<http_exchange>& ex, http_request req) {
+          s->handle(ex, std::move(req));
+        });
+  } catch (const std::exception& e) {
+    std::cerr << "troupe serve: " << e.what() << '\n';
+    return exit_run_failed;
+  }
+  server_ptr = server.get();
+
+  std::mutex m;
+  std::condition_variable cv;
+  int signals_seen = 0;
+  signal_waiter signals([&](int, int count) {
+    if (count > 1) {
+      std::cerr << "troupe serve: terminated again, exiting without waiting\n";
+      std::_Exit(exit_run_failed);
+    }
+    std::lock_guard lock(m);
+    signals_seen = count;
+    cv.notify_all();
+  });
+
+  std::cout << "troupe serve: listening on http://" << (host.find(':') != std::string::npos ? "[" + host + "]" : host)
+            << ":" << server->port() << " (" << to_string(o.mode) << ", " << display_url(o.db)
+            << ")" << std::endl;
+  if (sc.api_keys.empty()) {
+    std::cerr << "troupe serve: no API keys given: every request is accepted, so it listens "
+                 "on loopback only\n";
+  }
+  {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return signals_seen > 0; });
+  }
+  std::cerr << "troupe serve: stopping: no new runs; " << svc->runs_in_flight()
+            << " runs in flight get up to " << o.drain_ms << " ms to finish\n";
+  server->stop_accepting();
+  svc->stop_starting_runs();
+  eng->shutdown(std::chrono::milliseconds(o.drain_ms));
+  auto counts = eng->metrics().snapshot();
+  svc->stop();
+  server->stop();
+  std::cerr << "troupe serve: stopped (" << counts.rows << " rows committed, " << counts.lost_rows
+            << " lost)\n";
+  return counts.lost_rows == 0 ? exit_ok : exit_run_failed;
+}
+
+}  // namespace troupe::cli

@@ -1,0 +1,35 @@
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <string>
+
+#include "actors/writer_config.hpp"
+
+namespace troupe::cli {
+
+/// `troupe serve`: the engine behind the HTTP API (apps/service.hpp). Every option also reads
+/// an environment variable (TROUPE_LISTEN, TROUPE_DB, ...; see `troupe serve --help`).
+struct serve_options {
+  std::string listen = "127.0.0.1:8080";
+  std::string db = "sqlite://troupe.db";
+  persistence_mode mode = persistence_mode::durable;
+  std::string workflows_dir;
+  std::string api_keys_file;
+  std::string api_keys_env;  // TROUPE_API_KEYS, comma-separated
+  int threads = 0;
+  int http_threads = 1;
+  std::string allow_tasks;  // comma-separated; "all": any
+  bool allow_dynamic = false;
+  std::size_t max_body = 1 << 20;
+  std::size_t max_connections = 10000;
+  double rate_limit = 0;
+  std::size_t runs_per_key = 0;
+  std::int64_t read_timeout_ms = 10000;
+  std::int64_t drain_ms = 30000;
+  std::int64_t sse_keepalive_ms = 15000;
+};
+
+int serve_command(const serve_options& o);
+
+}  // namespace troupe::cli
