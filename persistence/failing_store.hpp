@@ -4,7 +4,8 @@
 // Env): it wraps a real store and makes writes fail for the next N calls, for as long as a
 // switch is on, or whenever a batch holds rows of a refused run, with a chosen error. Every
 // switch and counter is atomic (or set under a mutex), so a test thread may flip them while the
-// writer thread writes. Reads, claims, renewals and dead letters always pass through.
+// writer thread writes. Reads, claims, renewals, dead letters and request keys always pass
+// through.
 
 #include <atomic>
 #include <cstddef>

@@ -42,6 +42,17 @@ expected<std::vector<dead_letter_row>, store_error> forwarding_store::list_dead_
     std::size_t limit) {
   return inner_->list_dead_letters(limit);
 }
+expected<request_key_row, store_error> forwarding_store::remember_request(
+    const request_key_row& row, std::int64_t expired_before_us) {
+  return inner_->remember_request(row, expired_before_us);
+}
+expected<std::optional<request_key_row>, store_error> forwarding_store::find_request(
+    std::string_view key, std::string_view scope) {
+  return inner_->find_request(key, scope);
+}
+expected<std::size_t, store_error> forwarding_store::forget_requests(std::int64_t before_us) {
+  return inner_->forget_requests(before_us);
+}
 expected<std::optional<workflow_row>, store_error> forwarding_store::get_workflow(
     std::string_view name, std::string_view version) {
   return inner_->get_workflow(name, version);

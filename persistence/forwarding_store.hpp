@@ -31,6 +31,11 @@ class forwarding_store : public store {
       std::int64_t lease_until_us) override;
   expected<bool, store_error> write_dead_letters(const std::vector<dead_letter_row>& rows) override;
   expected<std::vector<dead_letter_row>, store_error> list_dead_letters(std::size_t limit) override;
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us) override;
+  expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) override;
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us) override;
   expected<std::optional<workflow_row>, store_error> get_workflow(
       std::string_view name, std::string_view version) override;
   expected<std::optional<cache_row>, store_error> get_cache(std::string_view key) override;

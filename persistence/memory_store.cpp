@@ -153,6 +153,46 @@ class memory_store final : public store {
                    });
   }
 
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us) override {
+    return guarded(
+        "memory store remember_request", [&]() -> expected<request_key_row, store_error> {
+          if (auto r = check_request_row(row); !r) {
+            return make_unexpected(r.error());
+          }
+          std::lock_guard lock(mu_);
+          auto [it, inserted] = requests_.try_emplace(std::make_pair(row.key, row.scope), row);
+          if (!inserted && it->second.created_at < expired_before_us) {
+            it->second = row;  // expired: replaced
+          }
+          return it->second;
+        });
+  }
+
+  expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) override {
+    return guarded("memory store find_request",
+                   [&]() -> expected<std::optional<request_key_row>, store_error> {
+                     if (auto r = check_request_key(key, scope); !r) {
+                       return make_unexpected(r.error());
+                     }
+                     std::lock_guard lock(mu_);
+                     auto it = requests_.find(std::make_pair(std::string(key), std::string(scope)));
+                     if (it == requests_.end()) {
+                       return std::optional<request_key_row>();
+                     }
+                     return std::optional<request_key_row>(it->second);
+                   });
+  }
+
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us) override {
+    return guarded("memory store forget_requests", [&]() -> expected<std::size_t, store_error> {
+      std::lock_guard lock(mu_);
+      return static_cast<std::size_t>(std::erase_if(
+          requests_, [&](const auto& kv) { return kv.second.created_at < before_us; }));
+    });
+  }
+
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("memory store list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
       std::vector<run_row> out;
@@ -310,7 +350,8 @@ class memory_store final : public store {
       nodes_;
   std::map<std::pair<std::string, std::string>, workflow_row> workflows_;
   std::map<std::string, cache_row, std::less<>> cache_;
-  std::vector<dead_letter_row> dead_letters_;  // oldest first
+  std::vector<dead_letter_row> dead_letters_;                                // oldest first
+  std::map<std::pair<std::string, std::string>, request_key_row> requests_;  // by (key, scope)
 };
 
 }  // namespace

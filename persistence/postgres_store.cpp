@@ -8,7 +8,7 @@
 // async writer asks for slices, set_write_yield(): then the batch is several such statements of
 // at most pg_slice_rows rows between BEGIN and COMMIT, so that the server never works on one
 // for long; one round trip each.) The
-// statement text never changes with the batch size (40 parameters whatever the row count), so it
+// statement text never changes with the batch size (42 parameters whatever the row count), so it
 // is parsed and planned once per connection, where multi-row VALUES would send and parse a new
 // statement of up to thousands of placeholders for every batch; and unlike pipeline mode it needs
 // no per-table statement and no BEGIN/COMMIT messages. Arrays travel as text array literals.
@@ -135,9 +135,27 @@ constexpr const char* schema_v3[] = {
   at bigint NOT NULL))",
 };
 
+// Version 4, for the HTTP service (issue 15): the run's event sequence numbers of a node
+// execution's events (0 for older rows: none recorded), and the requests the service has seen
+// under an Idempotency-Key. Constant defaults: no table rewrite.
+constexpr const char* schema_v4[] = {
+    "ALTER TABLE node_executions ADD COLUMN started_seq bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE node_executions ADD COLUMN finished_seq bigint NOT NULL DEFAULT 0",
+    R"(CREATE TABLE request_keys (
+  key text COLLATE "C" NOT NULL,
+  scope text COLLATE "C" NOT NULL,
+  request_hash text NOT NULL,
+  run_id text NOT NULL,
+  created_at bigint NOT NULL,
+  PRIMARY KEY (key, scope)))",
+    // forget_requests() deletes by age.
+    "CREATE INDEX request_keys_created ON request_keys (created_at)",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
                                     {2, schema_v2, std::size(schema_v2)},
-                                    {3, schema_v3, std::size(schema_v3)}};
+                                    {3, schema_v3, std::size(schema_v3)},
+                                    {4, schema_v4, std::size(schema_v4)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 // SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
@@ -256,7 +274,7 @@ std::string unnest_upsert(const table_spec& t, int& param, const char* filter = 
 constexpr int run_params = 0;
 constexpr int run_epoch_param = run_params + 14;  // runs.epoch's array
 constexpr int node_params = run_params + 15;
-constexpr int workflow_params = node_params + 14;
+constexpr int workflow_params = node_params + 16;
 constexpr int cache_params = workflow_params + 5;
 constexpr int write_param_count = cache_params + 6;
 constexpr int fence_params = write_param_count;  // run ids (text[]), epochs (bigint[])
@@ -363,6 +381,9 @@ enum statement_id : std::size_t {
   s_get_cache,
   s_list_cache,
   s_clear_cache,
+  s_remember_request,
+  s_find_request,
+  s_forget_requests,
   s_count
 };
 
@@ -425,6 +446,19 @@ const std::array<statement, s_count>& statements() {
                                 "$1::text) ORDER BY created_at, key"},
       {"troupe_clear_cache",
        "DELETE FROM cache_entries WHERE ($1::text IS NULL OR workflow = $1::text)"},
+      // Inserts, or replaces an expired entry. ON CONFLICT waits for a concurrent insert of
+      // the key to commit and decides on the newest version of the entry: an entry not expired
+      // is left as it is, and the statement returns no row.
+      {"troupe_remember_request",
+       "INSERT INTO request_keys (key, scope, request_hash, run_id, created_at) VALUES "
+       "($1::text, $2::text, $3::text, $4::text, $5::bigint) ON CONFLICT (key, scope) DO "
+       "UPDATE SET request_hash = excluded.request_hash, run_id = excluded.run_id, created_at "
+       "= excluded.created_at WHERE request_keys.created_at < $6::bigint "
+       "RETURNING key, scope, request_hash, run_id, created_at"},
+      {"troupe_find_request",
+       "SELECT key, scope, request_hash, run_id, created_at FROM request_keys WHERE key = "
+       "$1::text AND scope = $2::text"},
+      {"troupe_forget_requests", "DELETE FROM request_keys WHERE created_at < $1::bigint"},
   }};
   return all;
 }
@@ -523,6 +557,8 @@ expected<node_row, store_error> read_node(const PGresult* res, int i) {
   }
   r.spec_cache = *spec_cache;
   r.child_run_id = text_value(res, i, 13);
+  r.started_seq = int_value(res, i, 14);
+  r.finished_seq = int_value(res, i, 15);
   return r;
 }
 
@@ -548,6 +584,16 @@ expected<cache_row, store_error> read_cache(const PGresult* res, int i) {
   r.value = std::move(*value);
   r.kind = text_value(res, i, 4);
   r.created_at = int_value(res, i, 5);
+  return r;
+}
+
+expected<request_key_row, store_error> read_request(const PGresult* res, int i) {
+  request_key_row r;
+  r.key = text_value(res, i, 0);
+  r.scope = text_value(res, i, 1);
+  r.request_hash = text_value(res, i, 2);
+  r.run_id = text_value(res, i, 3);
+  r.created_at = int_value(res, i, 4);
   return r;
 }
 
@@ -853,6 +899,79 @@ class postgres_store final : public store {
           }
           return read_rows<dead_letter_row>(res->get(), read_dead_letter);
         });
+  }
+
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us) override {
+    return guarded("postgres remember_request", [&]() -> expected<request_key_row, store_error> {
+      if (auto r = check_request_row(row); !r) {
+        return make_unexpected(r.error());
+      }
+      const std::string created = std::to_string(row.created_at);
+      const std::string expired = std::to_string(expired_before_us);
+      const char* values[] = {row.key.c_str(),    row.scope.c_str(), row.request_hash.c_str(),
+                              row.run_id.c_str(), created.c_str(),   expired.c_str()};
+      std::lock_guard lock(mu_);
+      // An entry that is not expired makes the upsert return nothing: it is read by a statement
+      // of its own, which sees what committed up to now (the insert that won a race with this
+      // call: the upsert waited for it). Forgotten in between, the key is free again: retry.
+      constexpr int attempts = 100;
+      for (int i = 0; i < attempts; ++i) {
+        auto res = run(s_remember_request, values, 6, PGRES_TUPLES_OK, "remember request");
+        if (!res) {
+          return make_unexpected(res.error());
+        }
+        if (PQntuples(res->get()) == 1) {
+          return read_request(res->get(), 0);
+        }
+        res = run(s_find_request, values, 2, PGRES_TUPLES_OK, "read request key");
+        if (!res) {
+          return make_unexpected(res.error());
+        }
+        if (PQntuples(res->get()) == 1) {
+          return read_request(res->get(), 0);
+        }
+      }
+      return make_unexpected(
+          store_error{"postgres: remember request: the entry holding the key vanished " +
+                          std::to_string(attempts) + " times in a row",
+                      true});
+    });
+  }
+
+  expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) override {
+    return guarded("postgres find_request",
+                   [&]() -> expected<std::optional<request_key_row>, store_error> {
+                     if (auto r = check_request_key(key, scope); !r) {
+                       return make_unexpected(r.error());
+                     }
+                     const std::string k(key);
+                     const std::string sc(scope);
+                     const char* values[] = {k.c_str(), sc.c_str()};
+                     std::lock_guard lock(mu_);
+                     auto res = run(s_find_request, values, 2, PGRES_TUPLES_OK, "find request key");
+                     if (!res) {
+                       return make_unexpected(res.error());
+                     }
+                     return read_first<request_key_row>(res->get(), read_request);
+                   });
+  }
+
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us) override {
+    return guarded("postgres forget_requests", [&]() -> expected<std::size_t, store_error> {
+      const std::string before = std::to_string(before_us);
+      const char* values[] = {before.c_str()};
+      std::lock_guard lock(mu_);
+      auto res = run(s_forget_requests, values, 1, PGRES_COMMAND_OK, "forget requests");
+      if (!res) {
+        return make_unexpected(res.error());
+      }
+      const char* n = PQcmdTuples(res->get());
+      std::size_t count = 0;
+      std::from_chars(n, n + std::char_traits<char>::length(n), count);
+      return count;
+    });
   }
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
@@ -1249,6 +1368,8 @@ class postgres_store final : public store {
       p[11].text(r->worker);
       p[12].text(*spec_cache);
       p[13].text(r->child_run_id);
+      p[14].integer(r->started_seq);
+      p[15].integer(r->finished_seq);
     }
     for (const workflow_row* r : rows_to_write(batch.workflows, workflow_key, unique)) {
       next_row();

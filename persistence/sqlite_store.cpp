@@ -27,6 +27,9 @@ constexpr int open_busy_timeout_ms = 5000;
 // A claim is rare and its caller (a resume) would fail without it: it waits for the writer's
 // transaction like an open does, instead of failing after 10 ms.
 constexpr int claim_busy_timeout_ms = 5000;
+// remember_request() and forget_requests() too: the service answers a request with them, and
+// a commit of the writer's (another connection) may hold the write lock for a while.
+constexpr int request_busy_timeout_ms = 5000;
 
 bool transient_code(int rc) {
   switch (rc & 0xff) {
@@ -141,9 +144,27 @@ constexpr const char* schema_v3[] = {
   at INTEGER NOT NULL))",
 };
 
+// Version 4, for the HTTP service (issue 15): the run's event sequence numbers of a node
+// execution's events (0 for older rows: none recorded), and the requests the service has seen
+// under an Idempotency-Key. Constant defaults: no table rewrite.
+constexpr const char* schema_v4[] = {
+    "ALTER TABLE node_executions ADD COLUMN started_seq INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE node_executions ADD COLUMN finished_seq INTEGER NOT NULL DEFAULT 0",
+    R"(CREATE TABLE request_keys (
+  key TEXT NOT NULL,
+  scope TEXT NOT NULL,
+  request_hash TEXT NOT NULL,
+  run_id TEXT NOT NULL,
+  created_at INTEGER NOT NULL,
+  PRIMARY KEY (key, scope)))",
+    // forget_requests() deletes by age.
+    "CREATE INDEX request_keys_created ON request_keys (created_at)",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
                                     {2, schema_v2, std::size(schema_v2)},
-                                    {3, schema_v3, std::size(schema_v3)}};
+                                    {3, schema_v3, std::size(schema_v3)},
+                                    {4, schema_v4, std::size(schema_v4)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 enum query_id : std::size_t {
@@ -164,6 +185,9 @@ enum query_id : std::size_t {
   q_renew,
   q_add_dead_letter,
   q_list_dead_letters,
+  q_remember_request,
+  q_find_request,
+  q_forget_requests,
   q_count
 };
 
@@ -224,6 +248,18 @@ std::string query_sql(query_id q) {
     case q_list_dead_letters:
       return "SELECT run_id, tbl, key, \"row\", error, at FROM dead_letters ORDER BY id DESC "
              "LIMIT ?1";
+    case q_remember_request:
+      // Inserts, or replaces an expired entry; an entry not expired is left as it is and the
+      // statement changes no row.
+      return "INSERT INTO request_keys (key, scope, request_hash, run_id, created_at) "
+             "VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key, scope) DO UPDATE SET "
+             "request_hash = excluded.request_hash, run_id = excluded.run_id, "
+             "created_at = excluded.created_at WHERE request_keys.created_at < ?6";
+    case q_find_request:
+      return "SELECT key, scope, request_hash, run_id, created_at FROM request_keys "
+             "WHERE key = ?1 AND scope = ?2";
+    case q_forget_requests:
+      return "DELETE FROM request_keys WHERE created_at < ?1";
     case q_count:
       break;
   }
@@ -510,11 +546,7 @@ class sqlite_store final : public store {
     return guarded("sqlite claim_run", [&]() -> expected<claim_result, store_error> {
       claim_result out;
       std::lock_guard lock(mu_);
-      sqlite3_busy_timeout(db_.get(), claim_busy_timeout_ms);
-      struct restore_timeout {
-        sqlite3* db;
-        ~restore_timeout() { sqlite3_busy_timeout(db, write_busy_timeout_ms); }
-      } restore{db_.get()};
+      longer_busy_timeout wait{db_.get(), claim_busy_timeout_ms};
       // One transaction, so that a refusal reports the holder that caused it.
       auto r = in_transaction([&]() -> expected<bool, store_error> {
         sqlite3_stmt* s = queries_[q_claim].get();
@@ -643,6 +675,93 @@ class sqlite_store final : public store {
         });
   }
 
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us) override {
+    return guarded("sqlite remember_request", [&]() -> expected<request_key_row, store_error> {
+      if (auto r = check_request_row(row); !r) {
+        return make_unexpected(r.error());
+      }
+      std::optional<request_key_row> stored;
+      std::lock_guard lock(mu_);
+      longer_busy_timeout wait{db_.get(), request_busy_timeout_ms};
+      // BEGIN IMMEDIATE holds the database's write lock from the upsert to the read of the
+      // entry that stays: no other caller, in this process or another, comes in between.
+      auto r = in_transaction([&]() -> expected<bool, store_error> {
+        sqlite3_stmt* s = queries_[q_remember_request].get();
+        reset_guard g{s};
+        bind_text(s, 1, row.key);
+        bind_text(s, 2, row.scope);
+        bind_text(s, 3, row.request_hash);
+        bind_text(s, 4, row.run_id);
+        sqlite3_bind_int64(s, 5, row.created_at);
+        sqlite3_bind_int64(s, 6, expired_before_us);
+        if (int rc = sqlite3_step(s); rc != SQLITE_DONE) {
+          return make_unexpected(sqlite_error(db_.get(), rc, "remember request"));
+        }
+        if (sqlite3_changes64(db_.get()) > 0) {
+          stored = row;
+          return true;
+        }
+        // An entry created at or after expired_before_us holds the key.
+        sqlite3_stmt* q = queries_[q_find_request].get();
+        reset_guard gq{q};
+        bind_text(q, 1, row.key);
+        bind_text(q, 2, row.scope);
+        auto found = read_one<request_key_row>(q, "read request key", &sqlite_store::read_request);
+        if (!found) {
+          return make_unexpected(found.error());
+        }
+        if (!*found) {  // cannot happen: the write lock is held
+          return make_unexpected(store_error{"sqlite: remember request: the entry vanished", true});
+        }
+        stored = std::move(*found);
+        return true;
+      });
+      if (!r) {
+        return make_unexpected(r.error());
+      }
+      return std::move(*stored);
+    });
+  }
+
+  expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) override {
+    return guarded(
+        "sqlite find_request", [&]() -> expected<std::optional<request_key_row>, store_error> {
+          if (auto r = check_request_key(key, scope); !r) {
+            return make_unexpected(r.error());
+          }
+          std::lock_guard lock(mu_);
+          sqlite3_stmt* s = queries_[q_find_request].get();
+          reset_guard g{s};
+          bind_text(s, 1, key);
+          bind_text(s, 2, scope);
+          return read_one<request_key_row>(s, "find request key", &sqlite_store::read_request);
+        });
+  }
+
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us) override {
+    return guarded("sqlite forget_requests", [&]() -> expected<std::size_t, store_error> {
+      std::size_t removed = 0;
+      std::lock_guard lock(mu_);
+      longer_busy_timeout wait{db_.get(), request_busy_timeout_ms};
+      auto r = in_transaction([&]() -> expected<bool, store_error> {
+        sqlite3_stmt* s = queries_[q_forget_requests].get();
+        reset_guard g{s};
+        sqlite3_bind_int64(s, 1, before_us);
+        if (int rc = sqlite3_step(s); rc != SQLITE_DONE) {
+          return make_unexpected(sqlite_error(db_.get(), rc, "forget requests"));
+        }
+        removed = static_cast<std::size_t>(sqlite3_changes64(db_.get()));
+        return true;
+      });
+      if (!r) {
+        return make_unexpected(r.error());
+      }
+      return removed;
+    });
+  }
+
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("sqlite list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
       std::lock_guard lock(mu_);
@@ -744,6 +863,16 @@ class sqlite_store final : public store {
   }
 
  private:
+  // For calls that wait for the database's write lock like an open does (a claim, a request
+  // key) rather than failing after write_busy_timeout_ms: the busy timeout until it goes.
+  struct longer_busy_timeout {
+    sqlite3* db;
+    longer_busy_timeout(sqlite3* d, int ms) : db(d) { sqlite3_busy_timeout(db, ms); }
+    ~longer_busy_timeout() { sqlite3_busy_timeout(db, write_busy_timeout_ms); }
+    longer_busy_timeout(const longer_busy_timeout&) = delete;
+    longer_busy_timeout& operator=(const longer_busy_timeout&) = delete;
+  };
+
   struct reset_guard {
     sqlite3_stmt* s;
     ~reset_guard() {
@@ -1041,6 +1170,8 @@ class sqlite_store final : public store {
     b.text(r.worker);
     b.text(*spec_cache);
     b.text(r.child_run_id);
+    b.integer(r.started_seq);
+    b.integer(r.finished_seq);
     return true;
   }
   static expected<bool, store_error> bind(binder& b, const workflow_row& r) {
@@ -1268,6 +1399,18 @@ class sqlite_store final : public store {
     }
     r.spec_cache = *spec_cache;
     r.child_run_id = column_text(s, 13);
+    r.started_seq = sqlite3_column_int64(s, 14);
+    r.finished_seq = sqlite3_column_int64(s, 15);
+    return r;
+  }
+
+  static expected<request_key_row, store_error> read_request(sqlite3_stmt* s) {
+    request_key_row r;
+    r.key = column_text(s, 0);
+    r.scope = column_text(s, 1);
+    r.request_hash = column_text(s, 2);
+    r.run_id = column_text(s, 3);
+    r.created_at = sqlite3_column_int64(s, 4);
     return r;
   }
 

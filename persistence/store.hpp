@@ -159,6 +159,19 @@ struct dead_letter_row {
   // boundary.
 };
 
+/// A request the service has seen under an Idempotency-Key (issue 15): a retry with the same key
+/// for the same workflow gets the run the first request started.
+struct request_key_row {
+  std::string key;              // the client's Idempotency-Key
+  std::string scope;            // what the key is scoped to (the workflow name)
+  std::string request_hash;     // digest of the request, to tell a retry from a different request
+  std::string run_id;           // the run the first request started
+  std::int64_t created_at = 0;  // wall µs
+};
+
+/// The longest Idempotency-Key a store keeps, in bytes (request_key_row::key).
+inline constexpr std::size_t request_key_max_bytes = 255;
+
 struct run_query {
   std::optional<run_status> status;
   std::string workflow;    // empty: any
@@ -211,6 +224,22 @@ class store {
   /// The `limit` (0: all) most recently written dead letters, newest first: by the order they
   /// were written in (within one call, its last row first), not by `at`.
   virtual expected<std::vector<dead_letter_row>, store_error> list_dead_letters(std::size_t limit);
+
+  /// Remembers `row` unless an entry for (row.key, row.scope) created at or after
+  /// `expired_before_us` exists; an older entry is replaced. Returns the entry stored after the
+  /// call: `row` when it was stored, else the earlier one, whatever its request_hash. Atomic
+  /// against concurrent callers, in this process or another: of two calls with one key and
+  /// scope, exactly one stores its row and both return that row. A key that is empty, longer
+  /// than request_key_max_bytes, or a text of the row that holds a NUL byte or is not valid
+  /// UTF-8, is refused with a non-transient error on every backend.
+  virtual expected<request_key_row, store_error> remember_request(
+      const request_key_row& row, std::int64_t expired_before_us) = 0;
+  /// The entry for (key, scope), if any (expired or not). A key or scope that no entry could
+  /// hold (see remember_request()) is refused with a non-transient error.
+  virtual expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) = 0;
+  /// Removes the entries created before `before_us`; returns how many.
+  virtual expected<std::size_t, store_error> forget_requests(std::int64_t before_us) = 0;
 
   /// Newest first (by started_at, then run_id).
   virtual expected<std::vector<run_row>, store_error> list_runs(const run_query& q) = 0;

@@ -247,6 +247,17 @@ class timed_store : public store {
   expected<std::size_t, store_error> clear_cache(std::string_view workflow) override {
     return inner_ ? inner_->clear_cache(workflow) : std::size_t{0};
   }
+  expected<request_key_row, store_error> remember_request(const request_key_row& row,
+                                                          std::int64_t expired_before_us) override {
+    return inner_ ? inner_->remember_request(row, expired_before_us) : row;
+  }
+  expected<std::optional<request_key_row>, store_error> find_request(
+      std::string_view key, std::string_view scope) override {
+    return inner_ ? inner_->find_request(key, scope) : std::optional<request_key_row>{};
+  }
+  expected<std::size_t, store_error> forget_requests(std::int64_t before_us) override {
+    return inner_ ? inner_->forget_requests(before_us) : std::size_t{0};
+  }
   void maintain() override {
     if (inner_) {
       inner_->maintain();

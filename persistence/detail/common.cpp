@@ -54,11 +54,12 @@ constexpr column_spec run_columns[] = {
     {"epoch", "bigint", ""},
 };
 constexpr column_spec node_columns[] = {
-    {"run_id", "text"},       {"node_id", "text"},       {"item", "bigint"},
-    {"attempt", "integer"},   {"status", "text"},        {"input", "text"},
-    {"output", "text"},       {"error", "text"},         {"cache", "text"},
-    {"started_at", "bigint"}, {"finished_at", "bigint"}, {"worker", "text"},
-    {"spec_cache", "text"},   {"child_run_id", "text"},
+    {"run_id", "text"},         {"node_id", "text"},       {"item", "bigint"},
+    {"attempt", "integer"},     {"status", "text"},        {"input", "text"},
+    {"output", "text"},         {"error", "text"},         {"cache", "text"},
+    {"started_at", "bigint"},   {"finished_at", "bigint"}, {"worker", "text"},
+    {"spec_cache", "text"},     {"child_run_id", "text"},  {"started_seq", "bigint"},
+    {"finished_seq", "bigint"},
 };
 constexpr column_spec workflow_columns[] = {
     {"name", "text"},     {"version", "text"},         {"hash", "text"},
@@ -290,6 +291,60 @@ dead_letter_row storable(const dead_letter_row& row) {
   out.error = storable_text(row.error);
   out.at = row.at;
   return out;
+}
+
+namespace {
+
+// Why `text` cannot be stored as a request key's `what`, or nothing.
+std::optional<std::string> unstorable_text(std::string_view text, std::string_view what) {
+  for (std::size_t at = 0; at < text.size();) {
+    if (text[at] == '\0') {
+      return std::string(what) + " holds a NUL byte";
+    }
+    const std::size_t n = utf8_sequence(text.substr(at));
+    if (n == 0) {
+      return std::string(what) + " is not valid UTF-8";
+    }
+    at += n;
+  }
+  return std::nullopt;
+}
+
+expected<bool, store_error> refused_request(std::string message) {
+  return make_unexpected(store_error{"request key refused: " + std::move(message), false});
+}
+
+}  // namespace
+
+expected<bool, store_error> check_request_key(std::string_view key, std::string_view scope) {
+  if (key.empty()) {
+    return refused_request("the idempotency key is empty");
+  }
+  if (key.size() > request_key_max_bytes) {
+    return refused_request("the idempotency key is " + std::to_string(key.size()) +
+                           " bytes long, more than the " + std::to_string(request_key_max_bytes) +
+                           " allowed");
+  }
+  if (auto why = unstorable_text(key, "the idempotency key")) {
+    return refused_request(std::move(*why));
+  }
+  if (auto why = unstorable_text(scope, "the scope")) {
+    return refused_request(std::move(*why));
+  }
+  return true;
+}
+
+expected<bool, store_error> check_request_row(const request_key_row& row) {
+  if (auto r = check_request_key(row.key, row.scope); !r) {
+    return r;
+  }
+  if (auto why = unstorable_text(row.request_hash, "the request hash")) {
+    return refused_request(std::move(*why));
+  }
+  if (auto why = unstorable_text(row.run_id, "the run id")) {
+    return refused_request(std::move(*why));
+  }
+  return true;
 }
 
 std::string column_list(const table_spec& t) {

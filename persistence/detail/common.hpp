@@ -20,7 +20,7 @@
 namespace troupe::detail {
 
 /// The schema version this build creates and understands.
-inline constexpr int current_schema_version = 3;
+inline constexpr int current_schema_version = 4;
 
 /// The most bytes of a dead letter's `row` and `error` a store keeps (dead_letter_row).
 inline constexpr std::size_t dead_letter_text_max = 64 * 1024;
@@ -61,6 +61,14 @@ bool valid_node_key(const node_row& r);
 /// batch with a bad row fails whole (non-transient) on all of them, whether or not that row's run
 /// is fenced.
 expected<bool, store_error> check_rows(const write_batch& batch);
+
+/// Refuses, with a non-transient error every backend words alike, what no store keeps under an
+/// Idempotency-Key: an empty key, a key longer than request_key_max_bytes, a key or scope that
+/// holds a NUL byte (PostgreSQL text ends there) or is not valid UTF-8 (PostgreSQL refuses it,
+/// SQLite would keep it).
+expected<bool, store_error> check_request_key(std::string_view key, std::string_view scope);
+/// check_request_key(), and the same for the row's request_hash and run_id.
+expected<bool, store_error> check_request_row(const request_key_row& row);
 
 /// Whether a run in this status is finished: writing it releases the run's lease (lease_until
 /// 0). The SQL upsert of runs spells the same set (runs_table's lease_until column).

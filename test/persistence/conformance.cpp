@@ -45,6 +45,35 @@ void check_same(const node_row& got, const node_row& want) {
   BOOST_TEST(got.worker == want.worker);
   BOOST_TEST(to_string(got.spec_cache) == to_string(want.spec_cache));
   BOOST_TEST(got.child_run_id == want.child_run_id);
+  BOOST_TEST(got.started_seq == want.started_seq);
+  BOOST_TEST(got.finished_seq == want.finished_seq);
+}
+
+void check_same(const request_key_row& got, const request_key_row& want) {
+  BOOST_TEST(got.key == want.key);
+  BOOST_TEST(got.scope == want.scope);
+  BOOST_TEST(got.request_hash == want.request_hash);
+  BOOST_TEST(got.run_id == want.run_id);
+  BOOST_TEST(got.created_at == want.created_at);
+}
+
+request_key_row must_remember(store& s, const request_key_row& row,
+                              std::int64_t expired_before_us) {
+  auto r = s.remember_request(row, expired_before_us);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "remember_request failed: " << error_of(r));
+  return *r;
+}
+
+std::optional<request_key_row> must_find(store& s, std::string_view key, std::string_view scope) {
+  auto r = s.find_request(key, scope);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "find_request failed: " << error_of(r));
+  return *r;
+}
+
+std::size_t must_forget(store& s, std::int64_t before_us) {
+  auto r = s.forget_requests(before_us);
+  BOOST_REQUIRE_MESSAGE(r.has_value(), "forget_requests failed: " << error_of(r));
+  return *r;
 }
 
 void must_write(store& s, const write_batch& b) {
@@ -135,6 +164,73 @@ void check_v2_rows_migrated(store& s) {
   }
 }
 
+void check_v3_rows_migrated(store& s) {
+  run_row owned = sample_run("owned", 3000);
+  owned.inputs = nullptr;
+  owned.owner = "engine-1";
+  owned.lease_until = 9000;
+  owned.epoch = 2;
+  auto got = s.get_run("owned");
+  BOOST_REQUIRE_MESSAGE(got.has_value() && got->has_value(), error_of(got));
+  check_same(**got, owned);
+  auto unfinished = s.unfinished_runs();
+  BOOST_REQUIRE_MESSAGE(unfinished.has_value(), error_of(unfinished));
+  BOOST_TEST(unfinished->size() == 2u);  // child, owned
+
+  node_row step = sample_node("owned", "step");
+  step.status = node_status::running;
+  step.input = parse(R"({"x":3})");
+  step.output = nullptr;
+  step.started_at = 3010;
+  step.finished_at = 0;
+  step.worker = "w3";
+  auto nodes = s.node_rows("owned");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 1u);
+  check_same((*nodes)[0], step);  // started_seq and finished_seq 0: the defaults
+  nodes = s.node_rows("parent");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  for (const auto& n : *nodes) {
+    BOOST_TEST(n.started_seq == 0);
+    BOOST_TEST(n.finished_seq == 0);
+  }
+  auto letters = s.list_dead_letters(0);
+  BOOST_REQUIRE_MESSAGE(letters.has_value(), error_of(letters));
+  BOOST_REQUIRE_EQUAL(letters->size(), 1u);
+  BOOST_TEST((*letters)[0].key == "owned/bad/-1/1");
+
+  // Version 4 writes under the run's epoch (the fenced path): the old row replaced with its
+  // event seqs, a new one added.
+  node_row finished = step;
+  finished.status = node_status::succeeded;
+  finished.finished_at = 3020;
+  finished.started_seq = 3;
+  finished.finished_seq = 4;
+  finished.epoch = 2;
+  node_row added = sample_node("owned", "next");
+  added.started_at = 3030;
+  added.finished_at = 3040;
+  added.started_seq = 5;
+  added.finished_seq = 6;
+  added.epoch = 2;
+  auto written = s.write(write_batch{{}, {finished, added}, {}, {}});
+  BOOST_REQUIRE_MESSAGE(written.has_value(), error_of(written));
+  BOOST_TEST(written->fenced_runs.empty());
+  nodes = s.node_rows("owned");
+  BOOST_REQUIRE_MESSAGE(nodes.has_value(), error_of(nodes));
+  BOOST_REQUIRE_EQUAL(nodes->size(), 2u);
+  check_same((*nodes)[0], finished);
+  check_same((*nodes)[1], added);
+
+  const request_key_row key{"key-1", "etl", "hash", "owned", 3000};
+  check_same(must_remember(s, key, 0), key);
+  check_same(must_remember(s, {"key-1", "etl", "hash", "other", 3001}, 0), key);
+  auto found = must_find(s, "key-1", "etl");
+  BOOST_REQUIRE(found.has_value());
+  check_same(*found, key);
+}
+
 void check_old_runs_take_part_in_ownership(store& s) {
   node_row n = sample_node("child", "late");
   n.epoch = 1;
@@ -218,6 +314,8 @@ BOOST_AUTO_TEST_CASE(reads_back_every_column_it_wrote, *utf::timeout(60)) {
   done.error = "NULL";  // the word, not SQL NULL
   done.spec_cache = cache_status::hit;
   done.child_run_id = "child-\u00e9-\"7\"";
+  done.started_seq = 4;
+  done.finished_seq = 5'000'000'000'000;  // beyond 32 bits
   node_row skipped = sample_node("run-1", "report", -1, 0);
   skipped.status = node_status::skipped;
   skipped.input = nullptr;
@@ -426,6 +524,79 @@ BOOST_AUTO_TEST_CASE(replaces_the_spec_cache_and_child_run_when_a_node_is_writte
   nodes = must_nodes("r1");
   BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
   check_same(nodes[0], n);
+}
+
+BOOST_AUTO_TEST_CASE(replaces_the_event_seqs_when_a_node_is_written_again, *utf::timeout(60)) {
+  // An attempt as the engine writes it: running (its node_started seq), then final (both).
+  node_row started = sample_node("r1", "a");
+  started.status = node_status::running;
+  started.started_seq = 2;
+  node_row finished = started;
+  finished.status = node_status::succeeded;
+  finished.finished_seq = 7;
+
+  // Across batches.
+  must_write(*s, write_batch{{}, {started}, {}, {}});
+  auto nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], started);  // finished_seq 0: not emitted yet
+  must_write(*s, write_batch{{}, {finished}, {}, {}});
+  nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], finished);
+  // A later row replaces them, smaller or zero as they may be (a retried attempt's row).
+  node_row again = finished;
+  again.started_seq = 0;
+  again.finished_seq = 3;
+  must_write(*s, write_batch{{}, {again}, {}, {}});
+  nodes = must_nodes("r1");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 1u);
+  check_same(nodes[0], again);
+
+  // In one batch: the last row for the key wins, beside another attempt with its own seqs.
+  node_row other = sample_node("r2", "a", -1, 2);
+  other.started_seq = 11;
+  other.finished_seq = 12;
+  started.run_id = "r2";
+  finished.run_id = "r2";
+  must_write(*s, write_batch{{}, {started, other, finished}, {}, {}});
+  nodes = must_nodes("r2");
+  BOOST_REQUIRE_EQUAL(nodes.size(), 2u);
+  check_same(nodes[0], finished);
+  check_same(nodes[1], other);
+}
+
+BOOST_AUTO_TEST_CASE(stores_the_event_seqs_in_fenced_and_sliced_batches, *utf::timeout(60)) {
+  // Rows under an epoch take the fenced statement (PostgreSQL); many rows, the sliced path.
+  run_row run = sample_run("r1");
+  run.epoch = 1;
+  write_batch b = map_batch("r1", 150);
+  b.runs = {run};
+  for (std::size_t i = 0; i < b.nodes.size(); ++i) {
+    b.nodes[i].epoch = 1;
+    b.nodes[i].started_seq = static_cast<std::int64_t>(2 * i + 2);
+    b.nodes[i].finished_seq = static_cast<std::int64_t>(2 * i + 3);
+  }
+  for (const bool sliced : {false, true}) {
+    if (sliced) {
+      s->set_write_yield([] {});
+      for (auto& n : b.nodes) {
+        n.finished_seq += 1000;
+      }
+    }
+    auto r = s->write(b);
+    BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+    BOOST_TEST(r->fenced_runs.empty());
+    auto nodes = must_nodes("r1");
+    BOOST_REQUIRE_EQUAL(nodes.size(), b.nodes.size());
+    for (std::size_t i = 0; i < nodes.size(); ++i) {
+      BOOST_TEST(nodes[i].item == b.nodes[i].item);
+      BOOST_TEST(nodes[i].started_seq == b.nodes[i].started_seq, "item " << i);
+      BOOST_TEST(nodes[i].finished_seq == b.nodes[i].finished_seq, "item " << i);
+      BOOST_TEST(nodes[i].epoch == 0);  // not stored
+    }
+  }
+  s->set_write_yield(nullptr);
 }
 
 BOOST_AUTO_TEST_CASE(writes_nothing_from_a_batch_with_an_invalid_row, *utf::timeout(60)) {
@@ -1285,6 +1456,191 @@ BOOST_AUTO_TEST_CASE(keeps_any_dead_letter_text_storable_and_cut_to_64_kib, *utf
   BOOST_TEST(g.row == std::string(64 * 1024, 'x'));
   BOOST_TEST(g.error == "bad byte \xef\xbf\xbd then \xe2\x98\x83");
   BOOST_TEST(g.at == 7);
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Idempotency keys (issue 15): remember_request, find_request, forget_requests.
+BOOST_FIXTURE_TEST_SUITE(request_keys, store_fixture)
+
+BOOST_AUTO_TEST_CASE(the_first_request_under_a_key_is_stored_and_returned, *utf::timeout(60)) {
+  const request_key_row row{"key-1", "etl", "hash-a", "run-a", 1000};
+  check_same(must_remember(*s, row, 0), row);
+  auto found = must_find(*s, "key-1", "etl");
+  BOOST_REQUIRE(found.has_value());
+  check_same(*found, row);
+}
+
+BOOST_AUTO_TEST_CASE(a_second_request_under_the_key_gets_the_first_ones_entry, *utf::timeout(60)) {
+  const request_key_row first{"key-1", "etl", "hash-a", "run-a", 1000};
+  must_remember(*s, first, 0);
+  // A retry (same hash) and a different request (another hash) alike: the first entry.
+  check_same(must_remember(*s, {"key-1", "etl", "hash-a", "run-b", 2000}, 500), first);
+  check_same(must_remember(*s, {"key-1", "etl", "hash-other", "run-c", 3000}, 1000), first);
+  auto found = must_find(*s, "key-1", "etl");
+  BOOST_REQUIRE(found.has_value());
+  check_same(*found, first);
+}
+
+BOOST_AUTO_TEST_CASE(keys_of_different_scopes_are_independent, *utf::timeout(60)) {
+  const request_key_row etl{"key-1", "etl", "hash-a", "run-a", 1000};
+  const request_key_row report{"key-1", "report", "hash-b", "run-b", 1000};
+  const request_key_row other_key{"key-2", "etl", "hash-c", "run-c", 1000};
+  check_same(must_remember(*s, etl, 0), etl);
+  check_same(must_remember(*s, report, 0), report);
+  check_same(must_remember(*s, other_key, 0), other_key);
+  check_same(*must_find(*s, "key-1", "etl"), etl);
+  check_same(*must_find(*s, "key-1", "report"), report);
+  check_same(*must_find(*s, "key-2", "etl"), other_key);
+  BOOST_TEST(!must_find(*s, "key-2", "report").has_value());
+  BOOST_TEST(!must_find(*s, "key-1", "").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(an_expired_entry_is_replaced, *utf::timeout(60)) {
+  const request_key_row first{"key-1", "etl", "hash-a", "run-a", 1000};
+  must_remember(*s, first, 0);
+  // Created at expired_before_us: not expired yet.
+  check_same(must_remember(*s, {"key-1", "etl", "hash-b", "run-b", 5000}, 1000), first);
+  // Created before it: expired, replaced by the new request's entry.
+  const request_key_row second{"key-1", "etl", "hash-b", "run-b", 5000};
+  check_same(must_remember(*s, second, 1001), second);
+  check_same(*must_find(*s, "key-1", "etl"), second);
+  check_same(must_remember(*s, {"key-1", "etl", "hash-c", "run-c", 6000}, 1001), second);
+}
+
+BOOST_AUTO_TEST_CASE(finds_entries_expired_or_not_and_misses_unknown_keys, *utf::timeout(60)) {
+  BOOST_TEST(!must_find(*s, "key-1", "etl").has_value());
+  const request_key_row old{"key-1", "etl", "hash-a", "run-a", 10};
+  must_remember(*s, old, 0);
+  check_same(*must_find(*s, "key-1", "etl"), old);  // whatever its age
+  BOOST_TEST(!must_find(*s, "key-1", "etl2").has_value());
+  BOOST_TEST(!must_find(*s, "KEY-1", "etl").has_value());  // keys are compared byte for byte
+  BOOST_TEST(!must_find(*s, "key-", "etl").has_value());
+}
+
+BOOST_AUTO_TEST_CASE(forgets_the_entries_created_before_a_time_and_counts_them, *utf::timeout(60)) {
+  BOOST_TEST(must_forget(*s, 1'000'000) == 0u);
+  int n = 0;
+  for (std::int64_t at : {100, 200, 200, 300}) {
+    const std::string key = "key-" + std::to_string(at) + "-" + std::to_string(n++);
+    must_remember(*s, {key, "etl", "h", "run", at}, 0);
+  }
+  must_remember(*s, {"other", "report", "h", "run", 200}, 0);
+  BOOST_TEST(must_forget(*s, 100) == 0u);  // created before 100: none
+  BOOST_TEST(must_forget(*s, 201) == 1u + 2u + 1u);
+  BOOST_TEST(must_forget(*s, 201) == 0u);
+  BOOST_TEST(!must_find(*s, "other", "report").has_value());
+  BOOST_TEST(must_find(*s, "key-300-3", "etl").has_value());
+  // A forgotten key is free for a new request.
+  const request_key_row again{"other", "report", "h2", "run-2", 400};
+  check_same(must_remember(*s, again, 0), again);
+  BOOST_TEST(must_forget(*s, 1'000'000) == 2u);
+}
+
+BOOST_AUTO_TEST_CASE(keys_may_be_any_text_up_to_255_bytes, *utf::timeout(60)) {
+  const std::string longest(request_key_max_bytes, 'k');
+  // 255 bytes of three-byte characters: 85 of them.
+  std::string snowmen;
+  for (int i = 0; i < 85; ++i) {
+    snowmen += "\u2603";
+  }
+  BOOST_REQUIRE_EQUAL(snowmen.size(), 255u);
+  const std::vector<std::string> keys = {
+      longest, snowmen,        "q\"uote 'apos' back\\slash", "%_ wildcards *?",
+      " ",     "{\"a\",NULL}", "tab\tnew\nline\x01"};
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    const request_key_row row{keys[i], "etl", "hash-" + std::to_string(i),
+                              "run-" + std::to_string(i), 1000};
+    check_same(must_remember(*s, row, 0), row);
+  }
+  for (std::size_t i = 0; i < keys.size(); ++i) {
+    auto found = must_find(*s, keys[i], "etl");
+    BOOST_REQUIRE_MESSAGE(found.has_value(), "key " << i);
+    BOOST_TEST(found->key == keys[i], "key " << i);
+    BOOST_TEST(found->run_id == "run-" + std::to_string(i), "key " << i);
+  }
+  BOOST_TEST(must_forget(*s, 1001) == keys.size());
+}
+
+BOOST_AUTO_TEST_CASE(refuses_keys_no_store_can_keep_for_good, *utf::timeout(60)) {
+  struct bad {
+    const char* what;
+    request_key_row row;
+    const char* message;  // a part of the error's
+  };
+  const std::string nul_key("ab\0cd", 5);
+  const bad cases[] = {
+      {"an empty key", {"", "etl", "h", "run", 1}, "empty"},
+      {"a key of 256 bytes", {std::string(256, 'k'), "etl", "h", "run", 1}, "256 bytes"},
+      {"a key of 300 bytes", {std::string(300, 'k'), "etl", "h", "run", 1}, "more than the 255"},
+      {"a NUL byte in the key", {nul_key, "etl", "h", "run", 1}, "NUL"},
+      {"a NUL byte in the scope", {"k", std::string("et\0l", 4), "h", "run", 1}, "NUL"},
+      {"a key that is not UTF-8", {"caf\xc3", "etl", "h", "run", 1}, "UTF-8"},
+      {"a scope that is not UTF-8", {"k", "\xff", "h", "run", 1}, "UTF-8"},
+      {"a NUL byte in the run id", {"k", "etl", "h", std::string("r\0n", 3), 1}, "NUL"},
+      {"a NUL byte in the hash", {"k", "etl", std::string("h\0", 2), "run", 1}, "NUL"},
+  };
+  for (const bad& c : cases) {
+    auto r = s->remember_request(c.row, 0);
+    BOOST_REQUIRE_MESSAGE(!r.has_value(), c.what);
+    BOOST_TEST(!r.error().transient, c.what << ": " << r.error().message);
+    BOOST_TEST(r.error().message.find(c.message) != std::string::npos,
+               c.what << ": " << r.error().message);
+    const bool key_or_scope = c.row.run_id == "run" && c.row.request_hash == "h";
+    if (key_or_scope) {
+      auto f = s->find_request(c.row.key, c.row.scope);
+      BOOST_REQUIRE_MESSAGE(!f.has_value(), c.what);
+      BOOST_TEST(!f.error().transient, c.what << ": " << f.error().message);
+      BOOST_TEST(f.error().message.find(c.message) != std::string::npos,
+                 c.what << ": " << f.error().message);
+    }
+  }
+  // Nothing was stored, and the store works on.
+  BOOST_TEST(must_forget(*s, 1'000'000) == 0u);
+  const request_key_row fine{"k", "etl", "h", "run", 1};
+  check_same(must_remember(*s, fine, 0), fine);
+}
+
+// In one process, many threads on one store object: exactly one request wins the key.
+BOOST_AUTO_TEST_CASE(of_concurrent_requests_under_one_key_exactly_one_wins, *utf::timeout(120)) {
+  constexpr int threads = 6;
+  constexpr int keys = 20;
+  std::vector<std::vector<request_key_row>> got(threads);
+  std::vector<std::string> errors(threads);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ++ready;
+      while (ready.load() < threads) {
+        std::this_thread::yield();
+      }
+      for (int k = 0; k < keys; ++k) {
+        const request_key_row row{"key-" + std::to_string(k), "etl", "hash",
+                                  "run-" + std::to_string(t), 1000 + k};
+        auto r = s->remember_request(row, 0);
+        if (!r) {
+          errors[t] = r.error().message;
+          return;
+        }
+        got[t].push_back(*r);
+      }
+    });
+  }
+  for (auto& th : pool) {
+    th.join();
+  }
+  for (const auto& e : errors) {
+    BOOST_REQUIRE_MESSAGE(e.empty(), e);
+  }
+  for (int k = 0; k < keys; ++k) {
+    auto stored = must_find(*s, "key-" + std::to_string(k), "etl");
+    BOOST_REQUIRE(stored.has_value());
+    for (int t = 0; t < threads; ++t) {
+      check_same(got[t][static_cast<std::size_t>(k)], *stored);
+    }
+  }
+  BOOST_TEST(must_forget(*s, 1'000'000) == static_cast<std::size_t>(keys));
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <stdexcept>
 #include <string>
 
@@ -121,16 +122,26 @@ class runs_query {
 void check_same(const run_row& got, const run_row& want);
 void check_same(const node_row& got, const node_row& want);
 
+void check_same(const request_key_row& got, const request_key_row& want);
+
 /// Writes and requires success.
 void must_write(store& s, const write_batch& b);
+
+/// remember_request, find_request and forget_requests, requiring success.
+request_key_row must_remember(store& s, const request_key_row& row, std::int64_t expired_before_us);
+std::optional<request_key_row> must_find(store& s, std::string_view key, std::string_view scope);
+std::size_t must_forget(store& s, std::int64_t before_us);
 
 /// The migration tests' data, written into a version 1 schema by raw SQL that both backends'
 /// version 1 DDL accepts (each test keeps its own frozen copy of that DDL).
 inline constexpr const char* v1_rows[] = {
-    "INSERT INTO runs VALUES ('parent', 'etl', '3', 'abc123', 'succeeded', '{\"n\":3}', "
-    "'{\"ok\":true}', '', 1000, 2000, '', '')",
-    "INSERT INTO runs VALUES ('child', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 1500, "
-    "0, 'parent', 'spawn')",
+    // Columns named: version 3 added three (with defaults) that these rows leave out.
+    "INSERT INTO runs (run_id, workflow, version, plan_hash, status, inputs, outputs, error, "
+    "started_at, finished_at, parent_run_id, parent_node_id) VALUES ('parent', 'etl', '3', "
+    "'abc123', 'succeeded', '{\"n\":3}', '{\"ok\":true}', '', 1000, 2000, '', '')",
+    "INSERT INTO runs (run_id, workflow, version, plan_hash, status, inputs, outputs, error, "
+    "started_at, finished_at, parent_run_id, parent_node_id) VALUES ('child', 'etl', '3', "
+    "'abc123', 'running', NULL, NULL, '', 1500, 0, 'parent', 'spawn')",
     // Columns named: version 2 added two (with defaults) that this row leaves out.
     "INSERT INTO node_executions (run_id, node_id, item, attempt, status, input, output, error, "
     "cache, started_at, finished_at, worker) VALUES ('parent', 'spawn', -1, 1, 'succeeded', "
@@ -177,6 +188,32 @@ void create_v2_database(Raw& raw, const char* const (&ddl)[N]) {
 /// Checks that `s`, opened on a version 2 database holding v1_rows and v2_rows, reads every row
 /// back (version 2's columns as written, the runs unowned: owner '', lease 0, epoch 0).
 void check_v2_rows_migrated(store& s);
+
+/// What version 3 added to v2_rows' database, by raw SQL both backends' version 3 DDL accepts:
+/// an owned run with a node row, and a dead letter.
+inline constexpr const char* v3_rows[] = {
+    "INSERT INTO runs VALUES ('owned', 'etl', '3', 'abc123', 'running', NULL, NULL, '', 3000, 0, "
+    "'', '', 'engine-1', 9000, 2)",
+    "INSERT INTO node_executions VALUES ('owned', 'step', -1, 1, 'running', '{\"x\":3}', NULL, "
+    "'', 'off', 3010, 0, 'w3', 'off', '')",
+    "INSERT INTO dead_letters (run_id, tbl, key, \"row\", error, at) VALUES ('owned', "
+    "'node_executions', 'owned/bad/-1/1', '{}', 'refused', 5)",
+};
+
+/// As create_v2_database, for version 3: `ddl` (the test's frozen copy of the version 3 schema,
+/// stamped 1, 2 and 3), then v1_rows, v2_rows and v3_rows.
+template <class Raw, std::size_t N>
+void create_v3_database(Raw& raw, const char* const (&ddl)[N]) {
+  create_v2_database(raw, ddl);
+  for (const char* sql : v3_rows) {
+    raw.exec(sql);
+  }
+}
+
+/// Checks that `s`, opened on a version 3 database holding v1_rows, v2_rows and v3_rows, reads
+/// every row back (the node rows' event seqs 0), writes event seqs over and beside them under
+/// the owned run's epoch, and keeps request keys.
+void check_v3_rows_migrated(store& s);
 
 /// Checks that the runs of a migrated database (v1_rows: "parent" succeeded, "child" running,
 /// both unowned at epoch 0) take part in ownership: a write under an epoch is fenced until the

@@ -119,11 +119,12 @@ BOOST_AUTO_TEST_CASE(creates_the_tables_and_stamps_every_version, *utf::timeout(
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
   BOOST_TEST(raw.exec("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM "
                       "information_schema.tables WHERE table_schema = '" +
                       schema_of(url) + "'") ==
-             "cache_entries,dead_letters,node_executions,runs,troupe_schema,workflows");
+             "cache_entries,dead_letters,node_executions,request_keys,runs,troupe_schema,"
+             "workflows");
 }
 
 BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
@@ -134,7 +135,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -163,7 +164,7 @@ BOOST_AUTO_TEST_CASE(concurrent_opens_of_a_fresh_database_do_not_race, *utf::tim
   }
   BOOST_TEST(opened == 6);
   BOOST_TEST(pg_conn(url).exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
-                               "troupe_schema") == "1,2,3");
+                               "troupe_schema") == "1,2,3,4");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) {
@@ -174,7 +175,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (3); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (4); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(60)) {
@@ -318,7 +319,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
 
   check_v1_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -334,7 +335,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
 }
 
 // Version 2 exactly as troupe wrote it (postgres_store.cpp before version 3): version 1's
@@ -405,7 +406,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
 
   check_v2_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -419,7 +420,106 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(60)) 
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3");
+      "1,2,3,4");
+}
+
+// Version 3 exactly as troupe wrote it (postgres_store.cpp before version 4): version 2's
+// statements, then version 3's, each stamped.
+constexpr const char* v3_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  version text NOT NULL,
+  plan_hash text NOT NULL,
+  status text NOT NULL,
+  inputs text,
+  outputs text,
+  error text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  parent_run_id text NOT NULL,
+  parent_node_id text NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id text COLLATE "C" NOT NULL,
+  node_id text COLLATE "C" NOT NULL,
+  item bigint NOT NULL CHECK (item >= -1),
+  attempt integer NOT NULL CHECK (attempt >= 0),
+  status text NOT NULL,
+  input text,
+  output text,
+  error text NOT NULL,
+  cache text NOT NULL,
+  started_at bigint NOT NULL,
+  finished_at bigint NOT NULL,
+  worker text NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name text COLLATE "C" NOT NULL,
+  version text COLLATE "C" NOT NULL,
+  hash text NOT NULL,
+  document text NOT NULL,
+  registered_at bigint NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key text COLLATE "C" NOT NULL PRIMARY KEY,
+  workflow text COLLATE "C" NOT NULL,
+  node_id text NOT NULL,
+  value text,
+  kind text NOT NULL,
+  created_at bigint NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version integer NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+    "ALTER TABLE node_executions ADD COLUMN spec_cache text NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id text NOT NULL DEFAULT ''",
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+    "INSERT INTO troupe_schema (version) VALUES (2)",
+    "ALTER TABLE runs ADD COLUMN owner text NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN lease_until bigint NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN epoch bigint NOT NULL DEFAULT 0",
+    R"(CREATE TABLE dead_letters (
+  id bigserial PRIMARY KEY,
+  run_id text NOT NULL,
+  tbl text NOT NULL,
+  key text NOT NULL,
+  "row" text NOT NULL,
+  error text NOT NULL,
+  at bigint NOT NULL))",
+    "INSERT INTO troupe_schema (version) VALUES (3)",
+};
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  {
+    pg_conn raw(url);
+    create_v3_database(raw, v3_schema);
+  }
+
+  auto s = must_open(url);
+  pg_conn raw(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2,3,4");
+
+  check_v3_rows_migrated(*s);
+
+  const std::string fresh = fresh_schema_url();
+  must_open(fresh);
+  const std::string migrated = describe_schema(raw, schema_of(url));
+  BOOST_TEST(migrated.find("node_executions.finished_seq bigint NO 0") != std::string::npos,
+             migrated);
+  BOOST_TEST(migrated.find("request_keys.key text NO - C") != std::string::npos, migrated);
+  BOOST_TEST(migrated.find("CREATE INDEX request_keys_created") != std::string::npos, migrated);
+  BOOST_TEST(migrated == describe_schema(raw, schema_of(fresh)));
+  must_open(url);
+  BOOST_TEST(
+      raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
+      "1,2,3,4");
+  BOOST_TEST(raw.exec("SELECT count(*) FROM request_keys") == "1");
 }
 
 BOOST_AUTO_TEST_CASE(masks_the_password_in_its_description, *utf::timeout(60)) {
@@ -636,6 +736,120 @@ BOOST_AUTO_TEST_CASE(a_renewal_waiting_for_a_claim_reports_the_run_lost, *utf::t
   BOOST_TEST(**lost == std::vector<std::string>{"r1"}, boost::test_tools::per_element());
   BOOST_TEST(raw.exec("SELECT lease_until FROM runs WHERE run_id = 'r1'") == "5000");
   BOOST_TEST(raw.exec("SELECT lease_until FROM runs WHERE run_id = 'r2'") == "9000");
+}
+
+BOOST_AUTO_TEST_SUITE_END()
+
+// Idempotency keys on several connections at once, as several service processes would call.
+BOOST_AUTO_TEST_SUITE(postgres_request_keys, *utf::precondition(backend_available))
+
+namespace {
+
+/// `threads` stores on `url`, each on its own connection, call remember_request with the same
+/// key (and run ids of their own) at once, for each of `keys` keys. Returns the run ids each
+/// got, by thread then key.
+std::vector<std::vector<std::string>> race_for_keys(const std::string& url, int threads, int keys,
+                                                    std::int64_t expired_before_us) {
+  std::vector<std::unique_ptr<store>> stores;
+  for (int t = 0; t < threads; ++t) {
+    stores.push_back(must_open(url));
+  }
+  std::vector<std::vector<std::string>> got(static_cast<std::size_t>(threads));
+  std::vector<std::string> errors(static_cast<std::size_t>(threads));
+  // Every thread waits at a barrier before each key, so that all of them call at once.
+  std::atomic<int> arrived{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      const auto i = static_cast<std::size_t>(t);
+      for (int k = 0; k < keys; ++k) {
+        ++arrived;
+        while (arrived.load() < threads * (k + 1)) {
+          std::this_thread::yield();
+        }
+        auto r = stores[i]->remember_request(
+            {"key-" + std::to_string(k), "etl", "hash-" + std::to_string(t),
+             "run-" + std::to_string(t), 1000},
+            expired_before_us);
+        got[i].push_back(r ? r->run_id : "error: " + r.error().message);
+        if (!r) {
+          errors[i] = r.error().message;
+        }
+      }
+    });
+  }
+  for (auto& th : pool) {
+    th.join();
+  }
+  for (const auto& e : errors) {
+    BOOST_TEST(e.empty(), e);
+  }
+  return got;
+}
+
+void check_one_winner_per_key(pg_conn& raw, const std::vector<std::vector<std::string>>& got,
+                              int keys) {
+  BOOST_TEST(raw.exec("SELECT count(*) FROM request_keys") == std::to_string(keys));
+  for (int k = 0; k < keys; ++k) {
+    const std::string stored =
+        raw.exec("SELECT run_id FROM request_keys WHERE key = 'key-" + std::to_string(k) + "'");
+    BOOST_TEST(!stored.empty());
+    BOOST_TEST(raw.exec("SELECT request_hash FROM request_keys WHERE key = 'key-" +
+                        std::to_string(k) + "'") == "hash-" + stored.substr(4));
+    for (std::size_t t = 0; t < got.size(); ++t) {
+      BOOST_TEST(got[t][static_cast<std::size_t>(k)] == stored, "key " << k << ", thread " << t);
+    }
+  }
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(of_requests_racing_on_several_connections_exactly_one_wins,
+                     *utf::timeout(120)) {
+  const std::string url = fresh_schema_url();
+  constexpr int keys = 30;
+  const auto got = race_for_keys(url, 6, keys, 0);
+  pg_conn raw(url);
+  check_one_winner_per_key(raw, got, keys);
+}
+
+// Every key held by an expired entry: all racers may replace it, and exactly one does.
+BOOST_AUTO_TEST_CASE(of_requests_racing_to_replace_an_expired_entry_exactly_one_wins,
+                     *utf::timeout(120)) {
+  const std::string url = fresh_schema_url();
+  constexpr int keys = 30;
+  pg_conn raw(url);
+  must_open(url);
+  raw.exec(
+      "INSERT INTO request_keys SELECT 'key-' || k, 'etl', 'hash-old', 'run-old', 10 FROM "
+      "generate_series(0, 29) AS k");
+  const auto got = race_for_keys(url, 6, keys, 500);
+  check_one_winner_per_key(raw, got, keys);
+  BOOST_TEST(raw.exec("SELECT count(*) FROM request_keys WHERE run_id = 'run-old'") == "0");
+}
+
+// An entry forgotten between the upsert that met it and the read of it (forget_requests on
+// another connection just then): the key is free, the call tries again and stores its own row.
+// A statement trigger stands in for the other connection: once, after the upsert, it deletes
+// the entry.
+BOOST_AUTO_TEST_CASE(an_entry_forgotten_before_it_is_read_frees_the_key, *utf::timeout(60)) {
+  const std::string url = fresh_schema_url();
+  auto s = must_open(url);
+  pg_conn raw(url);
+  must_remember(*s, {"k", "etl", "h-first", "run-first", 1000}, 0);
+  raw.exec("CREATE TABLE forget_once (n integer)");
+  raw.exec("INSERT INTO forget_once VALUES (1)");
+  raw.exec(
+      "CREATE FUNCTION forget_once() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN IF EXISTS "
+      "(SELECT 1 FROM forget_once) THEN DELETE FROM forget_once; DELETE FROM request_keys; END "
+      "IF; RETURN NULL; END $$");
+  raw.exec(
+      "CREATE TRIGGER forget_once AFTER INSERT ON request_keys FOR EACH STATEMENT EXECUTE "
+      "FUNCTION forget_once()");
+  const request_key_row mine{"k", "etl", "h-mine", "run-mine", 5000};
+  check_same(must_remember(*s, mine, 0), mine);  // not expired, but gone when read
+  BOOST_TEST(raw.exec("SELECT count(*) FROM forget_once") == "0");  // the trigger did run
+  BOOST_TEST(raw.exec("SELECT run_id FROM request_keys WHERE key = 'k'") == "run-mine");
 }
 
 BOOST_AUTO_TEST_SUITE_END()

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "test/persistence/conformance.hpp"
@@ -101,10 +103,10 @@ BOOST_AUTO_TEST_CASE(creates_a_fresh_database_file_in_wal_mode, *utf::timeout(30
   BOOST_TEST(s->describe() == "sqlite://" + path);
   raw_db raw(path);
   BOOST_TEST(raw.text("PRAGMA journal_mode") == "wal");
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
   BOOST_TEST(raw.text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
-             "cache_entries\ndead_letters\nnode_executions\nruns\nsqlite_sequence\ntroupe_schema\n"
-             "workflows");
+             "cache_entries\ndead_letters\nnode_executions\nrequest_keys\nruns\nsqlite_sequence\n"
+             "troupe_schema\nworkflows");
 }
 
 BOOST_AUTO_TEST_CASE(accepts_relative_paths, *utf::timeout(30)) {
@@ -128,7 +130,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(30)) {
   auto again = must_open(path);
   auto third = must_open(path);  // two stores on one file at once are fine too
   BOOST_TEST(raw.text("SELECT sql FROM sqlite_master ORDER BY name") == schema_before);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -142,7 +144,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(30)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (3); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (4); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(30)) {
@@ -258,7 +260,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
 
   check_v1_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -273,7 +275,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
   BOOST_TEST(migrated.find("CREATE INDEX runs_parent") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
 }
 
 // Version 2 exactly as troupe wrote it (sqlite_store.cpp before version 3): version 1's
@@ -343,7 +345,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
 
   check_v2_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -357,7 +359,113 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(30)) 
   BOOST_TEST(migrated.find("CREATE TABLE dead_letters") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+}
+
+// Version 3 exactly as troupe wrote it (sqlite_store.cpp before version 4): version 2's
+// statements, then version 3's, each stamped.
+constexpr const char* v3_schema[] = {
+    R"(CREATE TABLE runs (
+  run_id TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  version TEXT NOT NULL,
+  plan_hash TEXT NOT NULL,
+  status TEXT NOT NULL,
+  inputs TEXT,
+  outputs TEXT,
+  error TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  parent_run_id TEXT NOT NULL,
+  parent_node_id TEXT NOT NULL))",
+    "CREATE INDEX runs_started ON runs (started_at, run_id)",
+    "CREATE INDEX runs_unfinished ON runs (started_at, run_id) "
+    "WHERE status IN ('pending', 'running')",
+    R"(CREATE TABLE node_executions (
+  run_id TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  item INTEGER NOT NULL CHECK (item >= -1),
+  attempt INTEGER NOT NULL CHECK (attempt >= 0),
+  status TEXT NOT NULL,
+  input TEXT,
+  output TEXT,
+  error TEXT NOT NULL,
+  cache TEXT NOT NULL,
+  started_at INTEGER NOT NULL,
+  finished_at INTEGER NOT NULL,
+  worker TEXT NOT NULL,
+  PRIMARY KEY (run_id, node_id, item, attempt)))",
+    R"(CREATE TABLE workflows (
+  name TEXT NOT NULL,
+  version TEXT NOT NULL,
+  hash TEXT NOT NULL,
+  document TEXT NOT NULL,
+  registered_at INTEGER NOT NULL,
+  PRIMARY KEY (name, version)))",
+    R"(CREATE TABLE cache_entries (
+  key TEXT NOT NULL PRIMARY KEY,
+  workflow TEXT NOT NULL,
+  node_id TEXT NOT NULL,
+  value TEXT,
+  kind TEXT NOT NULL,
+  created_at INTEGER NOT NULL))",
+    "CREATE INDEX cache_entries_workflow ON cache_entries (workflow)",
+    "CREATE TABLE IF NOT EXISTS troupe_schema (version INTEGER NOT NULL)",
+    "INSERT INTO troupe_schema (version) VALUES (1)",
+    "ALTER TABLE node_executions ADD COLUMN spec_cache TEXT NOT NULL DEFAULT 'off'",
+    "ALTER TABLE node_executions ADD COLUMN child_run_id TEXT NOT NULL DEFAULT ''",
+    "CREATE INDEX runs_parent ON runs (parent_run_id, started_at, run_id) "
+    "WHERE parent_run_id <> ''",
+    "INSERT INTO troupe_schema (version) VALUES (2)",
+    "ALTER TABLE runs ADD COLUMN owner TEXT NOT NULL DEFAULT ''",
+    "ALTER TABLE runs ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0",
+    "ALTER TABLE runs ADD COLUMN epoch INTEGER NOT NULL DEFAULT 0",
+    R"(CREATE TABLE dead_letters (
+  id INTEGER PRIMARY KEY AUTOINCREMENT,
+  run_id TEXT NOT NULL,
+  tbl TEXT NOT NULL,
+  key TEXT NOT NULL,
+  "row" TEXT NOT NULL,
+  error TEXT NOT NULL,
+  at INTEGER NOT NULL))",
+    "INSERT INTO troupe_schema (version) VALUES (3)",
+};
+
+BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  {
+    raw_db raw(path);
+    raw.exec("PRAGMA journal_mode=WAL");
+    create_v3_database(raw, v3_schema);
+  }
+
+  auto s = must_open(path);
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+
+  check_v3_rows_migrated(*s);
+
+  const std::string fresh = fresh_path();
+  must_open(fresh);
+  const std::string schema_sql =
+      "SELECT type, name, sql FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name";
+  const std::string migrated = raw.text(schema_sql);
+  BOOST_TEST(migrated.find("finished_seq INTEGER NOT NULL DEFAULT 0") != std::string::npos,
+             migrated);
+  BOOST_TEST(migrated.find("CREATE TABLE request_keys") != std::string::npos, migrated);
+  BOOST_TEST(migrated.find("CREATE INDEX request_keys_created") != std::string::npos, migrated);
+  BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
+  must_open(path);
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT count(*) FROM request_keys") == "1");
+}
+
+BOOST_AUTO_TEST_CASE(forgets_requests_through_the_created_at_index, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  must_open(path);
+  const std::string plan =
+      raw_db(path).text("EXPLAIN QUERY PLAN DELETE FROM request_keys WHERE created_at < 5");
+  BOOST_TEST(plan.find("request_keys_created") != std::string::npos, plan);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
@@ -585,6 +693,88 @@ BOOST_AUTO_TEST_CASE(a_claim_waits_for_no_write_lock_held_elsewhere, *utf::timeo
   c = s->claim_run("r1", "b", 0, 100);
   BOOST_REQUIRE_MESSAGE(c.has_value(), error_of(c));
   BOOST_TEST(c->epoch == 2);
+}
+
+// remember_request and forget_requests wait for the write lock like a claim does, rather than
+// failing after the writer's 10 ms: the service's request would fail otherwise.
+BOOST_AUTO_TEST_CASE(request_keys_wait_for_a_write_lock_held_elsewhere, *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  auto s = must_open(path);
+  raw_db other(path);
+  other.exec("BEGIN IMMEDIATE");
+  other.exec("INSERT INTO request_keys VALUES ('k', 'etl', 'h-other', 'run-other', 5)");
+  std::thread committer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    other.exec("COMMIT");
+  });
+  auto r = s->remember_request({"k", "etl", "h", "run", 10}, 0);
+  committer.join();
+  BOOST_REQUIRE_MESSAGE(r.has_value(), error_of(r));
+  BOOST_TEST(r->run_id == "run-other");  // the entry committed first
+  other.exec("BEGIN IMMEDIATE");
+  std::thread releaser([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    other.exec("ROLLBACK");
+  });
+  auto n = s->forget_requests(100);
+  releaser.join();
+  BOOST_REQUIRE_MESSAGE(n.has_value(), error_of(n));
+  BOOST_TEST(*n == 1u);
+  // And the writer's short timeout is back: a held lock fails a write at once.
+  other.exec("BEGIN IMMEDIATE");
+  auto w = s->write(write_batch{{sample_run("r1")}, {}, {}, {}});
+  other.exec("ROLLBACK");
+  BOOST_REQUIRE(!w.has_value());
+  BOOST_TEST(w.error().transient, w.error().message);
+}
+
+// Several connections (as several processes would have), one key: exactly one entry wins.
+BOOST_AUTO_TEST_CASE(of_requests_racing_on_several_connections_exactly_one_wins,
+                     *utf::timeout(60)) {
+  const std::string path = fresh_path();
+  constexpr int threads = 4;
+  constexpr int keys = 20;
+  std::vector<std::unique_ptr<store>> stores;
+  for (int t = 0; t < threads; ++t) {
+    stores.push_back(must_open(path));
+  }
+  std::vector<std::vector<std::string>> got(threads);
+  std::vector<std::string> errors(threads);
+  std::atomic<int> ready{0};
+  std::vector<std::thread> pool;
+  for (int t = 0; t < threads; ++t) {
+    pool.emplace_back([&, t] {
+      ++ready;
+      while (ready.load() < threads) {
+        std::this_thread::yield();
+      }
+      for (int k = 0; k < keys; ++k) {
+        auto r = stores[static_cast<std::size_t>(t)]->remember_request(
+            {"key-" + std::to_string(k), "etl", "h", "run-" + std::to_string(t), 1000}, 0);
+        if (!r) {
+          errors[static_cast<std::size_t>(t)] = r.error().message;
+          return;
+        }
+        got[static_cast<std::size_t>(t)].push_back(r->run_id);
+      }
+    });
+  }
+  for (auto& th : pool) {
+    th.join();
+  }
+  for (const auto& e : errors) {
+    BOOST_REQUIRE_MESSAGE(e.empty(), e);
+  }
+  raw_db raw(path);
+  BOOST_TEST(raw.text("SELECT count(*) FROM request_keys") == std::to_string(keys));
+  for (int k = 0; k < keys; ++k) {
+    const std::string stored =
+        raw.text("SELECT run_id FROM request_keys WHERE key = 'key-" + std::to_string(k) + "'");
+    for (int t = 0; t < threads; ++t) {
+      BOOST_TEST(got[static_cast<std::size_t>(t)][static_cast<std::size_t>(k)] == stored,
+                 "key " << k << ", thread " << t);
+    }
+  }
 }
 
 BOOST_AUTO_TEST_CASE(a_sliced_batch_is_still_one_transaction, *utf::timeout(30)) {
