@@ -143,8 +143,7 @@ std::string event_line(const run_event& e) {
   std::string line;
   switch (e.what) {
     case run_event::kind::run_started:
-      line = "run " + e.run_id + " started";
-      break;
+      return {};  // the CLI says so itself, once the run has its handle
     case run_event::kind::node_started:
     case run_event::kind::node_finished:
       line = "node " + e.node_id;

@@ -16,6 +16,7 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/logger.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/thread_hook.hpp>
@@ -41,6 +42,31 @@
 // (actors/run_actor.hpp). This file is the only one that creates threads or actors.
 
 namespace troupe {
+
+namespace {
+
+// CAF 0.17 keeps a reference to the actor system's logger in a thread-local of every thread that
+// spawns an actor or makes a scoped_actor (or constructs the system), until that thread exits,
+// and ~actor_system waits for the logger's destructor: an embedder's thread that started a run
+// and is still alive (a server's I/O thread, a pool) would hang shutdown() for ever. Engine
+// calls from a thread that had no logger set leave none behind; engine threads keep theirs.
+class caller_logger_guard {
+ public:
+  caller_logger_guard() : had_(caf::logger::current_logger() != nullptr) {}
+  ~caller_logger_guard() {
+    if (!had_) {
+      caf::logger::set_current_actor_system(nullptr);
+    }
+  }
+  caller_logger_guard(const caller_logger_guard&) = delete;
+  caller_logger_guard& operator=(const caller_logger_guard&) = delete;
+
+ private:
+  bool had_;
+};
+
+}  // namespace
+
 
 using detail::one_error;
 
@@ -309,6 +335,7 @@ void engine::impl::admit_queued() {
     std::lock_guard<std::mutex> lock(admission_mutex);
     ready.swap(admission);
   }
+  caller_logger_guard logger_guard;
   for (auto& [sh, args] : ready) {
     std::unique_lock<std::mutex> lock(sh->mutex);
     auto actor = spawn_run(services, std::move(args), caf::actor{});
@@ -318,7 +345,9 @@ void engine::impl::admit_queued() {
   }
 }
 
-engine::engine(engine_config config) : impl_(std::make_unique<impl>(config, open_stores(config))) {
+engine::engine(engine_config config) {
+  caller_logger_guard logger_guard;  // the system's constructor sets this thread's logger
+  impl_ = std::make_unique<impl>(config, open_stores(config));
   if (impl_->config.adopt_expired_runs && impl_->queries) {
     adopt_expired_runs();
   }
@@ -455,6 +484,7 @@ expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, jso
     return run_handle(sh);
   }
   // The lock orders this store before finished() clears it, should the run end at once.
+  caller_logger_guard logger_guard;
   std::unique_lock<std::mutex> lock(sh->mutex);
   auto actor = spawn_run(m.services, std::move(a), caf::actor{});
   if (!sh->result) {
@@ -578,6 +608,7 @@ bool engine::flush(std::chrono::milliseconds timeout) {
     return true;
   }
   bool ok = false;
+  caller_logger_guard logger_guard;  // outlives the scoped actor
   caf::scoped_actor self{*m.system};
   self->request(m.writer, caf::timespan{timeout}, commit_atom::value, persist{})
       .receive([&](caf::ok_atom) { ok = true; }, [](caf::error&) {});

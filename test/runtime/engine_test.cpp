@@ -476,3 +476,38 @@ BOOST_AUTO_TEST_CASE(shutdown_past_its_deadline_cancels_what_is_still_running) {
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// CAF 0.17 pins its logger in a thread-local of every thread that spawns an actor, and the
+// actor system's destructor waits for the logger: shutdown must not wait for an embedder's
+// thread that started a run (a server's I/O thread) to exit first.
+BOOST_AUTO_TEST_CASE(shutdown_does_not_wait_for_live_threads_that_started_runs,
+                     *boost::unit_test::timeout(60)) {
+  auto e = std::make_unique<engine>(cfg(2));
+  auto p = must_register(*e, R"({"name":"t","nodes":[{"id":"a","task":"noop"}]})");
+  std::mutex m;
+  std::condition_variable cv;
+  bool ran = false;
+  bool release = false;
+  std::thread caller([&] {
+    auto h = e->start(p, {});
+    BOOST_REQUIRE(h.has_value());
+    h->wait();
+    e->flush();
+    std::unique_lock lock(m);
+    ran = true;
+    cv.notify_all();
+    cv.wait(lock, [&] { return release; });  // stays alive through the shutdown
+  });
+  {
+    std::unique_lock lock(m);
+    cv.wait(lock, [&] { return ran; });
+  }
+  e->shutdown();  // hung before: the caller thread held the logger
+  e.reset();
+  {
+    std::lock_guard lock(m);
+    release = true;
+  }
+  cv.notify_all();
+  caller.join();
+}
