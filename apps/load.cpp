@@ -29,6 +29,7 @@
 
 #include "apps/cli.hpp"
 #include "apps/histogram.hpp"
+#include "apps/http_target.hpp"
 #include "apps/load_driver.hpp"
 #include "apps/output.hpp"
 #include "apps/signals.hpp"
@@ -54,6 +55,8 @@ struct load_plan {
   bool compare = false;
   engine_config base;
   std::optional<std::string> db;  // as given
+  std::string target;             // http://HOST:PORT: drive the service there
+  std::string api_key;
 };
 
 /// A usage error, said once, in the mode the user asked for.
@@ -350,6 +353,8 @@ struct workflow_info {
 
 /// Runs one mode on a fresh engine: one checking run, the warm-up, the measured phase, then
 /// the writer's drain. Returns nullopt after printing a usage error (exit 2).
+void drive_phases(const run_context& c, load_target& target, mode_result& r);
+
 std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
                                    workflow_info& info) {
   const load_plan& p = c.plan;
@@ -407,8 +412,15 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
     info.check_error = checked->error;
   }
 
+  drive_phases(c, *target, r);
+  return r;
+}
+
+// The warm-up, the measured phase and the drain, against either target.
+void drive_phases(const run_context& c, load_target& target, mode_result& r) {
+  const load_plan& p = c.plan;
   const bool progress = progress_printer::wanted();
-  const std::string mode_name(to_string(mode));
+  const std::string mode_name(to_string(r.mode));
   if (p.warmup > 0 && !c.stop.load()) {
     // Same loop, own counters and histogram: warm-up runs are not in the figures.
     drive_options warm = p.drive;
@@ -418,9 +430,9 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
     live_counters live;
     std::optional<progress_printer> printer;
     if (progress) {
-      printer.emplace("[" + mode_name + " warm-up]", live, *h, *target);
+      printer.emplace("[" + mode_name + " warm-up]", live, *h, target);
     }
-    drive(*target, warm, *h, live, c.stop);
+    drive(target, warm, *h, live, c.stop);
   }
 
   auto hist = std::make_unique<latency_histogram>();
@@ -428,9 +440,9 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
   {
     std::optional<progress_printer> printer;
     if (progress) {
-      printer.emplace("[" + mode_name + "]", live, *hist, *target);
+      printer.emplace("[" + mode_name + "]", live, *hist, target);
     }
-    r.phase = drive(*target, p.drive, *hist, live, c.stop);
+    r.phase = drive(target, p.drive, *hist, live, c.stop);
   }
   r.p50 = hist->percentile(0.50);
   r.p90 = hist->percentile(0.90);
@@ -441,11 +453,52 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
 
   // Async callers never waited for the log; how long it takes to catch up is part of the cost.
   const auto drain_start = clk::now();
-  r.drained = target->drain(std::chrono::seconds(120));
+  r.drained = target.drain(std::chrono::seconds(120));
   r.drain_ms = std::chrono::duration<double, std::milli>(clk::now() - drain_start).count();
-  r.writer = target->counters();
+  r.writer = target.counters();
   r.peak_rss_kb = peak_rss_kb();
-  target->stop();
+  target.stop();
+}
+
+// `--target`: the same phases against `troupe serve` over HTTP. The service's mode names the
+// row of the report; peak RSS is this client's.
+std::optional<mode_result> measure_service(const run_context& c, workflow_info& info) {
+  const load_plan& p = c.plan;
+  mode_result r;
+  r.store = p.target;
+  r.rss_reset = reset_peak_rss();
+  std::size_t connections = p.drive.in_flight > 0 ? p.drive.in_flight : 1024;
+  std::unique_ptr<http_target> target;
+  try {
+    target = std::make_unique<http_target>(p.target, p.api_key, connections);
+  } catch (const std::exception& e) {
+    usage(e.what(), c.json);
+    return std::nullopt;
+  }
+  auto mode = target->service_mode();
+  if (!mode) {
+    usage("cannot reach " + p.target + ": " + mode.error(), c.json);
+    return std::nullopt;
+  }
+  r.mode = *mode;
+  auto name = target->use_workflow(p.workflow_text, p.inputs);
+  if (!name) {
+    print_errors(locate(name.error()), c.json);
+    return std::nullopt;
+  }
+  info.name = *name;
+  if (auto local = compile_workflow(std::string_view(p.workflow_text))) {
+    info.nodes = (*local)->nodes.size();  // the server compiled the same document
+  }
+  auto checked = target->check();
+  if (!checked) {
+    print_errors(locate(checked.error()), c.json);
+    return std::nullopt;
+  }
+  if (!checked->ok && info.check_error.empty()) {
+    info.check_error = checked->error;
+  }
+  drive_phases(c, *target, r);
   return r;
 }
 
@@ -682,6 +735,21 @@ std::optional<std::string> settle(const load_options& o, load_plan& p) {
   if (o.mode && o.compare) {
     return "give --mode or --compare, not both";
   }
+  if (!o.target.empty()) {
+    // The service's own flags decide these; saying them here would mislead.
+    if (o.mode || o.compare || o.db || !o.trace.empty() || o.batch_max || o.flush_ms ||
+        o.threads != 0) {
+      return "--target drives a running `troupe serve`: --mode, --compare, --db, --trace, "
+             "--batch-max, --flush-ms and --threads are the server's (give them to serve)";
+    }
+    p.target = o.target;
+    p.api_key = o.api_key;
+    if (p.api_key.empty()) {
+      if (const char* k = std::getenv("TROUPE_API_KEY")) {
+        p.api_key = k;
+      }
+    }
+  }
 
   if (o.compare) {
     const auto names = split(*o.compare, ',');
@@ -708,7 +776,9 @@ std::optional<std::string> settle(const load_options& o, load_plan& p) {
       return "--mode: '" + *o.mode +
              "' is not a persistence mode; expected memory, async, durable or sync";
     }
-    p.modes.push_back(m);
+    if (o.target.empty()) {
+      p.modes.push_back(m);
+    }
   }
 
   p.drive.rate = o.rate;
@@ -844,6 +914,14 @@ CLI::App* add_load_command(CLI::App& app, load_options& o) {
                    "FILE-MODE.EXT per mode); see `troupe trace`. Traces grow fast: use few runs.")
       ->type_name("FILE");
   load->add_flag("--json", o.json, "Print the results as one JSON document.");
+  load->add_option("--target", o.target,
+                   "Drive `troupe serve` at http://HOST:PORT instead of an embedded engine: each "
+                   "run is a POST /v1/runs waiting for its end, on up to --in-flight kept-alive "
+                   "connections; the report's mode is the server's.")
+      ->type_name("URL");
+  load->add_option("--api-key", o.api_key,
+                   "The service's API key (default: the TROUPE_API_KEY environment variable).")
+      ->type_name("KEY");
   return load;
 }
 
@@ -868,6 +946,13 @@ int load_command(const load_options& o) {
   const run_context context{p, temp, stop, o.json};
   workflow_info info;
   std::vector<mode_result> results;
+  if (!p.target.empty()) {
+    auto r = measure_service(context, info);
+    if (!r) {
+      return exit_usage;
+    }
+    results.push_back(std::move(*r));
+  }
   for (const persistence_mode mode : p.modes) {
     if (stop.load() && !results.empty()) {
       break;

@@ -31,6 +31,9 @@ struct load_options {
   std::optional<std::int64_t> flush_ms;
   std::string trace;  // actor trace file; with several modes, FILE-MODE.EXT each
   bool json = false;
+  /// Drive `troupe serve` at this URL (http://HOST:PORT) instead of an embedded engine.
+  std::string target;
+  std::string api_key;  // --api-key, else TROUPE_API_KEY
 };
 
 /// Registers the `load` subcommand and its flags on `app`, filling `o` when parsed.

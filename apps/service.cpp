@@ -228,8 +228,11 @@ json::value result_document_from_log(const run_row& run, const std::vector<node_
 // The events of one run started or resumed here, for streams: kept in memory while it runs and
 // for a while after (finished_feeds), with its result document once it ended.
 struct run_feed {
+  std::string run_id;
   std::mutex mutex;
-  std::deque<std::pair<std::int64_t, std::string>> history;  // seq, SSE frame
+  // Events as they came (their run_id left empty: it is the feed's), rendered as SSE frames only
+  // for a stream that wants them: most runs are never watched.
+  std::deque<run_event> history;
   bool trimmed = false;  // older events were dropped: replay those from the log
   bool finished = false;
   std::string result;  // the result document (JSON text) once finished
@@ -401,7 +404,8 @@ struct service::impl {
     // Probes: no key needed.
     if (parts.size() == 1 && parts[0] == "healthz") {
       rs.route = "/healthz";
-      return rs.answer(json_response(200, json::object{{"status", "ok"}}));
+      return rs.answer(json_response(
+          200, json::object{{"status", "ok"}, {"mode", std::string(to_string(eng.mode()))}}));
     }
     if (parts.size() == 1 && parts[0] == "readyz") {
       rs.route = "/readyz";
@@ -632,7 +636,13 @@ struct service::impl {
     return it == feeds.end() ? nullptr : it->second;
   }
 
-  // What a run started here reports as it goes: its stream frames, metrics.
+  static std::string frame_of(const run_feed& feed, const run_event& e) {
+    json::object o = event_object(e);
+    o["run_id"] = feed.run_id;
+    return sse_frame(e.seq, to_string(e.what), o);
+  }
+
+  // What a run started here reports as it goes: its events for streams, metrics.
   std::function<void(const run_event&)> event_sink(std::shared_ptr<run_feed> feed, plan_ptr p) {
     return [this, feed, p](const run_event& e) {
       if (e.what == run_event::kind::node_finished && e.duration_us >= 0) {
@@ -640,15 +650,27 @@ struct service::impl {
         node_seconds.observe({np ? np->task : std::string("?")},
                              static_cast<double>(e.duration_us) / 1e6);
       }
-      std::string frame = sse_frame(e.seq, to_string(e.what), event_object(e));
+      run_event kept;
+      kept.what = e.what;
+      kept.seq = e.seq;
+      kept.workflow = e.workflow;
+      kept.node_id = e.node_id;
+      kept.item = e.item;
+      kept.attempt = e.attempt;
+      kept.status = e.status;
+      kept.error = e.error;
+      kept.output = e.output;
       std::lock_guard lock(feed->mutex);
-      feed->history.emplace_back(e.seq, frame);
+      if (!feed->streams.empty()) {
+        std::string frame = frame_of(*feed, kept);
+        for (auto& s : feed->streams) {
+          s->send(frame);
+        }
+      }
+      feed->history.push_back(std::move(kept));
       if (feed->history.size() > config.feed_events) {
         feed->history.pop_front();
         feed->trimmed = true;
-      }
-      for (auto& s : feed->streams) {
-        s->send(frame);
       }
     };
   }
@@ -663,7 +685,7 @@ struct service::impl {
     {
       std::lock_guard lock(feed->mutex);
       feed->finished = true;
-      feed->result = doc;
+      feed->result = std::move(doc);
       for (auto& s : feed->streams) {
         s->end_stream();
       }
@@ -859,6 +881,7 @@ struct service::impl {
                                           " runs in flight already"));
     }
     auto feed = std::make_shared<run_feed>();
+    feed->run_id = id;
     {
       std::lock_guard lock(feeds_mutex);
       feeds[id] = feed;
@@ -931,23 +954,27 @@ struct service::impl {
       }
       return it->second;
     }();
-    auto deliver = [w, feed, strand] {
+    // The result as the run's callback gives it: a callback registered after the run ended
+    // runs at once, possibly before run_ended() has filled the feed on another thread.
+    auto deliver = [w, feed, strand](const run_result* r) {
       if (w->answered.exchange(true)) {
         return;
       }
       std::string doc;
       {
         std::lock_guard lock(feed->mutex);
+        if (feed->result.empty() && r != nullptr) {
+          feed->result = boost::json::serialize(to_json(*r));
+        }
         doc = feed->result;
       }
       w->rs.answer({200, "application/json", std::move(doc), {}});
       net::post(strand, [w] { w->timer.cancel(); });
     };
     if (h) {
-      // Runs after run_ended (registered earlier): the feed holds the result by then.
-      h->on_finished([deliver](const run_result&) { deliver(); });
+      h->on_finished([deliver](const run_result& r) { deliver(&r); });
     } else {
-      deliver();  // ended between the checks above
+      deliver(nullptr);  // ended between the checks above: run_ended() has filled the feed
     }
   }
 
@@ -957,7 +984,7 @@ struct service::impl {
     {
       std::lock_guard lock(feed->mutex);
       trimmed_past = feed->trimmed && !feed->history.empty() &&
-                     feed->history.front().first > after + 1;
+                     feed->history.front().seq > after + 1;
     }
     if (trimmed_past) {
       // The events asked for left memory: replay the log (its rows may lag the live stream).
@@ -981,9 +1008,9 @@ struct service::impl {
       }
     });
     std::lock_guard lock(feed->mutex);
-    for (const auto& [seq, frame] : feed->history) {
-      if (seq > after) {
-        ex->send(frame);
+    for (const auto& e : feed->history) {
+      if (e.seq > after) {
+        ex->send(frame_of(*feed, e));
       }
     }
     if (feed->finished) {
@@ -1195,6 +1222,7 @@ struct service::impl {
         return rs.answer(error_response(429, "too_many_runs", "this key has too many runs"));
       }
       auto feed = std::make_shared<run_feed>();
+      feed->run_id = id;
       plan_ptr p = eng.find_workflow((*run)->workflow, (*run)->version);
       start_options o;
       if (p) {

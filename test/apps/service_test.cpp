@@ -528,6 +528,26 @@ BOOST_AUTO_TEST_CASE(cancel_and_resume_through_the_api) {
   BOOST_TEST(s.post("/v1/runs/01jnonexistent0000000000000/resume", "").status == 404);
 }
 
+BOOST_AUTO_TEST_CASE(troupe_load_drives_the_service) {
+  server s;
+  auto r = run_troupe({"load", "--target", s.url(), "--api-key", s.key(), "--scenario", "W3",
+                       "--runs", "200", "--in-flight", "8", "--json"},
+                      s.dir().path());
+  BOOST_TEST(r.exit_code == 0, r.err);
+  auto doc = json::parse(r.out);
+  const auto& m = doc.at("results").as_array().at(0);
+  BOOST_TEST(str(m, "mode") == "durable");  // the server's, as /healthz says
+  BOOST_TEST(m.at("runs").to_number<int>() == 200);
+  BOOST_TEST(m.at("errors").to_number<int>() == 0);
+  // The runs are the server's: its log holds them (and the checking run).
+  auto runs = s.get("/v1/runs?workflow=load-w3&limit=1000");
+  BOOST_TEST(runs.doc().at("runs").as_array().size() == 201u);
+  // Flags that belong to the server are refused.
+  auto bad = run_troupe({"load", "--target", s.url(), "--scenario", "W3", "--mode", "memory"},
+                        s.dir().path());
+  BOOST_TEST(bad.exit_code == 2);
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_CASE(without_keys_it_refuses_to_listen_beyond_loopback) {
