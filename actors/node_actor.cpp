@@ -134,9 +134,22 @@ void start_child_run(node_actor* self, plan_ptr p, const json::object& given, co
     answer(self, task_result::failure(std::move(msg)));
     return;
   }
+  if (const task_policy* policy = st.args.policy.get(); policy != nullptr) {
+    // A restricted run's children are held to its policy: what a generated workflow (or a
+    // workflow it calls) names is checked here, before anything of it runs.
+    for (const auto& n : p->nodes) {
+      if (!policy->allows(n.task)) {
+        answer(self, task_result::failure(std::string(what) + ": workflow '" + p->name +
+                                          "' uses task '" + n.task + "' (node '" + n.id +
+                                          "'), which this run may not use"));
+        return;
+      }
+    }
+  }
   run_spawn_args a;
   a.inputs = std::move(*bound);
   a.depth = st.args.depth + 1;
+  a.policy = st.args.policy;
   a.parent_run_id = st.args.run_id;
   a.parent_node_id = parent_label(st.args);
   a.plan = std::move(p);
@@ -356,14 +369,16 @@ void start_task(node_actor* self) {
       auto node_id = st.args.node_id;
       auto item = st.args.item;
       auto attempt = st.args.attempt;
+      auto policy = st.args.policy;
       boost::asio::post(*svc->blocking, [=] {
-        task_call call{run_id, node_id, item, attempt};
+        task_call call{run_id, node_id, item, attempt, policy.get()};
         report(run_guarded(*task, *input, call));
       });
       break;
     }
     case task_kind::async: {
-      task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt};
+      task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt,
+                     st.args.policy.get()};
       detail_starting = self;
       try {
         def.start(*st.args.input, call, report);
@@ -382,10 +397,11 @@ void start_task(node_actor* self) {
       if (def.name == "sleep") {
         start_sleep(self);
       } else if (def.name == "shell") {
-        const task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt};
+        const task_call call{st.args.run_id, st.args.node_id, st.args.item, st.args.attempt,
+                             st.args.policy.get()};
         st.op = start_shell(*svc->io, *st.args.input, call, report);
       } else if (def.name == "http") {
-        st.op = start_http(*svc->io, *st.args.input, report);
+        st.op = start_http(*svc->io, *st.args.input, st.args.policy, report);
       } else if (def.name == "workflow") {
         start_child_workflow(self, svc);
       } else {

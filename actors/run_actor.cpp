@@ -34,6 +34,7 @@ struct run_actor_state {
   std::unique_ptr<run_state> machine;
   shared_text run_id;  // the machine's, shared by every row this run writes
   services_ptr services;
+  policy_ptr policy;  // the run's limits (null: none), handed to its tasks and child runs
   task_table tasks;  // node index -> task, shared by the runs of this plan
   std::shared_ptr<run_sink> sink;
   bool events = false;
@@ -306,7 +307,7 @@ void dispatch(run_actor* self, cmd::dispatch& d) {
   // a quick task's attempt leaves this thread.
   if (def->kind == task_kind::quick && !d.dynamic_inputs &&
       (d.cache_key.empty() || !st.services->cache_load)) {
-    task_call call{machine.run_id(), np.id, d.item, d.attempt};
+    task_call call{machine.run_id(), np.id, d.item, d.attempt, st.policy.get()};
     task_result r;
     try {
       r = def->run(*d.input, call);
@@ -346,6 +347,7 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
   a.item = d.item;
   a.attempt = d.attempt;
   a.depth = st.depth;
+  a.policy = st.policy;
   const bool dynamic = static_cast<bool>(d.dynamic_inputs);
   if (!dynamic && !d.cache_key.empty() && st.services->cache_load) {
     a.stored_key = d.cache_key;
@@ -552,6 +554,7 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   st.events = st.sink && st.sink->wants_events();
   st.parent = std::move(parent);
   st.depth = args.depth;
+  st.policy = std::move(args.policy);
   if (!args.parent_run_id.empty()) {
     st.parent_of = std::make_unique<const run_actor_state::parent_ids>(
         run_actor_state::parent_ids{std::move(args.parent_run_id), std::move(args.parent_node_id)});

@@ -140,6 +140,8 @@ struct run_spawn_args {
   /// for_each).
   std::string parent_run_id;
   std::string parent_node_id;
+  /// The run's limits (task_policy), inherited by its child runs; null: none.
+  policy_ptr policy;
   /// Resuming: nodes that succeeded before (index, output) and attempts already recorded.
   std::vector<std::pair<std::size_t, json_ptr>> restored;
   std::vector<std::pair<std::size_t, int>> prior_attempts;
@@ -192,6 +194,7 @@ struct node_spawn_args {
   /// A cached node whose output was not in memory: look it up in the store before running the
   /// task (off the run actor's thread). Empty otherwise.
   std::string stored_key;
+  policy_ptr policy;  // the run's (null: none)
 };
 /// Spawned from the run actor's own thread (`run` is its self pointer): the new actor goes on
 /// that worker's local queue instead of through the scheduler's shared one, and it is

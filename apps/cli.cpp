@@ -694,10 +694,12 @@ int run_cli(int argc, char** argv) {
                     "or `all` (default: every task but shell).")
       ->envname("TROUPE_ALLOW_TASKS")
       ->type_name("LIST");
-  serve->add_flag("--allow-dynamic", serve_opts.allow_dynamic,
-                  "Let workflows registered through the API have `dynamic` nodes (the "
-                  "workflows they generate are not checked against --allow-tasks).")
-      ->envname("TROUPE_ALLOW_DYNAMIC");
+  serve->add_option("--allow-http-hosts", serve_opts.allow_http_hosts,
+                    "Hosts (names as written in URLs, or addresses) that `http` tasks of API "
+                    "workflows may reach although they are loopback or private, comma-separated; "
+                    "`*`: any address. By default only public addresses.")
+      ->envname("TROUPE_ALLOW_HTTP_HOSTS")
+      ->type_name("LIST");
   serve->add_option("--max-body", serve_opts.max_body, "Largest request body, in bytes (413).")
       ->envname("TROUPE_MAX_BODY")
       ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 30))

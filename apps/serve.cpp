@@ -91,7 +91,21 @@ int serve_command(const serve_options& o) {
       start = comma + 1;
     }
   }
-  sc.allow_dynamic = o.allow_dynamic;
+  {
+    std::size_t start = 0;
+    while (start < o.allow_http_hosts.size()) {
+      auto comma = o.allow_http_hosts.find(',', start);
+      std::string host = o.allow_http_hosts.substr(
+          start, comma == std::string::npos ? std::string::npos : comma - start);
+      if (!host.empty()) {
+        sc.allowed_http_hosts.push_back(host);
+      }
+      if (comma == std::string::npos) {
+        break;
+      }
+      start = comma + 1;
+    }
+  }
   sc.rate_per_key = o.rate_limit;
   sc.runs_per_key = o.runs_per_key;
 
@@ -132,6 +146,7 @@ int serve_command(const serve_options& o) {
         }
         return exit_usage;
       }
+      sc.trusted_plans.insert((*r)->hash);
       std::cerr << "troupe serve: registered " << (*r)->name << " version " << (*r)->version
                 << " from " << f.string() << '\n';
     }

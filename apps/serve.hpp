@@ -20,7 +20,7 @@ struct serve_options {
   int threads = 0;
   int http_threads = 1;
   std::string allow_tasks;  // comma-separated; "all": any
-  bool allow_dynamic = false;
+  std::string allow_http_hosts;  // comma-separated; "*": any address
   std::size_t max_body = 1 << 20;
   std::size_t max_connections = 10000;
   double rate_limit = 0;

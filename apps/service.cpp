@@ -252,6 +252,7 @@ struct service::impl {
   engine& eng;
   service_config config;
   std::function<http_server_stats()> server_stats;
+  policy_ptr policy;  // for runs of workflows registered through the API
   net::thread_pool pool;
   std::atomic<bool> starting{true};
   std::atomic<std::size_t> in_flight{0};
@@ -291,6 +292,19 @@ struct service::impl {
         }
       }
     }
+    auto p = std::make_shared<task_policy>();
+    p->all_tasks = config.all_tasks;
+    p->tasks = config.allowed_tasks;
+    p->allowed_hosts = config.allowed_http_hosts;
+    p->private_addresses =
+        std::find(p->allowed_hosts.begin(), p->allowed_hosts.end(), "*") != p->allowed_hosts.end();
+    policy = std::move(p);
+  }
+
+  // Runs of workflows that came through the API are held to the operator's limits (their
+  // generated and called workflows too, at run time); the operator's own are not.
+  policy_ptr policy_for(const plan& p) const {
+    return config.trusted_plans.count(p.hash) ? nullptr : policy;
   }
 
   // ---- requests -------------------------------------------------------------------------
@@ -578,11 +592,6 @@ struct service::impl {
           refused.push_back({pointer + "/task", "task '" + n.task +
                                                     "' is not allowed for workflows registered "
                                                     "through the API (see --allow-tasks)"});
-        }
-        if (n.dynamic_inputs && !config.allow_dynamic) {
-          refused.push_back({pointer + "/dynamic",
-                             "`dynamic` nodes are not allowed for workflows registered through "
-                             "the API (see --allow-dynamic)"});
         }
       }
       if (!refused.empty()) {
@@ -889,6 +898,7 @@ struct service::impl {
     start_options o;
     o.run_id = id;
     o.on_event = event_sink(feed, p);
+    o.policy = policy_for(*p);
     auto started = eng.start(p, std::move(r.inputs), std::move(o));
     if (!started) {
       give_run_slot(key);
@@ -1227,6 +1237,9 @@ struct service::impl {
       start_options o;
       if (p) {
         o.on_event = event_sink(feed, p);
+        o.policy = policy_for(*p);
+      } else {
+        o.policy = policy;  // its workflow is not registered here: not the operator's
       }
       {
         std::lock_guard lock(feeds_mutex);

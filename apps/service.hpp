@@ -29,9 +29,11 @@ struct service_config {
   /// every task the engine has but `shell`.
   std::set<std::string, std::less<>> allowed_tasks;
   bool all_tasks = false;
-  /// Workflows registered through the API may have `dynamic` nodes only when this is set: the
-  /// workflows those generate are compiled at run time, not checked against allowed_tasks.
-  bool allow_dynamic = false;
+  /// `http` tasks of those runs may reach these hosts (names as written in URLs, or addresses)
+  /// even when they are loopback or private; "*": any address. Otherwise only public ones.
+  std::vector<std::string> allowed_http_hosts;
+  /// Hashes of the operator's workflows (`--workflows DIR`): their runs are trusted, no limits.
+  std::set<std::string, std::less<>> trusted_plans;
   /// Requests per second per key (token bucket, `rate_burst` deep); 0: no limit.
   double rate_per_key = 0;
   double rate_burst = 50;

@@ -462,6 +462,7 @@ expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, jso
   a.inputs = std::move(*bound);
   a.options.run_id = sh->id;
   a.sink = sh;
+  a.policy = std::move(options.policy);
   if (from) {
     resume_from(a, std::move(*from));
     a.options.run_id = sh->id;

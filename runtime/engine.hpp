@@ -125,6 +125,10 @@ struct start_options {
   std::function<void(const run_event&)> on_event;
   /// Overrides the generated run id.
   std::string run_id;
+  /// Limits on what the run may do (task_policy: tasks its child runs may name, addresses its
+  /// http tasks may reach); inherited by its child runs. Null: none. troupe serve sets one for
+  /// the runs of workflows registered through its API.
+  policy_ptr policy;
 };
 
 /// An engine: an actor system running workflows. Thread-safe; create one per process.

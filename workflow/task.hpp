@@ -3,6 +3,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -31,6 +32,24 @@ struct task_result {
   static task_result failure(std::string error) { return {false, nullptr, std::move(error)}; }
 };
 
+/// What a run from an untrusted source may do (troupe serve applies one to the runs of workflows
+/// registered through its API). Immutable and shared; a run's `workflow` and `dynamic` child runs
+/// inherit it, and a child whose workflow names a task outside it fails before it starts. A run
+/// without a policy is unrestricted.
+struct task_policy {
+  /// The tasks runs may name, unless `all_tasks`.
+  bool all_tasks = false;
+  std::set<std::string, std::less<>> tasks;
+  /// `http` tasks: connect to loopback, link-local, private, multicast or otherwise non-public
+  /// addresses only when `private_addresses` is set, or the URL's host (as written, or the
+  /// address it resolves to) is in `allowed_hosts`.
+  bool private_addresses = false;
+  std::vector<std::string> allowed_hosts;
+
+  bool allows(std::string_view task) const { return all_tasks || tasks.count(task) > 0; }
+};
+using policy_ptr = std::shared_ptr<const task_policy>;
+
 /// What a task attempt is told about itself. The views are valid during the call only: an async
 /// task that needs them later keeps copies (execution_key() returns one).
 struct task_call {
@@ -38,6 +57,8 @@ struct task_call {
   std::string_view node_id;
   std::int64_t item_index = -1;  // -1 outside for_each
   int attempt = 1;
+  /// The run's limits (null: none); builtin tasks that reach out (http) honour it.
+  const task_policy* policy = nullptr;
 
   /// "<run_id>/<node_id>", or "<run_id>/<node_id>/<item_index>" for an item of a for_each node:
   /// the same on every attempt of this task in this run, and after a resume (which keeps the run

@@ -141,7 +141,32 @@ bool has_line_break(std::string_view s) {
 struct http_spec {
   parsed_url url;
   http::request<http::string_body> request;
+  std::shared_ptr<const task_policy> policy;  // null: connect anywhere
 };
+
+/// Loopback, unspecified, link-local, private (RFC 1918, unique local), shared (CGNAT),
+/// benchmarking, multicast, reserved and broadcast addresses: what a request from an untrusted
+/// workflow must not reach (SSRF: the service's own host, its network, cloud metadata).
+bool non_public(const asio::ip::address& a) {
+  if (a.is_v6()) {
+    const auto v6 = a.to_v6();
+    if (v6.is_v4_mapped()) {
+      return non_public(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
+    }
+    const auto b = v6.to_bytes();
+    return v6.is_loopback() || v6.is_unspecified() || v6.is_link_local() ||
+           v6.is_multicast() || (b[0] & 0xfe) == 0xfc /* fc00::/7 */ ||
+           (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) /* fec0::/10, site-local */;
+  }
+  const auto v = a.to_v4().to_uint();
+  auto in = [v](std::uint32_t net, int bits) {
+    const std::uint32_t mask = bits == 0 ? 0 : ~std::uint32_t{0} << (32 - bits);
+    return (v & mask) == (net & mask);
+  };
+  return in(0x00000000, 8) || in(0x0a000000, 8) || in(0x64400000, 10) || in(0x7f000000, 8) ||
+         in(0xa9fe0000, 16) || in(0xac100000, 12) || in(0xc0000000, 24) || in(0xc0a80000, 16) ||
+         in(0xc6120000, 15) || in(0xe0000000, 4) || in(0xf0000000, 4);
+}
 
 expected<http_spec, std::string> parse_http_input(const json::value& input) {
   const json::object* object = input.if_object();
@@ -222,7 +247,8 @@ expected<http_spec, std::string> parse_http_input(const json::value& input) {
 class http_operation final : public operation, public std::enable_shared_from_this<http_operation> {
  public:
   http_operation(asio::io_context& io, http_spec spec, completion done)
-      : strand_(asio::make_strand(io)),
+      : policy_(std::move(spec.policy)),
+        strand_(asio::make_strand(io)),
         resolver_(strand_),
         stream_(strand_),
         url_(std::move(spec.url)),
@@ -267,11 +293,40 @@ class http_operation final : public operation, public std::enable_shared_from_th
     if (stopped(ec, "cannot resolve '" + url_.host + "'")) {
       return;
     }
+    // Only the addresses the run's policy allows are tried: the check is on what the name
+    // resolved to, so a public name pointing at a private address is refused as well.
+    std::vector<tcp::endpoint> allowed;
+    std::string refused;
+    for (const auto& r : results) {
+      const auto addr = r.endpoint().address();
+      if (!policy_ || policy_->private_addresses || !non_public(addr) ||
+          host_allowed(addr.to_string())) {
+        allowed.push_back(r.endpoint());
+      } else if (refused.empty()) {
+        refused = addr.to_string();
+      }
+    }
+    if (allowed.empty()) {
+      finish(task_result::failure(
+          "http: refused to connect to " + url_.authority + " (" + refused +
+          "): a loopback, private or otherwise non-public address, which this run may not "
+          "reach (troupe serve --allow-http-hosts)"));
+      return;
+    }
     stream_.async_connect(
-        results, asio::bind_executor(
+        allowed, asio::bind_executor(
                      strand_, [self = shared_from_this()](error_code ec, const tcp::endpoint&) {
                        self->on_connect(ec);
                      }));
+  }
+
+  bool host_allowed(const std::string& address) const {
+    for (const auto& h : policy_->allowed_hosts) {
+      if (h == "*" || h == url_.host || h == address) {
+        return true;
+      }
+    }
+    return false;
   }
 
   void on_connect(error_code ec) {
@@ -386,6 +441,7 @@ class http_operation final : public operation, public std::enable_shared_from_th
     done(std::move(r));
   }
 
+  std::shared_ptr<const task_policy> policy_;  // null: connect anywhere
   asio::strand<asio::io_context::executor_type> strand_;
   tcp::resolver resolver_;
   beast::tcp_stream stream_;
@@ -401,8 +457,13 @@ class http_operation final : public operation, public std::enable_shared_from_th
 }  // namespace
 }  // namespace detail
 
-operation_ptr start_http(boost::asio::io_context& io, const json::value& input, completion done) {
-  return detail::start_parsed<detail::http_operation>(io, detail::parse_http_input(input), std::move(done));
+operation_ptr start_http(boost::asio::io_context& io, const json::value& input,
+                         std::shared_ptr<const task_policy> policy, completion done) {
+  auto spec = detail::parse_http_input(input);
+  if (spec) {
+    spec->policy = std::move(policy);
+  }
+  return detail::start_parsed<detail::http_operation>(io, std::move(spec), std::move(done));
 }
 
 }  // namespace troupe

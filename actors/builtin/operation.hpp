@@ -42,6 +42,10 @@ operation_ptr start_shell(boost::asio::io_context& io, const json::value& input,
 
 /// `http`: `{ "method", "url", "headers", "body" }` → `{ "status", "headers", "body" }` (body
 /// parsed when JSON). A status >= 400 fails the attempt. Plain http:// only.
-operation_ptr start_http(boost::asio::io_context& io, const json::value& input, completion done);
+/// `policy` (null: none) limits where it may connect (task_policy::private_addresses,
+/// allowed_hosts): the host's addresses are checked after resolution, and only allowed ones are
+/// tried.
+operation_ptr start_http(boost::asio::io_context& io, const json::value& input,
+                         std::shared_ptr<const task_policy> policy, completion done);
 
 }  // namespace troupe

@@ -69,6 +69,9 @@ class test_server {
     return "http://127.0.0.1:" + std::to_string(acceptor_.local_endpoint().port()) + path;
   }
   std::shared_future<void> hang_seen() const { return hang_seen_; }
+  unsigned short port() const { return acceptor_.local_endpoint().port(); }
+  /// Requests read so far.
+  std::size_t requests() const { return requests_.load(); }
 
  private:
   net::awaitable<void> accept_loop() {
@@ -89,6 +92,7 @@ class test_server {
     if (ec) {
       co_return;
     }
+    ++requests_;
     http::response<http::string_body> res{http::status::ok, 11};
     const std::string target(req.target());
     if (target == "/json") {
@@ -133,6 +137,7 @@ class test_server {
 
   net::io_context io_;
   tcp::acceptor acceptor_;
+  std::atomic<std::size_t> requests_{0};
   std::promise<void> hang_promise_;
   std::shared_future<void> hang_seen_ = hang_promise_.get_future().share();
   std::thread thread_;
@@ -160,10 +165,11 @@ struct pending {
   }
 };
 
-task_result run_http(const json::value& input) {
+task_result run_http(const json::value& input,
+                     std::shared_ptr<const troupe::task_policy> policy = nullptr) {
   io_thread io;
   pending p;
-  auto op = troupe::start_http(io.io(), input, p.callback());
+  auto op = troupe::start_http(io.io(), input, std::move(policy), p.callback());
   return p.get();
 }
 
@@ -283,7 +289,7 @@ BOOST_AUTO_TEST_CASE(cancel_while_the_server_never_answers_completes_with_cancel
   pending p;
   json::object input;
   input["url"] = server.url("/hang");
-  auto op = troupe::start_http(io.io(), input, p.callback());
+  auto op = troupe::start_http(io.io(), input, nullptr, p.callback());
   BOOST_TEST_REQUIRE((server.hang_seen().wait_for(20s) == std::future_status::ready));
   BOOST_TEST((p.future.wait_for(0s) == std::future_status::timeout));
   op->cancel();
@@ -297,7 +303,7 @@ BOOST_AUTO_TEST_CASE(cancel_while_the_server_never_answers_completes_with_cancel
   pending marker;
   json::object again;
   again["url"] = server.url("/json");
-  auto next = troupe::start_http(io.io(), again, marker.callback());
+  auto next = troupe::start_http(io.io(), again, nullptr, marker.callback());
   BOOST_TEST(marker.get().ok);
   BOOST_TEST(p.calls->load() == 1);
 }
@@ -308,9 +314,34 @@ BOOST_AUTO_TEST_CASE(cancel_right_after_start_completes_with_cancelled, *utf::ti
   pending p;
   json::object input;
   input["url"] = server.url("/json");
-  auto op = troupe::start_http(io.io(), input, p.callback());
+  auto op = troupe::start_http(io.io(), input, nullptr, p.callback());
   op->cancel();
   const auto r = p.get();
   BOOST_TEST(!r.ok);
   BOOST_TEST(r.error == "cancelled");
+}
+
+// A restricted run (troupe serve's API workflows) may not reach loopback or private addresses
+// unless its policy names the host: the check is on the resolved address.
+BOOST_AUTO_TEST_CASE(a_policy_keeps_requests_off_non_public_addresses, *utf::timeout(30)) {
+  test_server server;
+  auto strict = std::make_shared<troupe::task_policy>();
+  json::object input;
+  input["url"] = server.url("/json");  // 127.0.0.1
+  auto refused = run_http(input, strict);
+  BOOST_TEST(!refused.ok);
+  BOOST_TEST(refused.error.find("refused to connect") != std::string::npos, refused.error);
+  BOOST_TEST(server.requests() == 0u);  // nothing reached the server
+  json::object by_name;
+  by_name["url"] = "http://localhost:" + std::to_string(server.port()) + "/json";
+  BOOST_TEST(!run_http(by_name, strict).ok);  // a name resolving to loopback is no better
+
+  auto listed = std::make_shared<troupe::task_policy>();
+  listed->allowed_hosts = {"127.0.0.1"};
+  auto ok = run_http(input, listed);
+  BOOST_TEST(ok.ok, ok.error);
+  auto open = std::make_shared<troupe::task_policy>();
+  open->private_addresses = true;
+  BOOST_TEST(run_http(input, open).ok);
+  BOOST_TEST(run_http(input).ok);  // no policy: unrestricted
 }

@@ -528,6 +528,44 @@ BOOST_AUTO_TEST_CASE(cancel_and_resume_through_the_api) {
   BOOST_TEST(s.post("/v1/runs/01jnonexistent0000000000000/resume", "").status == 404);
 }
 
+// What a workflow from the network may do: its http tasks stay off loopback and private
+// addresses (SSRF) unless the operator names the host, and what its dynamic nodes generate is
+// held to the same allowed tasks; the operator's own workflows are trusted.
+BOOST_AUTO_TEST_CASE(api_workflows_are_held_to_the_operators_limits) {
+  temp_dir dir;
+  std::filesystem::create_directories(dir.path() / "wf");
+  // Calls a URL given as input: here the server's own /healthz, on loopback.
+  auto caller = [](const std::string& name) {
+    return R"({"name":")" + name + R"(","inputs":{"url":{"type":"string"}},
+      "nodes":[{"id":"h","task":"http","with":{"url":"{{ inputs.url }}"}}],
+      "outputs":{"status":"{{ nodes.h.output.status }}"}})";
+  };
+  dir.write_file("wf/trusted.json", caller("trusted"));  // the operator's
+  const std::string generator = R"({"name":"gen","nodes":[{"id":"g","task":"echo",
+      "with":{"name":"inner","nodes":[{"id":"x","task":"shell","with":{"command":"id"}}]},
+      "dynamic":{}}]})";
+  {
+    server s({"--workflows", (dir.path() / "wf").string()}, {}, &dir);
+    const std::string inputs = R"({"url":")" + s.url() + R"(/healthz"})";
+    BOOST_REQUIRE(s.post("/v1/workflows", caller("ssrf")).status == 201);
+    auto r = s.post("/v1/runs", R"({"workflow":"ssrf","response":"wait","inputs":)" + inputs + "}");
+    BOOST_TEST(r.status == 200);
+    BOOST_TEST(str(r.doc(), "status") == "failed");
+    BOOST_TEST(r.body.find("refused to connect") != std::string::npos, r.body);
+    auto t = s.post("/v1/runs", R"({"workflow":"trusted","response":"wait","inputs":)" + inputs + "}");
+    BOOST_TEST(str(t.doc(), "status") == "succeeded", t.body);
+    BOOST_REQUIRE(s.post("/v1/workflows", generator).status == 201);
+    auto g = s.post("/v1/runs", R"({"workflow":"gen","response":"wait"})");
+    BOOST_TEST(str(g.doc(), "status") == "failed");
+    BOOST_TEST(g.body.find("uses task 'shell'") != std::string::npos, g.body);
+  }
+  server s({"--allow-http-hosts", "127.0.0.1"});
+  BOOST_REQUIRE(s.post("/v1/workflows", caller("listed")).status == 201);
+  auto ok = s.post("/v1/runs", R"({"workflow":"listed","response":"wait","inputs":{"url":")" +
+                                   s.url() + R"(/healthz"}})");
+  BOOST_TEST(str(ok.doc(), "status") == "succeeded", ok.body);
+}
+
 BOOST_AUTO_TEST_CASE(troupe_load_drives_the_service) {
   server s;
   auto r = run_troupe({"load", "--target", s.url(), "--api-key", s.key(), "--scenario", "W3",
