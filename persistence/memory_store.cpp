@@ -196,12 +196,21 @@ class memory_store final : public store {
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("memory store list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
       std::vector<run_row> out;
+      const bool paged = !q.before_run_id.empty();
+      // (started_at, run_id) < the cursor, run ids compared bytewise as SQLite and PostgreSQL
+      // ("C" collation) compare them.
+      auto before_cursor = [&](const run_row& r) {
+        return r.started_at < q.before_started_at ||
+               (r.started_at == q.before_started_at &&
+                r.run_id.str() < std::string_view(q.before_run_id));
+      };
       {
         std::lock_guard lock(mu_);
         for (const auto& [id, r] : runs_) {
           if ((!q.status || r.status == *q.status) &&
               (q.workflow.empty() || r.workflow == q.workflow) &&
-              (q.parent_run_id.empty() || r.parent_run_id == q.parent_run_id)) {
+              (q.parent_run_id.empty() || r.parent_run_id == q.parent_run_id) &&
+              (!q.top_level || r.parent_run_id.empty()) && (!paged || before_cursor(r))) {
             out.push_back(r);
           }
         }

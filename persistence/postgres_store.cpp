@@ -373,7 +373,9 @@ enum statement_id : std::size_t {
   s_add_dead_letters,
   s_list_dead_letters,
   s_list_runs,
+  s_list_runs_before,
   s_list_child_runs,
+  s_list_child_runs_before,
   s_get_run,
   s_node_rows,
   s_unfinished,
@@ -386,6 +388,29 @@ enum statement_id : std::size_t {
   s_forget_requests,
   s_count
 };
+
+// list_runs' filters: a disabled one (a NULL parameter, top level false) is `true`. CASE rather
+// than "$1 IS NULL OR status = $1": a generic plan estimates each such OR to keep about 1% of the
+// rows, so that on a table without statistics yet it expects a page to hold a row or two and
+// prefers a bitmap scan and a sort of every row before the cursor to the ordered index walk that
+// LIMIT stops early; a CASE is estimated at one half.
+const std::string list_runs_filters =
+    "CASE WHEN $1::text IS NULL THEN true ELSE status = $1::text END AND "
+    "CASE WHEN $2::text IS NULL THEN true ELSE workflow = $2::text END ";
+
+std::string list_runs_sql(bool before) {
+  return "SELECT " + run_cols + " FROM runs WHERE " + list_runs_filters +
+         "AND CASE WHEN $4::boolean THEN COALESCE(parent_run_id, '') = '' ELSE true END " +
+         (before ? "AND (started_at, run_id) < ($5::bigint, $6::text) " : "") +
+         "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint";
+}
+
+std::string list_child_runs_sql(bool before) {
+  return "SELECT " + run_cols +
+         " FROM runs WHERE parent_run_id = $4::text AND parent_run_id <> '' AND " +
+         list_runs_filters + (before ? "AND (started_at, run_id) < ($5::bigint, $6::text) " : "") +
+         "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint";
+}
 
 const std::array<statement, s_count>& statements() {
   static const std::array<statement, s_count> all = {{
@@ -419,18 +444,20 @@ const std::array<statement, s_count>& statements() {
       {"troupe_list_dead_letters",
        "SELECT run_id, tbl, key, \"row\", error, at FROM dead_letters ORDER BY id DESC "
        "LIMIT $1::bigint"},
-      {"troupe_list_runs", "SELECT " + run_cols +
-                               " FROM runs WHERE ($1::text IS NULL OR status = $1::text) AND "
-                               "($2::text IS NULL OR workflow = $2::text) "
-                               "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
-      // A statement of its own rather than "$4 IS NULL OR ...", which a generic plan cannot
+      // list_runs' four statements: $1 status, $2 workflow (NULL: any), $3 limit (NULL: none),
+      // $4 top level only (boolean) or the parent run, $5 and $6 the cursor
+      // (before_started_at, before_run_id). Each walks an index on (…, started_at, run_id)
+      // backwards, which gives the order; the `_before` ones start the walk at the cursor (the
+      // row comparison is an index condition). A single statement with "$6 = '' OR (…) < (…)"
+      // would not: its generic plan only filters by the cursor, so that a page reads every row
+      // before it. status, workflow and top level filter the rows the walk meets.
+      {"troupe_list_runs", list_runs_sql(false)},
+      {"troupe_list_runs_before", list_runs_sql(true)},
+      // Statements of their own rather than "$4 IS NULL OR ...", which a generic plan cannot
       // serve from an index; the literal `<> ''` term lets the planner use the partial index
       // runs_parent.
-      {"troupe_list_child_runs",
-       "SELECT " + run_cols +
-           " FROM runs WHERE parent_run_id = $4::text AND parent_run_id <> '' AND "
-           "($1::text IS NULL OR status = $1::text) AND ($2::text IS NULL OR workflow = $2::text) "
-           "ORDER BY started_at DESC, run_id DESC LIMIT $3::bigint"},
+      {"troupe_list_child_runs", list_child_runs_sql(false)},
+      {"troupe_list_child_runs_before", list_child_runs_sql(true)},
       {"troupe_get_run", "SELECT " + run_cols + " FROM runs WHERE run_id = $1::text"},
       {"troupe_node_rows", "SELECT " + node_cols +
                                " FROM node_executions WHERE run_id = $1::text "
@@ -976,15 +1003,24 @@ class postgres_store final : public store {
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("postgres list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
+      const bool children = !q.parent_run_id.empty();
+      if (q.top_level && children) {
+        return std::vector<run_row>();  // a child run is never top-level
+      }
+      const bool paged = !q.before_run_id.empty();
       const std::string status = q.status ? std::string(to_string(*q.status)) : std::string();
       const std::string limit = std::to_string(q.limit);
+      const std::string before_at = std::to_string(q.before_started_at);
       const char* values[] = {q.status ? status.c_str() : nullptr,
                               q.workflow.empty() ? nullptr : q.workflow.c_str(),
-                              q.limit == 0 ? nullptr : limit.c_str(), q.parent_run_id.c_str()};
+                              q.limit == 0 ? nullptr : limit.c_str(),
+                              children ? q.parent_run_id.c_str() : (q.top_level ? "t" : "f"),
+                              before_at.c_str(),
+                              q.before_run_id.c_str()};
+      const statement_id id = children ? (paged ? s_list_child_runs_before : s_list_child_runs)
+                                       : (paged ? s_list_runs_before : s_list_runs);
       std::lock_guard lock(mu_);
-      auto res = q.parent_run_id.empty()
-                     ? run(s_list_runs, values, 3, PGRES_TUPLES_OK, "list runs")
-                     : run(s_list_child_runs, values, 4, PGRES_TUPLES_OK, "list runs");
+      auto res = run(id, values, paged ? 6 : 4, PGRES_TUPLES_OK, "list runs");
       if (!res) {
         return make_unexpected(res.error());
       }

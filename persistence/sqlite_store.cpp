@@ -172,7 +172,9 @@ enum query_id : std::size_t {
   q_commit,
   q_rollback,
   q_list_runs,
+  q_list_runs_before,
   q_list_child_runs,
+  q_list_child_runs_before,
   q_get_run,
   q_node_rows,
   q_unfinished,
@@ -204,16 +206,28 @@ std::string query_sql(query_id q) {
       return "COMMIT";
     case q_rollback:
       return "ROLLBACK";
+    // list_runs' four statements share their parameters: ?1 status, ?2 workflow (NULL: any),
+    // ?3 limit (-1: none), ?4 parent run, ?5 top level only (0 or 1), ?6 and ?7 the cursor
+    // (before_started_at, before_run_id). All walk an index on (…, started_at, run_id)
+    // backwards, which gives the order; the `_before` ones start it at the cursor (the row
+    // value is a range constraint on the index), since a "?7 IS NULL OR (…) < (…)" term would
+    // only filter, each page reading every row before it. status, workflow and top level
+    // filter the rows the walk meets.
     case q_list_runs:
+    case q_list_runs_before:
       return "SELECT " + run_cols +
              " FROM runs WHERE (?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) "
+             "AND (NOT ?5 OR ifnull(parent_run_id, '') = '') " +
+             (q == q_list_runs_before ? "AND (started_at, run_id) < (?6, ?7) " : "") +
              "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
     case q_list_child_runs:
-      // A statement of its own rather than "?4 IS NULL OR ...", which no index can serve; the
+    case q_list_child_runs_before:
+      // Statements of their own rather than "?4 IS NULL OR ...", which no index can serve; the
       // literal `<> ''` term is what lets SQLite use the partial index runs_parent.
       return "SELECT " + run_cols +
              " FROM runs WHERE parent_run_id = ?4 AND parent_run_id <> '' AND "
-             "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) "
+             "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) " +
+             (q == q_list_child_runs_before ? "AND (started_at, run_id) < (?6, ?7) " : "") +
              "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
     case q_get_run:
       return "SELECT " + run_cols + " FROM runs WHERE run_id = ?1";
@@ -764,8 +778,15 @@ class sqlite_store final : public store {
 
   expected<std::vector<run_row>, store_error> list_runs(const run_query& q) override {
     return guarded("sqlite list_runs", [&]() -> expected<std::vector<run_row>, store_error> {
+      if (q.top_level && !q.parent_run_id.empty()) {
+        return std::vector<run_row>();  // a child run is never top-level
+      }
+      const bool paged = !q.before_run_id.empty();
       std::lock_guard lock(mu_);
-      sqlite3_stmt* s = queries_[q.parent_run_id.empty() ? q_list_runs : q_list_child_runs].get();
+      sqlite3_stmt* s =
+          queries_[q.parent_run_id.empty() ? (paged ? q_list_runs_before : q_list_runs)
+                                           : (paged ? q_list_child_runs_before : q_list_child_runs)]
+              .get();
       reset_guard g{s};
       if (q.status) {
         const std::string_view name = to_string(*q.status);
@@ -782,6 +803,12 @@ class sqlite_store final : public store {
       sqlite3_bind_int64(s, 3, q.limit == 0 ? -1 : static_cast<std::int64_t>(q.limit));
       if (!q.parent_run_id.empty()) {
         bind_text(s, 4, q.parent_run_id);
+      } else {
+        sqlite3_bind_int(s, 5, q.top_level ? 1 : 0);
+      }
+      if (paged) {
+        sqlite3_bind_int64(s, 6, q.before_started_at);
+        bind_text(s, 7, q.before_run_id);
       }
       return read_all<run_row>(s, "list runs", &sqlite_store::read_run);
     });

@@ -176,9 +176,19 @@ struct run_query {
   std::optional<run_status> status;
   std::string workflow;    // empty: any
   std::size_t limit = 50;  // 0: no limit
-  /// Empty: any; else only the child runs of that run. Last, so that aggregate initializers
-  /// written as {status, workflow, limit} keep their meaning.
+  /// Empty: any; else only the child runs of that run. After limit, so that aggregate
+  /// initializers written as {status, workflow, limit} keep their meaning.
   std::string parent_run_id;
+  /// Only runs without a parent (top-level runs), when set. With parent_run_id set too, no run
+  /// matches. The fields below come after the older ones for the same reason as parent_run_id.
+  bool top_level = false;
+  /// Paging, newest first: only runs strictly after this position in the list order, i.e. with
+  /// (started_at, run_id) < (before_started_at, before_run_id). Empty before_run_id: from the
+  /// start. With the last row of each page as the cursor of the next, the pages concatenate to
+  /// the whole list: no run twice, none missed (of the runs that exist throughout; a run started
+  /// meanwhile sorts before the cursor and shows up only in a new first page).
+  std::int64_t before_started_at = 0;
+  std::string before_run_id;
 };
 
 class store {
@@ -241,7 +251,9 @@ class store {
   /// Removes the entries created before `before_us`; returns how many.
   virtual expected<std::size_t, store_error> forget_requests(std::int64_t before_us) = 0;
 
-  /// Newest first (by started_at, then run_id).
+  /// Newest first (by started_at, then run_id, both descending), filtered as `q` says, at most
+  /// q.limit rows. SQL backends seek the (started_at, run_id) index (runs_parent for
+  /// parent_run_id) to the cursor, so a page costs its rows, not the rows before it.
   virtual expected<std::vector<run_row>, store_error> list_runs(const run_query& q) = 0;
   virtual expected<std::optional<run_row>, store_error> get_run(std::string_view run_id) = 0;
   /// Ordered by started_at, node_id, item, attempt.

@@ -1,6 +1,8 @@
 #include "test/persistence/conformance.hpp"
 
+#include <algorithm>
 #include <atomic>
+#include <limits>
 #include <thread>
 
 namespace utf = boost::unit_test;
@@ -813,6 +815,198 @@ BOOST_AUTO_TEST_CASE(lists_the_child_runs_of_a_run, *utf::timeout(60)) {
   auto children = must_list(runs_query().children_of("p2"));
   BOOST_REQUIRE_EQUAL(children.size(), 1u);
   check_same(children[0], b.runs[6]);
+}
+
+namespace {
+
+/// ~25 runs for the paging tests: ids of mixed lengths and cases (run ids order bytewise:
+/// "Zed" < "a" < "r1" < "r10" < "r2"), groups with equal started_at and runs with distinct ones,
+/// statuses and workflows mixed, six child runs (of r0 and r1) among the top-level ones.
+std::vector<run_row> paging_runs() {
+  std::vector<run_row> out;
+  const run_status statuses[] = {run_status::succeeded, run_status::failed, run_status::running};
+  for (int i = 0; i < 25; ++i) {
+    // r0 to r11 in three groups of four equal starts; r12 to r24 one start each.
+    run_row r = sample_run("r" + std::to_string(i), i < 12 ? 1000 + 100 * (i % 3) : 2000 + 37 * i);
+    r.status = statuses[i % 3];
+    r.workflow = i % 2 == 0 ? "etl" : "report";
+    if (i % 4 == 3) {
+      r.parent_run_id = i % 8 == 3 ? "r0" : "r1";
+      r.parent_node_id = "spawn";
+    }
+    out.push_back(r);
+  }
+  for (const char* id : {"Zed", "a"}) {  // tied with r0, r3, r6, r9
+    run_row r = sample_run(id, 1000);
+    r.status = run_status::succeeded;
+    out.push_back(r);
+  }
+  return out;
+}
+
+/// The ids of the runs `keep` accepts, newest first: started_at, then run_id (bytewise),
+/// both descending. What list_runs must answer, worked out independently of any store.
+template <class Pred>
+std::vector<std::string> newest_first(std::vector<run_row> runs, Pred keep) {
+  std::erase_if(runs, [&](const run_row& r) { return !keep(r); });
+  std::sort(runs.begin(), runs.end(), [](const run_row& a, const run_row& b) {
+    if (a.started_at != b.started_at) {
+      return a.started_at > b.started_at;
+    }
+    return a.run_id.str() > b.run_id.str();
+  });
+  std::vector<std::string> out;
+  for (const auto& r : runs) {
+    out.push_back(r.run_id);
+  }
+  return out;
+}
+
+}  // namespace
+
+BOOST_AUTO_TEST_CASE(pages_through_runs_with_the_last_row_of_each_page_as_the_cursor,
+                     *utf::timeout(60)) {
+  const std::vector<run_row> runs = paging_runs();
+  must_write(*s, write_batch{runs, {}, {}, {}});
+  using v = std::vector<std::string>;
+
+  // Pages of `size` from `q`, each after the last row of the one before, until a short page
+  // (an empty one when the rows fill the last page exactly): all the ids, in page order.
+  auto page_through = [&](runs_query q, std::size_t size) {
+    v out;
+    std::size_t pages = 0;
+    std::size_t total = 0;
+    runs_query next = q;
+    next.limit(size);
+    for (;;) {
+      BOOST_REQUIRE_MESSAGE(++pages <= 30, "paging does not end");
+      const auto page = must_list(next);
+      BOOST_TEST(page.size() <= size);
+      total += page.size();
+      for (const auto& r : page) {
+        out.push_back(r.run_id);
+      }
+      if (page.size() < size) {
+        break;
+      }
+      next = q;
+      next.limit(size).before(page.back().started_at, page.back().run_id);
+    }
+    BOOST_TEST(pages == total / size + 1);  // full pages, then the short (or empty) one
+    return out;
+  };
+  auto no_duplicates = [](v ids) {
+    std::sort(ids.begin(), ids.end());
+    return std::adjacent_find(ids.begin(), ids.end()) == ids.end();
+  };
+
+  struct filter {
+    const char* name;
+    runs_query q;
+    std::function<bool(const run_row&)> keep;
+  };
+  const filter filters[] = {
+      {"none", runs_query(), [](const run_row&) { return true; }},
+      {"status", runs_query().status(run_status::succeeded),
+       [](const run_row& r) { return r.status == run_status::succeeded; }},
+      {"workflow", runs_query().workflow("report"),
+       [](const run_row& r) { return r.workflow == "report"; }},
+      {"top_level", runs_query().top_level(),
+       [](const run_row& r) { return r.parent_run_id.empty(); }},
+      {"status, workflow", runs_query().status(run_status::failed).workflow("etl"),
+       [](const run_row& r) { return r.status == run_status::failed && r.workflow == "etl"; }},
+      {"workflow, top_level", runs_query().workflow("etl").top_level(),
+       [](const run_row& r) { return r.workflow == "etl" && r.parent_run_id.empty(); }},
+      {"status, workflow, top_level",
+       runs_query().status(run_status::succeeded).workflow("etl").top_level(),
+       [](const run_row& r) {
+         return r.status == run_status::succeeded && r.workflow == "etl" && r.parent_run_id.empty();
+       }},
+      {"children", runs_query().children_of("r1"),
+       [](const run_row& r) { return r.parent_run_id == "r1"; }},
+      {"children, workflow", runs_query().children_of("r0").workflow("report"),
+       [](const run_row& r) { return r.parent_run_id == "r0" && r.workflow == "report"; }},
+  };
+  for (const auto& f : filters) {
+    BOOST_TEST_CONTEXT("filter: " << f.name) {
+      const v want = newest_first(runs, f.keep);
+      BOOST_TEST(ids(must_list(runs_query(f.q).limit(0))) == want,
+                 boost::test_tools::per_element());
+      for (std::size_t size : {7u, 1u, 3u}) {
+        BOOST_TEST_CONTEXT("pages of " << size) {
+          const v paged = page_through(f.q, size);
+          BOOST_TEST(paged == want, boost::test_tools::per_element());  // no gap, in order
+          BOOST_TEST(no_duplicates(paged));
+        }
+      }
+    }
+  }
+  // The unfiltered list, spelled out: equal starts by run id, descending and bytewise.
+  BOOST_TEST(ids(must_list(runs_query().limit(0))) ==
+                 (v{"r24", "r23", "r22", "r21", "r20", "r19", "r18", "r17", "r16",
+                    "r15", "r14", "r13", "r12", "r8",  "r5",  "r2",  "r11", "r7",
+                    "r4",  "r10", "r1",  "r9",  "r6",  "r3",  "r0",  "a",   "Zed"}),
+             boost::test_tools::per_element());
+  // 27 runs in pages of 7: 7, 7, 7, 6.
+  BOOST_TEST(page_through(runs_query(), 7).size() == 27u);
+}
+
+BOOST_AUTO_TEST_CASE(starts_a_page_strictly_after_any_cursor, *utf::timeout(60)) {
+  const std::vector<run_row> runs = paging_runs();
+  must_write(*s, write_batch{runs, {}, {}, {}});
+  using v = std::vector<std::string>;
+  auto after = [&](std::int64_t at, const std::string& id) {
+    return newest_first(runs, [&](const run_row& r) {
+      return r.started_at < at || (r.started_at == at && r.run_id.str() < id);
+    });
+  };
+
+  // At a run: the runs after it, not the run itself.
+  BOOST_TEST(ids(must_list(runs_query().limit(0).before(1100, "r4"))) == after(1100, "r4"),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().limit(3).before(1100, "r4"))) == (v{"r10", "r1", "r9"}),
+             boost::test_tools::per_element());
+  // Between runs: a run id that no run has, a start that no run has.
+  BOOST_TEST(ids(must_list(runs_query().limit(0).before(1000, "b"))) == (v{"a", "Zed"}),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().limit(0).before(1150, "0"))) == after(1150, "0"),
+             boost::test_tools::per_element());
+  BOOST_TEST(ids(must_list(runs_query().limit(0).before(1150, "0"))).size() == 10u);
+  // Before the newest run: everything.
+  BOOST_TEST(
+      ids(must_list(runs_query().limit(0).before(std::numeric_limits<std::int64_t>::max(), "x")))
+          .size() == runs.size());
+  // An empty run id is no cursor, whatever the start.
+  BOOST_TEST(ids(must_list(runs_query().limit(0).before(1000, ""))).size() == runs.size());
+  // Past the end: nothing.
+  BOOST_TEST(must_list(runs_query().before(1000, "Zed")).empty());
+  BOOST_TEST(must_list(runs_query().before(1000, "A")).empty());
+  BOOST_TEST(must_list(runs_query().before(999, "zzz")).empty());
+  BOOST_TEST(
+      must_list(runs_query().before(std::numeric_limits<std::int64_t>::min(), "r1")).empty());
+  BOOST_TEST(must_list(runs_query().children_of("r1").before(1100, "r7")).empty());
+  // With a filter: the cursor needs not be a row the filter keeps.
+  BOOST_TEST(
+      ids(must_list(runs_query().top_level().limit(2).before(1200, "r11"))) == (v{"r4", "r10"}),
+      boost::test_tools::per_element());
+}
+
+BOOST_AUTO_TEST_CASE(lists_only_top_level_runs_when_asked, *utf::timeout(60)) {
+  const std::vector<run_row> runs = paging_runs();
+  must_write(*s, write_batch{runs, {}, {}, {}});
+  const auto top = must_list(runs_query().top_level().limit(0));
+  BOOST_TEST(top.size() == runs.size() - 6);
+  for (const auto& r : top) {
+    BOOST_TEST(r.parent_run_id.empty(), r.run_id.str() << " has a parent");
+  }
+  // The rows come back whole.
+  BOOST_REQUIRE(!top.empty());
+  BOOST_REQUIRE_EQUAL(top.back().run_id.str(), "Zed");
+  check_same(top.back(), runs[25]);
+  // Children of a run are never top-level; false is no filter.
+  BOOST_TEST(must_list(runs_query().top_level().children_of("r0")).empty());
+  BOOST_TEST(must_list(runs_query().top_level(false).limit(0)).size() == runs.size());
+  BOOST_TEST(must_list(runs_query().top_level(false).children_of("r0")).size() == 3u);
 }
 
 BOOST_AUTO_TEST_CASE(finds_unfinished_runs_oldest_first, *utf::timeout(60)) {

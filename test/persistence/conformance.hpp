@@ -112,6 +112,16 @@ class runs_query {
     q_.limit = n;
     return *this;
   }
+  runs_query& top_level(bool on = true) {
+    q_.top_level = on;
+    return *this;
+  }
+  /// The cursor: only runs after (started_at, run_id) in the newest-first order.
+  runs_query& before(std::int64_t started_at, std::string run_id) {
+    q_.before_started_at = started_at;
+    q_.before_run_id = std::move(run_id);
+    return *this;
+  }
   operator run_query() const { return q_; }
 
  private:

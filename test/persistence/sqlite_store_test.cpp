@@ -198,6 +198,39 @@ BOOST_AUTO_TEST_CASE(lists_child_runs_through_the_parent_index, *utf::timeout(30
   BOOST_TEST(plan.find("TEMP B-TREE") == std::string::npos, plan);  // the index gives the order
 }
 
+BOOST_AUTO_TEST_CASE(pages_runs_from_the_cursor_through_the_started_and_parent_indexes,
+                     *utf::timeout(30)) {
+  const std::string path = fresh_path();
+  must_open(path);
+  raw_db raw(path);
+  // The store's list_runs statements, parameters as it numbers them.
+  const std::string filters = "(?1 IS NULL OR status = ?1) AND (?2 IS NULL OR workflow = ?2) ";
+  const std::string top = "AND (NOT ?5 OR ifnull(parent_run_id, '') = '') ";
+  const std::string order = "ORDER BY started_at DESC, run_id DESC LIMIT ?3";
+  const std::string cursor = "AND (started_at, run_id) < (?6, ?7) ";
+  const std::string children =
+      "SELECT * FROM runs WHERE parent_run_id = ?4 AND parent_run_id <> '' AND ";
+
+  // q_list_runs_before: a search of runs_started that starts at the cursor (the row value is a
+  // range constraint of the index), and no sort: the index gives the order.
+  std::string plan =
+      raw.text("EXPLAIN QUERY PLAN SELECT * FROM runs WHERE " + filters + top + cursor + order);
+  BOOST_TEST(plan.find("SEARCH runs USING INDEX runs_started ((started_at,run_id)<(?,?))") !=
+                 std::string::npos,
+             plan);
+  BOOST_TEST(plan.find("TEMP B-TREE") == std::string::npos, plan);
+  // q_list_child_runs_before: runs_parent, from the parent's entry at the cursor.
+  plan = raw.text("EXPLAIN QUERY PLAN " + children + filters + cursor + order);
+  BOOST_TEST(plan.find("USING INDEX runs_parent (parent_run_id=? AND (started_at,run_id)<(?,?))") !=
+                 std::string::npos,
+             plan);
+  BOOST_TEST(plan.find("TEMP B-TREE") == std::string::npos, plan);
+  // q_list_runs: the first page walks runs_started from its end.
+  plan = raw.text("EXPLAIN QUERY PLAN SELECT * FROM runs WHERE " + filters + top + order);
+  BOOST_TEST(plan.find("USING INDEX runs_started") != std::string::npos, plan);
+  BOOST_TEST(plan.find("TEMP B-TREE") == std::string::npos, plan);
+}
+
 // Version 1 exactly as troupe wrote it (sqlite_store.cpp before version 2), with its
 // bookkeeping: troupe_schema holding one row, 1.
 constexpr const char* v1_schema[] = {
