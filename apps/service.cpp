@@ -1116,7 +1116,8 @@ struct service::impl {
       cursor = *c;
     }
     net::post(pool, [this, rs, q, top_level, cursor]() mutable {
-      // Newest first by (started_at, run_id); a cursor names the last run of the page before.
+      // Newest first by (started_at, run_id); a cursor names the last run of the page before,
+      // and the store continues after it (an index walk, not a scan).
       std::optional<std::pair<std::int64_t, std::string>> from;
       if (!cursor.empty()) {
         auto colon = cursor.find(':');
@@ -1128,30 +1129,24 @@ struct service::impl {
         from.emplace(*at, cursor.substr(colon + 1));
       }
       std::size_t want = q.limit;
-      q.limit = 0;  // filtered below: top_level and the cursor are not store queries (yet)
+      q.limit = want + 1;  // one more than the page: whether there is a next one
+      q.top_level = top_level;
+      if (from) {
+        q.before_started_at = from->first;
+        q.before_run_id = from->second;
+      }
       auto runs = eng.list_runs(q);
       if (!runs) {
         return rs.answer(error_response(503, "store_unavailable", runs.error().message));
       }
-      std::vector<run_row> page;
-      for (auto& r : *runs) {
-        if (top_level && !r.parent_run_id.empty()) {
-          continue;
-        }
-        if (from && !(r.started_at < from->first ||
-                      (r.started_at == from->first && r.run_id.str() < from->second))) {
-          continue;
-        }
-        page.push_back(std::move(r));
-        if (page.size() == want + 1) {
-          break;
-        }
+      std::vector<run_row>& page = *runs;
+      const bool more = page.size() > want;
+      if (more) {
+        page.resize(want);
       }
-      json::object doc = runs_document(std::vector<run_row>(
-                                           page.begin(), page.begin() + std::min(want, page.size())))
-                             .as_object();
-      if (page.size() > want) {
-        const auto& last = page[want - 1];
+      json::object doc = runs_document(page).as_object();
+      if (more) {
+        const auto& last = page.back();
         doc["next_cursor"] = std::to_string(last.started_at) + ":" + last.run_id.str();
       } else {
         doc["next_cursor"] = nullptr;

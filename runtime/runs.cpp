@@ -1,5 +1,7 @@
 #include "runtime/runs.hpp"
 
+#include <algorithm>
+
 #include <cstdio>
 #include <random>
 #include <utility>
@@ -76,15 +78,37 @@ void memory_log::remember(const run_result& r) {
   }
 }
 
+// Newest first, as the stores list them: these rows carry no start time (0), and run ids are
+// time-ordered, so by run id descending. Only top-level runs are kept here: a parent filter
+// matches none.
 std::vector<run_row> memory_log::list(const run_query& q) const {
   std::vector<run_row> out;
-  std::lock_guard<std::mutex> lock(mutex_);
-  for (auto it = runs_.rbegin(); it != runs_.rend() && out.size() < q.limit; ++it) {
-    const run_result& r = **it;
-    if ((q.status && *q.status != r.status) || (!q.workflow.empty() && q.workflow != r.workflow)) {
-      continue;
+  if (!q.parent_run_id.empty()) {
+    return out;
+  }
+  std::vector<std::shared_ptr<const run_result>> matches;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& r : runs_) {
+      if ((q.status && *q.status != r->status) ||
+          (!q.workflow.empty() && q.workflow != r->workflow)) {
+        continue;
+      }
+      if (!q.before_run_id.empty() &&
+          !(0 < q.before_started_at ||
+            (0 == q.before_started_at && r->run_id < q.before_run_id))) {
+        continue;
+      }
+      matches.push_back(r);
     }
-    out.push_back(row_of(r));
+  }
+  std::sort(matches.begin(), matches.end(),
+            [](const auto& a, const auto& b) { return a->run_id > b->run_id; });
+  for (const auto& r : matches) {
+    if (q.limit != 0 && out.size() >= q.limit) {
+      break;
+    }
+    out.push_back(row_of(*r));
   }
   return out;
 }

@@ -566,6 +566,44 @@ BOOST_AUTO_TEST_CASE(api_workflows_are_held_to_the_operators_limits) {
   BOOST_TEST(str(ok.doc(), "status") == "succeeded", ok.body);
 }
 
+BOOST_AUTO_TEST_CASE(runs_are_listed_newest_first_page_by_page) {
+  for (std::string db : {std::string(), std::string("memory://")}) {
+    server s({}, db);
+    BOOST_REQUIRE(s.post("/v1/workflows", doubler).status == 201);
+    std::vector<std::string> started;
+    for (int i = 0; i < 7; ++i) {
+      auto r = s.post("/v1/runs", R"({"workflow":"svc","response":"wait","inputs":{"n":)" +
+                                      std::to_string(i) + "}}");
+      BOOST_REQUIRE(r.status == 200);
+      started.push_back(str(r.doc(), "run_id"));
+    }
+    std::vector<std::string> listed;
+    std::string cursor;
+    int pages = 0;
+    for (;;) {
+      auto page = s.get("/v1/runs?workflow=svc&top_level=true&limit=3" +
+                        (cursor.empty() ? std::string() : "&cursor=" + cursor));
+      BOOST_REQUIRE(page.status == 200);
+      ++pages;
+      const json::value doc = page.doc();
+      for (const auto& r : doc.at("runs").as_array()) {
+        listed.push_back(str(r, "run_id"));
+      }
+      const auto& next = doc.at("next_cursor");
+      if (next.is_null()) {
+        break;
+      }
+      cursor = std::string(next.as_string());
+      BOOST_REQUIRE(pages < 10);
+    }
+    BOOST_TEST(pages == 3);
+    std::vector<std::string> newest_first(started.rbegin(), started.rend());
+    BOOST_TEST(listed == newest_first, "db " << (db.empty() ? "sqlite" : db));
+    BOOST_TEST(s.get("/v1/runs?cursor=nonsense").status == 400);
+    BOOST_TEST(s.get("/v1/runs?limit=0").status == 400);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(troupe_load_drives_the_service) {
   server s;
   auto r = run_troupe({"load", "--target", s.url(), "--api-key", s.key(), "--scenario", "W3",
