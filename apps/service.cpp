@@ -695,6 +695,10 @@ struct service::impl {
       std::lock_guard lock(feed->mutex);
       feed->finished = true;
       feed->result = std::move(doc);
+      while (feed->history.size() > config.finished_feed_events) {
+        feed->history.pop_front();
+        feed->trimmed = true;
+      }
       for (auto& s : feed->streams) {
         s->end_stream();
       }

@@ -48,6 +48,9 @@ struct service_config {
   /// and how many finished runs keep theirs (and their result documents).
   std::size_t feed_events = 10000;
   std::size_t finished_feeds = 1000;
+  /// A finished run keeps at most this many of its latest events in memory (the rest replay
+  /// from the log): bounds what finished_feeds hold.
+  std::size_t finished_feed_events = 1000;
   /// /readyz fails while the writer holds this many rows or more waiting for a commit.
   std::size_t ready_max_pending = 100000;
   /// Threads of the pool that runs store queries.
