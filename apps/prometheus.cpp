@@ -25,9 +25,34 @@ std::string escape_label(const std::string& v) {
   return out;
 }
 
-std::string labels_text(const std::vector<std::string>& names, const label_values& values,
+// Label values joined by a separator no label value holds after escaping... any byte may appear
+// in a value, so the key is length-prefixed instead: unambiguous, and cheap to build.
+const std::string& series_key(label_values values) {
+  thread_local std::string key;
+  key.clear();
+  for (std::string_view v : values) {
+    key += std::to_string(v.size());
+    key += ':';
+    key += v;
+  }
+  return key;
+}
+
+std::vector<std::string> split_key(std::string_view key) {
+  std::vector<std::string> out;
+  while (!key.empty()) {
+    auto colon = key.find(':');
+    std::size_t n = std::stoul(std::string(key.substr(0, colon)));
+    out.emplace_back(key.substr(colon + 1, n));
+    key.remove_prefix(colon + 1 + n);
+  }
+  return out;
+}
+
+std::string labels_text(const std::vector<std::string>& names, const std::string& key,
                         const std::string& extra = {}) {
   std::string out;
+  auto values = split_key(key);
   for (std::size_t i = 0; i < names.size() && i < values.size(); ++i) {
     out += out.empty() ? "{" : ",";
     out += names[i] + "=\"" + escape_label(values[i]) + "\"";
@@ -66,9 +91,14 @@ counter_family::counter_family(std::string name, std::string help,
                                std::vector<std::string> labels)
     : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)) {}
 
-void counter_family::add(const label_values& values, double amount) {
+void counter_family::add(label_values values, double amount) {
+  const std::string& key = series_key(values);
   std::lock_guard lock(mutex_);
-  series_[values] += amount;
+  auto it = series_.find(std::string_view(key));
+  if (it == series_.end()) {
+    it = series_.emplace(key, 0.0).first;
+  }
+  it->second += amount;
 }
 
 void counter_family::render(std::string& out) const {
@@ -86,14 +116,17 @@ histogram_family::histogram_family(std::string name, std::string help,
       labels_(std::move(labels)),
       bounds_(std::move(bounds)) {}
 
-void histogram_family::observe(const label_values& values, double value) {
+void histogram_family::observe(label_values values, double value) {
   std::size_t b = static_cast<std::size_t>(
       std::lower_bound(bounds_.begin(), bounds_.end(), value) - bounds_.begin());
+  const std::string& key = series_key(values);
   std::lock_guard lock(mutex_);
-  auto& s = series_[values];
-  if (s.buckets.empty()) {
-    s.buckets.assign(bounds_.size() + 1, 0);
+  auto it = series_.find(std::string_view(key));
+  if (it == series_.end()) {
+    it = series_.emplace(key, series{}).first;
+    it->second.buckets.assign(bounds_.size() + 1, 0);
   }
+  auto& s = it->second;
   ++s.buckets[b];
   s.sum += value;
   ++s.count;

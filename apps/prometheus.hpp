@@ -4,6 +4,8 @@
 // Thread-safe: each family has its own mutex, held only to find a series and bump it.
 
 #include <array>
+#include <initializer_list>
+#include <string_view>
 #include <cstdint>
 #include <map>
 #include <mutex>
@@ -12,20 +14,21 @@
 
 namespace troupe::cli {
 
-/// Label values in family order ("workflow", "status", ...).
-using label_values = std::vector<std::string>;
+/// Label values in family order ("workflow", "status", ...). Views: a series is found without
+/// allocating (only its first observation copies them).
+using label_values = std::initializer_list<std::string_view>;
 
 class counter_family {
  public:
   counter_family(std::string name, std::string help, std::vector<std::string> labels);
-  void add(const label_values& values, double amount = 1);
+  void add(label_values values, double amount = 1);
   void render(std::string& out) const;
 
  private:
   std::string name_, help_;
   std::vector<std::string> labels_;
   mutable std::mutex mutex_;
-  std::map<label_values, double> series_;
+  std::map<std::string, double, std::less<>> series_;  // by joined label values
 };
 
 class histogram_family {
@@ -33,7 +36,7 @@ class histogram_family {
   /// `bounds`: the upper bounds of the buckets, ascending (+Inf is added).
   histogram_family(std::string name, std::string help, std::vector<std::string> labels,
                    std::vector<double> bounds);
-  void observe(const label_values& values, double value);
+  void observe(label_values values, double value);
   void render(std::string& out) const;
 
  private:
@@ -46,7 +49,7 @@ class histogram_family {
   std::vector<std::string> labels_;
   std::vector<double> bounds_;
   mutable std::mutex mutex_;
-  std::map<label_values, series> series_;
+  std::map<std::string, series, std::less<>> series_;  // by joined label values
 };
 
 /// One sample line of a gauge or counter without labels, with its HELP and TYPE lines.

@@ -235,7 +235,17 @@ struct run_feed {
   std::deque<run_event> history;
   bool trimmed = false;  // older events were dropped: replay those from the log
   bool finished = false;
-  std::string result;  // the result document (JSON text) once finished
+  // Once finished: the result, and its document (JSON text) made the first time one is asked
+  // for (most runs' callers never read it back: async starts).
+  std::shared_ptr<const run_result> result_value;
+  std::string result;
+
+  const std::string& result_text() {
+    if (result.empty() && result_value) {
+      result = boost::json::serialize(to_json(*result_value));
+    }
+    return result;
+  }
   std::vector<std::shared_ptr<http_exchange>> streams;
 };
 
@@ -656,7 +666,7 @@ struct service::impl {
     return [this, feed, p](const run_event& e) {
       if (e.what == run_event::kind::node_finished && e.duration_us >= 0) {
         const node_plan* np = p->find_node(e.node_id);
-        node_seconds.observe({np ? np->task : std::string("?")},
+        node_seconds.observe({np ? std::string_view(np->task) : std::string_view("?")},
                              static_cast<double>(e.duration_us) / 1e6);
       }
       run_event kept;
@@ -687,14 +697,14 @@ struct service::impl {
   // Called once when a run started here ends, on an engine thread.
   void run_ended(const std::shared_ptr<run_feed>& feed, const run_result& r,
                  const std::string& key) {
-    runs_finished.add({r.workflow, std::string(to_string(r.status))});
+    runs_finished.add({r.workflow, to_string(r.status)});
     give_run_slot(key);
     in_flight.fetch_sub(1);
-    std::string doc = boost::json::serialize(to_json(r));
+    auto kept = std::make_shared<const run_result>(r);
     {
       std::lock_guard lock(feed->mutex);
       feed->finished = true;
-      feed->result = std::move(doc);
+      feed->result_value = std::move(kept);
       while (feed->history.size() > config.finished_feed_events) {
         feed->history.pop_front();
         feed->trimmed = true;
@@ -950,7 +960,7 @@ struct service::impl {
       std::lock_guard lock(feed->mutex);
       if (feed->finished) {
         w->answered = true;
-        return rs.answer({200, "application/json", feed->result, {}});
+        return rs.answer({200, "application/json", feed->result_text(), {}});
       }
     }
     w->timer.expires_after(r.wait);
@@ -977,10 +987,10 @@ struct service::impl {
       std::string doc;
       {
         std::lock_guard lock(feed->mutex);
-        if (feed->result.empty() && r != nullptr) {
+        if (feed->result.empty() && !feed->result_value && r != nullptr) {
           feed->result = boost::json::serialize(to_json(*r));
         }
-        doc = feed->result;
+        doc = feed->result_text();
       }
       w->rs.answer({200, "application/json", std::move(doc), {}});
       net::post(strand, [w] { w->timer.cancel(); });
