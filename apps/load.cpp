@@ -621,6 +621,12 @@ void print_text(const load_plan& p, const workflow_info& info,
   }
 
   for (const auto& r : results) {
+    if (open) {
+      out << "\nlateness of the arrivals (the driver's own wake-ups, inside the latencies): "
+          << to_string(r.mode) << " p50 "
+          << fmt_latency(static_cast<std::uint64_t>(r.phase.lateness_p50.count())) << ", p99 "
+          << fmt_latency(static_cast<std::uint64_t>(r.phase.lateness_p99.count()));
+    }
     if (open && r.phase.max_lateness > std::chrono::milliseconds(1)) {
       out << "\nnote: " << to_string(r.mode) << " fell behind the schedule (an arrival started "
           << fmt_latency(static_cast<std::uint64_t>(r.phase.max_lateness.count()))
@@ -656,6 +662,12 @@ json::value result_json(const mode_result& r, const mode_result& first, bool ope
       {"p50", ratio_json(ratio(static_cast<double>(r.p50), static_cast<double>(first.p50)))},
       {"p99", ratio_json(ratio(static_cast<double>(r.p99), static_cast<double>(first.p99)))}};
   o["peak_in_flight"] = r.phase.peak_in_flight;
+  o["lateness_p50_us"] =
+      open ? json::value(us_of(static_cast<std::uint64_t>(r.phase.lateness_p50.count())))
+           : json::value(nullptr);
+  o["lateness_p99_us"] =
+      open ? json::value(us_of(static_cast<std::uint64_t>(r.phase.lateness_p99.count())))
+           : json::value(nullptr);
   o["max_lateness_us"] =
       open ? json::value(us_of(static_cast<std::uint64_t>(r.phase.max_lateness.count())))
            : json::value(nullptr);

@@ -96,6 +96,11 @@ struct phase_result {
   /// Open loop: how late the latest arrival was started after its scheduled time; the
   /// engine (or the start call itself) fell behind when this is large.
   std::chrono::nanoseconds max_lateness{0};
+  /// Open loop: the median and 99th percentile of that lateness over all arrivals. A run's
+  /// latency counts from its scheduled arrival, so the driver's own late wake-ups are in the
+  /// runs' latencies too: these say how much.
+  std::chrono::nanoseconds lateness_p50{0};
+  std::chrono::nanoseconds lateness_p99{0};
   bool stopped_early = false;  // interrupted (Ctrl-C)
 };
 
