@@ -535,8 +535,19 @@ void session::close() {
 void http_server::impl::do_accept() {
   acceptor.async_accept(
       net::make_strand(ioc), [self = shared_from_this()](beast::error_code ec, tcp::socket socket) {
-        if (ec || !self->accepting) {
+        if (!self->accepting || ec == net::error::operation_aborted) {
           return;  // stopped
+        }
+        if (ec) {
+          // Out of file descriptors (EMFILE), or the peer left before it was accepted: try
+          // again shortly, on a timer; accepting must not end for good.
+          auto retry = std::make_shared<net::steady_timer>(self->ioc, std::chrono::milliseconds(50));
+          retry->async_wait([self, retry](beast::error_code) {
+            if (self->accepting) {
+              self->do_accept();
+            }
+          });
+          return;
         }
         self->accepted.fetch_add(1);
         if (self->open.load() >= self->config.max_connections) {

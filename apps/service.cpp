@@ -246,6 +246,17 @@ struct run_feed {
     }
     return result;
   }
+  // Requests waiting for the end (guarded by mutex); answered once, then cleared.
+  std::vector<std::function<void(http_response)>> waiters;
+  // The run could not be started: what its waiters are told instead of a result.
+  std::optional<http_response> failed;
+
+  http_response final_answer() {
+    if (failed) {
+      return *failed;
+    }
+    return {200, "application/json", result_text(), {}};
+  }
   std::vector<std::shared_ptr<http_exchange>> streams;
 };
 
@@ -263,6 +274,8 @@ struct service::impl {
   service_config config;
   std::function<http_server_stats()> server_stats;
   policy_ptr policy;  // for runs of workflows registered through the API
+  std::mutex register_mutex;
+  std::set<std::string, std::less<>> operator_names;  // names of the trusted workflows
   net::thread_pool pool;
   std::atomic<bool> starting{true};
   std::atomic<std::size_t> in_flight{0};
@@ -309,6 +322,11 @@ struct service::impl {
     p->private_addresses =
         std::find(p->allowed_hosts.begin(), p->allowed_hosts.end(), "*") != p->allowed_hosts.end();
     policy = std::move(p);
+    for (const auto& w : eng.workflows()) {
+      if (config.trusted_plans.count(w.plan->hash)) {
+        operator_names.insert(w.plan->name);
+      }
+    }
   }
 
   // Runs of workflows that came through the API are held to the operator's limits (their
@@ -607,6 +625,25 @@ struct service::impl {
       if (!refused.empty()) {
         return rs.answer(validation_response(403, "task_not_allowed", refused));
       }
+      const plan& c = **compiled;
+      // Under one lock: the check and the registration, so that two clients cannot both
+      // pass the check with different documents.
+      std::lock_guard register_lock(register_mutex);
+      if (operator_names.count(c.name)) {
+        return rs.answer(error_response(
+            403, "reserved_workflow",
+            "'" + c.name + "' is the name of one of the operator's workflows: a workflow "
+            "registered through the API cannot take it (nor a version of it)",
+            "/name"));
+      }
+      if (auto existing = eng.find_workflow(c.name, c.version);
+          existing && existing->hash != c.hash) {
+        return rs.answer(error_response(
+            409, "version_exists",
+            "'" + c.name + "' version '" + c.version +
+                "' is registered already with another document: give it a new version",
+            "/version"));
+      }
       auto registered = eng.register_workflow(*doc);
       if (!registered) {
         return rs.answer(validation_response(400, "invalid_workflow", registered.error()));
@@ -709,6 +746,13 @@ struct service::impl {
         feed->history.pop_front();
         feed->trimmed = true;
       }
+      if (!feed->waiters.empty()) {
+        http_response answer = feed->final_answer();
+        for (auto& w : feed->waiters) {
+          w(answer);
+        }
+        feed->waiters.clear();
+      }
       for (auto& s : feed->streams) {
         s->end_stream();
       }
@@ -718,7 +762,11 @@ struct service::impl {
     live.erase(r.run_id);
     finished_order.push_back(r.run_id);
     while (finished_order.size() > config.finished_feeds) {
-      feeds.erase(finished_order.front());
+      // Only a finished feed goes: the id may be running again (resumed) under a new one.
+      if (auto it = feeds.find(finished_order.front());
+          it != feeds.end() && live_feed_finished(*it->second)) {
+        feeds.erase(it);
+      }
       finished_order.pop_front();
     }
   }
@@ -905,25 +953,60 @@ struct service::impl {
     }
     auto feed = std::make_shared<run_feed>();
     feed->run_id = id;
+    std::shared_ptr<run_feed> existing;
     {
       std::lock_guard lock(feeds_mutex);
-      feeds[id] = feed;
+      auto [it, inserted] = feeds.try_emplace(id, feed);
+      if (!inserted) {
+        existing = it->second;
+      }
+    }
+    if (existing) {
+      // A retry that overtook the first request of its Idempotency-Key: that request starts
+      // the run; this one answers from its feed.
+      give_run_slot(key);
+      return answer_for(rs, r, existing, id, 200);
     }
     start_options o;
     o.run_id = id;
     o.on_event = event_sink(feed, p);
     o.policy = policy_for(*p);
+    o.never_wait = true;  // an HTTP thread serves other connections: never block it
     auto started = eng.start(p, std::move(r.inputs), std::move(o));
     if (!started) {
       give_run_slot(key);
-      {
-        std::lock_guard lock(feeds_mutex);
-        feeds.erase(id);
-      }
-      return rs.answer(validation_response(400, "invalid_inputs", started.error()));
+      http_response refused = validation_response(400, "invalid_inputs", started.error());
+      abandon(feed, refused);
+      return rs.answer(std::move(refused));
     }
     track(*started, feed, p->name, key);
     answer_for(rs, r, feed, id, 202);
+  }
+
+  static bool live_feed_finished(run_feed& f) {
+    std::lock_guard lock(f.mutex);
+    return f.finished;
+  }
+
+  // A run that could not be started: its feed goes, and whoever waits on it hears why.
+  void abandon(const std::shared_ptr<run_feed>& feed, const http_response& why) {
+    {
+      std::lock_guard lock(feeds_mutex);
+      if (auto it = feeds.find(feed->run_id); it != feeds.end() && it->second == feed) {
+        feeds.erase(it);
+      }
+    }
+    std::lock_guard lock(feed->mutex);
+    feed->finished = true;
+    feed->failed = why;
+    for (auto& w : feed->waiters) {
+      w(why);
+    }
+    feed->waiters.clear();
+    for (auto& s : feed->streams) {
+      s->end_stream();
+    }
+    feed->streams.clear();
   }
 
   void track(const run_handle& h, const std::shared_ptr<run_feed>& feed,
@@ -947,7 +1030,9 @@ struct service::impl {
     if (r.response == "async") {
       return rs.answer(accepted(id, async_status));
     }
-    // wait: the result when the run ends within the wait, else 202.
+    // wait: the result when the run ends within the wait, else 202. The feed answers its
+    // waiters when the run ends (run_ended) or fails to start (abandon): a retry that found
+    // the feed before the first request's run was started waits on it the same way.
     struct waiter {
       request_scope rs;
       std::atomic<bool> answered{false};
@@ -960,8 +1045,15 @@ struct service::impl {
       std::lock_guard lock(feed->mutex);
       if (feed->finished) {
         w->answered = true;
-        return rs.answer({200, "application/json", feed->result_text(), {}});
+        return rs.answer(feed->final_answer());
       }
+      feed->waiters.push_back([w, strand](http_response answer) {
+        if (w->answered.exchange(true)) {
+          return;
+        }
+        w->rs.answer(std::move(answer));
+        net::post(strand, [w] { w->timer.cancel(); });
+      });
     }
     w->timer.expires_after(r.wait);
     w->timer.async_wait([this, w, id](const boost::system::error_code& ec) {
@@ -970,36 +1062,6 @@ struct service::impl {
       }
       w->rs.answer(accepted(id, 202));
     });
-    auto h = [&]() -> std::optional<run_handle> {
-      std::lock_guard lock(feeds_mutex);
-      auto it = live.find(id);
-      if (it == live.end()) {
-        return std::nullopt;
-      }
-      return it->second;
-    }();
-    // The result as the run's callback gives it: a callback registered after the run ended
-    // runs at once, possibly before run_ended() has filled the feed on another thread.
-    auto deliver = [w, feed, strand](const run_result* r) {
-      if (w->answered.exchange(true)) {
-        return;
-      }
-      std::string doc;
-      {
-        std::lock_guard lock(feed->mutex);
-        if (feed->result.empty() && !feed->result_value && r != nullptr) {
-          feed->result = boost::json::serialize(to_json(*r));
-        }
-        doc = feed->result_text();
-      }
-      w->rs.answer({200, "application/json", std::move(doc), {}});
-      net::post(strand, [w] { w->timer.cancel(); });
-    };
-    if (h) {
-      h->on_finished([deliver](const run_result& r) { deliver(&r); });
-    } else {
-      deliver(nullptr);  // ended between the checks above: run_ended() has filled the feed
-    }
   }
 
   void subscribe(const request_scope& rs, const std::shared_ptr<run_feed>& feed,
@@ -1250,18 +1312,23 @@ struct service::impl {
       } else {
         o.policy = policy;  // its workflow is not registered here: not the operator's
       }
+      o.never_wait = true;
       {
         std::lock_guard lock(feeds_mutex);
-        feeds[id] = feed;
+        auto& slot = feeds[id];
+        if (slot && !live_feed_finished(*slot)) {
+          give_run_slot(key);
+          return rs.answer(error_response(409, "running_here", "run " + id +
+                                                                   " is running in this process"));
+        }
+        slot = feed;
       }
       auto resumed = eng.resume(id, std::move(o));
       if (!resumed) {
         give_run_slot(key);
-        {
-          std::lock_guard lock(feeds_mutex);
-          feeds.erase(id);
-        }
-        return rs.answer(validation_response(409, "cannot_resume", resumed.error()));
+        http_response refused = validation_response(409, "cannot_resume", resumed.error());
+        abandon(feed, refused);
+        return rs.answer(std::move(refused));
       }
       track(*resumed, feed, (*run)->workflow, key);
       rs.answer(accepted(id, 202));

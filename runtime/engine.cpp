@@ -437,7 +437,7 @@ expected<run_handle, validation_errors> engine::start_run(const plan_ptr& p, jso
   }
   bool queue = false;
   if (m.writer && m.metrics->pending.load() >= m.config.writer.pending_max) {
-    if (on_engine_thread) {
+    if (on_engine_thread || options.never_wait) {
       queue = true;  // never wait on a thread the writer needs: start it once it caught up
     } else {
       // Too much not yet committed: the producer waits here instead of memory growing.

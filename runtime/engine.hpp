@@ -129,6 +129,10 @@ struct start_options {
   /// http tasks may reach); inherited by its child runs. Null: none. troupe serve sets one for
   /// the runs of workflows registered through its API.
   policy_ptr policy;
+  /// Never block the calling thread while the writer is behind (pending_max): queue the run
+  /// and start it once the writer has caught up, as on the engine's own threads. For callers
+  /// whose thread serves others (an HTTP server's I/O thread).
+  bool never_wait = false;
 };
 
 /// An engine: an actor system running workflows. Thread-safe; create one per process.
@@ -171,7 +175,7 @@ class engine {
   /// a call from a thread of the caller's blocks until it has caught up (producers slow down
   /// instead of memory growing); a call from one of the engine's own threads (an on_finished
   /// callback, an event subscriber, a task) never blocks: the run is queued and starts when the
-  /// writer has caught up.
+  /// writer has caught up (and so does any caller that sets start_options::never_wait).
   expected<run_handle, validation_errors> start(const plan_ptr& p, json::object inputs,
                                                 start_options options = {});
   expected<run_handle, validation_errors> start(std::string_view workflow_name, json::object inputs,

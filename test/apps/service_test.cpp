@@ -230,6 +230,13 @@ BOOST_AUTO_TEST_CASE(register_run_wait_retry_and_read_the_run_back) {
   BOOST_TEST(list.body.find("\"svc\"") != std::string::npos);
   BOOST_TEST(s.get("/v1/workflows/svc").status == 200);
   BOOST_TEST(s.get("/v1/workflows/nope").status == 404);
+  BOOST_TEST(s.post("/v1/workflows", doubler).status == 201);  // the same document again: fine
+  // Another document under the same name and version would change what runs for everyone.
+  std::string tripler = doubler;
+  tripler.replace(tripler.find("* 2"), 3, "* 3");
+  auto clash = s.post("/v1/workflows", tripler);
+  BOOST_TEST(clash.status == 409);
+  BOOST_TEST(str(clash.doc().at("error"), "code") == "version_exists");
 
   const std::string body = R"({"workflow":"svc","inputs":{"n":21},"response":"wait"})";
   auto first = s.post("/v1/runs", body, {"-H", "Idempotency-Key: order-17"});
@@ -548,6 +555,11 @@ BOOST_AUTO_TEST_CASE(api_workflows_are_held_to_the_operators_limits) {
     server s({"--workflows", (dir.path() / "wf").string()}, {}, &dir);
     const std::string inputs = R"({"url":")" + s.url() + R"(/healthz"})";
     BOOST_REQUIRE(s.post("/v1/workflows", caller("ssrf")).status == 201);
+    // The operator's workflow names are not the API's to take, not even as a new version.
+    std::string hijack = caller("trusted");
+    hijack.replace(hijack.find("\"name\":\"trusted\""), 16, "\"name\":\"trusted\",\"version\":\"9\"");
+    auto taken = s.post("/v1/workflows", hijack);
+    BOOST_TEST(taken.status == 403, taken.body);
     auto r = s.post("/v1/runs", R"({"workflow":"ssrf","response":"wait","inputs":)" + inputs + "}");
     BOOST_TEST(r.status == 200);
     BOOST_TEST(str(r.doc(), "status") == "failed");
