@@ -154,6 +154,38 @@ bool non_public(const asio::ip::address& a) {
       return non_public(asio::ip::make_address_v4(asio::ip::v4_mapped, v6));
     }
     const auto b = v6.to_bytes();
+    auto v4_at = [&b](std::size_t i) {
+      return asio::ip::address_v4(asio::ip::address_v4::bytes_type{b[i], b[i + 1], b[i + 2],
+                                                                   b[i + 3]});
+    };
+    auto zero = [&b](std::size_t from, std::size_t to) {
+      for (std::size_t i = from; i < to; ++i) {
+        if (b[i] != 0) {
+          return false;
+        }
+      }
+      return true;
+    };
+    // Forms that carry an IPv4 address reach that address: judge it instead. NAT64
+    // (64:ff9b::/96, 64:ff9b:1::/48), 6to4 (2002::/16), IPv4-compatible (::a.b.c.d).
+    if (b[0] == 0x00 && b[1] == 0x64 && b[2] == 0xff && b[3] == 0x9b) {
+      if (zero(4, 12)) {
+        return non_public(v4_at(12));
+      }
+      if (b[4] == 0x00 && b[5] == 0x01) {
+        return true;  // 64:ff9b:1::/48, local-use NAT64: private by definition
+      }
+    }
+    if (b[0] == 0x20 && b[1] == 0x02) {
+      return non_public(v4_at(2));
+    }
+    if (zero(0, 12) && !v6.is_loopback() && !v6.is_unspecified()) {
+      return non_public(v4_at(12));
+    }
+    // Teredo (2001::/32) tunnels to an address it encodes obscured: refuse it outright.
+    if (b[0] == 0x20 && b[1] == 0x01 && b[2] == 0x00 && b[3] == 0x00) {
+      return true;
+    }
     return v6.is_loopback() || v6.is_unspecified() || v6.is_link_local() ||
            v6.is_multicast() || (b[0] & 0xfe) == 0xfc /* fc00::/7 */ ||
            (b[0] == 0xfe && (b[1] & 0xc0) == 0xc0) /* fec0::/10, site-local */;

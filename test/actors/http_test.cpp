@@ -335,6 +335,18 @@ BOOST_AUTO_TEST_CASE(a_policy_keeps_requests_off_non_public_addresses, *utf::tim
   json::object by_name;
   by_name["url"] = "http://localhost:" + std::to_string(server.port()) + "/json";
   BOOST_TEST(!run_http(by_name, strict).ok);  // a name resolving to loopback is no better
+  // Addresses that reach a private IPv4 address in another form, and other non-public ones;
+  // all refused before any connection is tried.
+  for (const char* host : {"[::ffff:127.0.0.1]", "[64:ff9b::7f00:1]", "[64:ff9b::a9fe:a9fe]",
+                           "[2002:7f00:1::]", "[::7f00:1]", "[64:ff9b:1::1]", "[2001::1]",
+                           "[fd00::1]", "[fe80::1]", "[::1]", "0.0.0.0", "169.254.169.254",
+                           "10.1.2.3", "100.64.0.1", "192.168.1.1", "172.16.0.1"}) {
+    json::object odd;
+    odd["url"] = std::string("http://") + host + ":" + std::to_string(server.port()) + "/json";
+    auto r = run_http(odd, strict);
+    BOOST_TEST(!r.ok, host);
+    BOOST_TEST(r.error.find("refused to connect") != std::string::npos, host << ": " << r.error);
+  }
 
   auto listed = std::make_shared<troupe::task_policy>();
   listed->allowed_hosts = {"127.0.0.1"};
