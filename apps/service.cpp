@@ -539,7 +539,25 @@ struct service::impl {
 
   // ---- probes and metrics ---------------------------------------------------------------
 
+  std::mutex ready_mutex;  // guards the three below
+  bool ready_probing = false;
+  std::optional<http_response> ready_last;
+  std::vector<request_scope> ready_waiting;  // only before the first probe has answered
+
+  // Anyone may ask (no key): at most one probe of the store is queued at a time; requests
+  // that come while one is out get the last answer.
   void readyz(const request_scope& rs) {
+    {
+      std::lock_guard lock(ready_mutex);
+      if (ready_probing) {
+        if (ready_last) {
+          return rs.answer(*ready_last);
+        }
+        ready_waiting.push_back(rs);
+        return;
+      }
+      ready_probing = true;
+    }
     net::post(pool, [this, rs] {
       auto probe = eng.get_run("readyz-probe");
       auto counts = eng.metrics().snapshot();
@@ -551,7 +569,18 @@ struct service::impl {
       bool ready = probe && writer_ok && counts.pending < config.ready_max_pending &&
                    starting.load();
       o["ready"] = ready;
-      rs.answer(json_response(ready ? 200 : 503, o));
+      http_response answer = json_response(ready ? 200 : 503, o);
+      std::vector<request_scope> waiting;
+      {
+        std::lock_guard lock(ready_mutex);
+        ready_probing = false;
+        ready_last = answer;
+        waiting.swap(ready_waiting);
+      }
+      for (auto& w : waiting) {
+        w.answer(answer);
+      }
+      rs.answer(std::move(answer));
     });
   }
 
@@ -1087,7 +1116,11 @@ struct service::impl {
                          std::chrono::duration<double>(clock::now() - rs.began).count());
     auto ex = rs.exchange;
     std::weak_ptr<run_feed> weak = feed;
-    ex->start_stream([weak, ex] {
+    // The stream may close (the client left) before it is added to the feed below: the flag,
+    // set before the feed is locked, keeps a closed stream out of it.
+    auto closed = std::make_shared<std::atomic<bool>>(false);
+    ex->start_stream([weak, ex, closed] {
+      closed->store(true);
       if (auto f = weak.lock()) {
         std::lock_guard lock(f->mutex);
         std::erase(f->streams, ex);
@@ -1101,7 +1134,7 @@ struct service::impl {
     }
     if (feed->finished) {
       ex->end_stream();
-    } else {
+    } else if (!closed->load()) {
       feed->streams.push_back(ex);
     }
   }
