@@ -191,6 +191,7 @@ class session : public std::enable_shared_from_this<session> {
 
  private:
   void read_header();
+  void read_failed(beast::error_code ec, bool answer_malformed);
   void on_header(beast::error_code ec);
   void read_body();
   void on_body(beast::error_code ec);
@@ -283,7 +284,9 @@ void session::read_header() {
                           });
 }
 
-void session::on_header(beast::error_code ec) {
+// A read that failed: answered (431, 413, 400) or the connection closed. While the headers are
+// read a malformed request is answered 400; once the body is being read it only closes.
+void session::read_failed(beast::error_code ec, bool answer_malformed) {
   if (ec == http::error::header_limit) {
     return fail_request(431, "header_too_large", "the request's headers are too large");
   }
@@ -296,12 +299,16 @@ void session::on_header(beast::error_code ec) {
     server_->timed_out.fetch_add(1);
     return close();
   }
-  if (ec == http::error::end_of_stream || ec == net::error::eof ||
+  if (!answer_malformed || ec == http::error::end_of_stream || ec == net::error::eof ||
       ec == net::error::connection_reset || ec == net::error::operation_aborted) {
     return close();
   }
+  fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
+}
+
+void session::on_header(beast::error_code ec) {
   if (ec) {
-    return fail_request(400, "bad_request", "malformed HTTP request: " + ec.message());
+    return read_failed(ec, true);
   }
   const auto& h = parser_->get();
   auto expect = h[http::field::expect];
@@ -327,17 +334,8 @@ void session::read_body() {
 }
 
 void session::on_body(beast::error_code ec) {
-  if (ec == http::error::body_limit) {
-    return fail_request(413, "body_too_large",
-                        "the request body is larger than " +
-                            std::to_string(server_->config.max_body_bytes) + " bytes");
-  }
-  if (ec == beast::error::timeout) {
-    server_->timed_out.fetch_add(1);
-    return close();
-  }
   if (ec) {
-    return close();
+    return read_failed(ec, false);
   }
   stream_.expires_never();
   auto msg = parser_->release();

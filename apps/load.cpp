@@ -355,6 +355,21 @@ struct workflow_info {
 /// the writer's drain. Returns nullopt after printing a usage error (exit 2).
 void drive_phases(const run_context& c, load_target& target, mode_result& r);
 
+// One run first, waited for: bad inputs are a usage error with their pointers (printed; false),
+// before any load is generated. A run that fails is noted and the load goes on.
+template <class Target>
+bool check_first(const run_context& c, Target& target, workflow_info& info) {
+  auto checked = target.check();
+  if (!checked) {
+    print_errors(locate(checked.error()), c.json);
+    return false;
+  }
+  if (!checked->ok && info.check_error.empty()) {
+    info.check_error = checked->error;
+  }
+  return true;
+}
+
 std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
                                    workflow_info& info) {
   const load_plan& p = c.plan;
@@ -401,17 +416,9 @@ std::optional<mode_result> measure(const run_context& c, persistence_mode mode,
   }
   info.name = (*plan)->name;
   info.nodes = (*plan)->nodes.size();
-  // One run first, waited for: bad inputs are a usage error with their pointers, before any
-  // load is generated.
-  auto checked = target->check();
-  if (!checked) {
-    print_errors(locate(checked.error()), c.json);
+  if (!check_first(c, *target, info)) {
     return std::nullopt;
   }
-  if (!checked->ok && info.check_error.empty()) {
-    info.check_error = checked->error;
-  }
-
   drive_phases(c, *target, r);
   return r;
 }
@@ -490,13 +497,8 @@ std::optional<mode_result> measure_service(const run_context& c, workflow_info& 
   if (auto local = compile_workflow(std::string_view(p.workflow_text))) {
     info.nodes = (*local)->nodes.size();  // the server compiled the same document
   }
-  auto checked = target->check();
-  if (!checked) {
-    print_errors(locate(checked.error()), c.json);
+  if (!check_first(c, *target, info)) {
     return std::nullopt;
-  }
-  if (!checked->ok && info.check_error.empty()) {
-    info.check_error = checked->error;
   }
   drive_phases(c, *target, r);
   return r;

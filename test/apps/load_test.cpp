@@ -113,6 +113,11 @@ BOOST_AUTO_TEST_CASE(an_open_loop_starts_about_rate_times_duration_runs, *utf::t
   BOOST_TEST(runs <= 900u);
   BOOST_TEST(m.at("errors").to_number<std::uint64_t>() == 0u);
   BOOST_TEST(m.at("max_lateness_us").is_number());
+  // The arrivals' own lateness, ordered as percentiles are.
+  BOOST_TEST(m.at("lateness_p50_us").to_number<double>() <=
+             m.at("lateness_p99_us").to_number<double>());
+  BOOST_TEST(m.at("lateness_p99_us").to_number<double>() <=
+             m.at("max_lateness_us").to_number<double>() + 1.0);
   check_percentiles_ordered(m);
 }
 
