@@ -133,6 +133,8 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
   http_handler handler;
   net::io_context ioc;
   std::optional<net::executor_work_guard<net::io_context::executor_type>> work;
+  // On its own strand: its completions, retries and close never run at the same time on two
+  // HTTP threads.
   tcp::acceptor acceptor;
   std::vector<std::thread> threads;
   std::atomic<bool> accepting{true};
@@ -147,7 +149,8 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::uint64_t> timed_out{0};
 
   impl(http_server_config c, http_handler h)
-      : config(std::move(c)), handler(std::move(h)), work(net::make_work_guard(ioc)), acceptor(ioc) {}
+      : config(std::move(c)), handler(std::move(h)), work(net::make_work_guard(ioc)),
+        acceptor(net::make_strand(ioc)) {}
 
   void do_accept();
   void close_all();
@@ -312,7 +315,14 @@ void session::on_header(beast::error_code ec) {
   }
   const auto& h = parser_->get();
   auto expect = h[http::field::expect];
-  if (!parser_->is_done() && beast::iequals(expect, "100-continue")) {
+  // HTTP/1.0 has no interim responses: its client sends the body anyway.
+  if (!parser_->is_done() && h.version() >= 11 && beast::iequals(expect, "100-continue")) {
+    if (server_->config.before_body) {
+      if (auto refused = server_->config.before_body(h[http::field::authorization])) {
+        keep_alive_ = false;  // the body was never read: the connection cannot be reused
+        return respond(std::move(*refused));
+      }
+    }
     auto interim = std::make_shared<std::string>("HTTP/1.1 100 Continue\r\n\r\n");
     net::async_write(stream_, net::buffer(*interim),
                      [self = shared_from_this(), interim](beast::error_code wec, std::size_t) {
@@ -539,7 +549,8 @@ void http_server::impl::do_accept() {
         if (ec) {
           // Out of file descriptors (EMFILE), or the peer left before it was accepted: try
           // again shortly, on a timer; accepting must not end for good.
-          auto retry = std::make_shared<net::steady_timer>(self->ioc, std::chrono::milliseconds(50));
+          auto retry = std::make_shared<net::steady_timer>(self->acceptor.get_executor(),
+                                                           std::chrono::milliseconds(50));
           retry->async_wait([self, retry](beast::error_code) {
             if (self->accepting) {
               self->do_accept();
@@ -622,7 +633,7 @@ std::uint16_t http_server::port() const { return impl_->bound_port; }
 
 void http_server::stop_accepting() {
   if (impl_->accepting.exchange(false)) {
-    net::post(impl_->ioc, [p = impl_] {
+    net::post(impl_->acceptor.get_executor(), [p = impl_] {
       beast::error_code ec;
       p->acceptor.close(ec);
     });

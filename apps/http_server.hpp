@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <optional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -77,6 +78,10 @@ struct http_server_config {
   /// A stream whose client reads too slowly to keep this many bytes from piling up is closed
   /// (the client reconnects with Last-Event-ID and the rest is replayed from the log).
   std::size_t max_stream_buffer = 8 << 20;
+  /// Asked, with the request's Authorization header, before the server invites a body with
+  /// "100 Continue": a response returned here is sent instead (the body is never read and the
+  /// connection closes), so an unauthenticated client is refused before it uploads anything.
+  std::function<std::optional<http_response>(std::string_view authorization)> before_body;
 };
 
 /// Counters the server keeps (read by /metrics).

@@ -87,6 +87,17 @@ namespace {
 
 using clk = std::chrono::steady_clock;
 
+// How long before an arrival the open loop stops blocking and spins.
+constexpr std::chrono::microseconds arrival_spin{50};
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
 // A run that ends before its start call returns has its callback called inside that call, on
 // the starting thread (run_handle::on_finished runs it at once). In the closed loop that callback
 // starts the next run, which may end at once too: without care the stack would grow by a frame
@@ -194,11 +205,18 @@ class phase {
         cv_.wait(lock, [this] { return live_.outstanding.load() < options_.in_flight; });
         driver_waiting_.store(false);
       }
-      {
-        // Pacing: wait for the scheduled arrival time; a stop request ends the wait early when
-        // a run's end happens to wake this condition variable (otherwise at the next arrival).
+      // Pacing: block until shortly before the scheduled arrival, then spin to it. A blocking
+      // wait alone is late by tens of microseconds (the wake-up itself), and at high rates the
+      // driver would spend its core going to sleep and waking up between arrivals.
+      if (clk::now() + arrival_spin < scheduled) {
+        // A stop request ends the wait early when a run's end happens to wake this condition
+        // variable (otherwise at the next arrival).
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait_until(lock, scheduled, [this] { return stop_.load(std::memory_order_relaxed); });
+        cv_.wait_until(lock, scheduled - arrival_spin,
+                       [this] { return stop_.load(std::memory_order_relaxed); });
+      }
+      while (clk::now() < scheduled && !stop_.load(std::memory_order_relaxed)) {
+        cpu_relax();
       }
       const auto late = clk::now() - scheduled;
       if (late > max_lateness_) {

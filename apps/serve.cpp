@@ -1,5 +1,6 @@
 #include "apps/serve.hpp"
 
+#include <atomic>
 #include <condition_variable>
 #include <csignal>
 #include <filesystem>
@@ -166,10 +167,16 @@ int serve_command(const serve_options& o) {
 
   std::unique_ptr<service> svc;
   std::unique_ptr<http_server> server;
-  http_server* server_ptr = nullptr;
+  // Set once the server exists, read by /metrics on HTTP threads (which may already serve a
+  // request before the assignment).
+  std::atomic<http_server*> server_ptr{nullptr};
   svc = std::make_unique<service>(*eng, sc, [&server_ptr] {
-    return server_ptr ? server_ptr->stats() : http_server_stats{};
+    auto* s = server_ptr.load();
+    return s ? s->stats() : http_server_stats{};
   });
+  hc.before_body = [s = svc.get()](std::string_view authorization) {
+    return s->refuse_before_body(authorization);
+  };
   try {
     server = std::make_unique<http_server>(
         hc, [s = svc.get()](const std::shared_ptr<http_exchange>& ex, http_request req) {

@@ -350,18 +350,17 @@ struct service::impl {
     }
   };
 
-  // The key a request authenticated with ("" without keys); nullopt: refused (answered).
-  std::optional<std::string> authenticate(const request_scope& rs, const http_request& req) {
+  // The key an Authorization header names ("" without keys); nullopt: none of the keys.
+  std::optional<std::string> key_of(std::string_view auth) const {
     if (config.api_keys.empty()) {
       return std::string();
     }
-    std::string_view auth = req.header("authorization");
     constexpr std::string_view bearer = "Bearer ";
     if (auth.size() > bearer.size() && auth.substr(0, bearer.size()) == bearer) {
       std::string_view token = auth.substr(bearer.size());
       bool ok = false;
       std::string matched;
-      for (const auto& k : config.api_keys) {
+      for (const auto& k : config.api_keys) {  // every key compared: constant time
         if (same_secret(token, k)) {
           ok = true;
           matched = k;
@@ -371,11 +370,23 @@ struct service::impl {
         return matched;
       }
     }
+    return std::nullopt;
+  }
+
+  static http_response unauthorized() {
     http_response r = error_response(401, "unauthorized",
                                      "a valid API key is required: Authorization: Bearer KEY");
     r.headers.emplace_back("WWW-Authenticate", "Bearer");
-    rs.answer(std::move(r));
-    return std::nullopt;
+    return r;
+  }
+
+  // The key a request authenticated with ("" without keys); nullopt: refused (answered).
+  std::optional<std::string> authenticate(const request_scope& rs, const http_request& req) {
+    auto key = key_of(req.header("authorization"));
+    if (!key) {
+      rs.answer(unauthorized());
+    }
+    return key;
   }
 
   // Token bucket per key; false: refused with 429 (answered).
@@ -1068,28 +1079,32 @@ struct service::impl {
       net::steady_timer timer;
       waiter(request_scope s, net::any_io_executor ex) : rs(std::move(s)), timer(ex) {}
     };
+    // The timer is armed before the waiter is published: once it is, the run's end may cancel
+    // the timer (on its strand) at any moment, and a wait armed after that cancel would hold
+    // the timer (and stop()'s join of the pool) for the whole wait.
     auto strand = net::make_strand(pool);
     auto w = std::make_shared<waiter>(rs, strand);
-    {
-      std::lock_guard lock(feed->mutex);
-      if (feed->finished) {
-        w->answered = true;
-        return rs.answer(feed->final_answer());
-      }
-      feed->waiters.push_back([w, strand](http_response answer) {
-        if (w->answered.exchange(true)) {
-          return;
-        }
-        w->rs.answer(std::move(answer));
-        net::post(strand, [w] { w->timer.cancel(); });
-      });
-    }
     w->timer.expires_after(r.wait);
     w->timer.async_wait([this, w, id](const boost::system::error_code& ec) {
       if (ec || w->answered.exchange(true)) {
         return;
       }
       w->rs.answer(accepted(id, 202));
+    });
+    auto cancel_timer = [w, strand] { net::post(strand, [w] { w->timer.cancel(); }); };
+    std::lock_guard lock(feed->mutex);
+    if (feed->finished) {
+      if (!w->answered.exchange(true)) {
+        rs.answer(feed->final_answer());
+      }
+      return cancel_timer();
+    }
+    feed->waiters.push_back([w, cancel_timer](http_response answer) {
+      if (w->answered.exchange(true)) {
+        return;
+      }
+      w->rs.answer(std::move(answer));
+      cancel_timer();
     });
   }
 
@@ -1376,6 +1391,13 @@ service::~service() { stop(); }
 
 void service::handle(const std::shared_ptr<http_exchange>& exchange, http_request request) {
   impl_->handle(exchange, std::move(request));
+}
+
+std::optional<http_response> service::refuse_before_body(std::string_view authorization) const {
+  if (impl_->key_of(authorization)) {
+    return std::nullopt;
+  }
+  return impl::unauthorized();
 }
 
 void service::stop_starting_runs() { impl_->starting = false; }

@@ -10,8 +10,10 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "apps/http_server.hpp"
@@ -67,6 +69,9 @@ class service {
 
   /// The http_handler: answers every route.
   void handle(const std::shared_ptr<http_exchange>& exchange, http_request request);
+  /// The http_server_config::before_body hook: a 401 for a request without a valid key (none
+  /// without keys). Any thread.
+  std::optional<http_response> refuse_before_body(std::string_view authorization) const;
   /// From now on, requests that would start or resume a run get 503 (shutting down).
   void stop_starting_runs();
   /// Runs started or resumed through this service that have not ended.

@@ -36,6 +36,7 @@
 #include "runtime/plans.hpp"
 #include "runtime/resume.hpp"
 #include "runtime/runs.hpp"
+#include "runtime/scheduler.hpp"
 
 // The engine wires its parts (plans.hpp, caches.hpp, runs.hpp, resume.hpp: no CAF) to the actor
 // system, the I/O threads, the blocking pool and the writer, through run_services
@@ -194,14 +195,9 @@ engine::impl::impl(engine_config c, engine_stores stores)
                     ? config.threads
                     : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
   caf_config.set("scheduler.max-threads", threads);
-  // An idle worker must block, not poll: CAF's relaxed phase waits on a condition variable with
-  // this timeout before it looks for work to steal, so a long one makes idle threads sleep.
-  caf_config.set("work-stealing.relaxed-sleep-duration", caf::timespan{std::chrono::seconds(10)});
-  // CAF's "moderate" phase (25 ms of 50 us sleeps an enqueue cannot cut short) stays on: with
-  // it off, a run started from outside waits less (open loop at 5,000 W3 runs/s: p50 ~45 us
-  // instead of ~100 us), but an idle worker then steals only when its condition variable's
-  // timeout ends, while work sent from a busy worker stays in that worker's queue: runs stalled
-  // for seconds (docs/benchmarks.md, issue 15).
+  // Idle workers block and every enqueue wakes one (runtime/scheduler.hpp): CAF's own policy
+  // either polls with sleeps no enqueue can cut short or leaves work queued behind a busy worker.
+  use_waking_scheduler(caf_config);
   caf_config.add_thread_hook<engine_thread_hook>();
   if (!config.trace_file.empty()) {
     try {

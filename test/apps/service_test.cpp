@@ -397,6 +397,41 @@ BOOST_AUTO_TEST_CASE(every_limit_answers_with_its_status) {
   BOOST_TEST(burst.headers.find("Retry-After:") != std::string::npos);
 }
 
+// "Expect: 100-continue" invites the body only from a client with a valid key, and only over
+// HTTP/1.1; a client without a key is refused before it uploads anything.
+BOOST_AUTO_TEST_CASE(a_body_is_invited_only_from_an_authenticated_client) {
+  server s;
+  const std::string body = R"({"workflow":"nope","inputs":{}})";
+  auto head = [&](const std::string& version, const std::string& auth) {
+    return "POST /v1/runs " + version + "\r\nHost: x\r\n" + auth +
+           "Content-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: " +
+           std::to_string(body.size()) + "\r\n\r\n";
+  };
+  {
+    raw_socket c(s.port());
+    c.send_all(head("HTTP/1.1", "Authorization: Bearer wrong\r\n"));
+    std::string answer = c.read_to_end();  // answered and closed without the body
+    BOOST_TEST(answer.rfind("HTTP/1.1 401", 0) == 0, answer);
+    BOOST_TEST(answer.find("100 Continue") == std::string::npos);
+    BOOST_TEST(answer.find("WWW-Authenticate: Bearer") != std::string::npos);
+  }
+  {
+    raw_socket c(s.port());
+    c.send_all(head("HTTP/1.1", "Authorization: Bearer " + s.key() + "\r\n"));
+    BOOST_TEST(c.read_until("\r\n\r\n") == "HTTP/1.1 100 Continue\r\n\r\n");
+    c.send_all(body);
+    std::string answer = c.read_until("}}");
+    BOOST_TEST(answer.rfind("HTTP/1.1 404", 0) == 0, answer);  // no such workflow: it was read
+  }
+  {
+    raw_socket c(s.port());
+    c.send_all(head("HTTP/1.0", "Authorization: Bearer " + s.key() + "\r\n") + body);
+    std::string answer = c.read_to_end();
+    BOOST_TEST(answer.find("100 Continue") == std::string::npos, answer);
+    BOOST_TEST(answer.find(" 404 ") != std::string::npos, answer);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(connections_past_the_limit_get_503) {
   server s({"--max-connections", "2"});
   raw_socket a(s.port());
@@ -619,21 +654,25 @@ BOOST_AUTO_TEST_CASE(runs_are_listed_newest_first_page_by_page) {
 BOOST_AUTO_TEST_CASE(troupe_load_drives_the_service) {
   server s;
   auto r = run_troupe({"load", "--target", s.url(), "--api-key", s.key(), "--scenario", "W3",
-                       "--runs", "200", "--in-flight", "8", "--json"},
+                       "--runs", "500", "--in-flight", "8", "--json"},
                       s.dir().path());
   BOOST_TEST(r.exit_code == 0, r.err);
   auto doc = json::parse(r.out);
   const auto& m = doc.at("results").as_array().at(0);
   BOOST_TEST(str(m, "mode") == "durable");  // the server's, as /healthz says
-  BOOST_TEST(m.at("runs").to_number<int>() == 200);
+  BOOST_TEST(m.at("runs").to_number<int>() == 500);
   BOOST_TEST(m.at("errors").to_number<int>() == 0);
   // The runs are the server's: its log holds them (and the checking run).
   auto runs = s.get("/v1/runs?workflow=load-w3&limit=1000");
-  BOOST_TEST(runs.doc().at("runs").as_array().size() == 201u);
+  BOOST_TEST(runs.doc().at("runs").as_array().size() == 501u);
   // Flags that belong to the server are refused.
   auto bad = run_troupe({"load", "--target", s.url(), "--scenario", "W3", "--mode", "memory"},
                         s.dir().path());
   BOOST_TEST(bad.exit_code == 2);
+  // Every wait-mode request above asked to wait up to 10 minutes and was answered when its run
+  // ended: none may leave its wait armed, or SIGTERM would wait for it (and this test time out).
+  auto end = s.stop();
+  BOOST_TEST(end.exit_code == 0, end.err);
 }
 
 BOOST_AUTO_TEST_SUITE_END()
