@@ -740,6 +740,13 @@ int run_cli(int argc, char** argv) {
       ->check(CLI::Range(std::int64_t{10}, std::int64_t{3600000}))
       ->capture_default_str()
       ->type_name("MS");
+  serve->add_option("--max-stream-buffer", serve_opts.max_stream_buffer,
+                    "An event stream whose client lets this many bytes pile up is closed (the "
+                    "client reconnects with Last-Event-ID).")
+      ->envname("TROUPE_MAX_STREAM_BUFFER")
+      ->check(CLI::Range(std::size_t{1024}, std::size_t{1} << 32))
+      ->capture_default_str()
+      ->type_name("BYTES");
 
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&

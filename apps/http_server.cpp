@@ -147,6 +147,8 @@ struct http_server::impl : std::enable_shared_from_this<impl> {
   std::atomic<std::uint64_t> accepted{0};
   std::atomic<std::uint64_t> refused{0};
   std::atomic<std::uint64_t> timed_out{0};
+  std::atomic<std::size_t> stream_bytes{0};  // queued in every session's stream, not yet written
+  std::atomic<std::uint64_t> streams_cut{0};
 
   impl(http_server_config c, http_handler h)
       : config(std::move(c)), handler(std::move(h)), work(net::make_work_guard(ioc)),
@@ -217,6 +219,7 @@ class session : public std::enable_shared_from_this<session> {
   // Streaming.
   bool streaming_ = false;
   bool writing_ = false;
+  bool backlog_written_ = false;  // the stream's queue has been empty once since it started
   bool ending_ = false;
   std::deque<std::string> queue_;
   std::size_t queued_bytes_ = 0;
@@ -450,6 +453,7 @@ void session::start_stream(std::function<void()> on_close) {
       "HTTP/1.1 200 OK\r\nServer: troupe\r\nContent-Type: text/event-stream\r\n"
       "Cache-Control: no-cache\r\nX-Accel-Buffering: no\r\nConnection: close\r\n\r\n");
   queued_bytes_ += queue_.back().size();
+  server_->stream_bytes.fetch_add(queue_.back().size());
   write_next();
   watch_client();
   tick_keepalive();
@@ -459,9 +463,17 @@ void session::enqueue(std::string frame) {
   if (closed_ || !streaming_ || ending_) {
     return;
   }
+  // Too slow a reader (behind by this stream's bound, or the frame would take all streams past
+  // theirs): it is closed, reconnects and replays from the log. The stream's first backlog
+  // (a replay, queued at once) is exempt from the stream's own bound until it has been
+  // written: that is no sign of a slow reader, and a client could otherwise never replay a
+  // history larger than the bound. The write timeout and the total bound still hold.
+  const std::size_t total = server_->stream_bytes.fetch_add(frame.size()) + frame.size();
   queued_bytes_ += frame.size();
-  if (queued_bytes_ > server_->config.max_stream_buffer) {
-    return close();  // too slow a reader: it reconnects and replays from the log
+  if ((backlog_written_ && queued_bytes_ - frame.size() >= server_->config.max_stream_buffer) ||
+      total > server_->config.max_stream_buffers_total) {
+    server_->streams_cut.fetch_add(1);
+    return close();
   }
   queue_.push_back(std::move(frame));
   if (!writing_) {
@@ -485,18 +497,31 @@ void session::write_next() {
   }
   if (queue_.empty()) {
     writing_ = false;
+    backlog_written_ = true;
+    stream_.expires_never();
     if (ending_) {
       close();
     }
     return;
   }
   writing_ = true;
-  net::async_write(stream_.socket(), net::buffer(queue_.front()),
+  // A frame must be written within the read timeout: a client that stops reading is cut off
+  // (the stream's reads go to the socket itself, so this deadline covers the write only).
+  stream_.expires_after(server_->config.read_timeout);
+  net::async_write(stream_, net::buffer(queue_.front()),
                    [self = shared_from_this()](beast::error_code ec, std::size_t n) {
+                     if (self->closed_) {
+                       return;  // close() dropped the queue and its bytes
+                     }
                      if (ec) {
+                       if (ec == beast::error::timeout) {
+                         self->server_->timed_out.fetch_add(1);
+                         self->server_->streams_cut.fetch_add(1);
+                       }
                        return self->close();
                      }
                      self->queued_bytes_ -= n;
+                     self->server_->stream_bytes.fetch_sub(n);
                      self->queue_.pop_front();
                      self->write_next();
                    });
@@ -534,6 +559,8 @@ void session::close() {
   stream_.socket().shutdown(tcp::socket::shutdown_both, ec);
   stream_.socket().close(ec);
   queue_.clear();
+  server_->stream_bytes.fetch_sub(queued_bytes_);
+  queued_bytes_ = 0;
   if (auto f = std::move(on_close_)) {
     on_close_ = nullptr;
     f();
@@ -659,6 +686,8 @@ void http_server::stop() {
 http_server_stats http_server::stats() const {
   http_server_stats s;
   s.open_connections = impl_->open.load();
+  s.stream_bytes_waiting = impl_->stream_bytes.load();
+  s.streams_cut = impl_->streams_cut.load();
   s.accepted = impl_->accepted.load();
   s.refused_connections = impl_->refused.load();
   s.timed_out = impl_->timed_out.load();

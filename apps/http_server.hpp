@@ -76,8 +76,12 @@ struct http_server_config {
   /// A comment line is written to every open event stream this often.
   std::chrono::milliseconds stream_keepalive{std::chrono::seconds(15)};
   /// A stream whose client reads too slowly to keep this many bytes from piling up is closed
-  /// (the client reconnects with Last-Event-ID and the rest is replayed from the log).
+  /// (the client reconnects with Last-Event-ID and the rest is replayed from the log). A frame
+  /// is queued whatever its size when less than this is waiting, so every frame can be sent.
   std::size_t max_stream_buffer = 8 << 20;
+  /// The same bound over all streams together: a frame that would take the bytes waiting in
+  /// every stream past it closes its stream instead (that client reconnects and replays).
+  std::size_t max_stream_buffers_total = 256 << 20;
   /// Asked, with the request's Authorization header, before the server invites a body with
   /// "100 Continue": a response returned here is sent instead (the body is never read and the
   /// connection closes), so an unauthenticated client is refused before it uploads anything.
@@ -90,6 +94,8 @@ struct http_server_stats {
   std::uint64_t accepted = 0;
   std::uint64_t refused_connections = 0;  // over max_connections
   std::uint64_t timed_out = 0;            // cut off by read_timeout
+  std::size_t stream_bytes_waiting = 0;   // queued in every stream, not yet written
+  std::uint64_t streams_cut = 0;          // closed for reading too slowly (either bound)
 };
 
 /// Listens and serves until stop(). Requests on one connection are handled one at a time.

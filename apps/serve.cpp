@@ -164,6 +164,8 @@ int serve_command(const serve_options& o) {
   hc.max_connections = o.max_connections;
   hc.read_timeout = std::chrono::milliseconds(o.read_timeout_ms);
   hc.stream_keepalive = std::chrono::milliseconds(o.sse_keepalive_ms);
+  hc.max_stream_buffer = o.max_stream_buffer;
+  hc.max_stream_buffers_total = std::max(hc.max_stream_buffers_total, o.max_stream_buffer);
 
   std::unique_ptr<service> svc;
   std::unique_ptr<http_server> server;

@@ -28,6 +28,7 @@ struct serve_options {
   std::int64_t read_timeout_ms = 10000;
   std::int64_t drain_ms = 30000;
   std::int64_t sse_keepalive_ms = 15000;
+  std::size_t max_stream_buffer = 8 << 20;
 };
 
 int serve_command(const serve_options& o);

@@ -634,6 +634,12 @@ struct service::impl {
       render_single(out, "troupe_http_timed_out_total", "counter",
                     "Connections cut off for reading too slowly or idling.",
                     static_cast<double>(s.timed_out));
+      render_single(out, "troupe_http_stream_bytes_waiting", "gauge",
+                    "Event-stream bytes queued for slow readers, over all streams.",
+                    static_cast<double>(s.stream_bytes_waiting));
+      render_single(out, "troupe_http_streams_cut_total", "counter",
+                    "Event streams closed because their reader fell too far behind.",
+                    static_cast<double>(s.streams_cut));
     }
     return out;
   }

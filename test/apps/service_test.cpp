@@ -114,7 +114,23 @@ class server {
     return parse_sse(curl(args).body);
   }
 
-  static std::vector<std::pair<std::int64_t, json::value>> parse_sse(const std::string& text) {
+  // Follows a run's events to run_finished as an EventSource client would: a stream the server
+  // cuts (a burst it could not write fast enough) is reconnected with Last-Event-ID.
+  std::vector<std::pair<std::int64_t, json::value>> events_to_end(const std::string& run_id,
+                                                                  std::int64_t after = 0) {
+    std::vector<std::pair<std::int64_t, json::value>> out;
+    while (out.empty() || out.back().second.at("type") != "run_finished") {
+      auto more = events(run_id, out.empty() ? after : out.back().first);
+      BOOST_REQUIRE_MESSAGE(!more.empty(), "a reconnect made no progress");
+      out.insert(out.end(), more.begin(), more.end());
+    }
+    return out;
+  }
+
+  // The whole frames of a stream's text (a cut may leave half a frame at its end).
+  static std::vector<std::pair<std::int64_t, json::value>> parse_sse(std::string text) {
+    const std::size_t whole = text.rfind("\n\n");
+    text.resize(whole == std::string::npos ? 0 : whole + 2);
     std::vector<std::pair<std::int64_t, json::value>> out;
     std::istringstream in(text);
     std::string line;
@@ -154,9 +170,14 @@ std::string str(const json::value& v, const char* key) {
 // A raw connection to the server, for requests curl will not make.
 class raw_socket {
  public:
-  explicit raw_socket(int port) {
+  // receive_buffer > 0: the socket's receive buffer (set before connecting, so the window
+  // stays that small).
+  explicit raw_socket(int port, int receive_buffer = 0) {
     fd_ = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     BOOST_REQUIRE(fd_ >= 0);
+    if (receive_buffer > 0) {
+      ::setsockopt(fd_, SOL_SOCKET, SO_RCVBUF, &receive_buffer, sizeof receive_buffer);
+    }
     sockaddr_in a{};
     a.sin_family = AF_INET;
     a.sin_port = htons(static_cast<std::uint16_t>(port));
@@ -429,6 +450,53 @@ BOOST_AUTO_TEST_CASE(a_body_is_invited_only_from_an_authenticated_client) {
     std::string answer = c.read_to_end();
     BOOST_TEST(answer.find("100 Continue") == std::string::npos, answer);
     BOOST_TEST(answer.find(" 404 ") != std::string::npos, answer);
+  }
+}
+
+// A stream whose client stops reading is closed: by the stream's bound (--max-stream-buffer)
+// when live frames pile up, or by the write timeout when its first backlog (a replay, which the
+// bound exempts) does not drain. The client reconnects with Last-Event-ID and gets the rest;
+// frames larger than the bound (150 KB outputs, a 6 MB array) get through.
+BOOST_AUTO_TEST_CASE(a_stream_reader_that_falls_behind_is_cut_off_and_resumes) {
+  server s({"--max-stream-buffer", "1048576", "--read-timeout-ms", "300"});
+  BOOST_REQUIRE(s.post("/v1/workflows", R"({"name":"big","inputs":{"s":{"type":"string"}},
+      "nodes":[{"id":"a","task":"sleep","with":{"ms":200}},
+               {"id":"e","task":"echo","needs":["a"],"for_each":"{{ range(40) }}",
+                "with":"{{ inputs.s }}"}],
+      "outputs":{"n":"{{ len(nodes.e.output) }}"}})").status == 201);
+  s.dir().write_file("big-run.json", R"({"workflow":"big","inputs":{"s":")" +
+                                          std::string(150000, 'p') + R"("}})");
+  auto run = s.curl({"-H", "Content-Type: application/json", "--data-binary", "@big-run.json",
+                     s.url() + "/v1/runs"});
+  BOOST_REQUIRE_MESSAGE(run.status == 202, run.body.substr(0, 300));
+  const std::string id = str(run.doc(), "run_id");
+  // A client with a tiny receive window that reads nothing until the server gives up on it.
+  raw_socket slow(s.port(), 4096);
+  slow.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                s.key() + "\r\n\r\n");
+  // A client that reads: it sees the whole run (about 12 MB of events).
+  auto all = s.events_to_end(id);
+  BOOST_REQUIRE(!all.empty());
+  BOOST_TEST(str(all.back().second, "type") == "run_finished");
+  const std::string first = slow.read_to_end();
+  BOOST_TEST(first.rfind("HTTP/1.1 200", 0) == 0);
+  BOOST_TEST(first.find("event: run_finished") == std::string::npos);  // cut before the end
+  auto frames = server::parse_sse(first.substr(first.find("\r\n\r\n") + 4));
+  const std::int64_t last = frames.empty() ? 0 : frames.back().first;
+  auto metrics = s.get("/metrics");
+  std::smatch cut;
+  BOOST_REQUIRE(std::regex_search(metrics.body, cut,
+                                  std::regex(R"(troupe_http_streams_cut_total ([0-9]+))")));
+  BOOST_TEST(std::stoi(cut[1].str()) >= 1);
+  // Reconnecting after the last whole frame gives the rest, through run_finished.
+  auto rest = s.events_to_end(id, last);
+  BOOST_REQUIRE(!rest.empty());
+  BOOST_TEST(rest.front().first == last + 1);
+  BOOST_TEST(str(rest.back().second, "type") == "run_finished");
+  BOOST_TEST(rest.back().first == all.back().first);
+  std::int64_t expected = last + 1;
+  for (const auto& [seq, event] : rest) {
+    BOOST_TEST(seq == expected++);
   }
 }
 
