@@ -1123,23 +1123,51 @@ struct service::impl {
                      feed->history.front().seq > after + 1;
     }
     if (trimmed_past) {
-      // The events asked for left memory: replay the log (its rows may lag the live stream).
-      return net::post(pool, [this, rs, id, after] {
+      // The events asked for left memory: the older ones come from the log, then the stream
+      // joins the feed (when the log holds every event up to the feed's oldest; its rows may
+      // lag the live run, and then the stream ends after what the log has: reconnect later).
+      return net::post(pool, [this, rs, id, after, feed] {
         auto run = eng.get_run(id);
         if (!run || !*run) {
           return rs.answer(error_response(404, "not_found", "no run " + id));
         }
-        stream_from_log(rs, **run, after);
+        auto rows = eng.node_rows(id);
+        if (!rows) {
+          return rs.answer(error_response(503, "store_unavailable", rows.error().message));
+        }
+        auto logged = logged_after(**run, *rows, after);
+        if (!join_feed(rs, feed, after, logged)) {
+          stream_frames(rs, **run, logged);
+        }
       });
     }
-    http_requests.add({rs.route, "200"});
-    http_seconds.observe({rs.route},
-                         std::chrono::duration<double>(clock::now() - rs.began).count());
+    join_feed(rs, feed, after, {});
+  }
+
+  // Streams `logged` (events after `after`, in order), then the feed's events after them, then
+  // live. False, with nothing answered, when the feed's oldest event in memory is not the one
+  // after the last of `logged`.
+  bool join_feed(const request_scope& rs, const std::shared_ptr<run_feed>& feed,
+                 std::int64_t after, const std::vector<std::pair<std::int64_t, std::string>>& logged) {
+    std::int64_t sent = after;
+    for (const auto& [seq, frame] : logged) {
+      if (seq != sent + 1) {
+        break;  // a gap: the log lags
+      }
+      sent = seq;
+    }
     auto ex = rs.exchange;
     std::weak_ptr<run_feed> weak = feed;
     // The stream may close (the client left) before it is added to the feed below: the flag,
     // set before the feed is locked, keeps a closed stream out of it.
     auto closed = std::make_shared<std::atomic<bool>>(false);
+    std::lock_guard lock(feed->mutex);
+    if (feed->trimmed && !feed->history.empty() && feed->history.front().seq > sent + 1) {
+      return false;
+    }
+    http_requests.add({rs.route, "200"});
+    http_seconds.observe({rs.route},
+                         std::chrono::duration<double>(clock::now() - rs.began).count());
     ex->start_stream([weak, ex, closed] {
       closed->store(true);
       if (auto f = weak.lock()) {
@@ -1147,9 +1175,14 @@ struct service::impl {
         std::erase(f->streams, ex);
       }
     });
-    std::lock_guard lock(feed->mutex);
+    for (const auto& [seq, frame] : logged) {
+      if (seq > sent) {
+        break;
+      }
+      ex->send(frame);
+    }
     for (const auto& e : feed->history) {
-      if (e.seq > after) {
+      if (e.seq > sent) {
         ex->send(frame_of(*feed, e));
       }
     }
@@ -1158,6 +1191,23 @@ struct service::impl {
     } else if (!closed->load()) {
       feed->streams.push_back(ex);
     }
+    return true;
+  }
+
+  // A stream of the log's events after `after` for a run this process does not run (or whose
+  // log lags what it has in memory): it ends after them.
+  void stream_frames(const request_scope& rs, const run_row& run,
+                     const std::vector<std::pair<std::int64_t, std::string>>& logged) {
+    http_requests.add({rs.route, "200"});
+    auto ex = rs.exchange;
+    ex->start_stream({});
+    for (const auto& [seq, frame] : logged) {
+      ex->send(frame);
+    }
+    if (!final_status(run.status)) {
+      ex->send(": the run is not running in this process; reconnect with Last-Event-ID later\n\n");
+    }
+    ex->end_stream();
   }
 
   void stream_from_log(const request_scope& rs, const run_row& run, std::int64_t after) {
@@ -1165,18 +1215,17 @@ struct service::impl {
     if (!rows) {
       return rs.answer(error_response(503, "store_unavailable", rows.error().message));
     }
-    http_requests.add({rs.route, "200"});
-    auto ex = rs.exchange;
-    ex->start_stream({});
-    for (const auto& [seq, frame] : frames_from_log(run, *rows)) {
-      if (seq > after) {
-        ex->send(frame);
-      }
-    }
-    if (!final_status(run.status)) {
-      ex->send(": the run is not running in this process; reconnect with Last-Event-ID later\n\n");
-    }
-    ex->end_stream();
+    stream_frames(rs, run, logged_after(run, *rows, after));
+  }
+
+  // The log's events of a run after `after`, in order.
+  static std::vector<std::pair<std::int64_t, std::string>> logged_after(
+      const run_row& run, const std::vector<node_row>& rows, std::int64_t after) {
+    auto logged = frames_from_log(run, rows);
+    std::erase_if(logged, [after](const auto& f) { return f.first <= after; });
+    std::sort(logged.begin(), logged.end(),
+              [](const auto& x, const auto& y) { return x.first < y.first; });
+    return logged;
   }
 
   void stream_events(const request_scope& rs, const http_request& req, const std::string& id) {

@@ -19,17 +19,30 @@ namespace {
 class waking_stealing;
 scheduler_tuning tuning_of(caf::scheduler::abstract_coordinator* coordinator);
 
-// Work stealing as CAF's `policy::work_stealing`, with one change in how idle workers wait.
-// A worker with nothing to do spins for a bounded number of rounds (looking at its own queue and
-// stealing from the others), then announces itself blocked (`blocked` true, the coordinator's
-// `blocked_workers` one higher), looks at every queue once more, and only then waits on its
-// condition variable. Whoever enqueues a job, on any thread, pushes it and then, if any worker
-// is blocked, unblocks one: the job's own worker if that one is blocked, otherwise another one,
-// which steals it. The announcement and the enqueue each issue a sequentially consistent fence
-// between their write and their read, so either the enqueuer sees the blocked worker or the
-// worker sees the job. A worker that was unblocked and finds nothing (someone else took the job)
-// blocks again. Whoever flips a worker's `blocked` from true to false owns the decrement of
-// `blocked_workers`.
+// The coordinator and worker whose thread this is (set when a worker first looks for work).
+thread_local const void* tl_coordinator = nullptr;
+thread_local size_t tl_worker_id = 0;
+
+// Work stealing as CAF's `policy::work_stealing` (a queue per worker; a worker takes the newest
+// job of its own queue and steals the oldest of another's), with another way to be idle.
+//
+// Waiting: a worker with nothing to do spins for a bounded number of rounds (`spinning` true:
+// looking at its own queue and stealing from the others), then announces itself blocked
+// (`blocked` true, the coordinator's `blocked_workers` one higher), looks at every queue once
+// more, and only then waits on its condition variable. The announcement and every enqueue that
+// may wake issue a sequentially consistent fence between their write and their read, so either
+// the enqueuer sees the blocked worker or the worker sees the job. Whoever flips a worker's
+// `blocked` from true to false owns the decrement of `blocked_workers`; a worker unblocked for
+// a job someone else took blocks again.
+//
+// Waking, by where a job comes from:
+// - a thread outside the workers (a caller, the clock, an I/O thread): the job goes to a
+//   spinning worker (no system call), else to a blocked one, woken, else round-robin; a busy
+//   owner gets a blocked worker woken to steal it.
+// - a worker, for itself (an actor's message to an idle actor, a spawn, a callback that starts
+//   a run): the worker runs it after its current job; only a job queued behind another wakes a
+//   blocked worker (unless one is spinning), so a lone run does not pay a system call per
+//   message, and a job waits at most for its worker's current job.
 class waking_stealing : public caf::policy::unprofiled {
 public:
   using queue_type = caf::detail::double_ended_queue<caf::resumable>;
@@ -55,58 +68,95 @@ public:
     std::mutex lock;
     std::condition_variable wake;
     std::atomic<bool> blocked{false};
+    std::atomic<bool> spinning{false};  // looking for work, not blocked: it will find a job
     size_t steal_from = 0;
     const size_t spin_rounds;
     const size_t steal_interval;
     const caf::timespan blocked_recheck;
   };
 
+  // From a thread outside an actor. A worker's own thread (a callback that starts a run, say)
+  // queues for itself, as from inside an actor. Another thread gives the job to a worker that
+  // is looking for work (no system call), else to a blocked one (woken), else round-robin.
   template <class Coordinator>
   void central_enqueue(Coordinator* self, caf::resumable* job) {
+    if (tl_coordinator == self)
+      return internal_enqueue(self->worker_by_id(tl_worker_id), job);
     auto& data = d(self);
     const size_t workers = self->num_workers();
-    // A blocked worker takes the job at once; a busy one would make it wait behind its work.
+    for (size_t i = 0; i < workers; ++i) {
+      auto* w = self->worker_by_id(i);
+      if (d(w).spinning.load(std::memory_order_relaxed))
+        return w->external_enqueue(job);
+    }
     if (data.blocked_workers.load(std::memory_order_relaxed) > 0) {
       for (size_t i = 0; i < workers; ++i) {
         auto* w = self->worker_by_id(i);
-        if (d(w).blocked.load(std::memory_order_relaxed)) {
-          w->external_enqueue(job);
-          return;
-        }
+        if (d(w).blocked.load(std::memory_order_relaxed))
+          return w->external_enqueue(job);
       }
     }
     self->worker_by_id(data.next_worker++ % workers)->external_enqueue(job);
   }
 
+  // The job's worker runs it unless that worker is busy: then a blocked one is woken to steal
+  // it. A blocked owner is woken.
   template <class Worker>
   void external_enqueue(Worker* self, caf::resumable* job) {
     d(self).queue.append(job);
-    notify(self);
+    std::atomic_thread_fence(std::memory_order_seq_cst);
+    if (d(self->parent()).blocked_workers.load(std::memory_order_seq_cst) == 0 || unblock(self) ||
+        d(self).spinning.load(std::memory_order_relaxed))
+      return;
+    wake_another(self);
   }
 
+  // A job a worker queues for itself runs when the worker's current job ends; only a job
+  // queued behind another one (it would wait for two jobs) wakes a blocked worker to steal it,
+  // unless another worker is looking for work already. Waking on every message would make a
+  // lone run pay a system call per message while the other worker sleeps.
   template <class Worker>
   void internal_enqueue(Worker* self, caf::resumable* job) {
+    const bool behind_another = !d(self).queue.empty();
     d(self).queue.prepend(job);
-    notify(self);
+    if (behind_another)
+      help_with_backlog(self);
+  }
+
+  // The worker is about to run a job while others wait in its queue: another worker takes them
+  // meanwhile.
+  template <class Worker>
+  void before_resume(Worker* self, caf::resumable*) {
+    if (!d(self).queue.empty() &&
+        d(self->parent()).blocked_workers.load(std::memory_order_relaxed) > 0)
+      help_with_backlog(self);
   }
 
   template <class Worker>
   void resume_job_later(Worker* self, caf::resumable* job) {
     d(self).queue.append(job);
-    notify(self);
+    help_with_backlog(self);
   }
 
   template <class Worker>
   caf::resumable* dequeue(Worker* self) {
     auto& data = d(self);
+    tl_coordinator = self->parent();
+    tl_worker_id = self->id();
+    auto found = [&data](caf::resumable* job) {
+      data.spinning.store(false, std::memory_order_relaxed);
+      return job;
+    };
     for (;;) {
+      data.spinning.store(true, std::memory_order_relaxed);
       for (size_t round = 0; round < data.spin_rounds; ++round) {
         if (auto* job = data.queue.take_head())
-          return job;
+          return found(job);
         if (round % data.steal_interval == 0)
           if (auto* job = steal(self))
-            return job;
+            return found(job);
       }
+      data.spinning.store(false, std::memory_order_relaxed);
       auto& blocked_workers = d(self->parent()).blocked_workers;
       data.blocked.store(true, std::memory_order_seq_cst);
       blocked_workers.fetch_add(1, std::memory_order_seq_cst);
@@ -153,17 +203,25 @@ private:
     return nullptr;
   }
 
-  // Called after a job was pushed to `owner`'s queue: unblocks `owner` if it is blocked, else
-  // any other blocked worker, which will steal the job.
+  // `owner` has more queued than it can run now: unless another worker is looking for work
+  // already, a blocked one is woken to steal.
   template <class Worker>
-  void notify(Worker* owner) {
+  void help_with_backlog(Worker* owner) {
     std::atomic_thread_fence(std::memory_order_seq_cst);
     auto* parent = owner->parent();
-    auto& blocked_workers = d(parent).blocked_workers;
-    if (blocked_workers.load(std::memory_order_seq_cst) == 0)
+    if (d(parent).blocked_workers.load(std::memory_order_seq_cst) == 0)
       return;
-    if (unblock(owner))
-      return;
+    const size_t workers = parent->num_workers();
+    for (size_t i = 1; i < workers; ++i)
+      if (d(parent->worker_by_id((owner->id() + i) % workers)).spinning.load(std::memory_order_relaxed))
+        return;
+    wake_another(owner);
+  }
+
+  // Wakes a blocked worker other than `owner`, if there is one.
+  template <class Worker>
+  void wake_another(Worker* owner) {
+    auto* parent = owner->parent();
     const size_t workers = parent->num_workers();
     for (size_t i = 1; i < workers; ++i)
       if (unblock(parent->worker_by_id((owner->id() + i) % workers)))

@@ -27,10 +27,12 @@ struct scheduler_tuning {
 };
 
 /// Makes every actor system built from `config` use the waking scheduler. Its workers count is
-/// CAF's `scheduler.max-threads`. Contract, for any thread that enqueues a job (a worker, the
-/// clock, an I/O thread, a caller's thread): when a worker is blocked, some blocked worker is
-/// woken to take or steal the job; a worker blocks only after it has announced itself as
-/// blocked and then found every queue empty, so no enqueue can be missed.
+/// CAF's `scheduler.max-threads`. Contract: a job enqueued from outside the workers (the clock,
+/// an I/O thread, a caller's thread) wakes a blocked worker when there is one; a job a worker
+/// queues for itself waits at most for that worker's current job (one queued behind another
+/// wakes a blocked worker, which steals it); a worker blocks only after it has announced itself
+/// as blocked and then found every queue empty, so no enqueue can be missed. Actors must not
+/// block a worker for long (blocking work belongs on a thread pool): a job waits behind it.
 void use_waking_scheduler(caf::actor_system_config& config, scheduler_tuning tuning = {});
 
 } // namespace troupe

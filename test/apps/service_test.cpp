@@ -500,6 +500,40 @@ BOOST_AUTO_TEST_CASE(a_stream_reader_that_falls_behind_is_cut_off_and_resumes) {
   }
 }
 
+// A running run keeps only its latest 10,000 events in memory: a stream from the start replays
+// the older ones from the log, then the newer ones from memory, then goes live.
+BOOST_AUTO_TEST_CASE(a_stream_from_before_the_memory_replays_the_log_then_goes_live) {
+  server s;
+  BOOST_REQUIRE(s.post("/v1/workflows", R"({"name":"long",
+      "nodes":[{"id":"e","task":"echo","for_each":"{{ range(6000) }}","with":"{{ item }}"},
+               {"id":"b","task":"sleep","needs":["e"],"with":{"ms":600000}}]})").status == 201);
+  auto run = s.post("/v1/runs", R"({"workflow":"long","inputs":{}})");
+  BOOST_REQUIRE(run.status == 202);
+  const std::string id = str(run.doc(), "run_id");
+  {
+    // Wait (on the event stream itself) until b sleeps: 12,000 events have happened by then.
+    raw_socket watch(s.port());
+    watch.send_all("GET /v1/runs/" + id + "/events?after=11000 HTTP/1.1\r\nHost: x\r\n"
+                   "Authorization: Bearer " + s.key() + "\r\n\r\n");
+    watch.read_until("\"node_id\":\"b\"");
+  }
+  raw_socket c(s.port());
+  c.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+             s.key() + "\r\nLast-Event-ID: 0\r\n\r\n");
+  std::string text = c.read_until("\"node_id\":\"b\"");
+  // The stream is live: cancelling the run ends it with run_finished.
+  BOOST_REQUIRE(s.post("/v1/runs/" + id + "/cancel", "").status == 202);
+  text += c.read_to_end();
+  auto frames = server::parse_sse(text.substr(text.find("\r\n\r\n") + 4));
+  BOOST_REQUIRE(frames.size() > 12000u);
+  std::int64_t expected = 1;
+  for (const auto& [seq, event] : frames) {
+    BOOST_TEST_REQUIRE(seq == expected++);
+  }
+  BOOST_TEST(str(frames.back().second, "type") == "run_finished");
+  BOOST_TEST(str(frames.back().second, "status") == "cancelled");
+}
+
 BOOST_AUTO_TEST_CASE(connections_past_the_limit_get_503) {
   server s({"--max-connections", "2"});
   raw_socket a(s.port());
