@@ -1,5 +1,6 @@
 #include "apps/http_target.hpp"
 
+#include <chrono>
 #include <deque>
 #include <optional>
 #include <mutex>
@@ -105,6 +106,9 @@ run_outcome outcome_of(int status, const std::string& body) {
 
 }  // namespace
 
+// How long a kept-alive connection may idle before it is replaced rather than reused.
+constexpr std::chrono::seconds max_idle{1};
+
 struct http_target::impl : std::enable_shared_from_this<impl> {
   parsed_url where;
   std::string key;
@@ -124,6 +128,7 @@ struct http_target::impl : std::enable_shared_from_this<impl> {
     http::response<http::string_body> res;
     completion_callback done;
     bool connected = false;
+    std::chrono::steady_clock::time_point last_answer;  // when its last response ended
 
     conn(std::shared_ptr<impl> o)
         : owner(std::move(o)), stream(net::make_strand(owner->ioc)) {}
@@ -139,6 +144,14 @@ struct http_target::impl : std::enable_shared_from_this<impl> {
       req.keep_alive(true);
       req.body() = owner->workflow_body;
       req.prepare_payload();
+      // A connection idle for a while may have been closed by the server (its idle timeout,
+      // 10 s by default): a POST on it could fail without the server having seen it, and a
+      // POST is not retried. Such a connection is replaced instead of reused.
+      if (connected && std::chrono::steady_clock::now() - last_answer > max_idle) {
+        beast::error_code ignored;
+        stream.socket().close(ignored);
+        connected = false;
+      }
       if (connected) {
         return send();
       }
@@ -165,6 +178,7 @@ struct http_target::impl : std::enable_shared_from_this<impl> {
                              self->connected = false;
                              return self->finish({false, "no answer: " + rec.message()});
                            }
+                           self->last_answer = std::chrono::steady_clock::now();
                            if (!self->res.keep_alive()) {
                              beast::error_code ignored;
                              self->stream.socket().close(ignored);
@@ -331,12 +345,14 @@ bool http_target::start_run(completion_callback done, std::string& error) {
 }
 
 void http_target::stop() {
+  std::deque<completion_callback> never_sent;
   {
     std::lock_guard lock(impl_->mutex);
     if (impl_->stopped) {
       return;
     }
     impl_->stopped = true;
+    never_sent.swap(impl_->waiting);
     for (auto& c : impl_->idle) {
       net::post(c->stream.get_executor(), [c] {
         beast::error_code ignored;
@@ -345,6 +361,10 @@ void http_target::stop() {
       });
     }
     impl_->idle.clear();
+  }
+  // Runs still waiting for a connection end now, as failures, so no caller waits for them.
+  for (auto& cb : never_sent) {
+    cb({false, "not started: the target is stopped"});
   }
   impl_->work.reset();
   if (impl_->thread.joinable()) {

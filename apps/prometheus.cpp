@@ -38,6 +38,15 @@ const std::string& series_key(label_values values) {
   return key;
 }
 
+// The key of the series that takes label combinations past a family's limit.
+std::string other_key(std::size_t labels) {
+  std::string key;
+  for (std::size_t i = 0; i < labels; ++i) {
+    key += "5:other";
+  }
+  return key;
+}
+
 std::vector<std::string> split_key(std::string_view key) {
   std::vector<std::string> out;
   while (!key.empty()) {
@@ -88,15 +97,19 @@ void header(std::string& out, const std::string& name, const std::string& type,
 }  // namespace
 
 counter_family::counter_family(std::string name, std::string help,
-                               std::vector<std::string> labels)
-    : name_(std::move(name)), help_(std::move(help)), labels_(std::move(labels)) {}
+                               std::vector<std::string> labels, std::size_t max_series)
+    : name_(std::move(name)),
+      help_(std::move(help)),
+      labels_(std::move(labels)),
+      max_series_(max_series),
+      other_key_(other_key(labels_.size())) {}
 
 void counter_family::add(label_values values, double amount) {
   const std::string& key = series_key(values);
   std::lock_guard lock(mutex_);
   auto it = series_.find(std::string_view(key));
   if (it == series_.end()) {
-    it = series_.emplace(key, 0.0).first;
+    it = series_.emplace(series_.size() < max_series_ ? key : other_key_, 0.0).first;
   }
   it->second += amount;
 }
@@ -110,11 +123,14 @@ void counter_family::render(std::string& out) const {
 }
 
 histogram_family::histogram_family(std::string name, std::string help,
-                                   std::vector<std::string> labels, std::vector<double> bounds)
+                                   std::vector<std::string> labels, std::vector<double> bounds,
+                                   std::size_t max_series)
     : name_(std::move(name)),
       help_(std::move(help)),
       labels_(std::move(labels)),
-      bounds_(std::move(bounds)) {}
+      bounds_(std::move(bounds)),
+      max_series_(max_series),
+      other_key_(other_key(labels_.size())) {}
 
 void histogram_family::observe(label_values values, double value) {
   std::size_t b = static_cast<std::size_t>(
@@ -123,8 +139,10 @@ void histogram_family::observe(label_values values, double value) {
   std::lock_guard lock(mutex_);
   auto it = series_.find(std::string_view(key));
   if (it == series_.end()) {
-    it = series_.emplace(key, series{}).first;
-    it->second.buckets.assign(bounds_.size() + 1, 0);
+    it = series_.emplace(series_.size() < max_series_ ? key : other_key_, series{}).first;
+    if (it->second.buckets.empty()) {
+      it->second.buckets.assign(bounds_.size() + 1, 0);
+    }
   }
   auto& s = it->second;
   ++s.buckets[b];

@@ -1,7 +1,9 @@
 #pragma once
 
 // Prometheus text exposition (version 0.0.4) of the service's counters, gauges and histograms.
-// Thread-safe: each family has its own mutex, held only to find a series and bump it.
+// Thread-safe: each family has its own mutex, held only to find a series and bump it. A family
+// holds at most `max_series` series (label values come from clients: workflow names): past
+// that, new label combinations are counted in one series whose every label is "other".
 
 #include <array>
 #include <initializer_list>
@@ -20,13 +22,16 @@ using label_values = std::initializer_list<std::string_view>;
 
 class counter_family {
  public:
-  counter_family(std::string name, std::string help, std::vector<std::string> labels);
+  counter_family(std::string name, std::string help, std::vector<std::string> labels,
+                 std::size_t max_series = 1000);
   void add(label_values values, double amount = 1);
   void render(std::string& out) const;
 
  private:
   std::string name_, help_;
   std::vector<std::string> labels_;
+  std::size_t max_series_;
+  std::string other_key_;
   mutable std::mutex mutex_;
   std::map<std::string, double, std::less<>> series_;  // by joined label values
 };
@@ -35,7 +40,7 @@ class histogram_family {
  public:
   /// `bounds`: the upper bounds of the buckets, ascending (+Inf is added).
   histogram_family(std::string name, std::string help, std::vector<std::string> labels,
-                   std::vector<double> bounds);
+                   std::vector<double> bounds, std::size_t max_series = 1000);
   void observe(label_values values, double value);
   void render(std::string& out) const;
 
@@ -48,6 +53,8 @@ class histogram_family {
   std::string name_, help_;
   std::vector<std::string> labels_;
   std::vector<double> bounds_;
+  std::size_t max_series_;
+  std::string other_key_;
   mutable std::mutex mutex_;
   std::map<std::string, series, std::less<>> series_;  // by joined label values
 };
