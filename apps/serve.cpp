@@ -152,9 +152,6 @@ int serve_command(const serve_options& o) {
                 << " from " << f.string() << '\n';
     }
   }
-  if (config.mode != persistence_mode::memory) {
-    eng->adopt_expired_runs();
-  }
 
   http_server_config hc;
   hc.host = host;
@@ -176,6 +173,14 @@ int serve_command(const serve_options& o) {
     auto* s = server_ptr.load();
     return s ? s->stats() : http_server_stats{};
   });
+  // Runs of engines that died on this database (this one, before a restart, or another) are
+  // adopted now and whenever a lease runs out, as runs of this service.
+  if (config.mode != persistence_mode::memory) {
+    if (const std::size_t adopted = svc->adopt_expired_runs()) {
+      std::cerr << "troupe serve: resumed " << adopted
+                << " runs whose process had died (their leases had run out)\n";
+    }
+  }
   hc.before_body = [s = svc.get()](std::string_view authorization) {
     return s->refuse_before_body(authorization);
   };

@@ -27,6 +27,9 @@ namespace net = boost::asio;
 
 namespace {
 
+// The runs-per-key account of runs adopted from dead engines: no API key holds a line break.
+const std::string adopted_runs_key = "\n";
+
 using clock = std::chrono::steady_clock;
 
 std::int64_t wall_us() {
@@ -234,6 +237,7 @@ struct run_feed {
   // for a stream that wants them: most runs are never watched.
   std::deque<run_event> history;
   bool trimmed = false;  // older events were dropped: replay those from the log
+  bool resumed = false;  // a resumed run: its events before the resume are in the log only
   bool finished = false;
   // Once finished: the result, and its document (JSON text) made the first time one is asked
   // for (most runs' callers never read it back: async starts).
@@ -285,6 +289,8 @@ struct service::impl {
   std::unordered_map<std::string, std::shared_ptr<run_feed>> feeds;
   std::deque<std::string> finished_order;
   std::unordered_map<std::string, run_handle> live;  // guarded by feeds_mutex
+  // Runs the engine is about to adopt: their feeds and workflows (guarded by feeds_mutex).
+  std::unordered_map<std::string, std::pair<std::shared_ptr<run_feed>, std::string>> adopting;
 
   std::mutex keys_mutex;
   std::unordered_map<std::string, key_state> keys;
@@ -748,7 +754,7 @@ struct service::impl {
   std::function<void(const run_event&)> event_sink(std::shared_ptr<run_feed> feed, plan_ptr p) {
     return [this, feed, p](const run_event& e) {
       if (e.what == run_event::kind::node_finished && e.duration_us >= 0) {
-        const node_plan* np = p->find_node(e.node_id);
+        const node_plan* np = p ? p->find_node(e.node_id) : nullptr;
         node_seconds.observe({np ? std::string_view(np->task) : std::string_view("?")},
                              static_cast<double>(e.duration_us) / 1e6);
       }
@@ -1119,25 +1125,33 @@ struct service::impl {
     bool trimmed_past = false;
     {
       std::lock_guard lock(feed->mutex);
-      trimmed_past = feed->trimmed && !feed->history.empty() &&
-                     feed->history.front().seq > after + 1;
+      trimmed_past = (feed->trimmed || feed->resumed) &&
+                     (feed->history.empty() || feed->history.front().seq > after + 1);
     }
     if (trimmed_past) {
-      // The events asked for left memory: the older ones come from the log, then the stream
+      // The events asked for left memory (or, for a resumed run, came before the resume): the
+      // older ones come from the log, then the stream
       // joins the feed (when the log holds every event up to the feed's oldest; its rows may
       // lag the live run, and then the stream ends after what the log has: reconnect later).
       return net::post(pool, [this, rs, id, after, feed] {
-        auto run = eng.get_run(id);
-        if (!run || !*run) {
-          return rs.answer(error_response(404, "not_found", "no run " + id));
-        }
-        auto rows = eng.node_rows(id);
-        if (!rows) {
-          return rs.answer(error_response(503, "store_unavailable", rows.error().message));
-        }
-        auto logged = logged_after(**run, *rows, after);
-        if (!join_feed(rs, feed, after, logged)) {
-          stream_frames(rs, **run, logged);
+        // Twice at most: when the log lags the live events (rows handed to the writer, not yet
+        // committed), the writer is flushed and the log read again.
+        for (int attempt = 0;; ++attempt) {
+          auto run = eng.get_run(id);
+          if (!run || !*run) {
+            return rs.answer(error_response(404, "not_found", "no run " + id));
+          }
+          auto rows = eng.node_rows(id);
+          if (!rows) {
+            return rs.answer(error_response(503, "store_unavailable", rows.error().message));
+          }
+          auto logged = logged_after(**run, *rows, after);
+          if (join_feed(rs, feed, after, logged)) {
+            return;
+          }
+          if (attempt == 1 || !eng.flush(std::chrono::seconds(5))) {
+            return stream_frames(rs, **run, logged);
+          }
         }
       });
     }
@@ -1162,7 +1176,7 @@ struct service::impl {
     // set before the feed is locked, keeps a closed stream out of it.
     auto closed = std::make_shared<std::atomic<bool>>(false);
     std::lock_guard lock(feed->mutex);
-    if (feed->trimmed && !feed->history.empty() && feed->history.front().seq > sent + 1) {
+    if (!feed->history.empty() && feed->history.front().seq > sent + 1) {
       return false;
     }
     http_requests.add({rs.route, "200"});
@@ -1407,14 +1421,11 @@ struct service::impl {
       }
       auto feed = std::make_shared<run_feed>();
       feed->run_id = id;
+      feed->resumed = true;
       plan_ptr p = eng.find_workflow((*run)->workflow, (*run)->version);
       start_options o;
-      if (p) {
-        o.on_event = event_sink(feed, p);
-        o.policy = policy_for(*p);
-      } else {
-        o.policy = policy;  // its workflow is not registered here: not the operator's
-      }
+      o.on_event = event_sink(feed, p);  // p may be null: its workflow is not registered here
+      o.policy = p ? policy_for(*p) : policy;  // ...and then not the operator's
       o.never_wait = true;
       {
         std::lock_guard lock(feeds_mutex);
@@ -1438,6 +1449,59 @@ struct service::impl {
     });
   }
 };
+
+std::size_t service::adopt_expired_runs() {
+  auto& m = *impl_;
+  engine::adoption_hooks hooks;
+  // A run adopted here (its engine died) joins the service's view like a run resumed through
+  // the API: a live event stream, cancel, metrics. It is charged to no API key.
+  hooks.prepare = [&m](const run_row& run) {
+    const std::string id = run.run_id.str();
+    auto feed = std::make_shared<run_feed>();
+    feed->run_id = id;
+    feed->resumed = true;
+    plan_ptr p = m.eng.find_workflow(run.workflow, run.version);
+    start_options o;
+    o.on_event = m.event_sink(feed, p);  // p may be null: not registered here since a restart
+    o.policy = p ? m.policy_for(*p) : m.policy;
+    o.never_wait = true;
+    std::lock_guard lock(m.feeds_mutex);
+    m.adopting[id] = {feed, run.workflow};
+    m.feeds[id] = feed;  // the engine runs it nowhere here (it checked): no live feed to keep
+    return o;
+  };
+  hooks.done = [&m](const std::string& id, const run_handle* adopted) {
+    std::pair<std::shared_ptr<run_feed>, std::string> prepared;
+    {
+      std::lock_guard lock(m.feeds_mutex);
+      auto it = m.adopting.find(id);
+      if (it == m.adopting.end()) {
+        return;
+      }
+      prepared = std::move(it->second);
+      m.adopting.erase(it);
+      auto f = m.feeds.find(id);
+      if (!adopted && f != m.feeds.end() && f->second == prepared.first) {
+        m.feeds.erase(f);
+      }
+    }
+    if (adopted) {
+      m.track(*adopted, prepared.first, prepared.second, adopted_runs_key);
+    }
+  };
+  // The first round here, before the service answers anything: a run that was in flight when
+  // the previous process died is live again when the first request comes.
+  std::size_t adopted = 0;
+  engine::resume_claimable(m.eng, hooks.prepare,
+                           [&](const std::string& id, expected<run_handle, validation_errors> r) {
+                             if (r) {
+                               ++adopted;
+                             }
+                             hooks.done(id, r ? &*r : nullptr);
+                           });
+  m.eng.adopt_expired_runs(std::move(hooks));
+  return adopted;
+}
 
 service::service(engine& e, service_config config, std::function<http_server_stats()> stats)
     : impl_(std::make_unique<impl>(e, std::move(config), std::move(stats))) {}

@@ -72,6 +72,11 @@ class service {
   /// The http_server_config::before_body hook: a 401 for a request without a valid key (none
   /// without keys). Any thread.
   std::optional<http_response> refuse_before_body(std::string_view authorization) const;
+  /// Has the engine adopt the runs of engines that died (engine::adopt_expired_runs), now and
+  /// whenever a lease runs out, as runs of this service: their events stream live and they can
+  /// be cancelled. The first round runs before it returns (how many runs it adopted). Call after
+  /// the workflows are registered, before the server listens.
+  std::size_t adopt_expired_runs();
   /// From now on, requests that would start or resume a run get 503 (shutting down).
   void stop_starting_runs();
   /// Runs started or resumed through this service that have not ended.

@@ -171,7 +171,7 @@ struct engine::impl {
   void admit_queued();
   // adopt_expired_runs(): its timer (on the I/O threads) and callback.
   std::mutex adopt_mutex;
-  std::function<void(const run_handle&)> on_adopted;
+  engine::adoption_hooks adoption;
   std::unique_ptr<boost::asio::steady_timer> adopt_timer;
   bool adopting = false;
   std::shared_ptr<std::function<void()>> adopt_round;  // the round the timer posts
@@ -619,15 +619,32 @@ bool engine::flush(std::chrono::milliseconds timeout) {
 
 std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished(
     start_options options) {
-  auto& m = *impl_;
   std::vector<expected<run_handle, validation_errors>> out;
+  resume_claimable(*this, [&](const run_row&) { return options; },
+                   [&](const std::string&, expected<run_handle, validation_errors> r) {
+                     if (!r && r.error().front().message.find("is owned by") != std::string::npos) {
+                       return;  // another engine claimed it since it was listed
+                     }
+                     out.push_back(std::move(r));
+                   });
+  return out;
+}
+
+// Resumes every top-level run that can be claimed now, each with the options `prepare` gives;
+// `done` gets each result (a run another engine claimed meanwhile is skipped, after `done` with
+// that error so the caller can forget what it prepared).
+void engine::resume_claimable(
+    engine& e,
+    const std::function<start_options(const run_row&)>& prepare,
+    const std::function<void(const std::string&, expected<run_handle, validation_errors>)>& done) {
+  auto& m = *e.impl_;
   if (!m.queries) {
-    return out;
+    return;
   }
   auto runs = unfinished_top_level_runs(*m.queries);
   if (!runs) {
-    out.push_back(make_unexpected(std::move(runs.error())));
-    return out;
+    done(std::string(), make_unexpected(std::move(runs.error())));
+    return;
   }
   const std::int64_t now = wall_us();
   for (const auto& r : *runs) {
@@ -635,27 +652,28 @@ std::vector<expected<run_handle, validation_errors>> engine::resume_unfinished(
         !lease_terms::claimable(r.lease_until, now, !r.owner.empty() && owner_gone(r.owner))) {
       continue;  // running here already, or another live engine holds it
     }
-    auto resumed = resume(r.run_id, options);
-    if (!resumed && resumed.error().front().message.find("is owned by") != std::string::npos) {
-      continue;  // another engine claimed it since it was listed
-    }
-    out.push_back(std::move(resumed));
+    const std::string id = r.run_id.str();
+    done(id, e.resume(id, prepare(r)));
   }
-  return out;
 }
 
 namespace {
 // One round of adopt_expired_runs(): resumes what can be claimed now and returns when the next
 // lease of another engine seen in the store runs out (wall µs; 0: none seen).
 std::int64_t adopt_round(engine& e, detail::query_store& q, const std::string& me,
-                         const std::function<void(const run_handle&)>& on_adopted) {
-  for (auto& r : e.resume_unfinished()) {
-    if (r && on_adopted) {
-      on_adopted(*r);
-    } else if (!r) {
-      std::fprintf(stderr, "troupe: cannot adopt a run: %s\n", r.error().front().message.c_str());
-    }
-  }
+                         const engine::adoption_hooks& hooks) {
+  engine::resume_claimable(
+      e,
+      [&](const run_row& run) { return hooks.prepare ? hooks.prepare(run) : start_options{}; },
+      [&](const std::string& id, expected<run_handle, validation_errors> r) {
+        if (!r && r.error().front().message.find("is owned by") == std::string::npos) {
+          std::fprintf(stderr, "troupe: cannot adopt a run: %s\n",
+                       r.error().front().message.c_str());
+        }
+        if (hooks.done && !id.empty()) {
+          hooks.done(id, r ? &*r : nullptr);
+        }
+      });
   auto runs = unfinished_top_level_runs(q);
   std::int64_t next = 0;
   if (runs) {
@@ -670,13 +688,25 @@ std::int64_t adopt_round(engine& e, detail::query_store& q, const std::string& m
 }  // namespace
 
 void engine::adopt_expired_runs(std::function<void(const run_handle&)> on_adopted) {
+  adoption_hooks hooks;
+  if (on_adopted) {
+    hooks.done = [f = std::move(on_adopted)](const std::string&, const run_handle* h) {
+      if (h) {
+        f(*h);
+      }
+    };
+  }
+  adopt_expired_runs(std::move(hooks));
+}
+
+void engine::adopt_expired_runs(adoption_hooks hooks) {
   auto& m = *impl_;
   if (!m.queries) {
     return;
   }
   {
     std::lock_guard<std::mutex> lock(m.adopt_mutex);
-    m.on_adopted = std::move(on_adopted);
+    m.adoption = std::move(hooks);
     if (m.adopting) {
       return;
     }
@@ -693,12 +723,12 @@ void engine::adopt_expired_runs(std::function<void(const run_handle&)> on_adopte
     if (!self || !m.accepting.load()) {
       return;
     }
-    std::function<void(const run_handle&)> cb;
+    adoption_hooks hooks;
     {
       std::lock_guard<std::mutex> lock(m.adopt_mutex);
-      cb = m.on_adopted;
+      hooks = m.adoption;
     }
-    const std::int64_t next = adopt_round(*this, *m.queries, m.owner, cb);
+    const std::int64_t next = adopt_round(*this, *m.queries, m.owner, hooks);
     std::int64_t wait_us = m.terms.lease_ms() * 1000;
     if (next > 0) {
       // Just past the lease's end, so that the claim finds it expired.

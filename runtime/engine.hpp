@@ -205,6 +205,18 @@ class engine {
   /// thread; it must not block. Call it after registering tasks. Calling it again replaces the
   /// callback.
   void adopt_expired_runs(std::function<void(const run_handle&)> on_adopted = {});
+  /// How a caller takes part in each adoption, for callers that keep their own view of the runs
+  /// alive here (troupe serve: its event streams, cancel). Both on an engine thread; neither may
+  /// block.
+  struct adoption_hooks {
+    /// Before a run is resumed here: the options to resume it with (on_event, policy, ...; its
+    /// run_id is ignored). Empty: default options.
+    std::function<start_options(const run_row& run)> prepare;
+    /// After: the run adopted, or nullptr when the resume prepare() was called for failed.
+    std::function<void(const std::string& run_id, const run_handle* adopted)> done;
+  };
+  /// adopt_expired_runs() with hooks; calling either form again replaces them.
+  void adopt_expired_runs(adoption_hooks hooks);
   /// This engine's identity as stored in the runs it owns ("host/pid/start_us").
   const std::string& owner_id() const;
 
@@ -248,6 +260,16 @@ class engine {
   expected<run_handle, validation_errors> start_run(const plan_ptr& p, json::object inputs,
                                                     start_options options, resume_point* from);
 
+ public:
+  // Internal (resume_unfinished and the adoption rounds): resumes each run that can be claimed
+  // now with the options `prepare` gives, and reports each result to `done`.
+  static void resume_claimable(
+      engine& e,
+      const std::function<start_options(const run_row&)>& prepare,
+      const std::function<void(const std::string&, expected<run_handle, validation_errors>)>&
+          done);
+
+ private:
   std::unique_ptr<impl> impl_;
 };
 

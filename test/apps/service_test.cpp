@@ -629,6 +629,52 @@ BOOST_AUTO_TEST_CASE(sigterm_lets_running_runs_finish_then_exits_zero) {
   BOOST_TEST(shown.out.find("\"succeeded\"") != std::string::npos);
 }
 
+// A run in flight when its server is killed is adopted by the next server on the database, as
+// one of its own: its events stream live (the old ones from the log) and it can be cancelled.
+BOOST_AUTO_TEST_CASE(a_run_adopted_after_a_crash_streams_live_and_can_be_cancelled) {
+  temp_dir dir;
+  std::string id;
+  {
+    server s({}, {}, &dir);
+    BOOST_REQUIRE(s.post("/v1/workflows", slow).status == 201);
+    auto started = s.post("/v1/runs", R"({"workflow":"slow","inputs":{"ms":600000}})");
+    BOOST_REQUIRE(started.status == 202);
+    id = str(started.doc(), "run_id");
+    raw_socket ev(s.port());
+    ev.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                s.key() + "\r\n\r\n");
+    ev.read_until("\"node_id\":\"b\"");  // b sleeps
+    // A run answered in wait mode was committed, and with it (the writer commits in order)
+    // every row of the slow run handed to the writer before.
+    BOOST_REQUIRE(s.post("/v1/workflows", doubler).status == 201);
+    BOOST_REQUIRE(
+        s.post("/v1/runs", R"({"workflow":"svc","inputs":{"n":1},"response":"wait"})").status ==
+        200);
+    s.stop(SIGKILL);
+  }
+  server s({}, {}, &dir);  // adopts the run before it listens: its first owner is gone
+  BOOST_TEST(s.process().wait_for_stderr("resumed 1 runs"));
+  raw_socket c(s.port());
+  c.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+             s.key() + "\r\nLast-Event-ID: 0\r\n\r\n");
+  // b's first attempt (from the log), then its second one here.
+  std::string text = c.read_until("\"attempt\":2");
+  auto cancelled = s.post("/v1/runs/" + id + "/cancel", "");
+  BOOST_TEST(cancelled.status == 202, cancelled.body);
+  text += c.read_to_end();
+  BOOST_TEST(text.find("not running in this process") == std::string::npos);
+  auto frames = server::parse_sse(text.substr(text.find("\r\n\r\n") + 4));
+  BOOST_REQUIRE(!frames.empty());
+  BOOST_TEST(str(frames.back().second, "type") == "run_finished");
+  BOOST_TEST(str(frames.back().second, "status") == "cancelled");
+  // a ran once, in the first server.
+  int a_finished = 0;
+  for (const auto& [seq, e] : frames) {
+    a_finished += str(e, "type") == "node_finished" && str(e, "node_id") == "a";
+  }
+  BOOST_TEST(a_finished == 1);
+}
+
 BOOST_AUTO_TEST_CASE(an_idempotency_key_survives_a_restart_in_durable_mode) {
   temp_dir dir;
   const std::string body = R"({"workflow":"svc","inputs":{"n":5},"response":"wait"})";
