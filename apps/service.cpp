@@ -262,6 +262,26 @@ struct run_feed {
     return {200, "application/json", result_text(), {}};
   }
   std::vector<std::shared_ptr<http_exchange>> streams;
+
+  // Marks the feed finished (its result or `failed` set first): every waiter gets the final
+  // answer, every stream ends. The caller holds `mutex`.
+  void end() {
+    finished = true;
+    if (!waiters.empty()) {
+      http_response answer = final_answer();
+      for (auto& w : waiters) {
+        w(answer);
+      }
+      waiters.clear();
+    }
+    end_streams();
+  }
+  void end_streams() {
+    for (auto& s : streams) {
+      s->end_stream();
+    }
+    streams.clear();
+  }
 };
 
 struct key_state {
@@ -792,23 +812,12 @@ struct service::impl {
     auto kept = std::make_shared<const run_result>(r);
     {
       std::lock_guard lock(feed->mutex);
-      feed->finished = true;
       feed->result_value = std::move(kept);
       while (feed->history.size() > config.finished_feed_events) {
         feed->history.pop_front();
         feed->trimmed = true;
       }
-      if (!feed->waiters.empty()) {
-        http_response answer = feed->final_answer();
-        for (auto& w : feed->waiters) {
-          w(answer);
-        }
-        feed->waiters.clear();
-      }
-      for (auto& s : feed->streams) {
-        s->end_stream();
-      }
-      feed->streams.clear();
+      feed->end();
     }
     std::lock_guard lock(feeds_mutex);
     live.erase(r.run_id);
@@ -1049,16 +1058,8 @@ struct service::impl {
       }
     }
     std::lock_guard lock(feed->mutex);
-    feed->finished = true;
     feed->failed = why;
-    for (auto& w : feed->waiters) {
-      w(why);
-    }
-    feed->waiters.clear();
-    for (auto& s : feed->streams) {
-      s->end_stream();
-    }
-    feed->streams.clear();
+    feed->end();
   }
 
   void track(const run_handle& h, const std::shared_ptr<run_feed>& feed,
@@ -1529,10 +1530,7 @@ void service::stop() {
   std::lock_guard lock(impl_->feeds_mutex);
   for (auto& [id, feed] : impl_->feeds) {
     std::lock_guard f(feed->mutex);
-    for (auto& s : feed->streams) {
-      s->end_stream();
-    }
-    feed->streams.clear();
+    feed->end_streams();
   }
 }
 

@@ -237,6 +237,13 @@ std::string post_request(const std::string& key, const std::string& path, const 
          (keep_alive ? "" : "\r\nConnection: close") + "\r\n\r\n" + body;
 }
 
+// A request for a run's event stream; `extra`: more header lines, each ending in \r\n.
+std::string events_request(const std::string& key, const std::string& target,
+                           const std::string& extra = {}) {
+  return "GET " + target + " HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + "\r\n" +
+         extra + "\r\n";
+}
+
 }  // namespace
 
 BOOST_AUTO_TEST_SUITE(service, *utf::timeout(240))
@@ -472,8 +479,7 @@ BOOST_AUTO_TEST_CASE(a_stream_reader_that_falls_behind_is_cut_off_and_resumes) {
   const std::string id = str(run.doc(), "run_id");
   // A client with a tiny receive window that reads nothing until the server gives up on it.
   raw_socket slow(s.port(), 4096);
-  slow.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                s.key() + "\r\n\r\n");
+  slow.send_all(events_request(s.key(), "/v1/runs/" + id + "/events"));
   // A client that reads: it sees the whole run (about 12 MB of events).
   auto all = s.events_to_end(id);
   BOOST_REQUIRE(!all.empty());
@@ -513,13 +519,11 @@ BOOST_AUTO_TEST_CASE(a_stream_from_before_the_memory_replays_the_log_then_goes_l
   {
     // Wait (on the event stream itself) until b sleeps: 12,000 events have happened by then.
     raw_socket watch(s.port());
-    watch.send_all("GET /v1/runs/" + id + "/events?after=11000 HTTP/1.1\r\nHost: x\r\n"
-                   "Authorization: Bearer " + s.key() + "\r\n\r\n");
+    watch.send_all(events_request(s.key(), "/v1/runs/" + id + "/events?after=11000"));
     watch.read_until("\"node_id\":\"b\"");
   }
   raw_socket c(s.port());
-  c.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-             s.key() + "\r\nLast-Event-ID: 0\r\n\r\n");
+  c.send_all(events_request(s.key(), "/v1/runs/" + id + "/events", "Last-Event-ID: 0\r\n"));
   std::string text = c.read_until("\"node_id\":\"b\"");
   // The stream is live: cancelling the run ends it with run_finished.
   BOOST_REQUIRE(s.post("/v1/runs/" + id + "/cancel", "").status == 202);
@@ -611,8 +615,7 @@ BOOST_AUTO_TEST_CASE(sigterm_lets_running_runs_finish_then_exits_zero) {
     BOOST_REQUIRE(started.status == 202);
     id = str(started.doc(), "run_id");
     raw_socket ev(s.port());
-    ev.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                s.key() + "\r\n\r\n");
+    ev.send_all(events_request(s.key(), "/v1/runs/" + id + "/events"));
     ev.read_until("\"node_id\":\"b\"");  // b is sleeping: the run is in flight
     s.process().send(SIGTERM);
     std::string rest = ev.read_to_end();  // the stream still sees the run to its end
@@ -641,8 +644,7 @@ BOOST_AUTO_TEST_CASE(a_run_adopted_after_a_crash_streams_live_and_can_be_cancell
     BOOST_REQUIRE(started.status == 202);
     id = str(started.doc(), "run_id");
     raw_socket ev(s.port());
-    ev.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-                s.key() + "\r\n\r\n");
+    ev.send_all(events_request(s.key(), "/v1/runs/" + id + "/events"));
     ev.read_until("\"node_id\":\"b\"");  // b sleeps
     // A run answered in wait mode was committed, and with it (the writer commits in order)
     // every row of the slow run handed to the writer before.
@@ -655,8 +657,7 @@ BOOST_AUTO_TEST_CASE(a_run_adopted_after_a_crash_streams_live_and_can_be_cancell
   server s({}, {}, &dir);  // adopts the run before it listens: its first owner is gone
   BOOST_TEST(s.process().wait_for_stderr("resumed 1 runs"));
   raw_socket c(s.port());
-  c.send_all("GET /v1/runs/" + id + "/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
-             s.key() + "\r\nLast-Event-ID: 0\r\n\r\n");
+  c.send_all(events_request(s.key(), "/v1/runs/" + id + "/events", "Last-Event-ID: 0\r\n"));
   // b's first attempt (from the log), then its second one here.
   std::string text = c.read_until("\"attempt\":2");
   auto cancelled = s.post("/v1/runs/" + id + "/cancel", "");
