@@ -803,4 +803,18 @@ int run_cli(int argc, char** argv) {
   }
 }
 
+std::vector<std::string> split(const std::string& text, char sep) {
+  std::vector<std::string> parts;
+  std::size_t start = 0;
+  while (!text.empty()) {
+    const auto at = text.find(sep, start);
+    parts.push_back(text.substr(start, at == std::string::npos ? std::string::npos : at - start));
+    if (at == std::string::npos) {
+      break;
+    }
+    start = at + 1;
+  }
+  return parts;
+}
+
 }  // namespace troupe::cli

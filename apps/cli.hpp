@@ -3,6 +3,9 @@
 // The `troupe` program's subcommands. main() only prepares the process (signal mask) and calls
 // run_cli(), so that the commands stay free of process-wide setup.
 
+#include <string>
+#include <vector>
+
 namespace troupe::cli {
 
 /// Exit codes (DESIGN.md): the run succeeded / the run failed, was cancelled or timed out /
@@ -14,5 +17,9 @@ inline constexpr int exit_usage = 2;
 /// Parses the command line and runs the subcommand. Expects SIGINT, SIGTERM and SIGUSR1 to be
 /// blocked in every thread already (block_termination_signals()).
 int run_cli(int argc, char** argv);
+
+/// `text` cut at each `sep` ("a,,b" gives "a", "", "b"; "" gives nothing): the comma lists of
+/// options and environment variables.
+std::vector<std::string> split(const std::string& text, char sep);
 
 }  // namespace troupe::cli

@@ -93,19 +93,6 @@ std::optional<std::string> read_text(const std::string& path, std::size_t limit,
   return text;
 }
 
-std::vector<std::string> split(const std::string& text, char sep) {
-  std::vector<std::string> parts;
-  std::string part;
-  std::istringstream in(text);
-  while (std::getline(in, part, sep)) {
-    parts.push_back(part);
-  }
-  if (!text.empty() && text.back() == sep) {
-    parts.emplace_back();
-  }
-  return parts;
-}
-
 // ---------------------------------------------------------------------------------------------
 // Where each mode's log goes.
 

@@ -75,36 +75,16 @@ int serve_command(const serve_options& o) {
                  "(--api-keys FILE or TROUPE_API_KEYS) or listen on 127.0.0.1.\n";
     return exit_usage;
   }
-  if (!o.allow_tasks.empty()) {
-    std::size_t start = 0;
-    while (start <= o.allow_tasks.size()) {
-      auto comma = o.allow_tasks.find(',', start);
-      std::string name = o.allow_tasks.substr(
-          start, comma == std::string::npos ? std::string::npos : comma - start);
-      if (name == "all") {
-        sc.all_tasks = true;
-      } else if (!name.empty()) {
-        sc.allowed_tasks.insert(name);
-      }
-      if (comma == std::string::npos) {
-        break;
-      }
-      start = comma + 1;
+  for (const auto& name : split(o.allow_tasks, ',')) {
+    if (name == "all") {
+      sc.all_tasks = true;
+    } else if (!name.empty()) {
+      sc.allowed_tasks.insert(name);
     }
   }
-  {
-    std::size_t start = 0;
-    while (start < o.allow_http_hosts.size()) {
-      auto comma = o.allow_http_hosts.find(',', start);
-      std::string host = o.allow_http_hosts.substr(
-          start, comma == std::string::npos ? std::string::npos : comma - start);
-      if (!host.empty()) {
-        sc.allowed_http_hosts.push_back(host);
-      }
-      if (comma == std::string::npos) {
-        break;
-      }
-      start = comma + 1;
+  for (const auto& host : split(o.allow_http_hosts, ',')) {
+    if (!host.empty()) {
+      sc.allowed_http_hosts.push_back(host);
     }
   }
   sc.rate_per_key = o.rate_limit;

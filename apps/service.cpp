@@ -16,6 +16,7 @@
 #include <boost/asio/thread_pool.hpp>
 #include <boost/json/serialize.hpp>
 
+#include "apps/cli.hpp"
 #include "apps/output.hpp"
 #include "apps/prometheus.hpp"
 #include "apps/runs.hpp"
@@ -1559,14 +1560,8 @@ std::vector<std::string> read_api_keys(const std::string& path, const std::strin
       add(line);
     }
   }
-  std::size_t start = 0;
-  while (start <= env_value.size() && !env_value.empty()) {
-    auto comma = env_value.find(',', start);
-    add(env_value.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
-    if (comma == std::string::npos) {
-      break;
-    }
-    start = comma + 1;
+  for (const auto& key : split(env_value, ',')) {
+    add(key);
   }
   return keys;
 }
