@@ -13,6 +13,7 @@
 #include <caf/stateful_actor.hpp>
 
 #include "actors/builtin/operation.hpp"
+#include "actors/dispatcher.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
@@ -54,6 +55,11 @@ struct node_actor_state {
   bool report_child = false;
   bool from_store = false;  // the answer is a cached output read from the store
   run_state::dynamic_outcome outcome;
+  // Cluster: the attempt runs on a worker (the dispatcher placed it); where, and how many
+  // workers were lost under it.
+  bool remote = false;
+  std::string worker;
+  std::int32_t lost = 0;
 
   static inline const char* name = "node";
   std::string_view trace_run() const { return args.run_id; }
@@ -85,8 +91,10 @@ void answer(node_actor* self, task_result r) {
   st.answered = true;
   st.op.reset();
   st.child = caf::actor{};
-  attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store, {}};
+  attempt_done m{st.args.exec, std::move(r), false, {}, st.from_store, {}, {}, 0};
   m.persistence_error = std::move(st.child_persistence_error);
+  m.worker = std::move(st.worker);
+  m.lost = st.lost;
   if (st.args.dynamic || st.report_child) {
     m.has_outcome = true;
     m.outcome = std::move(st.outcome);
@@ -310,6 +318,9 @@ void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
   st.report_child = false;
   st.from_store = false;
   st.outcome = {};
+  st.remote = false;
+  st.worker.clear();
+  st.lost = 0;
   st.generating = static_cast<bool>(st.args.dynamic);
   if (st.generating && !st.args.dynamic->spec_key.empty() && svc->spec_lookup) {
     // A spec hit skips the generating task and the compile.
@@ -344,7 +355,40 @@ void begin(node_actor* self, const services_ptr& svc, node_spawn_args args) {
   start_task(self);
 }
 
+// Cluster: a task some worker offers goes to the dispatcher, which places it on a worker (or
+// hands it back with run_here). Quick tasks never get here; `workflow` tasks and `dynamic` nodes
+// start child runs, which belong to this process.
+bool dispatch_remotely(node_actor* self) {
+  auto& st = self->state;
+  const auto& svc = st.services;
+  const task_def& def = *st.args.task;
+  if (st.args.here || !svc->dispatcher || !svc->offers || st.args.dynamic || def.name == "workflow" ||
+      def.kind == task_kind::quick || !svc->offers->routes(def.name)) {
+    return false;
+  }
+  remote_attempt m;
+  m.exec = st.args.exec;
+  m.order.task = def.name;
+  m.order.input_json = wire::to_wire(*st.args.input);
+  m.order.run_id = st.args.run_id;
+  m.order.node_id = st.args.node_id;
+  m.order.item = st.args.item;
+  m.order.attempt = st.args.attempt;
+  wire::put_policy(m.order, st.args.policy.get());
+  st.remote = true;
+  self->send(svc->dispatcher, std::move(m));
+  return true;
+}
+
+void start_local(node_actor* self);
+
 void start_task(node_actor* self) {
+  if (!dispatch_remotely(self)) {
+    start_local(self);
+  }
+}
+
+void start_local(node_actor* self) {
   auto& st = self->state;
   const auto& svc = st.services;
   const task_def& def = *st.args.task;
@@ -358,7 +402,7 @@ void start_task(node_actor* self) {
       raw->state.sync_result = std::move(r);
       return;
     }
-    caf::anon_send(me, attempt_done{exec, std::move(r), false, {}, false, {}});
+    caf::anon_send(me, attempt_done{exec, std::move(r), false, {}, false, {}, {}, 0});
   };
   switch (def.kind) {
     case task_kind::quick:
@@ -446,8 +490,45 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
                                             std::string(to_string(r.status)) + ": " + r.error));
         }
       },
+      [self](attempt_placed& p) {
+        auto& st = self->state;
+        if (p.exec != st.args.exec || st.answered || !st.remote) {
+          return;
+        }
+        st.worker = p.worker;
+        st.lost = p.lost;
+        if (p.run_here) {
+          st.remote = false;
+          start_local(self);
+        }
+        if (p.lost > 0) {
+          self->send(st.run, std::move(p));  // the run records where it went
+        }
+      },
+      [self](remote_result& m) {
+        auto& st = self->state;
+        if (m.exec != st.args.exec || st.answered || !st.remote) {
+          return;
+        }
+        st.worker = std::move(m.worker);
+        st.lost = m.lost;
+        if (!m.report.ok) {
+          answer(self, task_result::failure(std::move(m.report.error)));
+          return;
+        }
+        auto out = wire::from_wire(m.report.output_json);
+        if (!out) {
+          answer(self, task_result::failure("worker " + st.worker + " sent an output that is " +
+                                            out.error()));
+          return;
+        }
+        answer(self, task_result::success(std::move(*out)));
+      },
       [self](cancel_atom) {
         auto& st = self->state;
+        if (st.remote && !st.answered) {
+          self->send(st.services->dispatcher, cancel_atom::value, st.args.exec);
+        }
         st.answered = true;  // the run has stopped listening
         if (st.op) {
           st.op->cancel();

@@ -145,6 +145,8 @@ node_row to_row(const run_actor_state& st, const node_record& rec) {
   r.child_run_id = rec.child_run;
   r.started_seq = rec.started_seq;
   r.finished_seq = rec.finished_seq;
+  r.worker = rec.worker;
+  r.lost = rec.lost;
   r.epoch = st.epoch;
   std::int64_t off = st.services->wall_offset_us;
   r.started_at = rec.started_us ? rec.started_us + off : 0;
@@ -637,6 +639,9 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         if (!m.persistence_error.empty() && st.persistence_error.empty()) {
           st.persistence_error = std::move(m.persistence_error);  // a child run's log
         }
+        if (!m.worker.empty() || m.lost > 0) {
+          st.machine->placed(m.exec, std::move(m.worker), m.lost, false, now_us(), st.out);
+        }
         if (m.has_outcome) {
           st.machine->task_finished_dynamic(m.exec, std::move(m.result), std::move(m.outcome),
                                             now_us(), st.out);
@@ -646,6 +651,13 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
         } else {
           st.machine->task_finished(m.exec, std::move(m.result), now_us(), st.out);
         }
+        drive(self);
+      },
+      [self](attempt_placed& p) {
+        // A worker was lost under the attempt and it went elsewhere: the log says so now.
+        auto& st = self->state;
+        borrow_buffers(st);
+        st.machine->placed(p.exec, std::move(p.worker), p.lost, true, now_us(), st.out);
         drive(self);
       },
       [self](timer_atom, std::uint64_t timer) {

@@ -31,6 +31,7 @@ namespace troupe {
 
 class inflight_gate;
 class lease_registry;
+class offer_table;
 namespace trace {
 class tracer;
 }
@@ -116,6 +117,10 @@ struct run_services {
   /// Actor traces (actors/trace.hpp): null when tracing is off, and then actors are spawned
   /// without any tracing code.
   std::shared_ptr<trace::tracer> trace;
+  /// Cluster coordinators: the dispatcher that places attempts on workers, and the tasks it
+  /// takes (actors/dispatcher.hpp). Invalid and null otherwise: every attempt runs here.
+  caf::actor dispatcher;
+  std::shared_ptr<const offer_table> offers;
 };
 using services_ptr = std::shared_ptr<const run_services>;
 
@@ -195,6 +200,8 @@ struct node_spawn_args {
   /// task (off the run actor's thread). Empty otherwise.
   std::string stored_key;
   policy_ptr policy;  // the run's (null: none)
+  /// Cluster: run the task in this process even when workers offer it (a worker's own attempts).
+  bool here = false;
 };
 /// Spawned from the run actor's own thread (`run` is its self pointer): the new actor goes on
 /// that worker's local queue instead of through the scheduler's shared one, and it is

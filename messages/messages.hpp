@@ -2,8 +2,8 @@
 
 // The actor protocol: plain immutable structs that actors exchange, and the atoms that tag them.
 // Large payloads (inputs, outputs, plans) travel as shared pointers to const inside one process:
-// sending one copies a pointer, never the JSON. These types are local-only for now
-// (CAF_ALLOW_UNSAFE_MESSAGE_TYPE); the cluster gives them a wire form.
+// sending one copies a pointer, never the JSON. These types are local-only
+// (CAF_ALLOW_UNSAFE_MESSAGE_TYPE); what crosses between processes is in messages/cluster.hpp.
 
 #include <cstdint>
 #include <memory>
@@ -12,6 +12,7 @@
 #include <caf/allowed_unsafe_message_type.hpp>
 #include <caf/atom.hpp>
 
+#include "messages/cluster.hpp"
 #include "persistence/store.hpp"
 #include "workflow/json.hpp"
 #include "workflow/run_report.hpp"
@@ -41,6 +42,40 @@ struct attempt_done {
   bool cached = false;
   /// A child run's log is incomplete (run_result::persistence_error): the parent's is too.
   std::string persistence_error;
+  /// Cluster: the worker that ran the attempt (empty: this process) and how many workers were
+  /// lost under it before (run_state::placed()).
+  std::string worker;
+  std::int32_t lost = 0;
+};
+
+// ---- the cluster, inside a coordinator ---------------------------------------------------------
+// A non-quick attempt of a task some worker offers is run by a node actor that stands in for the
+// remote attempt: it holds its run's in-flight slot and cancels like any attempt, and its
+// dispatcher (actors/dispatcher.hpp) places the attempt on a worker.
+
+/// Node actor -> dispatcher: place this attempt (`order.id` is the dispatcher's to set).
+/// `cancel_atom, std::uint64_t exec` from the same node actor withdraws it.
+struct remote_attempt {
+  std::uint64_t exec = 0;
+  wire::attempt_order order;
+};
+/// Dispatcher -> node actor: where the attempt went. `run_here`: no worker offers the task
+/// (and the coordinator may run it), so the node actor runs it itself. Sent when a worker was
+/// lost under it (lost > 0) or it runs here; the node actor passes it to its run actor, which
+/// records it (run_state::placed()).
+struct attempt_placed {
+  std::uint64_t exec = 0;
+  std::string worker;
+  std::int32_t lost = 0;
+  bool run_here = false;
+};
+/// Dispatcher -> node actor: the worker's report, still as text (the node actor parses it on its
+/// own thread, not the dispatcher's).
+struct remote_result {
+  std::uint64_t exec = 0;
+  wire::attempt_report report;
+  std::string worker;
+  std::int32_t lost = 0;
 };
 
 /// `drain_atom, std::int64_t deadline_ms`: ask the writer to commit everything pending, then
@@ -100,5 +135,8 @@ struct run_done {
 
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::attempt_done)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::run_done)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::remote_attempt)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::attempt_placed)
+CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::remote_result)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::persist)
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::lease_renewal)

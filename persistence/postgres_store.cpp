@@ -152,10 +152,17 @@ constexpr const char* schema_v4[] = {
     "CREATE INDEX request_keys_created ON request_keys (created_at)",
 };
 
+// Version 5, for the node cluster (issue 16): how many times an attempt's worker was lost and the
+// attempt was dispatched again. Constant default: no table rewrite.
+constexpr const char* schema_v5[] = {
+    "ALTER TABLE node_executions ADD COLUMN lost integer NOT NULL DEFAULT 0",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
                                     {2, schema_v2, std::size(schema_v2)},
                                     {3, schema_v3, std::size(schema_v3)},
-                                    {4, schema_v4, std::size(schema_v4)}};
+                                    {4, schema_v4, std::size(schema_v4)},
+                                    {5, schema_v5, std::size(schema_v5)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 // SQLSTATE classes worth a retry: connection exceptions, serialization failures and deadlocks,
@@ -274,7 +281,7 @@ std::string unnest_upsert(const table_spec& t, int& param, const char* filter = 
 constexpr int run_params = 0;
 constexpr int run_epoch_param = run_params + 14;  // runs.epoch's array
 constexpr int node_params = run_params + 15;
-constexpr int workflow_params = node_params + 16;
+constexpr int workflow_params = node_params + 17;
 constexpr int cache_params = workflow_params + 5;
 constexpr int write_param_count = cache_params + 6;
 constexpr int fence_params = write_param_count;  // run ids (text[]), epochs (bigint[])
@@ -586,6 +593,7 @@ expected<node_row, store_error> read_node(const PGresult* res, int i) {
   r.child_run_id = text_value(res, i, 13);
   r.started_seq = int_value(res, i, 14);
   r.finished_seq = int_value(res, i, 15);
+  r.lost = static_cast<std::int32_t>(int_value(res, i, 16));
   return r;
 }
 
@@ -1406,6 +1414,7 @@ class postgres_store final : public store {
       p[13].text(r->child_run_id);
       p[14].integer(r->started_seq);
       p[15].integer(r->finished_seq);
+      p[16].integer(r->lost);
     }
     for (const workflow_row* r : rows_to_write(batch.workflows, workflow_key, unique)) {
       next_row();

@@ -161,10 +161,17 @@ constexpr const char* schema_v4[] = {
     "CREATE INDEX request_keys_created ON request_keys (created_at)",
 };
 
+// Version 5, for the node cluster (issue 16): how many times an attempt's worker was lost and the
+// attempt was dispatched again. Constant default: no table rewrite.
+constexpr const char* schema_v5[] = {
+    "ALTER TABLE node_executions ADD COLUMN lost INTEGER NOT NULL DEFAULT 0",
+};
+
 constexpr migration migrations[] = {{1, schema_v1, std::size(schema_v1)},
                                     {2, schema_v2, std::size(schema_v2)},
                                     {3, schema_v3, std::size(schema_v3)},
-                                    {4, schema_v4, std::size(schema_v4)}};
+                                    {4, schema_v4, std::size(schema_v4)},
+                                    {5, schema_v5, std::size(schema_v5)}};
 static_assert(std::size(migrations) == current_schema_version);
 
 enum query_id : std::size_t {
@@ -1199,6 +1206,7 @@ class sqlite_store final : public store {
     b.text(r.child_run_id);
     b.integer(r.started_seq);
     b.integer(r.finished_seq);
+    b.integer(r.lost);
     return true;
   }
   static expected<bool, store_error> bind(binder& b, const workflow_row& r) {
@@ -1428,6 +1436,7 @@ class sqlite_store final : public store {
     r.child_run_id = column_text(s, 13);
     r.started_seq = sqlite3_column_int64(s, 14);
     r.finished_seq = sqlite3_column_int64(s, 15);
+    r.lost = static_cast<std::int32_t>(sqlite3_column_int64(s, 16));
     return r;
   }
 

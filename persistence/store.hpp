@@ -80,6 +80,9 @@ struct node_row {
   /// rows in this order (its run_started is 1, its run_finished follows the largest).
   std::int64_t started_seq = 0;
   std::int64_t finished_seq = 0;
+  /// Cluster: how many times the worker running this attempt was lost and the attempt was
+  /// dispatched again under the same execution key (a loss does not count against `retry`).
+  std::int32_t lost = 0;
   /// The epoch of its run under which the row was made: fences the write (see write()); not
   /// stored. 0: unfenced.
   std::int64_t epoch = 0;

@@ -16,13 +16,16 @@
 
 #include <caf/actor_system.hpp>
 #include <caf/actor_system_config.hpp>
+#include <caf/io/middleman.hpp>
 #include <caf/logger.hpp>
 #include <caf/scoped_actor.hpp>
 #include <caf/send.hpp>
 #include <caf/thread_hook.hpp>
 
+#include "actors/dispatcher.hpp"
 #include "actors/inflight_gate.hpp"
 #include "actors/lease_keeper.hpp"
+#include "actors/node_agent.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/trace.hpp"
 #include "actors/writer_actor.hpp"
@@ -176,6 +179,14 @@ struct engine::impl {
   bool adopting = false;
   std::shared_ptr<std::function<void()>> adopt_round;  // the round the timer posts
 
+  // The cluster (config.cluster.enabled): this engine's dispatcher, the tasks it routes, its
+  // counters, and the agent when the engine is a worker too.
+  caf::actor dispatcher;
+  std::shared_ptr<offer_table> offers;
+  std::shared_ptr<cluster_counters> cluster_counts = std::make_shared<cluster_counters>();
+  std::mutex agent_mutex;
+  caf::actor agent;
+
   services_ptr services;
   std::shared_ptr<run_services> services_mut;  // the same object, writable while wiring
 
@@ -204,6 +215,31 @@ engine::impl::impl(engine_config c, engine_stores stores)
       trace = std::make_shared<trace::tracer>(config.trace_file);
     } catch (const std::exception& e) {
       throw engine_error(e.what());
+    }
+  }
+  if (config.cluster.enabled) {
+    // The middleman, with heartbeats on (CAF's default leaves a frozen peer unnoticed until a
+    // TCP timeout), and the identifier that refuses nodes of another version at the handshake.
+    caf_config.load<caf::io::middleman>();
+    caf_config.set("middleman.app-identifiers",
+                   std::vector<std::string>{config.cluster.app_identifier.empty()
+                                                ? wire::app_identifier()
+                                                : config.cluster.app_identifier});
+    caf_config.set("middleman.heartbeat-interval", caf::timespan{config.cluster.heartbeat});
+    caf_config.set("middleman.connection-timeout",
+                   caf::timespan{config.cluster.connection_timeout});
+    wire::register_cluster_types(caf_config);
+    for (const auto& name : config.cluster.remote_tasks) {
+      task_def def;
+      def.name = name;
+      def.kind = task_kind::blocking;
+      def.summary = "runs on cluster workers only";
+      def.run = [name](const json::value&, const task_call&) {
+        return task_result::failure("task '" + name +
+                                    "' runs on cluster workers only, and no connected worker "
+                                    "offers it");
+      };
+      plans.add_task(std::move(def));
     }
   }
   system = std::make_unique<caf::actor_system>(caf_config);
@@ -264,6 +300,21 @@ engine::impl::impl(engine_config c, engine_stores stores)
     svc->lease_ms = terms.lease_ms();
     svc->leases = std::move(leases);
     svc->lease_keeper = keeper;
+  }
+  if (config.cluster.enabled) {
+    offers = std::make_shared<offer_table>();
+    offers->set_remote_only(
+        {config.cluster.remote_tasks.begin(), config.cluster.remote_tasks.end()});
+    dispatcher_config dc;
+    dc.coordinator_id = owner;
+    dc.heartbeat_ms = config.cluster.heartbeat.count();
+    dc.connection_timeout_ms = config.cluster.connection_timeout.count();
+    dc.no_worker = config.cluster.run_here_without_workers ? no_worker_policy::run_here
+                                                           : no_worker_policy::wait;
+    dc.log = config.cluster.log;
+    dispatcher = spawn_dispatcher(*system, std::move(dc), offers, cluster_counts, trace.get());
+    svc->dispatcher = dispatcher;
+    svc->offers = offers;
   }
   services_mut = svc;
   services = std::move(svc);
@@ -356,6 +407,93 @@ engine::engine(engine_config config) {
 
 const std::string& engine::owner_id() const {
   return impl_->owner;
+}
+
+expected<std::uint16_t, std::string> engine::serve_cluster(const std::string& host,
+                                                           std::uint16_t port) {
+  auto& m = *impl_;
+  if (!m.dispatcher) {
+    return make_unexpected(std::string("the cluster is not enabled in this engine's config"));
+  }
+  caller_logger_guard guard;
+  auto bound = m.system->middleman().publish(m.dispatcher, port,
+                                             host.empty() ? nullptr : host.c_str(), true);
+  if (!bound) {
+    return make_unexpected("cannot listen on " + host + ":" + std::to_string(port) + ": " +
+                           m.system->render(bound.error()));
+  }
+  return *bound;
+}
+
+std::vector<std::string> engine::offerable_tasks() const {
+  const auto& remote = impl_->config.cluster.remote_tasks;
+  auto reg = impl_->plans.tasks();
+  std::vector<std::string> out;
+  for (auto& name : reg->names()) {
+    const task_def* def = reg->find(name);
+    if (def == nullptr || def->kind == task_kind::quick || name == "workflow" ||
+        std::find(remote.begin(), remote.end(), name) != remote.end()) {
+      continue;
+    }
+    out.push_back(std::move(name));
+  }
+  return out;
+}
+
+void engine::join_cluster(worker_options options,
+                          std::function<void(const cluster_link_event&)> on_event) {
+  auto& m = *impl_;
+  if (!m.config.cluster.enabled) {
+    throw engine_error("join_cluster: the cluster is not enabled in this engine's config");
+  }
+  agent_config ac;
+  for (auto& [host, port] : options.join) {
+    ac.join.push_back(cluster_endpoint{std::move(host), port});
+  }
+  ac.offer = options.offer.empty() ? offerable_tasks() : std::move(options.offer);
+  ac.capacity = options.capacity > 0 ? options.capacity : std::max(1, m.config.blocking_threads);
+  ac.worker_id = options.name.empty() ? m.owner : std::move(options.name);
+  ac.heartbeat_ms = m.config.cluster.heartbeat.count();
+  ac.connection_timeout_ms = m.config.cluster.connection_timeout.count();
+  ac.connect_timeout = options.connect_timeout;
+  auto forward = [cb = std::move(on_event)](const cluster_event& e) {
+    if (!cb) {
+      return;
+    }
+    cluster_link_event out;
+    switch (e.what) {
+      case cluster_event::kind::joined: out.what = cluster_link_event::kind::joined; break;
+      case cluster_event::kind::lost: out.what = cluster_link_event::kind::lost; break;
+      case cluster_event::kind::unreachable:
+        out.what = cluster_link_event::kind::unreachable;
+        break;
+      case cluster_event::kind::version_refused:
+        out.what = cluster_link_event::kind::version_refused;
+        break;
+    }
+    out.endpoint = e.endpoint.text();
+    out.text = e.text;
+    cb(out);
+  };
+  caller_logger_guard guard;
+  auto agent = spawn_node_agent(m.services, std::move(ac), std::move(forward));
+  std::lock_guard lock(m.agent_mutex);
+  if (m.agent) {
+    caf::anon_send_exit(m.agent, caf::exit_reason::user_shutdown);
+  }
+  m.agent = std::move(agent);
+}
+
+cluster_stats engine::cluster() const {
+  const auto& c = *impl_->cluster_counts;
+  cluster_stats s;
+  s.workers = c.workers.load();
+  s.remote_in_flight = c.remote_in_flight.load();
+  s.waiting = c.waiting.load();
+  s.dispatched = c.dispatched.load();
+  s.lost = c.lost.load();
+  s.ran_here = c.ran_here.load();
+  return s;
 }
 
 engine::~engine() {
@@ -783,6 +921,15 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
       boost::asio::post(m.io, [t = m.adopt_timer.get()] { t->cancel(); });
     }
   }
+  {
+    // A worker takes no more orders: its coordinators see the link go and place the attempts
+    // it had elsewhere.
+    std::lock_guard lock(m.agent_mutex);
+    if (m.agent) {
+      caf::anon_send_exit(m.agent, caf::exit_reason::user_shutdown);
+      m.agent = caf::actor{};
+    }
+  }
   m.admit_queued();  // queued runs start, and end with the others below
   if (!m.runs.wait_until_empty(deadline)) {
     for (auto& sh : m.runs.live()) {
@@ -814,6 +961,9 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
   }
   if (m.keeper) {
     caf::anon_send_exit(m.keeper, caf::exit_reason::user_shutdown);
+  }
+  if (m.dispatcher) {
+    caf::anon_send_exit(m.dispatcher, caf::exit_reason::user_shutdown);
   }
   m.blocking->join();
   m.io_guard.reset();

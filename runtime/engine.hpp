@@ -27,6 +27,60 @@ namespace troupe {
 
 struct resume_point;  // actors/run_actor.hpp
 
+/// The node cluster (docs/cluster.md): coordinators place the attempts of tasks that workers
+/// offer on those workers, over CAF's middleman. Both roles need it enabled before the engine
+/// exists (it loads the middleman); then a coordinator calls engine::serve_cluster() and a worker
+/// engine::join_cluster().
+struct cluster_config {
+  bool enabled = false;
+  /// The middleman's heartbeat and connection timeout, the same on every node: a peer silent
+  /// for `connection_timeout` (frozen, cut off) is dropped, and its attempts go elsewhere.
+  std::chrono::milliseconds heartbeat{500};
+  std::chrono::milliseconds connection_timeout{2000};
+  /// The identifier nodes compare at the handshake; empty: this build's ("troupe/<version>/p<protocol>").
+  /// Tests set another to play a node of another version.
+  std::string app_identifier;
+  /// Coordinators: when no connected worker offers a task, run it here (true) or wait for one.
+  bool run_here_without_workers = true;
+  /// Coordinators: tasks only workers implement. Registered here under these names so that
+  /// workflows naming them validate; an attempt with no worker to run it fails with a clear error.
+  std::vector<std::string> remote_tasks;
+  /// Coordinators: one line per worker that joins, is refused or is lost (called on an engine
+  /// thread; must not block). Empty: silent.
+  std::function<void(const std::string&)> log;
+};
+
+/// What happens to a worker's link to one coordinator (join_cluster's callback).
+struct cluster_link_event {
+  enum class kind { joined, lost, unreachable, version_refused };
+  kind what = kind::joined;
+  std::string endpoint;  // "host:port"
+  std::string text;      // joined: the coordinator's identity; otherwise why
+};
+
+/// A worker's part: which coordinators it joins and what it runs for them.
+struct worker_options {
+  std::vector<std::pair<std::string, std::uint16_t>> join;
+  /// How coordinators name this worker (in their logs and node_row::worker); empty: the
+  /// engine's owner_id().
+  std::string name;
+  /// The tasks it offers; empty: every registered task except `workflow` and quick tasks.
+  std::vector<std::string> offer;
+  /// Attempts it runs at once over all coordinators; 0: the blocking pool's size.
+  int capacity = 0;
+  std::chrono::milliseconds connect_timeout{5000};
+};
+
+/// A coordinator's dispatcher, counted.
+struct cluster_stats {
+  std::int64_t workers = 0;
+  std::int64_t remote_in_flight = 0;
+  std::int64_t waiting = 0;
+  std::uint64_t dispatched = 0;
+  std::uint64_t lost = 0;
+  std::uint64_t ran_here = 0;
+};
+
 struct engine_config {
   /// Actor scheduler threads; 0: one per core.
   int threads = 0;
@@ -77,6 +131,7 @@ struct engine_config {
   /// Compiled plans of generated (`dynamic`) workflows kept in memory, by content hash and by
   /// spec cache key each; least recently used dropped first.
   std::size_t dynamic_plans = 1000;
+  cluster_config cluster;
 };
 
 /// The engine could not start (for example its database cannot be opened).
@@ -219,6 +274,19 @@ class engine {
   void adopt_expired_runs(adoption_hooks hooks);
   /// This engine's identity as stored in the runs it owns ("host/pid/start_us").
   const std::string& owner_id() const;
+
+  /// Cluster coordinator: publishes this engine's dispatcher on host:port (0: any free port)
+  /// and returns the port. Blocks while it binds; call it from a thread of yours. Needs
+  /// config.cluster.enabled.
+  expected<std::uint16_t, std::string> serve_cluster(const std::string& host, std::uint16_t port);
+  /// Cluster worker: joins every coordinator of `options.join` and keeps joining them (with
+  /// backoff) until shutdown; runs the attempts they send. `on_event` reports each link's
+  /// changes, on an engine thread; it must not block. Needs config.cluster.enabled.
+  void join_cluster(worker_options options, std::function<void(const cluster_link_event&)> on_event);
+  /// The tasks a worker offers with worker_options::offer empty.
+  std::vector<std::string> offerable_tasks() const;
+  /// The dispatcher's counters (zero when this engine coordinates nothing).
+  cluster_stats cluster() const;
 
   /// Blocks until every state change recorded before this call (and handed to the writer) is
   /// committed; false after `timeout`. Events a subscriber has seen were handed to the writer

@@ -392,7 +392,7 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
     record(std::move(r), out);
     started_seq = last_event_seq_;
   }
-  std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0, started_seq}, next_exec_++);
+  std::uint64_t exec = inflight_.add(inflight_exec{u, input, now, 0, started_seq, {}, 0}, next_exec_++);
   ++ns.in_flight;
   max_inflight_seen_ = std::max(max_inflight_seen_, inflight_.size());
   std::string key;
@@ -503,20 +503,13 @@ void run_state::unit_succeeded(const inflight_exec& e, json_ptr out_ptr, cache_s
     ns.summary.spec_cache = dynamic->spec_cache;
   }
   if (options_.emit_records) {
-    node_record r;
-    r.node = e.u.node;
-    r.item = e.u.item;
-    r.attempt = e.u.attempt + ns.attempt_offset;
-    r.status = node_status::succeeded;
-    r.input = e.input;
+    node_record r = attempt_record(e, node_status::succeeded);
     r.output = out_ptr;
     r.cache = cache;
     if (dynamic) {
       r.spec_cache = dynamic->spec_cache;
       r.child_run = dynamic->child_run;
     }
-    r.started_us = e.started_us;
-    r.started_seq = e.started_seq;
     r.finished_us = now;
     record(std::move(r), out);
   }
@@ -591,12 +584,7 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
                             std::int64_t now, std::vector<command>& out, dynamic_outcome* dynamic) {
   auto& ns = nodes_[e.u.node];
   const auto& np = plan_->nodes[e.u.node];
-  node_record r;
-  r.node = e.u.node;
-  r.item = e.u.item;
-  r.attempt = e.u.attempt + ns.attempt_offset;
-  r.status = how;
-  r.input = e.input;
+  node_record r = attempt_record(e, how);
   r.error = error;
   // A failed attempt of a cached node was looked up and missed; its output is never stored.
   r.cache = np.cache_version ? cache_status::miss : cache_status::off;
@@ -609,8 +597,6 @@ void run_state::unit_failed(const inflight_exec& e, std::string error, node_stat
     r.child_run = dynamic->child_run;
     ns.summary.spec_cache = dynamic->spec_cache;
   }
-  r.started_us = e.started_us;
-  r.started_seq = e.started_seq;
   r.finished_us = now;
   if (np.cache_version) {
     ns.summary.cache = r.cache == cache_status::hit && ns.summary.cache != cache_status::miss
@@ -692,14 +678,7 @@ void run_state::node_failed(std::uint32_t n, std::string error, node_status how,
       if (e.timeout_timer != 0) {
         timers_.erase(e.timeout_timer);
       }
-      node_record r;
-      r.node = n;
-      r.item = e.u.item;
-      r.attempt = e.u.attempt + ns.attempt_offset;
-      r.status = node_status::cancelled;
-      r.input = e.input;
-      r.started_us = e.started_us;
-      r.started_seq = e.started_seq;
+      node_record r = attempt_record(e, node_status::cancelled);
       r.finished_us = now;
       record(std::move(r), out);
       out.emplace_back(cmd::cancel_task{exec});
@@ -822,14 +801,7 @@ void run_state::cancel_everything(std::int64_t now, std::vector<command>& out) {
   std::sort(execs.begin(), execs.end());
   for (auto exec : execs) {
     const inflight_exec& e = *inflight_.find(exec);
-    node_record r;
-    r.node = e.u.node;
-    r.item = e.u.item;
-    r.attempt = e.u.attempt + nodes_[e.u.node].attempt_offset;
-    r.status = node_status::cancelled;
-    r.input = e.input;
-    r.started_us = e.started_us;
-    r.started_seq = e.started_seq;
+    node_record r = attempt_record(e, node_status::cancelled);
     r.finished_us = now;
     record(std::move(r), out);
     out.emplace_back(cmd::cancel_task{exec});
@@ -865,6 +837,40 @@ void run_state::finish_run(run_status s, std::string error, std::int64_t now,
   error_ = std::move(error);
   finished_us_ = now;
   out.emplace_back(cmd::finish{s, s == run_status::succeeded ? outputs_ : null_json(), error_});
+}
+
+node_record run_state::attempt_record(const inflight_exec& e, node_status status) const {
+  node_record r;
+  r.node = e.u.node;
+  r.item = e.u.item;
+  r.attempt = e.u.attempt + nodes_[e.u.node].attempt_offset;
+  r.status = status;
+  r.input = e.input;
+  r.started_us = e.started_us;
+  r.started_seq = e.started_seq;
+  r.worker = e.worker;
+  r.lost = e.lost;
+  return r;
+}
+
+void run_state::placed(std::uint64_t exec, std::string worker, std::int32_t lost, bool announce,
+                       std::int64_t now_us, std::vector<command>& out) {
+  (void)now_us;  // kept for symmetry with the other events: placement takes no time of its own
+  if (finished()) {
+    return;
+  }
+  inflight_exec* e = inflight_.find(exec);
+  if (e == nullptr) {
+    return;
+  }
+  e->worker = std::move(worker);
+  e->lost = lost;
+  if (announce && options_.record_starts && options_.emit_records) {
+    // The attempt starts again elsewhere: a node_started event of its own, and the attempt's
+    // row (same key) now points at it.
+    record(attempt_record(*e, node_status::running), out);
+    e->started_seq = last_event_seq_;
+  }
 }
 
 void run_state::record(node_record r, std::vector<command>& out) {

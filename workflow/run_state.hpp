@@ -45,6 +45,10 @@ struct node_record {
   /// the state machine as it emits the record; 0: no such event (not started, or still running).
   std::int64_t started_seq = 0;
   std::int64_t finished_seq = 0;
+  /// Cluster: the worker that runs (ran) the attempt, empty when it ran in this process, and how
+  /// many times its worker was lost and it was dispatched again (placed()).
+  std::string worker;
+  std::int32_t lost = 0;
 };
 
 /// Commands the state machine asks its driver (the run actor, or a test) to carry out.
@@ -172,6 +176,13 @@ class run_state {
   void task_finished_dynamic(std::uint64_t exec, task_result result, dynamic_outcome how,
                              std::int64_t now_us, std::vector<command>& out);
   void timer_fired(std::uint64_t timer, std::int64_t now_us, std::vector<command>& out);
+  /// Cluster: where an attempt in flight runs. `worker` names the worker process (empty: this
+  /// one), `lost` counts the workers lost under it so far; the attempt keeps its number (a loss
+  /// is not a retry). Every later record of the attempt carries both. With `announce` (a loss
+  /// moved the attempt) a running record says so at once, so the log shows the loss even if
+  /// this process dies next. Unknown or stale execs are ignored.
+  void placed(std::uint64_t exec, std::string worker, std::int32_t lost, bool announce,
+              std::int64_t now_us, std::vector<command>& out);
   /// hold_item_slots: the slots held now, per node (node, count). The driver asks for a commit
   /// of the records emitted so far, then gives these counts back to release_held_slots().
   std::vector<std::pair<std::uint32_t, std::uint32_t>> held_slots() const;
@@ -214,6 +225,8 @@ class run_state {
     std::int64_t started_us;
     std::uint64_t timeout_timer = 0;  // 0: none
     std::int64_t started_seq = 0;     // its node_started event's number (0: none emitted)
+    std::string worker;               // placed(): where it runs (empty: here)
+    std::int32_t lost = 0;            // placed(): workers lost under it
   };
   // In-flight attempts by exec id without a hash map: an exec id is (sequence << 32 | slot), so
   // a lookup is an index plus a check that the slot still holds that sequence. Freed slots are
@@ -302,6 +315,8 @@ class run_state {
   void finish_run(run_status s, std::string error, std::int64_t now, std::vector<command>& out);
   void cancel_everything(std::int64_t now, std::vector<command>& out);
   void record(node_record r, std::vector<command>& out);
+  // A record of an attempt in flight: its unit, input, start and placement.
+  node_record attempt_record(const inflight_exec& e, node_status status) const;
   void node_record_out(std::uint32_t n, std::int64_t now, json_ptr output,
                        std::vector<command>& out);
   context view_for(const unit& u) const;

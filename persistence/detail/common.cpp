@@ -59,7 +59,7 @@ constexpr column_spec node_columns[] = {
     {"output", "text"},         {"error", "text"},         {"cache", "text"},
     {"started_at", "bigint"},   {"finished_at", "bigint"}, {"worker", "text"},
     {"spec_cache", "text"},     {"child_run_id", "text"},  {"started_seq", "bigint"},
-    {"finished_seq", "bigint"},
+    {"finished_seq", "bigint"},  {"lost", "integer"},
 };
 constexpr column_spec workflow_columns[] = {
     {"name", "text"},     {"version", "text"},         {"hash", "text"},

@@ -20,7 +20,7 @@
 namespace troupe::detail {
 
 /// The schema version this build creates and understands.
-inline constexpr int current_schema_version = 4;
+inline constexpr int current_schema_version = 5;
 
 /// The most bytes of a dead letter's `row` and `error` a store keeps (dead_letter_row).
 inline constexpr std::size_t dead_letter_text_max = 64 * 1024;

@@ -49,6 +49,7 @@ void check_same(const node_row& got, const node_row& want) {
   BOOST_TEST(got.child_run_id == want.child_run_id);
   BOOST_TEST(got.started_seq == want.started_seq);
   BOOST_TEST(got.finished_seq == want.finished_seq);
+  BOOST_TEST(got.lost == want.lost);
 }
 
 void check_same(const request_key_row& got, const request_key_row& want) {
@@ -318,6 +319,7 @@ BOOST_AUTO_TEST_CASE(reads_back_every_column_it_wrote, *utf::timeout(60)) {
   done.child_run_id = "child-\u00e9-\"7\"";
   done.started_seq = 4;
   done.finished_seq = 5'000'000'000'000;  // beyond 32 bits
+  done.lost = 2;
   node_row skipped = sample_node("run-1", "report", -1, 0);
   skipped.status = node_status::skipped;
   skipped.input = nullptr;

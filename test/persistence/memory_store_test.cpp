@@ -252,8 +252,8 @@ BOOST_AUTO_TEST_CASE(a_malformed_postgres_url_is_refused_as_not_transient, *utf:
   BOOST_TEST(!s.error().transient, s.error().message);
 }
 
-BOOST_AUTO_TEST_CASE(the_schema_version_is_four, *utf::timeout(30)) {
-  BOOST_TEST(schema_version() == 4);
+BOOST_AUTO_TEST_CASE(the_schema_version_is_five, *utf::timeout(30)) {
+  BOOST_TEST(schema_version() == 5);
 }
 
 BOOST_AUTO_TEST_SUITE_END()

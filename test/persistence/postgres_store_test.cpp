@@ -119,7 +119,7 @@ BOOST_AUTO_TEST_CASE(creates_the_tables_and_stamps_every_version, *utf::timeout(
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
   BOOST_TEST(raw.exec("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM "
                       "information_schema.tables WHERE table_schema = '" +
                       schema_of(url) + "'") ==
@@ -135,7 +135,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(60)) {
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -164,7 +164,7 @@ BOOST_AUTO_TEST_CASE(concurrent_opens_of_a_fresh_database_do_not_race, *utf::tim
   }
   BOOST_TEST(opened == 6);
   BOOST_TEST(pg_conn(url).exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM "
-                               "troupe_schema") == "1,2,3,4");
+                               "troupe_schema") == "1,2,3,4,5");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) {
@@ -175,7 +175,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(60)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (4); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (5); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(60)) {
@@ -374,7 +374,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
 
   check_v1_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -390,7 +390,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(60)) 
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
 }
 
 // Version 2 exactly as troupe wrote it (postgres_store.cpp before version 3): version 1's
@@ -461,7 +461,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
 
   check_v2_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -475,7 +475,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(60)) 
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
 }
 
 // Version 3 exactly as troupe wrote it (postgres_store.cpp before version 4): version 2's
@@ -558,7 +558,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(60)) 
   pg_conn raw(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
 
   check_v3_rows_migrated(*s);
 
@@ -567,13 +567,14 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(60)) 
   const std::string migrated = describe_schema(raw, schema_of(url));
   BOOST_TEST(migrated.find("node_executions.finished_seq bigint NO 0") != std::string::npos,
              migrated);
+  BOOST_TEST(migrated.find("node_executions.lost integer NO 0") != std::string::npos, migrated);
   BOOST_TEST(migrated.find("request_keys.key text NO - C") != std::string::npos, migrated);
   BOOST_TEST(migrated.find("CREATE INDEX request_keys_created") != std::string::npos, migrated);
   BOOST_TEST(migrated == describe_schema(raw, schema_of(fresh)));
   must_open(url);
   BOOST_TEST(
       raw.exec("SELECT string_agg(version::text, ',' ORDER BY version) FROM troupe_schema") ==
-      "1,2,3,4");
+      "1,2,3,4,5");
   BOOST_TEST(raw.exec("SELECT count(*) FROM request_keys") == "1");
 }
 

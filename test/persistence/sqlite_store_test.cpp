@@ -103,7 +103,7 @@ BOOST_AUTO_TEST_CASE(creates_a_fresh_database_file_in_wal_mode, *utf::timeout(30
   BOOST_TEST(s->describe() == "sqlite://" + path);
   raw_db raw(path);
   BOOST_TEST(raw.text("PRAGMA journal_mode") == "wal");
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
   BOOST_TEST(raw.text("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name") ==
              "cache_entries\ndead_letters\nnode_executions\nrequest_keys\nruns\nsqlite_sequence\n"
              "troupe_schema\nworkflows");
@@ -130,7 +130,7 @@ BOOST_AUTO_TEST_CASE(changes_nothing_when_reopened, *utf::timeout(30)) {
   auto again = must_open(path);
   auto third = must_open(path);  // two stores on one file at once are fine too
   BOOST_TEST(raw.text("SELECT sql FROM sqlite_master ORDER BY name") == schema_before);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
   auto got = again->get_run("r1");
   BOOST_REQUIRE(got.has_value() && got->has_value());
   check_same(**got, run);
@@ -144,7 +144,7 @@ BOOST_AUTO_TEST_CASE(refuses_a_database_with_a_newer_schema, *utf::timeout(30)) 
   BOOST_REQUIRE(!s.has_value());
   BOOST_TEST(!s.error().transient);
   BOOST_TEST(s.error().message ==
-             "database schema version 99 is newer than this troupe supports (4); upgrade troupe");
+             "database schema version 99 is newer than this troupe supports (5); upgrade troupe");
 }
 
 BOOST_AUTO_TEST_CASE(refuses_tables_that_conflict_with_the_schema, *utf::timeout(30)) {
@@ -293,7 +293,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
 
   check_v1_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -308,7 +308,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_1_database_in_place, *utf::timeout(30)) 
   BOOST_TEST(migrated.find("CREATE INDEX runs_parent") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
 }
 
 // Version 2 exactly as troupe wrote it (sqlite_store.cpp before version 3): version 1's
@@ -378,7 +378,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
 
   check_v2_rows_migrated(*s);
   check_old_runs_take_part_in_ownership(*s);
@@ -392,7 +392,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_2_database_in_place, *utf::timeout(30)) 
   BOOST_TEST(migrated.find("CREATE TABLE dead_letters") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
 }
 
 // Version 3 exactly as troupe wrote it (sqlite_store.cpp before version 4): version 2's
@@ -474,7 +474,7 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(30)) 
 
   auto s = must_open(path);
   raw_db raw(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
 
   check_v3_rows_migrated(*s);
 
@@ -485,11 +485,12 @@ BOOST_AUTO_TEST_CASE(migrates_a_version_3_database_in_place, *utf::timeout(30)) 
   const std::string migrated = raw.text(schema_sql);
   BOOST_TEST(migrated.find("finished_seq INTEGER NOT NULL DEFAULT 0") != std::string::npos,
              migrated);
+  BOOST_TEST(migrated.find("lost INTEGER NOT NULL DEFAULT 0") != std::string::npos, migrated);
   BOOST_TEST(migrated.find("CREATE TABLE request_keys") != std::string::npos, migrated);
   BOOST_TEST(migrated.find("CREATE INDEX request_keys_created") != std::string::npos, migrated);
   BOOST_TEST(migrated == raw_db(fresh).text(schema_sql));
   must_open(path);
-  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4");
+  BOOST_TEST(raw.text("SELECT version FROM troupe_schema ORDER BY version") == "1\n2\n3\n4\n5");
   BOOST_TEST(raw.text("SELECT count(*) FROM request_keys") == "1");
 }
 
