@@ -748,11 +748,93 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str()
       ->type_name("BYTES");
 
+  serve->add_option("--lease-ms", serve_opts.lease_ms,
+                    "How long a run stays this process's without a renewal (renewed every third "
+                    "of it); past it another process on the same database may adopt the run.")
+      ->envname("TROUPE_LEASE_MS")
+      ->check(CLI::Range(std::int64_t{300}, std::int64_t{86400000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  serve->add_option("--cluster", serve_opts.cluster_listen,
+                    "Coordinate a node cluster: HOST:PORT where workers (`troupe node --join`) "
+                    "connect (port 0: any free). Needs a PostgreSQL --db (or --mode memory).")
+      ->envname("TROUPE_CLUSTER")
+      ->type_name("HOST:PORT");
+  serve->add_option("--heartbeat-ms", serve_opts.heartbeat_ms,
+                    "Cluster: heartbeat between nodes (the same on every node).")
+      ->envname("TROUPE_HEARTBEAT_MS")
+      ->check(CLI::Range(std::int64_t{10}, std::int64_t{600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  serve->add_option("--connection-timeout-ms", serve_opts.connection_timeout_ms,
+                    "Cluster: a node silent this long is lost (the same on every node).")
+      ->envname("TROUPE_CONNECTION_TIMEOUT_MS")
+      ->check(CLI::Range(std::int64_t{50}, std::int64_t{3600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  serve->add_option("--remote-tasks", serve_opts.remote_tasks,
+                    "Cluster: tasks only workers implement (C++ tasks of embedding workers), "
+                    "comma-separated, so that workflows naming them validate here.")
+      ->envname("TROUPE_REMOTE_TASKS")
+      ->type_name("LIST");
+  serve->add_flag("--wait-for-workers", serve_opts.wait_for_workers,
+                  "Cluster: an attempt of a task no connected worker offers waits for one "
+                  "(default: the coordinator runs it).")
+      ->envname("TROUPE_WAIT_FOR_WORKERS");
+
+  node_options node_opts;
+  CLI::App* node = app.add_subcommand(
+      "node",
+      "Run a cluster worker: join coordinators (`troupe serve --cluster`) and run the attempts "
+      "of the builtin tasks (shell, http, sleep) they send. Stops on SIGTERM.");
+  node->add_option("--join", node_opts.join,
+                   "The coordinators' cluster addresses, HOST:PORT, comma-separated.")
+      ->envname("TROUPE_JOIN")
+      ->required()
+      ->type_name("LIST");
+  node->add_option("--name", node_opts.name,
+                   "How coordinators name this worker in logs and node executions (default: "
+                   "host/pid/start).")
+      ->envname("TROUPE_NODE_NAME")
+      ->type_name("NAME");
+  node->add_option("--offer", node_opts.offer,
+                   "The tasks it runs, comma-separated (default: all but quick ones).")
+      ->envname("TROUPE_OFFER")
+      ->type_name("LIST");
+  node->add_option("--capacity", node_opts.capacity,
+                   "Attempts it runs at once over all coordinators (0: --blocking-threads).")
+      ->envname("TROUPE_CAPACITY")
+      ->check(CLI::Range(0, 100000))
+      ->type_name("N");
+  node->add_option("--threads", node_opts.threads, "Actor scheduler threads (0: one per core).")
+      ->envname("TROUPE_THREADS")
+      ->check(CLI::Range(0, 1024))
+      ->type_name("N");
+  node->add_option("--blocking-threads", node_opts.blocking_threads,
+                   "Threads for blocking C++ tasks.")
+      ->envname("TROUPE_BLOCKING_THREADS")
+      ->check(CLI::Range(1, 1024))
+      ->capture_default_str()
+      ->type_name("N");
+  node->add_option("--heartbeat-ms", node_opts.heartbeat_ms,
+                   "Heartbeat between nodes (the same on every node).")
+      ->envname("TROUPE_HEARTBEAT_MS")
+      ->check(CLI::Range(std::int64_t{10}, std::int64_t{600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+  node->add_option("--connection-timeout-ms", node_opts.connection_timeout_ms,
+                   "A node silent this long is lost (the same on every node).")
+      ->envname("TROUPE_CONNECTION_TIMEOUT_MS")
+      ->check(CLI::Range(std::int64_t{50}, std::int64_t{3600000}))
+      ->capture_default_str()
+      ->type_name("MS");
+
   // CLI11 would call `troupe bogus` a missing subcommand; say what is actually wrong.
   if (argc > 1 && argv[1][0] != '-' && std::string_view(argv[1]) != "run" &&
       std::string_view(argv[1]) != "validate" && std::string_view(argv[1]) != "runs" &&
       std::string_view(argv[1]) != "cache" && std::string_view(argv[1]) != "load" &&
-      std::string_view(argv[1]) != "trace" && std::string_view(argv[1]) != "serve") {
+      std::string_view(argv[1]) != "trace" && std::string_view(argv[1]) != "serve" &&
+      std::string_view(argv[1]) != "node") {
     std::cerr << "troupe: unknown subcommand '" << argv[1] << "'\n\n" << app.help();
     return exit_usage;
   }
@@ -768,7 +850,7 @@ int run_cli(int argc, char** argv) {
     // The help of the subcommand the user was typing, not the top level's.
     const CLI::App* context = &app;
     for (CLI::App* sub : {run, validate, runs, list, show, dead, resume, load, cache, cache_list,
-                          cache_clear, trace, trace_opts.summary, trace_opts.sequence, serve}) {
+                          cache_clear, trace, trace_opts.summary, trace_opts.sequence, serve, node}) {
       if (sub->parsed()) {
         context = sub;
       }
@@ -789,6 +871,7 @@ int run_cli(int argc, char** argv) {
       {load, [&] { return load_command(load_opts); }},
       {trace, [&] { return trace_command(trace_opts); }},
       {serve, [&] { return serve_command(serve_opts); }},
+      {node, [&] { return node_command(node_opts); }},
   };
   try {
     for (const auto& [sub, command] : commands) {

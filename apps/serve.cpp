@@ -96,6 +96,35 @@ int serve_command(const serve_options& o) {
   config.mode = o.mode;
   config.writer.mode = o.mode;
   config.adopt_expired_runs = false;
+  config.lease = std::chrono::milliseconds(o.lease_ms);
+  std::string cluster_host;
+  std::uint16_t cluster_port = 0;
+  if (!o.cluster_listen.empty()) {
+    if (!split_listen(o.cluster_listen, cluster_host, cluster_port)) {
+      std::cerr << "troupe serve: --cluster '" << o.cluster_listen << "' is not HOST:PORT\n";
+      return exit_usage;
+    }
+    const bool postgres = o.db.rfind("postgres://", 0) == 0 || o.db.rfind("postgresql://", 0) == 0;
+    if (!postgres && o.mode != persistence_mode::memory) {
+      std::cerr << "troupe serve: --cluster needs a PostgreSQL database (--db postgres://...): "
+                   "it is where coordinators agree on who owns which run. SQLite is for one "
+                   "process.\n";
+      return exit_usage;
+    }
+    config.cluster.enabled = true;
+    config.cluster.heartbeat = std::chrono::milliseconds(o.heartbeat_ms);
+    config.cluster.connection_timeout = std::chrono::milliseconds(o.connection_timeout_ms);
+    config.cluster.run_here_without_workers = !o.wait_for_workers;
+    for (const auto& name : split(o.remote_tasks, ',')) {
+      if (!name.empty()) {
+        config.cluster.remote_tasks.push_back(name);
+      }
+    }
+    config.cluster.log = [](const std::string& line) {
+      std::cerr << "troupe serve: " + line + "\n" << std::flush;
+    };
+    sc.cluster = true;
+  }
   std::optional<engine> eng;
   try {
     eng.emplace(config);
@@ -153,6 +182,21 @@ int serve_command(const serve_options& o) {
     auto* s = server_ptr.load();
     return s ? s->stats() : http_server_stats{};
   });
+  // Workers may join before runs of dead coordinators are adopted below.
+  if (config.cluster.enabled) {
+    auto bound = eng->serve_cluster(cluster_host, cluster_port);
+    if (!bound) {
+      std::cerr << "troupe serve: " << bound.error() << '\n';
+      return exit_run_failed;
+    }
+    std::cout << "troupe serve: cluster listening on " << cluster_host << ":" << *bound
+              << " (coordinator " << eng->owner_id() << ")" << std::endl;
+    if (!loopback(cluster_host)) {
+      std::cerr << "troupe serve: the cluster port has neither authentication nor encryption "
+                   "(CAF 0.17's BASP): whoever reaches it can join as a worker and see inputs. "
+                   "Keep it on a private network.\n";
+    }
+  }
   // Runs of engines that died on this database (this one, before a restart, or another) are
   // adopted now and whenever a lease runs out, as runs of this service.
   if (config.mode != persistence_mode::memory) {

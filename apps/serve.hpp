@@ -29,7 +29,30 @@ struct serve_options {
   std::int64_t drain_ms = 30000;
   std::int64_t sse_keepalive_ms = 15000;
   std::size_t max_stream_buffer = 8 << 20;
+  /// How long a run stays owned without a renewal (another coordinator may adopt it then).
+  std::int64_t lease_ms = 15000;
+  /// The cluster (docs/cluster.md): HOST:PORT the dispatcher listens on for workers; empty: off.
+  std::string cluster_listen;
+  std::int64_t heartbeat_ms = 500;
+  std::int64_t connection_timeout_ms = 2000;
+  std::string remote_tasks;  // comma-separated: tasks only workers implement
+  bool wait_for_workers = false;  // else a task no worker offers runs here
 };
+
+/// `troupe node`: a cluster worker running the builtin tasks (shell, http, sleep) for the
+/// coordinators it joins. Programs with C++ tasks embed the engine and call join_cluster().
+struct node_options {
+  std::string join;  // comma-separated HOST:PORT
+  std::string name;
+  std::string offer;  // comma-separated; empty: every task it has but quick ones
+  int capacity = 0;
+  int threads = 0;
+  int blocking_threads = 2;
+  std::int64_t heartbeat_ms = 500;
+  std::int64_t connection_timeout_ms = 2000;
+};
+
+int node_command(const node_options& o);
 
 int serve_command(const serve_options& o);
 

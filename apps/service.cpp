@@ -668,6 +668,25 @@ struct service::impl {
                     "Event streams closed because their reader fell too far behind.",
                     static_cast<double>(s.streams_cut));
     }
+    if (config.cluster) {
+      auto c = eng.cluster();
+      render_single(out, "troupe_cluster_workers", "gauge", "Workers connected to this coordinator.",
+                    static_cast<double>(c.workers));
+      render_single(out, "troupe_cluster_remote_in_flight", "gauge",
+                    "Attempts running on workers for this coordinator.",
+                    static_cast<double>(c.remote_in_flight));
+      render_single(out, "troupe_cluster_waiting", "gauge",
+                    "Attempts waiting for a worker with room.", static_cast<double>(c.waiting));
+      render_single(out, "troupe_cluster_dispatched_total", "counter",
+                    "Attempts sent to workers (again after a loss too).",
+                    static_cast<double>(c.dispatched));
+      render_single(out, "troupe_cluster_lost_total", "counter",
+                    "Attempts whose worker was lost (dispatched again).",
+                    static_cast<double>(c.lost));
+      render_single(out, "troupe_cluster_ran_here_total", "counter",
+                    "Attempts of tasks no connected worker offered, run on the coordinator.",
+                    static_cast<double>(c.ran_here));
+    }
     return out;
   }
 

@@ -57,6 +57,8 @@ struct service_config {
   std::size_t ready_max_pending = 100000;
   /// Threads of the pool that runs store queries.
   int query_threads = 2;
+  /// The engine coordinates a cluster: /metrics adds its troupe_cluster_* families.
+  bool cluster = false;
 };
 
 class service {
