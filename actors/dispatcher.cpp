@@ -123,9 +123,6 @@ void send_to(dispatcher_actor* self, worker_entry& w, pending_attempt& a) {
   ++st.counters->remote_in_flight;
   ++st.counters->dispatched;
   self->send(w.agent, a.order);
-  if (a.order.lost > 0) {
-    self->send(a.proxy, attempt_placed{a.exec, w.id, a.order.lost, false});
-  }
 }
 
 // Places attempt `id` (new, or back from a lost worker): on a worker with room, else it waits,
@@ -144,7 +141,7 @@ void place(dispatcher_actor* self, std::uint64_t id) {
   }
   if (!offered && st.config.no_worker == no_worker_policy::run_here) {
     ++st.counters->ran_here;
-    self->send(a.proxy, attempt_placed{a.exec, std::string(), a.order.lost, true});
+    self->send(a.proxy, attempt_placed{a.exec, std::string(), a.order.lost, true, false});
     forget(st, it);
     return;
   }
@@ -210,8 +207,9 @@ void worker_lost(dispatcher_actor* self, const caf::actor_addr& addr, const caf:
   publish_offers(self);
   log_line(self, "worker " + w.id + " lost (" + self->system().render(reason) + "), " +
                      std::to_string(w.orders.size()) + " attempts in flight dispatched again");
-  // Their results can no longer arrive. Each goes out again under the same execution key and
-  // attempt number: a loss is not a retry.
+  // Their results can no longer arrive. Each goes back to its node actor, which dispatches it
+  // again under the same execution key and attempt number (a loss is not a retry), once it is
+  // sure its engine still owns the run.
   std::vector<std::uint64_t> ids(w.orders.begin(), w.orders.end());
   std::sort(ids.begin(), ids.end());
   for (auto id : ids) {
@@ -221,9 +219,9 @@ void worker_lost(dispatcher_actor* self, const caf::actor_addr& addr, const caf:
     }
     --st.counters->remote_in_flight;
     ++st.counters->lost;
-    it->second.on = caf::actor_addr{};
-    ++it->second.order.lost;
-    place(self, id);
+    pending_attempt& a = it->second;
+    self->send(a.proxy, attempt_placed{a.exec, std::string(), a.order.lost + 1, false, true});
+    forget(st, it);
   }
   release_unoffered(self);
 }

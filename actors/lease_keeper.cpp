@@ -29,6 +29,8 @@ struct keeper_state {
   std::shared_ptr<lease_registry> runs;
   bool ticking = false;   // a renew_due message is on its way
   bool renewing = false;  // a renewal is out
+  // Asked for a renewal now (renew_now_atom): answered when the next renewal completes.
+  std::vector<caf::typed_response_promise<std::vector<std::string>>> waiters;
   static inline const char* name = "lease_keeper";
 };
 using keeper_actor = caf::stateful_actor<keeper_state>;
@@ -49,6 +51,58 @@ void tell_lost(keeper_actor* self, const std::vector<std::string>& ids, const st
   }
 }
 
+// One renewal of every registered run, now; answers whoever asked for it (renew_now_atom).
+// False when no run is registered (nothing to renew: the keeper goes idle).
+bool renew(keeper_actor* self) {
+  auto& st = self->state;
+  auto held = st.runs->held_or_idle();
+  if (held.empty()) {
+    for (auto& w : st.waiters) {
+      w.deliver(std::vector<std::string>{});
+    }
+    st.waiters.clear();
+    return false;  // idle until a run registers and wakes it
+  }
+  lease_renewal r;
+  r.owner = st.owner;
+  r.lease_until_us = wall_us() + st.lease_ms * 1000;
+  const auto until = r.lease_until_us;
+  r.runs.reserve(held.size());
+  for (const auto& h : held) {
+    r.runs.push_back(lease_ref{h.run_id.str(), h.epoch});
+  }
+  st.renewing = true;
+  auto waiters = std::move(st.waiters);
+  st.waiters.clear();
+  self->request(st.writer, std::chrono::milliseconds(std::max<std::int64_t>(1000, st.lease_ms)),
+                renew_atom::value, std::move(r))
+      .then(
+          [self, until, waiters](const std::vector<std::string>& lost) mutable {
+            self->state.renewing = false;
+            tell_lost(self, lost, "lost its ownership: another engine claimed it");
+            // Told first: an asker hears of its run's loss from the run itself, not only here.
+            self->state.runs->confirmed(until);
+            for (auto& w : waiters) {
+              w.deliver(lost);
+            }
+            tick_later(self);
+            if (!self->state.waiters.empty()) {
+              renew(self);  // asked for during this renewal
+            }
+          },
+          [self, waiters](caf::error& e) mutable {
+            // Tried again at the next tick; the leases last three ticks.
+            self->state.renewing = false;
+            std::fprintf(stderr, "troupe: lease renewal failed: %s\n",
+                         self->system().render(e).c_str());
+            for (auto& w : waiters) {
+              w.deliver(e);
+            }
+            tick_later(self);
+          });
+  return true;
+}
+
 caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string owner,
                               std::int64_t lease_ms, std::shared_ptr<lease_registry> registry) {
   auto& st = self->state;
@@ -63,6 +117,15 @@ caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string
                   "lost its ownership: another engine claimed it, and this engine's rows were "
                   "refused");
       },
+      [self](renew_now_atom) -> caf::result<std::vector<std::string>> {
+        auto& st = self->state;
+        auto rp = self->make_response_promise<std::vector<std::string>>();
+        st.waiters.push_back(rp);
+        if (!st.renewing) {
+          renew(self);
+        }
+        return rp;
+      },
       [self](renew_due_atom) {
         auto& st = self->state;
         st.ticking = false;
@@ -70,50 +133,43 @@ caf::behavior keeper_behavior(keeper_actor* self, caf::actor writer, std::string
           tick_later(self);
           return;
         }
-        auto held = st.runs->held_or_idle();
-        if (held.empty()) {
-          return;  // idle until a run registers and wakes it
+        if (renew(self)) {
+          tick_later(self);
         }
-        lease_renewal r;
-        r.owner = st.owner;
-        r.lease_until_us = wall_us() + st.lease_ms * 1000;
-        r.runs.reserve(held.size());
-        for (const auto& h : held) {
-          r.runs.push_back(lease_ref{h.run_id.str(), h.epoch});
-        }
-        st.renewing = true;
-        self->request(st.writer,
-                      std::chrono::milliseconds(std::max<std::int64_t>(1000, st.lease_ms)),
-                      renew_atom::value, std::move(r))
-            .then(
-                [self](const std::vector<std::string>& lost) {
-                  self->state.renewing = false;
-                  tell_lost(self, lost, "lost its ownership: another engine claimed it");
-                  tick_later(self);
-                },
-                [self](caf::error& e) {
-                  // Tried again at the next tick; the leases last three ticks.
-                  self->state.renewing = false;
-                  std::fprintf(stderr, "troupe: lease renewal failed: %s\n",
-                               self->system().render(e).c_str());
-                  tick_later(self);
-                });
-        tick_later(self);
       },
   };
 }
 
 }  // namespace
 
-bool lease_registry::own(const shared_text& run_id, std::int64_t epoch, caf::actor run) {
+bool lease_registry::own(const shared_text& run_id, std::int64_t epoch, caf::actor run,
+                         std::int64_t lease_until_us) {
   std::lock_guard lock(mutex_);
-  held h{run_id, epoch, std::move(run)};
+  held h{run_id, epoch, std::move(run), lease_until_us};
   std::string_view key = h.run_id;
   runs_.erase(key);  // the old value's buffer may back the old key: replace both
   runs_.emplace(key, std::move(h));
   bool wake = keeper_idle_;
   keeper_idle_ = false;
   return wake;
+}
+
+void lease_registry::confirmed(std::int64_t lease_until_us) {
+  auto seen = confirmed_until_us_.load();
+  while (seen < lease_until_us && !confirmed_until_us_.compare_exchange_weak(seen, lease_until_us)) {
+  }
+}
+
+bool lease_registry::sure(std::string_view run_id, std::int64_t now_us,
+                          std::int64_t margin_us) const {
+  std::int64_t until = confirmed_until_us_.load();
+  std::lock_guard lock(mutex_);
+  auto it = runs_.find(run_id);
+  if (it == runs_.end()) {
+    return true;
+  }
+  until = std::max(until, it->second.lease_until_us);
+  return until - margin_us > now_us;
 }
 
 void lease_registry::release(std::string_view run_id, std::int64_t epoch) {

@@ -1,5 +1,6 @@
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -31,11 +32,24 @@ class lease_registry {
     shared_text run_id;
     std::int64_t epoch = 0;
     caf::actor run;
+    /// Wall-clock µs until which the run is known to be this engine's without any renewal: the
+    /// lease it was started or claimed with (0: unknown).
+    std::int64_t lease_until_us = 0;
   };
 
-  /// Registers `run_id` under `epoch` (replacing an older registration of it). Returns true when
-  /// the caller must wake the keeper (send it `own_atom`).
-  bool own(const shared_text& run_id, std::int64_t epoch, caf::actor run);
+  /// Registers `run_id` under `epoch` (replacing an older registration of it), started or
+  /// claimed with a lease up to `lease_until_us`. Returns true when the caller must wake the
+  /// keeper (send it `own_atom`).
+  bool own(const shared_text& run_id, std::int64_t epoch, caf::actor run,
+           std::int64_t lease_until_us = 0);
+  /// The keeper's renewal of every registered run succeeded up to `lease_until_us`.
+  void confirmed(std::int64_t lease_until_us);
+  /// Whether this engine is sure it still owns `run_id` at `now_us` with `margin_us` to spare:
+  /// its own lease or the last renewal reaches past now + margin. A process that was frozen past
+  /// its leases (or cut off from its database) is not sure, and must renew (renew_now_atom)
+  /// before it starts any attempt: another engine may have claimed the run meanwhile. A run not
+  /// registered here is not leased at all: true.
+  bool sure(std::string_view run_id, std::int64_t now_us, std::int64_t margin_us) const;
   /// Removes the registration of `run_id` made under `epoch` only: a resume may have registered
   /// the run anew under a later one.
   void release(std::string_view run_id, std::int64_t epoch);
@@ -51,11 +65,13 @@ class lease_registry {
   // Keys view the run id's shared buffer, which the value holds: stable while it is stored.
   boost::unordered_flat_map<std::string_view, held> runs_;
   bool keeper_idle_ = true;
+  std::atomic<std::int64_t> confirmed_until_us_{0};
 };
 
 /// Spawns the lease keeper of an engine: while `registry` holds runs, it renews their leases
 /// every lease_ms / 3 in one request to the writer (`renew_atom`), off the callers' path. It
-/// accepts `own_atom` (runs were registered while it was idle: start ticking) and `lost_atom,
+/// accepts `renew_now_atom` (renew at once; answers the runs no longer held, or an error: for an
+/// actor that is not sure of its lease, lease_registry::sure), `own_atom` (runs were registered while it was idle: start ticking) and `lost_atom,
 /// std::vector<std::string>` (runs whose rows the store fenced, from the writer's hook). A run
 /// the store says this engine no longer holds (another engine claimed it) or whose rows were
 /// fenced is removed from the registry and sent `lost_atom, why`. A renewal that fails (database

@@ -1,3 +1,4 @@
+#include <algorithm>
 #include <chrono>
 #include <exception>
 #include <functional>
@@ -14,6 +15,7 @@
 
 #include "actors/builtin/operation.hpp"
 #include "actors/dispatcher.hpp"
+#include "actors/lease_keeper.hpp"
 #include "actors/run_actor.hpp"
 #include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
@@ -32,6 +34,9 @@ struct node_step {
 CAF_ALLOW_UNSAFE_MESSAGE_TYPE(troupe::node_step)
 
 namespace troupe {
+
+/// A node actor's lease check is due again (the keeper could not renew): `recheck_atom, exec`.
+using recheck_atom = caf::atom_constant<caf::atom("tr_rechk")>;
 
 namespace {
 
@@ -374,6 +379,7 @@ bool dispatch_remotely(node_actor* self) {
   m.order.node_id = st.args.node_id;
   m.order.item = st.args.item;
   m.order.attempt = st.args.attempt;
+  m.order.lost = st.lost;
   wire::put_policy(m.order, st.args.policy.get());
   st.remote = true;
   self->send(svc->dispatcher, std::move(m));
@@ -382,10 +388,58 @@ bool dispatch_remotely(node_actor* self) {
 
 void start_local(node_actor* self);
 
-void start_task(node_actor* self) {
+void start_now(node_actor* self) {
   if (!dispatch_remotely(self)) {
     start_local(self);
   }
+}
+
+// Cluster coordinators: an attempt starts only while this engine is sure it still owns the run
+// (lease_registry::sure). A coordinator frozen past its leases, or cut off from its database,
+// asks the keeper to renew first: a run another engine claimed meanwhile is not run here again
+// (its run actor is told `lost_atom` and stops); the others go on.
+void start_task(node_actor* self) {
+  auto& st = self->state;
+  const auto& svc = st.services;
+  if (!svc->dispatcher || !svc->leases || !svc->lease_keeper || st.args.here) {
+    start_now(self);
+    return;
+  }
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count() +
+                   svc->wall_offset_us;
+  if (svc->leases->sure(st.args.run_id, now, svc->lease_ms * 1000 / 3)) {
+    start_now(self);
+    return;
+  }
+  const auto exec = st.args.exec;
+  self->request(svc->lease_keeper, std::chrono::milliseconds(std::max<std::int64_t>(1000, svc->lease_ms)),
+                renew_now_atom::value)
+      .then(
+          [self, exec](const std::vector<std::string>& lost) {
+            auto& st = self->state;
+            if (exec != st.args.exec || st.answered) {
+              return;
+            }
+            if (std::find(lost.begin(), lost.end(), st.args.run_id) != lost.end()) {
+              answer(self, task_result::failure("this engine no longer owns run " +
+                                                st.args.run_id + ": not started"));
+              return;
+            }
+            start_now(self);
+          },
+          [self, exec](caf::error&) {
+            auto& st = self->state;
+            if (exec != st.args.exec || st.answered) {
+              return;
+            }
+            // The store did not answer: ask again a tick later (a timer, not a loop).
+            self->delayed_send(self,
+                               std::chrono::milliseconds(std::max<std::int64_t>(
+                                   10, st.services->lease_ms / 3)),
+                               recheck_atom::value, exec);
+          });
 }
 
 void start_local(node_actor* self) {
@@ -472,6 +526,11 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
           answer(self, std::move(m.result));
         }
       },
+      [self](recheck_atom, std::uint64_t exec) {
+        if (exec == self->state.args.exec && !self->state.answered) {
+          start_task(self);
+        }
+      },
       [self](wake_atom, std::uint64_t exec) {
         if (exec == self->state.args.exec) {
           answer(self, task_result::success(nullptr));
@@ -497,12 +556,17 @@ caf::behavior node_behavior(node_actor* self, services_ptr svc, caf::actor run,
         }
         st.worker = p.worker;
         st.lost = p.lost;
-        if (p.run_here) {
+        const bool run_here = p.run_here;
+        const bool again = p.again;
+        if (p.lost > 0) {
+          self->send(st.run, std::move(p));  // the run records the loss
+        }
+        if (run_here) {
           st.remote = false;
           start_local(self);
-        }
-        if (p.lost > 0) {
-          self->send(st.run, std::move(p));  // the run records where it went
+        } else if (again) {
+          st.remote = false;
+          start_task(self);
         }
       },
       [self](remote_result& m) {

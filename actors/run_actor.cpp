@@ -597,7 +597,9 @@ caf::behavior run_behavior(run_actor* self, services_ptr services, run_spawn_arg
   }
   st.run_id = st.machine->run_id();
   if (st.services->leases &&
-      st.services->leases->own(st.run_id, st.epoch, caf::actor_cast<caf::actor>(self))) {
+      st.services->leases->own(st.run_id, st.epoch, caf::actor_cast<caf::actor>(self),
+                               now_us() + st.services->wall_offset_us +
+                                   st.services->lease_ms * 1000)) {
     self->send(st.services->lease_keeper, own_atom::value);
   }
   // A node actor that dies without answering (an exception escaped it) fails its attempt

@@ -337,7 +337,10 @@ json::value run_detail_document(const run_row& run, const std::vector<node_row>&
     o["input"] = value_or_null(n.input);
     o["output"] = value_or_null(n.output);
     if (!n.worker.empty()) {
-      o["worker"] = n.worker;
+      o["worker"] = n.worker;  // cluster: the worker that ran it
+    }
+    if (n.lost > 0) {
+      o["lost"] = n.lost;  // cluster: workers lost under it (it was dispatched again)
     }
     list.push_back(std::move(o));
   }
@@ -400,6 +403,13 @@ void print_run_detail(std::ostream& out, const run_row& run, const std::vector<n
     columns.push_back({"SPEC"});
     columns.push_back({"CHILD RUN"});
   }
+  const bool any_worker = std::any_of(nodes.begin(), nodes.end(), [](const node_row& n) {
+    return !n.worker.empty() || n.lost > 0;
+  });
+  if (any_worker) {
+    columns.push_back({"WORKER"});
+    columns.push_back({"LOST", true});
+  }
   columns.push_back({"DURATION", true});
   columns.push_back({"ERROR"});
   std::vector<std::vector<std::string>> rows;
@@ -416,6 +426,10 @@ void print_run_detail(std::ostream& out, const run_row& run, const std::vector<n
     if (any_child) {
       row.push_back(std::string(to_string(n.spec_cache)));
       row.push_back(n.child_run_id.empty() ? "-" : n.child_run_id);
+    }
+    if (any_worker) {
+      row.push_back(n.worker.empty() ? "-" : n.worker);
+      row.push_back(std::to_string(n.lost));
     }
     row.push_back(duration_between(n.started_at, n.finished_at));
     row.push_back(one_line(n.error));

@@ -59,15 +59,17 @@ struct remote_attempt {
   std::uint64_t exec = 0;
   wire::attempt_order order;
 };
-/// Dispatcher -> node actor: where the attempt went. `run_here`: no worker offers the task
-/// (and the coordinator may run it), so the node actor runs it itself. Sent when a worker was
-/// lost under it (lost > 0) or it runs here; the node actor passes it to its run actor, which
-/// records it (run_state::placed()).
+/// Dispatcher -> node actor, when the attempt does not simply run on a worker: `run_here`, no
+/// worker offers the task (and the coordinator may run it), so the node actor runs it itself;
+/// `again`, its worker was lost (`lost` counts the losses so far) and the node actor dispatches
+/// it again (after checking its lease). With lost > 0 the node actor passes it on to its run
+/// actor, which records the loss at once (run_state::placed()).
 struct attempt_placed {
   std::uint64_t exec = 0;
   std::string worker;
   std::int32_t lost = 0;
   bool run_here = false;
+  bool again = false;
 };
 /// Dispatcher -> node actor: the worker's report, still as text (the node actor parses it on its
 /// own thread, not the dispatcher's).
@@ -125,6 +127,10 @@ using lost_atom = caf::atom_constant<caf::atom("tr_lost")>;
 using own_atom = caf::atom_constant<caf::atom("tr_own")>;
 /// The lease keeper's renewal timer.
 using renew_due_atom = caf::atom_constant<caf::atom("tr_renewd")>;
+/// To the lease keeper, as a request: renew every lease now. Answers `std::vector<std::string>`,
+/// the runs this engine no longer holds (each already told `lost_atom`), or an error when the
+/// store could not answer.
+using renew_now_atom = caf::atom_constant<caf::atom("tr_renewn")>;
 
 /// A run ended; sent to the parent (a `workflow` node actor) of a child run.
 struct run_done {
