@@ -1,6 +1,7 @@
 #include "actors/dispatcher.hpp"
 
 #include <algorithm>
+#include <chrono>
 #include <deque>
 #include <map>
 #include <unordered_map>
@@ -11,6 +12,7 @@
 #include <caf/event_based_actor.hpp>
 #include <caf/stateful_actor.hpp>
 
+#include "actors/lease_keeper.hpp"
 #include "actors/traced_actor.hpp"
 #include "messages/messages.hpp"
 
@@ -115,6 +117,19 @@ void forget(dispatcher_state& st, std::unordered_map<std::uint64_t, pending_atte
   st.attempts.erase(it);
 }
 
+// Whether the engine is sure it owns the attempt's run now (always, without leases).
+bool owned(const dispatcher_state& st, const pending_attempt& a) {
+  if (!st.config.leases) {
+    return true;
+  }
+  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
+                       std::chrono::steady_clock::now().time_since_epoch())
+                       .count() +
+                   st.config.wall_offset_us;
+  return st.config.leases->check(a.order.run_id, now, st.config.lease_ms * 1000 / 3) ==
+         lease_registry::lease_state::sure;
+}
+
 void send_to(dispatcher_actor* self, worker_entry& w, pending_attempt& a) {
   auto& st = self->state;
   a.on = w.agent.address();
@@ -134,6 +149,12 @@ void place(dispatcher_actor* self, std::uint64_t id) {
     return;
   }
   pending_attempt& a = it->second;
+  if (!owned(st, a)) {
+    // A coordinator that slept past its leases: its node actor renews before anything starts.
+    self->send(a.proxy, attempt_placed{a.exec, std::string(), a.order.lost, false, true});
+    forget(st, it);
+    return;
+  }
   bool offered = false;
   if (worker_entry* w = least_loaded(st, a.order.task, offered)) {
     send_to(self, *w, a);
@@ -160,9 +181,16 @@ void drain_waiting(dispatcher_actor* self, worker_entry& w) {
       q->second.pop_front();
       --st.counters->waiting;
       auto it = st.attempts.find(id);
-      if (it != st.attempts.end() && !it->second.on) {
-        send_to(self, w, it->second);
+      if (it == st.attempts.end() || it->second.on) {
+        continue;
       }
+      if (!owned(st, it->second)) {
+        pending_attempt& a = it->second;
+        self->send(a.proxy, attempt_placed{a.exec, std::string(), a.order.lost, false, true});
+        forget(st, it);
+        continue;
+      }
+      send_to(self, w, it->second);
     }
     if (q != st.waiting.end() && q->second.empty()) {
       st.waiting.erase(q);

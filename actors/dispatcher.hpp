@@ -28,6 +28,7 @@ class actor_system;
 
 namespace troupe {
 
+class lease_registry;
 namespace trace {
 class tracer;
 }
@@ -73,6 +74,12 @@ struct dispatcher_config {
   /// One line per worker that joins, is refused or is lost; called on the dispatcher's thread,
   /// must not block. May be empty.
   std::function<void(const std::string&)> log;
+  /// The engine's leases (null in memory mode): an order goes out only while the engine is sure
+  /// it owns the run (lease_registry::check); otherwise it goes back to its node actor, which
+  /// renews first. Wall-clock µs = steady µs + wall_offset_us.
+  std::shared_ptr<const lease_registry> leases;
+  std::int64_t lease_ms = 0;
+  std::int64_t wall_offset_us = 0;
 };
 
 caf::actor spawn_dispatcher(caf::actor_system& system, dispatcher_config config,

@@ -46,7 +46,21 @@ void tick_later(keeper_actor* self) {
 }
 
 void tell_lost(keeper_actor* self, const std::vector<std::string>& ids, const std::string& why) {
-  for (auto& h : self->state.runs->take(ids)) {
+  auto lost = self->state.runs->take(ids);
+  if (lost.empty()) {
+    return;
+  }
+  std::string names;
+  for (std::size_t i = 0; i < lost.size() && i < 10; ++i) {
+    names += (i == 0 ? "" : ", ") + lost[i].run_id.str();
+  }
+  if (lost.size() > 10) {
+    names += ", ...";
+  }
+  // The operator's one sign that this process was frozen or cut off past its leases.
+  std::fprintf(stderr, "troupe: %zu runs stop here without writing (%s): %s\n", lost.size(),
+               why.c_str(), names.c_str());
+  for (auto& h : lost) {
     self->send(h.run, lost_atom::value, "run " + h.run_id + " " + why);
   }
 }
@@ -160,16 +174,16 @@ void lease_registry::confirmed(std::int64_t lease_until_us) {
   }
 }
 
-bool lease_registry::sure(std::string_view run_id, std::int64_t now_us,
-                          std::int64_t margin_us) const {
+lease_registry::lease_state lease_registry::check(std::string_view run_id, std::int64_t now_us,
+                                                 std::int64_t margin_us) const {
   std::int64_t until = confirmed_until_us_.load();
   std::lock_guard lock(mutex_);
   auto it = runs_.find(run_id);
   if (it == runs_.end()) {
-    return true;
+    return lease_state::not_held;
   }
   until = std::max(until, it->second.lease_until_us);
-  return until - margin_us > now_us;
+  return until - margin_us > now_us ? lease_state::sure : lease_state::unsure;
 }
 
 void lease_registry::release(std::string_view run_id, std::int64_t epoch) {

@@ -44,12 +44,13 @@ class lease_registry {
            std::int64_t lease_until_us = 0);
   /// The keeper's renewal of every registered run succeeded up to `lease_until_us`.
   void confirmed(std::int64_t lease_until_us);
-  /// Whether this engine is sure it still owns `run_id` at `now_us` with `margin_us` to spare:
-  /// its own lease or the last renewal reaches past now + margin. A process that was frozen past
-  /// its leases (or cut off from its database) is not sure, and must renew (renew_now_atom)
-  /// before it starts any attempt: another engine may have claimed the run meanwhile. A run not
-  /// registered here is not leased at all: true.
-  bool sure(std::string_view run_id, std::int64_t now_us, std::int64_t margin_us) const;
+  /// Whether this engine may start an attempt of `run_id` at `now_us`: `sure` when the run's own
+  /// lease or the last renewal reaches past now + `margin_us`; `unsure` when neither does (a
+  /// process frozen past its leases, or cut off from its database: renew first, renew_now_atom,
+  /// since another engine may have claimed the run meanwhile); `not_held` when the run is not
+  /// registered here (it ended, or it was lost: never start anything of it).
+  enum class lease_state { sure, unsure, not_held };
+  lease_state check(std::string_view run_id, std::int64_t now_us, std::int64_t margin_us) const;
   /// Removes the registration of `run_id` made under `epoch` only: a resume may have registered
   /// the run anew under a later one.
   void release(std::string_view run_id, std::int64_t epoch);

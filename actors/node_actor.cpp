@@ -398,6 +398,18 @@ void start_now(node_actor* self) {
 // (lease_registry::sure). A coordinator frozen past its leases, or cut off from its database,
 // asks the keeper to renew first: a run another engine claimed meanwhile is not run here again
 // (its run actor is told `lost_atom` and stops); the others go on.
+std::int64_t wall_now_us(const run_services& svc) {
+  return std::chrono::duration_cast<std::chrono::microseconds>(
+             std::chrono::steady_clock::now().time_since_epoch())
+             .count() +
+         svc.wall_offset_us;
+}
+
+void refuse_lost_run(node_actor* self) {
+  answer(self, task_result::failure("this engine no longer owns run " + self->state.args.run_id +
+                                    ": the attempt was not started"));
+}
+
 void start_task(node_actor* self) {
   auto& st = self->state;
   const auto& svc = st.services;
@@ -405,29 +417,30 @@ void start_task(node_actor* self) {
     start_now(self);
     return;
   }
-  const auto now = std::chrono::duration_cast<std::chrono::microseconds>(
-                       std::chrono::steady_clock::now().time_since_epoch())
-                       .count() +
-                   svc->wall_offset_us;
-  if (svc->leases->sure(st.args.run_id, now, svc->lease_ms * 1000 / 3)) {
-    start_now(self);
-    return;
+  using state = lease_registry::lease_state;
+  const std::int64_t margin = svc->lease_ms * 1000 / 3;
+  switch (svc->leases->check(st.args.run_id, wall_now_us(*svc), margin)) {
+    case state::sure:
+      start_now(self);
+      return;
+    case state::not_held:
+      refuse_lost_run(self);
+      return;
+    case state::unsure:
+      break;
   }
   const auto exec = st.args.exec;
-  self->request(svc->lease_keeper, std::chrono::milliseconds(std::max<std::int64_t>(1000, svc->lease_ms)),
+  self->request(svc->lease_keeper,
+                std::chrono::milliseconds(std::max<std::int64_t>(1000, svc->lease_ms)),
                 renew_now_atom::value)
       .then(
-          [self, exec](const std::vector<std::string>& lost) {
+          [self, exec](const std::vector<std::string>&) {
             auto& st = self->state;
             if (exec != st.args.exec || st.answered) {
               return;
             }
-            if (std::find(lost.begin(), lost.end(), st.args.run_id) != lost.end()) {
-              answer(self, task_result::failure("this engine no longer owns run " +
-                                                st.args.run_id + ": not started"));
-              return;
-            }
-            start_now(self);
+            // The renewal told the runs it lost (they stop); this one is still held, or not.
+            start_task(self);
           },
           [self, exec](caf::error&) {
             auto& st = self->state;

@@ -125,6 +125,7 @@ int serve_command(const serve_options& o) {
     };
     sc.cluster = true;
   }
+  sc.log = [](const std::string& line) { std::cerr << "troupe serve: " + line + "\n" << std::flush; };
   std::optional<engine> eng;
   try {
     eng.emplace(config);

@@ -1510,6 +1510,14 @@ std::size_t service::adopt_expired_runs() {
       m.track(*adopted, prepared.first, prepared.second, adopted_runs_key);
     }
   };
+  // Later rounds (a lease ran out while serving) say what they adopted.
+  auto later = hooks;
+  later.done = [&m, done = hooks.done](const std::string& id, const run_handle* adopted) {
+    done(id, adopted);
+    if (adopted && m.config.log) {
+      m.config.log("adopted run " + id + " (its owner's lease ran out)");
+    }
+  };
   // The first round here, before the service answers anything: a run that was in flight when
   // the previous process died is live again when the first request comes.
   std::size_t adopted = 0;
@@ -1520,7 +1528,7 @@ std::size_t service::adopt_expired_runs() {
                              }
                              hooks.done(id, r ? &*r : nullptr);
                            });
-  m.eng.adopt_expired_runs(std::move(hooks));
+  m.eng.adopt_expired_runs(std::move(later));
   return adopted;
 }
 

@@ -59,6 +59,8 @@ struct service_config {
   int query_threads = 2;
   /// The engine coordinates a cluster: /metrics adds its troupe_cluster_* families.
   bool cluster = false;
+  /// One line per run adopted from a dead engine after start (must not block). May be empty.
+  std::function<void(const std::string&)> log;
 };
 
 class service {

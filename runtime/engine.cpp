@@ -312,6 +312,9 @@ engine::impl::impl(engine_config c, engine_stores stores)
     dc.no_worker = config.cluster.run_here_without_workers ? no_worker_policy::run_here
                                                            : no_worker_policy::wait;
     dc.log = config.cluster.log;
+    dc.leases = svc->leases;
+    dc.lease_ms = svc->lease_ms;
+    dc.wall_offset_us = svc->wall_offset_us;
     dispatcher = spawn_dispatcher(*system, std::move(dc), offers, cluster_counts, trace.get());
     svc->dispatcher = dispatcher;
     svc->offers = offers;

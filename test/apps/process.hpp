@@ -153,6 +153,37 @@ class child {
     }
     return out_.find(needle) != std::string::npos;
   }
+  /// Blocks until stdout holds `needle` at least `count` times (true), or stdout ends (false).
+  bool wait_for_stdout_count(const std::string& needle, std::size_t count) {
+    for (;;) {
+      if (occurrences(out_, needle) >= count) {
+        return true;
+      }
+      if (out_fd_ < 0) {
+        return false;
+      }
+      pump();
+    }
+  }
+  /// Like wait_for_stdout_count, on stderr.
+  bool wait_for_stderr_count(const std::string& needle, std::size_t count) {
+    for (;;) {
+      if (occurrences(err_, needle) >= count) {
+        return true;
+      }
+      if (err_fd_ < 0) {
+        return false;
+      }
+      pump();
+    }
+  }
+  static std::size_t occurrences(const std::string& text, const std::string& needle) {
+    std::size_t n = 0;
+    for (auto at = text.find(needle); at != std::string::npos; at = text.find(needle, at + 1)) {
+      ++n;
+    }
+    return n;
+  }
   const std::string& out_so_far() const { return out_; }
   const std::string& err_so_far() const { return err_; }
 
