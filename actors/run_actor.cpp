@@ -494,7 +494,7 @@ void drive(run_actor* self) {
         }
         case 3: {
           const auto& rec = std::get<cmd::record>(c).rec;
-          if (st.events) {
+          if (st.events && !std::get<cmd::record>(c).silent) {
             st.events_due.push_back(event_of(*st.machine, rec));
           }
           if (st.services->writer) {

@@ -866,10 +866,8 @@ void run_state::placed(std::uint64_t exec, std::string worker, std::int32_t lost
   e->worker = std::move(worker);
   e->lost = lost;
   if (announce && options_.record_starts && options_.emit_records) {
-    // The attempt starts again elsewhere: a node_started event of its own, and the attempt's
-    // row (same key) now points at it.
-    record(attempt_record(*e, node_status::running), out);
-    e->started_seq = last_event_seq_;
+    // The attempt's row again, same key and event number: the log learns of the loss now.
+    out.emplace_back(cmd::record{attempt_record(*e, node_status::running), true});
   }
 }
 

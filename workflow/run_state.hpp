@@ -82,6 +82,9 @@ struct start_timer {
 /// Persist a state change (for the writer; the run's answer never depends on it).
 struct record {
   node_record rec;
+  /// A row update only (the attempt's placement changed): it takes no event number and makes
+  /// no event, so a run's events stay numbered without gaps in its log.
+  bool silent = false;
 };
 /// The run is over; no command follows this one.
 struct finish {
@@ -179,8 +182,8 @@ class run_state {
   /// Cluster: where an attempt in flight runs. `worker` names the worker process (empty: this
   /// one), `lost` counts the workers lost under it so far; the attempt keeps its number (a loss
   /// is not a retry). Every later record of the attempt carries both. With `announce` (a loss
-  /// moved the attempt) a running record says so at once, so the log shows the loss even if
-  /// this process dies next. Unknown or stale execs are ignored.
+  /// moved the attempt) a silent running record says so at once, so the log shows the loss even
+  /// if this process dies next. Unknown or stale execs are ignored.
   void placed(std::uint64_t exec, std::string worker, std::int32_t lost, bool announce,
               std::int64_t now_us, std::vector<command>& out);
   /// hold_item_slots: the slots held now, per node (node, count). The driver asks for a commit

@@ -540,6 +540,44 @@ BOOST_AUTO_TEST_CASE(same_events_give_the_same_commands) {
   }
 }
 
+// The cluster: an attempt whose worker was lost goes out again under the same attempt number
+// (not a retry); the log learns of the loss at once, without an event number of its own, and
+// every later record names where it ran and how often it was lost.
+BOOST_AUTO_TEST_CASE(a_lost_worker_is_recorded_without_costing_a_retry_or_an_event_number) {
+  driver d(R"({"name":"moved","nodes":[{"id":"a","task":"noop","retry":{"max_attempts":1}}]})");
+  d.start();
+  cmd::dispatch a = d.take("a");
+  const auto before = d.rs.last_event_seq();
+  std::vector<command> out;
+  d.rs.placed(a.exec, "", 1, true, d.now_us, out);
+  d.absorb(out);
+  BOOST_TEST(d.rs.last_event_seq() == before);  // no event number taken
+  auto recs = d.records_of("a");
+  BOOST_REQUIRE(recs.size() == 2u);
+  BOOST_TEST(recs[1].status == node_status::running);
+  BOOST_TEST(recs[1].attempt == 1);
+  BOOST_TEST(recs[1].lost == 1);
+  BOOST_TEST(recs[1].started_seq == recs[0].started_seq);
+  const auto* silent = std::get_if<cmd::record>(&d.log.back());
+  BOOST_REQUIRE(silent != nullptr);
+  BOOST_TEST(silent->silent);
+  // Reported by the second worker: succeeded at attempt 1, with its name and the loss.
+  d.rs.placed(a.exec, "w2", 1, false, d.now_us, out);
+  d.absorb(out);
+  BOOST_TEST(d.records_of("a").size() == 2u);  // a quiet placement writes nothing
+  d.finish(a, task_result::success(nullptr));
+  recs = d.records_of("a");
+  BOOST_TEST(recs.back().status == node_status::succeeded);
+  BOOST_TEST(recs.back().attempt == 1);
+  BOOST_TEST(recs.back().worker == "w2");
+  BOOST_TEST(recs.back().lost == 1);
+  BOOST_TEST(d.rs.summary(0).attempts == 1);
+  BOOST_TEST(d.rs.status() == run_status::succeeded);
+  // Stale: the attempt is over.
+  d.rs.placed(a.exec, "w3", 2, true, d.now_us, out);
+  BOOST_TEST(out.empty());
+}
+
 BOOST_AUTO_TEST_SUITE_END()
 
 BOOST_AUTO_TEST_SUITE(run_state_resume, *utf::timeout(30))
