@@ -401,7 +401,10 @@ void run_state::launch(unit u, std::int64_t now, std::vector<command>& out) {
         u.item >= 0 ? &ns.extra->items->as_array()[static_cast<std::size_t>(u.item)] : nullptr;
     key = cache_key(np, *input, item);
   }
-  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt, std::move(input), std::move(key),
+  // The attempt number as the log has it: a resumed run's attempts continue after the recorded
+  // ones, and the task sees the same number (task_call::attempt, TROUPE_ATTEMPT).
+  out.emplace_back(cmd::dispatch{exec, u.node, u.item, u.attempt + ns.attempt_offset,
+                                 std::move(input), std::move(key),
                                  std::move(dynamic_inputs)});
   if (np.timeout_ms) {
     inflight_.find(exec)->timeout_timer =

@@ -58,7 +58,7 @@ struct dispatch {
   std::uint64_t exec = 0;
   std::uint32_t node = 0;
   std::int64_t item = -1;
-  int attempt = 1;
+  int attempt = 1;  // as recorded: after a resume, continues after the log's attempts
   json_ptr input;
   /// The node's cache key (workflow/cache_key.hpp) when it has a `cache` field, else empty.
   /// With a key the driver looks the output up first and reports a hit with

@@ -134,7 +134,7 @@ struct child_worker {
 child_worker spawn_worker(const char* self, std::uint16_t port, int capacity) {
   int in_pipe[2];
   int out_pipe[2];
-  if (::pipe(in_pipe) != 0 || ::pipe(out_pipe) != 0) {
+  if (::pipe2(in_pipe, O_CLOEXEC) != 0 || ::pipe2(out_pipe, O_CLOEXEC) != 0) {
     std::perror("pipe");
     std::exit(1);
   }
@@ -291,6 +291,7 @@ int main(int argc, char** argv) {
     return worker_main(argc, argv);
   }
   ::signal(SIGPIPE, SIG_IGN);
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   options o;
   for (int i = 1; i + 1 < argc; i += 2) {
     const std::string k = argv[i];

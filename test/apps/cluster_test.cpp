@@ -21,6 +21,7 @@
 #include <map>
 #include <memory>
 #include <regex>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -422,6 +423,22 @@ BOOST_AUTO_TEST_CASE(a_killed_coordinator_s_runs_are_resumed_by_another_without_
     if (key.find("/b/") != std::string::npos) {
       BOOST_TEST(times == 2, key << " ran " << times);  // in flight at the kill, then resumed
     }
+  }
+  // The resumed attempt knows it is not the first: TROUPE_ATTEMPT is the log's number.
+  std::ifstream lines(cd.effects);
+  std::string key;
+  int attempt = 0;
+  std::map<std::string, std::set<int>> attempts;
+  while (lines >> key >> attempt) {
+    attempts[key].insert(attempt);
+  }
+  for (const auto& [item, rows] : item_rows(shown, "b")) {
+    const std::string k = run + "/b/" + std::to_string(item);
+    std::set<int> logged;
+    for (const auto& r : rows) {
+      logged.insert(static_cast<int>(r.at("attempt").as_int64()));
+    }
+    BOOST_TEST((attempts[k] == logged), k);
   }
   b.proc->send(SIGTERM);
   w1->send(SIGTERM);

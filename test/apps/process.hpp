@@ -7,6 +7,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -96,6 +97,9 @@ class child {
       sigset_t none;
       sigemptyset(&none);
       ::sigprocmask(SIG_SETMASK, &none, nullptr);
+      // A test that times out (Boost.Test aborts it) runs no destructor: its children must not
+      // outlive it (a SIGSTOPped coordinator would linger for ever).
+      ::prctl(PR_SET_PDEATHSIG, SIGKILL);
       ::dup2(out_pipe[1], STDOUT_FILENO);
       ::dup2(err_pipe[1], STDERR_FILENO);
       const int devnull = ::open("/dev/null", O_RDONLY);
