@@ -319,6 +319,45 @@ BOOST_AUTO_TEST_CASE(a_lost_worker_s_attempt_goes_to_another_with_its_attempt_nu
   BOOST_TEST(to_string(row.status) == "succeeded");
 }
 
+BOOST_AUTO_TEST_CASE(with_wait_for_workers_an_attempt_waits_for_a_worker_instead_of_running_here) {
+  engine coordinator(coordinator_config({"whoami"}, /*run_here=*/false));
+  const auto port = serve(coordinator);
+  auto p = must_register(coordinator, R"({"name":"patient","nodes":[{"id":"a","task":"whoami"}],
+    "outputs":{"w":"{{ nodes.a.output.worker }}"}})");
+  auto h = coordinator.start(p, {});
+  BOOST_REQUIRE(h.has_value());
+  // Run here, the placeholder would fail the run at once; it waits for the worker instead.
+  engine worker(worker_config());
+  worker.register_task(whoami_task("whoami", "late"));
+  link_events events;
+  worker.join_cluster(join(port), events.sink());
+  auto r = h->wait_for(60s);
+  BOOST_REQUIRE(r.has_value());
+  BOOST_TEST(r->status == run_status::succeeded, r->error);
+  BOOST_TEST(r->outputs.at("w").as_string() == "late");
+  BOOST_TEST(coordinator.cluster().ran_here == 0u);
+}
+
+BOOST_AUTO_TEST_CASE(a_timed_out_remote_attempt_is_cancelled_on_its_worker_and_frees_its_slot) {
+  engine coordinator(coordinator_config({}));
+  const auto port = serve(coordinator);
+  engine worker(worker_config());
+  link_events events;
+  worker.join_cluster(join(port, 1), events.sink());  // one attempt at a time
+  BOOST_REQUIRE(events.wait_for(cluster_link_event::kind::joined));
+  auto slow = must_register(coordinator, R"({"name":"slow","nodes":[
+      {"id":"a","task":"sleep","with":{"ms":600000},"timeout_ms":50}]})");
+  auto r = run_to_end(coordinator, slow);
+  BOOST_TEST(r.status == run_status::failed);
+  BOOST_TEST(to_string(node(r, "a").status) == "timed_out");
+  // Were the worker's only slot still taken, this would wait for ever.
+  auto quick = must_register(coordinator, R"({"name":"quick","nodes":[
+      {"id":"a","task":"sleep","with":{"ms":1}}]})");
+  BOOST_TEST(run_to_end(coordinator, quick).status == run_status::succeeded);
+  BOOST_TEST(coordinator.cluster().dispatched == 2u);
+  BOOST_TEST(coordinator.cluster().ran_here == 0u);
+}
+
 BOOST_AUTO_TEST_CASE(a_worker_of_another_version_is_refused_at_the_handshake) {
   engine coordinator(coordinator_config({"whoami"}));
   const auto port = serve(coordinator);
