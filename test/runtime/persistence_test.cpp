@@ -362,7 +362,10 @@ BOOST_AUTO_TEST_CASE(runs_started_from_callbacks_while_the_writer_is_behind_neve
   failing->set_failing(true, store_error{"database is locked (injected)", true});
   engine_config c = config(persistence_mode::async, "");
   c.store_object = failing;
-  c.writer.pending_max = 4;
+  // The two workflow rows and two rows per gated run (its run row, the gate's running row): the
+  // backlog is full once both gated runs are in, and never before the second one starts (the
+  // test's own thread would wait for room that the failing database never makes).
+  c.writer.pending_max = 6;
   c.writer.retry_initial_ms = 1;
   c.writer.retry_max_ms = 5;
   engine e(c);
