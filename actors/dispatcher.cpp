@@ -68,7 +68,7 @@ struct dispatcher_state {
   std::map<caf::actor_addr, worker_entry> workers;
   std::unordered_map<std::uint64_t, pending_attempt> attempts;
   std::map<std::pair<caf::actor_addr, std::uint64_t>, std::uint64_t> by_proxy;
-  // Attempts no worker has room for, oldest first, by task. Cancelled ones are skipped when met.
+  // Attempts no worker has room for, oldest first, by task (a cancel takes its entry out).
   std::unordered_map<std::string, std::deque<std::uint64_t>> waiting;
   std::uint64_t next_id = 1;
   static inline const char* name = "dispatcher";
@@ -357,7 +357,17 @@ caf::behavior dispatcher_behavior(dispatcher_actor* self, dispatcher_config conf
             return;
           }
         }
-        // Waiting: its queue entry is skipped when met (drain_waiting checks the attempt).
+        // Waiting: out of its queue too (a task no worker ever offers must not keep them all).
+        if (auto q = st.waiting.find(it->second.order.task); q != st.waiting.end()) {
+          if (auto pos = std::find(q->second.begin(), q->second.end(), it->first);
+              pos != q->second.end()) {
+            q->second.erase(pos);
+            --st.counters->waiting;
+          }
+          if (q->second.empty()) {
+            st.waiting.erase(q);
+          }
+        }
         forget(st, it);
       },
   };

@@ -170,7 +170,8 @@ bool lease_registry::own(const shared_text& run_id, std::int64_t epoch, caf::act
 
 void lease_registry::confirmed(std::int64_t lease_until_us) {
   auto seen = confirmed_until_us_.load();
-  while (seen < lease_until_us && !confirmed_until_us_.compare_exchange_weak(seen, lease_until_us)) {
+  while (seen < lease_until_us &&
+         !confirmed_until_us_.compare_exchange_weak(seen, lease_until_us)) {
   }
 }
 

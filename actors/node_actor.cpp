@@ -367,8 +367,8 @@ bool dispatch_remotely(node_actor* self) {
   auto& st = self->state;
   const auto& svc = st.services;
   const task_def& def = *st.args.task;
-  if (st.args.here || !svc->dispatcher || !svc->offers || st.args.dynamic || def.name == "workflow" ||
-      def.kind == task_kind::quick || !svc->offers->routes(def.name)) {
+  if (st.args.here || !svc->dispatcher || !svc->offers || st.args.dynamic ||
+      def.name == "workflow" || def.kind == task_kind::quick || !svc->offers->routes(def.name)) {
     return false;
   }
   remote_attempt m;
@@ -394,10 +394,7 @@ void start_now(node_actor* self) {
   }
 }
 
-// Cluster coordinators: an attempt starts only while this engine is sure it still owns the run
-// (lease_registry::sure). A coordinator frozen past its leases, or cut off from its database,
-// asks the keeper to renew first: a run another engine claimed meanwhile is not run here again
-// (its run actor is told `lost_atom` and stops); the others go on.
+// Wall-clock µs as the engine stamps rows and leases (steady clock + offset).
 std::int64_t wall_now_us(const run_services& svc) {
   return std::chrono::duration_cast<std::chrono::microseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -410,6 +407,10 @@ void refuse_lost_run(node_actor* self) {
                                     ": the attempt was not started"));
 }
 
+// Cluster coordinators: an attempt (remote or local) starts only while this engine is sure it
+// still owns the run (lease_registry::check). A coordinator frozen past its leases, or cut off
+// from its database, asks the keeper to renew first: a run another engine claimed meanwhile is
+// not run here again (its run actor is told `lost_atom` and stops); the others go on.
 void start_task(node_actor* self) {
   auto& st = self->state;
   const auto& svc = st.services;
