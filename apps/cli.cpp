@@ -748,6 +748,12 @@ int run_cli(int argc, char** argv) {
       ->capture_default_str()
       ->type_name("BYTES");
 
+  serve->add_option("--max-in-flight", serve_opts.max_in_flight,
+                    "Tasks in flight over all runs, remote attempts included (0: no limit); "
+                    "further dispatches wait for a slot.")
+      ->envname("TROUPE_MAX_IN_FLIGHT")
+      ->check(CLI::Range(0, 10000000))
+      ->type_name("N");
   serve->add_option("--lease-ms", serve_opts.lease_ms,
                     "How long a run stays this process's without a renewal (renewed every third "
                     "of it); past it another process on the same database may adopt the run.")

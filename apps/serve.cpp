@@ -97,6 +97,7 @@ int serve_command(const serve_options& o) {
   config.writer.mode = o.mode;
   config.adopt_expired_runs = false;
   config.lease = std::chrono::milliseconds(o.lease_ms);
+  config.max_in_flight = o.max_in_flight;
   std::string cluster_host;
   std::uint16_t cluster_port = 0;
   if (!o.cluster_listen.empty()) {

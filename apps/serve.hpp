@@ -37,6 +37,7 @@ struct serve_options {
   std::int64_t connection_timeout_ms = 2000;
   std::string remote_tasks;  // comma-separated: tasks only workers implement
   bool wait_for_workers = false;  // else a task no worker offers runs here
+  int max_in_flight = 0;          // tasks in flight over all runs (0: no limit)
 };
 
 /// `troupe node`: a cluster worker running the builtin tasks (shell, http, sleep) for the
