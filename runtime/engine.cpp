@@ -161,6 +161,9 @@ struct engine::impl {
       io.get_executor()};
   std::vector<std::thread> io_threads;
   std::unique_ptr<boost::asio::thread_pool> blocking;
+  // adopt_expired_runs(): its rounds run here, on a thread of their own, so that a pool full of
+  // long blocking tasks cannot delay taking over a dead engine's runs. Made on first use.
+  std::unique_ptr<boost::asio::thread_pool> adopt_pool;
   caf::actor writer;  // invalid in memory mode and after shutdown
   // Ownership: who this engine is, its lease terms, and the actor renewing its runs' leases
   // (invalid in memory mode).
@@ -853,8 +856,11 @@ void engine::adopt_expired_runs(adoption_hooks hooks) {
     }
     m.adopting = true;
     m.adopt_timer = std::make_unique<boost::asio::steady_timer>(m.io);
+    m.adopt_pool = std::make_unique<boost::asio::thread_pool>(1);
+    // An engine thread: runs it resumes never wait for the writer (see start()).
+    boost::asio::post(*m.adopt_pool, [] { on_engine_thread = true; });
   }
-  // Each round runs on the blocking pool (store calls); its timer waits on the I/O threads:
+  // Each round runs on the adoption thread (store calls); its timer waits on the I/O threads:
   // at the earliest lease end seen, and at least once per lease length.
   auto round = std::make_shared<std::function<void()>>();
   std::weak_ptr<std::function<void()>> weak = round;
@@ -882,12 +888,12 @@ void engine::adopt_expired_runs(adoption_hooks hooks) {
     m.adopt_timer->expires_after(std::chrono::microseconds(wait_us));
     m.adopt_timer->async_wait([this, self](const boost::system::error_code& ec) {
       if (!ec) {
-        boost::asio::post(*impl_->blocking, *self);
+        boost::asio::post(*impl_->adopt_pool, *self);
       }
     });
   };
   m.adopt_round = round;
-  boost::asio::post(*m.blocking, *round);
+  boost::asio::post(*m.adopt_pool, *round);
 }
 
 std::size_t engine::dynamic_compiles() const {
@@ -969,6 +975,9 @@ void engine::shutdown(std::chrono::milliseconds deadline) {
     caf::anon_send_exit(m.dispatcher, caf::exit_reason::user_shutdown);
   }
   m.blocking->join();
+  if (m.adopt_pool) {
+    m.adopt_pool->join();  // a round in progress ends; the timer was cancelled above
+  }
   m.io_guard.reset();
   m.io.stop();
   for (auto& t : m.io_threads) {
