@@ -270,8 +270,15 @@ void start_sleep(node_actor* self) {
   } else if (ms && ms->is_double()) {
     v = ms->as_double();
   }
-  if (v < 0) {
+  if (!(v >= 0)) {
     answer(self, task_result::failure("sleep: 'ms' must be a number >= 0"));
+    return;
+  }
+  if (v > static_cast<double>(max_delay_ms)) {
+    // Larger delays would wrap the timer's nanosecond count and fire at once.
+    answer(self, task_result::failure("sleep: 'ms' must be at most " +
+                                      std::to_string(max_delay_ms) + " (about 31 years), got " +
+                                      to_json_text(*ms)));
     return;
   }
   self->delayed_send(self, std::chrono::microseconds(static_cast<std::int64_t>(v * 1000)),

@@ -488,8 +488,10 @@ void drive(run_actor* self) {
         }
         case 2: {
           const auto& t = std::get<cmd::start_timer>(c);
-          self->delayed_send(self, std::chrono::milliseconds(t.delay_ms), timer_atom::value,
-                             t.timer);
+          // Plans bound every delay (max_delay_ms); the clamp keeps a timer from wrapping anyway.
+          self->delayed_send(self,
+                             std::chrono::milliseconds(std::min(t.delay_ms, max_delay_ms)),
+                             timer_atom::value, t.timer);
           break;
         }
         case 3: {

@@ -15,7 +15,7 @@
 //   nodes            required non-empty array, at most limits.max_nodes entries
 //   outputs          object: name -> template
 //   max_concurrency  integer >= 1
-//   timeout_ms       integer >= 1
+//   timeout_ms       integer >= 1, <= max_delay_ms
 //   anything else    "unknown field 'x'"
 // Node (must be an object):
 //   id           required string, [A-Za-z_][A-Za-z0-9_]{0,63}, unique (a repeat is reported at
@@ -27,8 +27,8 @@
 //   for_each     template string or literal array
 //   concurrency  integer >= 1
 //   retry        object with only max_attempts (integer >= 1), backoff_ms (integer >= 0),
-//                factor (number >= 1), max_backoff_ms (integer >= 0)
-//   timeout_ms   integer >= 1
+//                factor (number >= 1), max_backoff_ms (integer >= 0); delays <= max_delay_ms
+//   timeout_ms   integer >= 1, <= max_delay_ms
 //   on_error     "fail" or "continue"
 //   publish      object: var name -> template
 //   cache        object: {version: string} (version defaults to "1")
@@ -581,7 +581,7 @@ class compiler {
     }
     if (const auto* v = root->if_contains("timeout_ms")) {
       plan_.timeout_ms =
-          get_integer(*v, "/timeout_ms", 1, std::numeric_limits<std::int64_t>::max());
+          get_integer(*v, "/timeout_ms", 1, max_delay_ms);
     }
   }
 
@@ -738,7 +738,7 @@ class compiler {
     }
     if (const auto* f = o->if_contains("timeout_ms")) {
       node.timeout_ms =
-          get_integer(*f, pointer + "/timeout_ms", 1, std::numeric_limits<std::int64_t>::max());
+          get_integer(*f, pointer + "/timeout_ms", 1, max_delay_ms);
     }
     if (const auto* f = o->if_contains("on_error")) {
       const auto* s = f->if_string();
@@ -790,14 +790,13 @@ class compiler {
       return;
     }
     unknown_fields(*o, pointer, {"max_attempts", "backoff_ms", "factor", "max_backoff_ms"});
-    constexpr auto int64_max = std::numeric_limits<std::int64_t>::max();
     if (const auto* f = o->if_contains("max_attempts")) {
       if (auto i = get_integer(*f, pointer + "/max_attempts", 1, INT_MAX)) {
         retry.max_attempts = static_cast<int>(*i);
       }
     }
     if (const auto* f = o->if_contains("backoff_ms")) {
-      if (auto i = get_integer(*f, pointer + "/backoff_ms", 0, int64_max)) {
+      if (auto i = get_integer(*f, pointer + "/backoff_ms", 0, max_delay_ms)) {
         retry.backoff_ms = *i;
       }
     }
@@ -812,7 +811,7 @@ class compiler {
       }
     }
     if (const auto* f = o->if_contains("max_backoff_ms")) {
-      if (auto i = get_integer(*f, pointer + "/max_backoff_ms", 0, int64_max)) {
+      if (auto i = get_integer(*f, pointer + "/max_backoff_ms", 0, max_delay_ms)) {
         retry.max_backoff_ms = *i;
       }
     }

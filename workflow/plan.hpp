@@ -36,6 +36,11 @@ struct input_decl {
   std::optional<json::value> default_value;
 };
 
+/// The longest delay a workflow may ask for (timeout_ms, backoff_ms, max_backoff_ms, a `sleep`
+/// task's ms): 10^12 ms, about 31.7 years. Timers count nanoseconds in 64 bits (about 292
+/// years from the clock's epoch), so larger values would wrap and fire at once.
+inline constexpr std::int64_t max_delay_ms = 1'000'000'000'000;
+
 struct retry_policy {
   int max_attempts = 1;
   std::int64_t backoff_ms = 0;

@@ -463,6 +463,18 @@ BOOST_AUTO_TEST_CASE(shutdown_lets_running_work_finish_then_refuses_new_runs) {
   BOOST_TEST(!late.has_value());
 }
 
+// A rendered `ms` past what a timer can hold would wrap and return at once: it fails instead.
+BOOST_AUTO_TEST_CASE(a_sleep_longer_than_a_timer_can_hold_fails_instead_of_returning_at_once) {
+  engine e(cfg(2));
+  auto p = must_register(e, R"({"name":"s","inputs":{"ms":{"type":"number"}},
+    "nodes":[{"id":"z","task":"sleep","with":{"ms":"{{ inputs.ms }}"}}]})");
+  for (const char* ms : {"1e300", "9e15", "1000000000001"}) {
+    auto r = run_to_end(e, p, std::string(R"({"ms":)") + ms + "}");
+    BOOST_TEST(r.status == run_status::failed, ms);
+    BOOST_TEST(r.error.find("'ms' must be at most 1000000000000") != std::string::npos, r.error);
+  }
+}
+
 BOOST_AUTO_TEST_CASE(shutdown_past_its_deadline_cancels_what_is_still_running) {
   engine e(cfg(2));
   auto p =

@@ -695,6 +695,20 @@ BOOST_AUTO_TEST_CASE(retry_delay_grows_by_the_factor_and_stops_at_the_cap) {
   BOOST_TEST(r.delay_before(100000) == 1000);
 }
 
+// Timers count nanoseconds in 64 bits: a delay past max_delay_ms would wrap and fire at once.
+BOOST_AUTO_TEST_CASE(delays_a_timer_cannot_hold_are_validation_errors) {
+  const auto errors = errors_of(R"({"name": "w", "timeout_ms": 1e13, "nodes": [
+      {"id": "a", "task": "noop", "timeout_ms": 10000000000000,
+       "retry": {"max_attempts": 2, "backoff_ms": 9223372036854775807,
+                 "max_backoff_ms": 1000000000001}}]})");
+  CHECK_ERROR(errors, "/timeout_ms", "must be an integer <= 1000000000000");
+  CHECK_ERROR(errors, "/nodes/0/timeout_ms", "must be an integer <= 1000000000000");
+  CHECK_ERROR(errors, "/nodes/0/retry/backoff_ms", "must be an integer <= 1000000000000");
+  CHECK_ERROR(errors, "/nodes/0/retry/max_backoff_ms", "must be an integer <= 1000000000000");
+  // The largest delay itself is fine.
+  BOOST_TEST(compile_workflow(one_node(R"("timeout_ms": 1000000000000)")).has_value());
+}
+
 BOOST_AUTO_TEST_CASE(input_types_print_as_written) {
   BOOST_TEST(to_string(input_type::integer) == "integer");
   BOOST_TEST(to_string(input_type::any) == "any");
