@@ -35,11 +35,6 @@ void offer_table::set_remote_only(task_set names) {
   remote_only_ = std::move(next);
 }
 
-offer_table::task_set offer_table::offered() const {
-  std::lock_guard lock(mutex_);
-  return *offered_;
-}
-
 namespace {
 
 struct worker_entry {

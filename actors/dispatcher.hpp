@@ -42,7 +42,6 @@ class offer_table {
   bool routes(std::string_view task) const;
   void set_offered(task_set offered);
   void set_remote_only(task_set names);
-  task_set offered() const;
 
  private:
   mutable std::mutex mutex_;

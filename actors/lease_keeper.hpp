@@ -72,8 +72,9 @@ class lease_registry {
 /// Spawns the lease keeper of an engine: while `registry` holds runs, it renews their leases
 /// every lease_ms / 3 in one request to the writer (`renew_atom`), off the callers' path. It
 /// accepts `renew_now_atom` (renew at once; answers the runs no longer held, or an error: for an
-/// actor that is not sure of its lease, lease_registry::check), `own_atom` (runs were registered while it was idle: start ticking) and `lost_atom,
-/// std::vector<std::string>` (runs whose rows the store fenced, from the writer's hook). A run
+/// actor that is not sure of its lease, lease_registry::check), `own_atom` (runs were
+/// registered while it was idle: start ticking) and `lost_atom, std::vector<std::string>` (runs
+/// whose rows the store fenced, from the writer's hook). A run
 /// the store says this engine no longer holds (another engine claimed it) or whose rows were
 /// fenced is removed from the registry and sent `lost_atom, why`. A renewal that fails (database
 /// down) is tried again at the next tick; while it fails, leases run out and another engine may

@@ -632,6 +632,17 @@ void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_
   run->send(node, std::move(args));
 }
 
+caf::actor start_node(const services_ptr& services, caf::event_based_actor* owner,
+                      std::vector<caf::actor>& idle, node_spawn_args args) {
+  if (idle.empty()) {
+    return spawn_node(services, owner, std::move(args));
+  }
+  caf::actor node = std::move(idle.back());
+  idle.pop_back();
+  reuse_node(node, owner, std::move(args));
+  return node;
+}
+
 caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
                       node_spawn_args args) {
   if (services->trace) {

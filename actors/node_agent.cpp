@@ -45,7 +45,7 @@ struct queued_order {
 struct agent_state {
   agent_config config;
   services_ptr services;
-  std::function<void(const cluster_event&)> on_event;
+  std::function<void(const cluster_link_event&)> on_event;
   std::vector<link_state> links;
   std::unordered_map<std::uint64_t, running_order> running;  // by local exec
   std::map<std::pair<std::size_t, std::uint64_t>, std::uint64_t> by_wire;  // (link, id) -> exec
@@ -57,9 +57,10 @@ struct agent_state {
 };
 using agent_actor = caf::stateful_actor<agent_state>;
 
-void emit(agent_actor* self, cluster_event::kind what, std::size_t link, std::string text) {
+void emit(agent_actor* self, cluster_link_event::kind what, std::size_t link, std::string text) {
   if (self->state.on_event) {
-    self->state.on_event(cluster_event{what, self->state.links[link].at, std::move(text)});
+    self->state.on_event(
+        cluster_link_event{what, self->state.links[link].at.text(), std::move(text)});
   }
 }
 
@@ -80,7 +81,7 @@ void failed(agent_actor* self, std::size_t i, const std::string& why) {
   auto& st = self->state;
   auto& l = st.links[i];
   if (!l.failing) {
-    emit(self, cluster_event::kind::unreachable, i, why);
+    emit(self, cluster_link_event::kind::unreachable, i, why);
   }
   l.failing = true;
   l.backoff = std::clamp(l.backoff * 2, st.config.backoff_min, st.config.backoff_max);
@@ -90,7 +91,7 @@ void failed(agent_actor* self, std::size_t i, const std::string& why) {
 void version_refused(agent_actor* self, std::size_t i, const std::string& why) {
   auto& l = self->state.links[i];
   l.failing = true;
-  emit(self, cluster_event::kind::version_refused, i, why);
+  emit(self, cluster_link_event::kind::version_refused, i, why);
   retry_later(self, i, self->state.config.refused_retry);
 }
 
@@ -137,14 +138,7 @@ void start(agent_actor* self, std::size_t link, wire::attempt_order& order) {
   a.policy = wire::policy_of(order);
   a.here = true;
   const std::uint64_t exec = a.exec;
-  caf::actor node;
-  if (!st.idle_nodes.empty()) {
-    node = std::move(st.idle_nodes.back());
-    st.idle_nodes.pop_back();
-    reuse_node(node, self, std::move(a));
-  } else {
-    node = spawn_node(st.services, self, std::move(a));
-  }
+  caf::actor node = start_node(st.services, self, st.idle_nodes, std::move(a));
   st.exec_of_node[node.address()] = exec;
   st.by_wire[{link, order.id}] = exec;
   st.running.emplace(exec, running_order{link, order.id, std::move(node)});
@@ -195,7 +189,7 @@ void lost(agent_actor* self, std::size_t i, const caf::error& reason) {
   }
   std::erase_if(st.queue, [i](const queued_order& q) { return q.link == i; });
   if (was_joined) {
-    emit(self, cluster_event::kind::lost, i,
+    emit(self, cluster_link_event::kind::lost, i,
          self->system().render(reason) + ", " + std::to_string(doomed.size()) +
              " attempts cancelled");
     l.failing = false;
@@ -236,7 +230,7 @@ void hello(agent_actor* self, std::size_t i, caf::actor dispatcher) {
                       " ms differ from this node's " + std::to_string(st.config.heartbeat_ms) +
                       " ms and " + std::to_string(st.config.connection_timeout_ms) + " ms";
             }
-            emit(self, cluster_event::kind::joined, i, std::move(text));
+            emit(self, cluster_link_event::kind::joined, i, std::move(text));
           },
           [self, i, gen](caf::error& e) {
             auto& l = self->state.links[i];
@@ -288,7 +282,7 @@ void connect(agent_actor* self, std::size_t i) {
 }
 
 caf::behavior agent_behavior(agent_actor* self, services_ptr services, agent_config config,
-                             std::function<void(const cluster_event&)> on_event) {
+                             std::function<void(const cluster_link_event&)> on_event) {
   auto& st = self->state;
   st.services = std::move(services);
   st.config = std::move(config);
@@ -374,7 +368,7 @@ caf::behavior agent_behavior(agent_actor* self, services_ptr services, agent_con
 }  // namespace
 
 caf::actor spawn_node_agent(const services_ptr& services, agent_config config,
-                            std::function<void(const cluster_event&)> on_event) {
+                            std::function<void(const cluster_link_event&)> on_event) {
   auto& sys = *services->system;
   if (services->trace) {
     return trace::spawn_traced<agent_actor>(sys, services->trace.get(), agent_behavior, services,

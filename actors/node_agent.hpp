@@ -18,6 +18,7 @@
 
 #include <caf/actor.hpp>
 
+#include "actors/cluster_link_event.hpp"
 #include "actors/run_actor.hpp"
 
 namespace troupe {
@@ -44,21 +45,9 @@ struct agent_config {
   std::chrono::milliseconds refused_retry{30000};
 };
 
-/// What happens to a worker's links, one event per change, for its program to print.
-struct cluster_event {
-  enum class kind {
-    joined,           // connected and welcomed; `text`: the coordinator's identity
-    lost,             // a joined coordinator is gone; `text`: why
-    unreachable,      // a connect or hello failed; it is tried again; `text`: why
-    version_refused,  // the coordinator runs another troupe version or protocol
-  };
-  kind what = kind::joined;
-  cluster_endpoint endpoint;
-  std::string text;
-};
-
-/// `on_event` is called on the agent's thread; it must not block.
+/// `on_event` (one event per change of a link, for the worker's program to print) is called on
+/// the agent's thread; it must not block.
 caf::actor spawn_node_agent(const services_ptr& services, agent_config config,
-                            std::function<void(const cluster_event&)> on_event);
+                            std::function<void(const cluster_link_event&)> on_event);
 
 }  // namespace troupe

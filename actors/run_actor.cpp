@@ -358,14 +358,7 @@ void spawn_attempt(run_actor* self, cmd::dispatch& d) {
     a.dynamic = std::make_shared<const dynamic_attempt>(dynamic_attempt{
         std::move(d.dynamic_inputs), std::move(d.cache_key), machine.workflow().name});
   }
-  caf::actor node;
-  if (!st.idle_nodes.empty()) {
-    node = std::move(st.idle_nodes.back());
-    st.idle_nodes.pop_back();
-    reuse_node(node, self, std::move(a));
-  } else {
-    node = spawn_node(st.services, self, std::move(a));
-  }
+  caf::actor node = start_node(st.services, self, st.idle_nodes, std::move(a));
   st.exec_of_node.emplace(node.address(), d.exec);
   st.node_of_exec.emplace(d.exec, std::move(node));
   if (!dynamic && !d.cache_key.empty()) {

@@ -211,6 +211,10 @@ caf::actor spawn_node(const services_ptr& services, caf::event_based_actor* run,
 /// Hands the next attempt to an idle node actor of the same run (one that answered its last
 /// attempt). Node actors are reused within a run; a cancelled one quits instead.
 void reuse_node(const caf::actor& node, caf::event_based_actor* run, node_spawn_args args);
+/// The attempt on an idle node actor of `owner`'s (taken from `idle`), else on a new one
+/// (spawn_node); returns the actor that runs it. `owner` is a run actor or a worker's agent.
+caf::actor start_node(const services_ptr& services, caf::event_based_actor* owner,
+                      std::vector<caf::actor>& idle, node_spawn_args args);
 
 }  // namespace troupe
 

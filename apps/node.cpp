@@ -13,27 +13,9 @@ namespace troupe::cli {
 
 namespace {
 
-// "HOST:PORT" with a host: a worker must know where its coordinator is.
+// "HOST:PORT" with a host and a port: a worker must know where its coordinator is.
 bool parse_endpoint(const std::string& text, std::string& host, std::uint16_t& port) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos || colon == 0) {
-    return false;
-  }
-  host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
-  }
-  try {
-    std::size_t used = 0;
-    int p = std::stoi(text.substr(colon + 1), &used);
-    if (used != text.size() - colon - 1 || p <= 0 || p > 65535) {
-      return false;
-    }
-    port = static_cast<std::uint16_t>(p);
-  } catch (const std::exception&) {
-    return false;
-  }
-  return true;
+  return split_host_port(text, host, port) && !host.empty() && port != 0;
 }
 
 }  // namespace

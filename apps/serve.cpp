@@ -24,31 +24,16 @@ bool loopback(const std::string& host) {
          host == "localhost";
 }
 
-// "HOST:PORT", "[v6]:PORT" or ":PORT".
+// "HOST:PORT", "[v6]:PORT" or ":PORT" (any address) to listen on.
 bool split_listen(const std::string& text, std::string& host, std::uint16_t& port) {
-  auto colon = text.rfind(':');
-  if (colon == std::string::npos) {
+  if (!split_host_port(text, host, port)) {
     return false;
-  }
-  host = text.substr(0, colon);
-  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
-    host = host.substr(1, host.size() - 2);
   }
   if (host.empty()) {
     host = "0.0.0.0";
   }
   if (host == "localhost") {
     host = "127.0.0.1";
-  }
-  try {
-    std::size_t used = 0;
-    int p = std::stoi(text.substr(colon + 1), &used);
-    if (used != text.size() - colon - 1 || p < 0 || p > 65535) {
-      return false;
-    }
-    port = static_cast<std::uint16_t>(p);
-  } catch (const std::exception&) {
-    return false;
   }
   return true;
 }

@@ -462,27 +462,8 @@ void engine::join_cluster(worker_options options,
   ac.heartbeat_ms = m.config.cluster.heartbeat.count();
   ac.connection_timeout_ms = m.config.cluster.connection_timeout.count();
   ac.connect_timeout = options.connect_timeout;
-  auto forward = [cb = std::move(on_event)](const cluster_event& e) {
-    if (!cb) {
-      return;
-    }
-    cluster_link_event out;
-    switch (e.what) {
-      case cluster_event::kind::joined: out.what = cluster_link_event::kind::joined; break;
-      case cluster_event::kind::lost: out.what = cluster_link_event::kind::lost; break;
-      case cluster_event::kind::unreachable:
-        out.what = cluster_link_event::kind::unreachable;
-        break;
-      case cluster_event::kind::version_refused:
-        out.what = cluster_link_event::kind::version_refused;
-        break;
-    }
-    out.endpoint = e.endpoint.text();
-    out.text = e.text;
-    cb(out);
-  };
   caller_logger_guard guard;
-  auto agent = spawn_node_agent(m.services, std::move(ac), std::move(forward));
+  auto agent = spawn_node_agent(m.services, std::move(ac), std::move(on_event));
   std::lock_guard lock(m.agent_mutex);
   if (m.agent) {
     caf::anon_send_exit(m.agent, caf::exit_reason::user_shutdown);

@@ -14,6 +14,7 @@
 #include <utility>
 #include <vector>
 
+#include "actors/cluster_link_event.hpp"
 #include "actors/writer_config.hpp"
 #include "persistence/store.hpp"
 #include "workflow/expected.hpp"
@@ -48,14 +49,6 @@ struct cluster_config {
   /// Coordinators: one line per worker that joins, is refused or is lost (called on an engine
   /// thread; must not block). Empty: silent.
   std::function<void(const std::string&)> log;
-};
-
-/// What happens to a worker's link to one coordinator (join_cluster's callback).
-struct cluster_link_event {
-  enum class kind { joined, lost, unreachable, version_refused };
-  kind what = kind::joined;
-  std::string endpoint;  // "host:port"
-  std::string text;      // joined: the coordinator's identity; otherwise why
 };
 
 /// A worker's part: which coordinators it joins and what it runs for them.

@@ -25,9 +25,8 @@
 #include <string>
 #include <vector>
 
-#include <libpq-fe.h>
-
 #include "test/apps/process.hpp"
+#include "test/support/pg.hpp"
 
 namespace utf = boost::unit_test;
 namespace json = boost::json;
@@ -35,33 +34,11 @@ namespace json = boost::json;
 namespace troupe::test {
 namespace {
 
-std::string pg_base_url() {
-  std::ifstream in(std::string(TROUPE_PG_DIR) + "/url");
-  std::string url;
-  std::getline(in, url);
-  return url;
-}
-
-void pg_exec(const std::string& url, const std::string& sql) {
-  PGconn* c = PQconnectdb(url.c_str());
-  BOOST_REQUIRE_MESSAGE(PQstatus(c) == CONNECTION_OK, PQerrorMessage(c));
-  PQsetNoticeProcessor(c, [](void*, const char*) {}, nullptr);
-  PGresult* r = PQexec(c, sql.c_str());
-  const auto st = PQresultStatus(r);
-  const std::string err = PQresultErrorMessage(r);
-  PQclear(r);
-  PQfinish(c);
-  BOOST_REQUIRE_MESSAGE(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, sql << ": " << err);
-}
-
 // A fresh schema of the test server for one test's coordinators.
 std::string fresh_database(const std::string& name) {
-  const std::string base = pg_base_url();
-  BOOST_REQUIRE_MESSAGE(!base.empty(), "no PostgreSQL test server (pgtest/url)");
-  const std::string schema = "cluster_" + name + "_" + std::to_string(::getpid());
-  pg_exec(base, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; CREATE SCHEMA " + schema);
-  return base + (base.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" +
-         schema;
+  const std::string url = pg_schema_url("cluster", name);
+  BOOST_REQUIRE_MESSAGE(!url.empty(), "no PostgreSQL test server (pgtest/url)");
+  return url;
 }
 
 // The test's hold on in-flight items: while it is held, every item that starts blocks after
@@ -196,6 +173,21 @@ std::unique_ptr<child> start_worker(const temp_dir& dir, const std::string& name
       dir.path());
 }
 
+// A worker joined to each of `to`: it has said hello and each logged it.
+std::unique_ptr<child> joined_worker(const temp_dir& dir, const std::string& name,
+                                     const std::vector<const coordinator*>& to, int capacity) {
+  std::string join;
+  for (const auto* c : to) {
+    join += (join.empty() ? "" : ",") + c->cluster;
+  }
+  auto w = start_worker(dir, name, join, capacity);
+  for (const auto* c : to) {
+    BOOST_REQUIRE_MESSAGE(c->proc->wait_for_stderr("worker " + name + " joined"),
+                          name << " did not join: " << w->out_so_far());
+  }
+  return w;
+}
+
 // A run started in stream mode: curl prints the run's events as they happen.
 std::unique_ptr<child> stream_run(const temp_dir& dir, const std::string& http,
                                   const std::string& body) {
@@ -258,6 +250,20 @@ struct cluster_dir {
     ready = std::make_unique<ready_fifo>((dir.path() / "ready").string());
     dir.write_file("wf/fx.json", effect_workflow(effects, hold->path(), ready->path()));
   }
+
+  // A run of fx started through `http` (its events streamed), once b's 4 items have done their
+  // side effect and are held at the gate.
+  struct held_run {
+    std::unique_ptr<child> stream;
+    std::string id;
+  };
+  held_run start_held_run(const std::string& http) {
+    held_run r;
+    r.stream = stream_run(dir, http, R"({"workflow":"fx","response":"stream"})");
+    r.id = run_id_of(*r.stream);
+    ready->wait_lines(4);
+    return r;
+  }
 };
 
 // The a items the log holds as succeeded now.
@@ -277,19 +283,16 @@ std::vector<std::string> succeeded_items(const json::value& shown, const std::st
 
 BOOST_AUTO_TEST_SUITE(cluster_processes)
 
-BOOST_AUTO_TEST_CASE(a_worker_killed_with_attempts_in_flight_has_them_run_again_elsewhere, *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(a_worker_killed_with_attempts_in_flight_has_them_run_again_elsewhere,
+                     *utf::timeout(120)) {
   cluster_dir cd;
   const std::string db = fresh_database("killed");
   coordinator c(cd.dir, db, "5000");
-  auto w1 = start_worker(cd.dir, "w1", c.cluster, 2);
-  auto w2 = start_worker(cd.dir, "w2", c.cluster, 2);
-  BOOST_REQUIRE(c.proc->wait_for_stderr("worker w1 joined"));
-  BOOST_REQUIRE(c.proc->wait_for_stderr("worker w2 joined"));
+  auto w1 = joined_worker(cd.dir, "w1", {&c}, 2);
+  auto w2 = joined_worker(cd.dir, "w2", {&c}, 2);
 
-  auto stream = stream_run(cd.dir, c.http, R"({"workflow":"fx","response":"stream"})");
-  const std::string run = run_id_of(*stream);
   // b's 4 items have done their effect and are held, two on each worker (capacity 2 each).
-  cd.ready->wait_lines(4);
+  auto [stream, run] = cd.start_held_run(c.http);
   w1->send(SIGKILL);
   w1->finish();
   BOOST_REQUIRE(c.proc->wait_for_stderr("worker w1 lost"));
@@ -327,17 +330,14 @@ BOOST_AUTO_TEST_CASE(a_worker_killed_with_attempts_in_flight_has_them_run_again_
   BOOST_TEST(w2->finish().exit_code == 0);
 }
 
-BOOST_AUTO_TEST_CASE(a_frozen_worker_is_noticed_through_heartbeats_and_rejoins_when_it_wakes, *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(a_frozen_worker_is_noticed_through_heartbeats_and_rejoins_when_it_wakes,
+                     *utf::timeout(120)) {
   cluster_dir cd;
   const std::string db = fresh_database("frozen");
   coordinator c(cd.dir, db, "5000");
-  auto w1 = start_worker(cd.dir, "w1", c.cluster, 2);
-  auto w2 = start_worker(cd.dir, "w2", c.cluster, 2);
-  BOOST_REQUIRE(c.proc->wait_for_stderr("worker w1 joined"));
-  BOOST_REQUIRE(c.proc->wait_for_stderr("worker w2 joined"));
-  auto stream = stream_run(cd.dir, c.http, R"({"workflow":"fx","response":"stream"})");
-  const std::string run = run_id_of(*stream);
-  cd.ready->wait_lines(4);
+  auto w1 = joined_worker(cd.dir, "w1", {&c}, 2);
+  auto w2 = joined_worker(cd.dir, "w2", {&c}, 2);
+  auto [stream, run] = cd.start_held_run(c.http);
   // Frozen, its TCP connection stays open: only the missing heartbeats can tell.
   const auto frozen_at = std::chrono::steady_clock::now();
   w1->send(SIGSTOP);
@@ -368,21 +368,16 @@ BOOST_AUTO_TEST_CASE(a_frozen_worker_is_noticed_through_heartbeats_and_rejoins_w
   BOOST_TEST(w2->finish().exit_code == 0);
 }
 
-BOOST_AUTO_TEST_CASE(a_killed_coordinator_s_runs_are_resumed_by_another_without_rerunning_successes, *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(a_killed_coordinator_s_runs_are_resumed_by_another_without_rerunning_successes,
+                     *utf::timeout(120)) {
   cluster_dir cd;
   const std::string db = fresh_database("coordinator_killed");
   coordinator a(cd.dir, db, "1500");
   coordinator b(cd.dir, db, "1500");
-  auto w1 = start_worker(cd.dir, "w1", a.cluster + "," + b.cluster, 4);
-  auto w2 = start_worker(cd.dir, "w2", a.cluster + "," + b.cluster, 4);
-  BOOST_REQUIRE(a.proc->wait_for_stderr("worker w2 joined"));
-  BOOST_REQUIRE(b.proc->wait_for_stderr("worker w2 joined"));
-  BOOST_REQUIRE(a.proc->wait_for_stderr("worker w1 joined"));
-  BOOST_REQUIRE(b.proc->wait_for_stderr("worker w1 joined"));
+  auto w1 = joined_worker(cd.dir, "w1", {&a, &b}, 4);
+  auto w2 = joined_worker(cd.dir, "w2", {&a, &b}, 4);
 
-  auto stream = stream_run(cd.dir, a.http, R"({"workflow":"fx","response":"stream"})");
-  const std::string run = run_id_of(*stream);
-  cd.ready->wait_lines(4);
+  auto [stream, run] = cd.start_held_run(a.http);
   const auto killed_at = std::chrono::steady_clock::now();
   a.proc->send(SIGKILL);
   a.proc->finish();
@@ -448,17 +443,14 @@ BOOST_AUTO_TEST_CASE(a_killed_coordinator_s_runs_are_resumed_by_another_without_
   w2->finish();
 }
 
-BOOST_AUTO_TEST_CASE(a_coordinator_frozen_past_its_lease_is_fenced_and_lets_its_runs_go, *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(a_coordinator_frozen_past_its_lease_is_fenced_and_lets_its_runs_go,
+                     *utf::timeout(120)) {
   cluster_dir cd;
   const std::string db = fresh_database("coordinator_frozen");
   coordinator a(cd.dir, db, "1500");
   coordinator b(cd.dir, db, "1500");
-  auto w1 = start_worker(cd.dir, "w1", a.cluster + "," + b.cluster, 4);
-  BOOST_REQUIRE(a.proc->wait_for_stderr("worker w1 joined"));
-  BOOST_REQUIRE(b.proc->wait_for_stderr("worker w1 joined"));
-  auto stream = stream_run(cd.dir, a.http, R"({"workflow":"fx","response":"stream"})");
-  const std::string run = run_id_of(*stream);
-  cd.ready->wait_lines(4);
+  auto w1 = joined_worker(cd.dir, "w1", {&a, &b}, 4);
+  auto [stream, run] = cd.start_held_run(a.http);
   a.proc->send(SIGSTOP);
   // The worker drops the silent coordinator (its held items are cancelled), b adopts the run.
   BOOST_REQUIRE(w1->wait_for_stdout("troupe node: lost " + a.cluster));
@@ -488,7 +480,8 @@ BOOST_AUTO_TEST_CASE(a_coordinator_frozen_past_its_lease_is_fenced_and_lets_its_
   w1->finish();
 }
 
-BOOST_AUTO_TEST_CASE(a_worker_of_another_version_is_refused_with_a_clear_error, *utf::timeout(120)) {
+BOOST_AUTO_TEST_CASE(a_worker_of_another_version_is_refused_with_a_clear_error,
+                     *utf::timeout(120)) {
   cluster_dir cd;
   coordinator c(cd.dir, "memory://", "5000", {"--mode", "memory"});
   ::setenv("TROUPE_CLUSTER_APP_ID", "troupe/9.9.9/p1", 1);
@@ -504,5 +497,16 @@ BOOST_AUTO_TEST_CASE(a_worker_of_another_version_is_refused_with_a_clear_error, 
 }
 
 BOOST_AUTO_TEST_SUITE_END()
+
+// Where its coordinators are is the one thing a worker cannot guess.
+BOOST_AUTO_TEST_CASE(a_join_address_without_a_host_or_a_port_is_refused,
+                     *utf::timeout(60)) {
+  temp_dir dir;
+  for (const char* join : {"127.0.0.1", ":7100", "127.0.0.1:0", "127.0.0.1:x", "h:70000"}) {
+    auto r = run_troupe({"node", "--join", join}, dir.path());
+    BOOST_TEST(r.exit_code == 2, join);
+    BOOST_TEST(contains(r.err, "is not HOST:PORT"), join << ": " << r.err);
+  }
+}
 
 }  // namespace troupe::test

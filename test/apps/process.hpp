@@ -159,27 +159,11 @@ class child {
   }
   /// Blocks until stdout holds `needle` at least `count` times (true), or stdout ends (false).
   bool wait_for_stdout_count(const std::string& needle, std::size_t count) {
-    for (;;) {
-      if (occurrences(out_, needle) >= count) {
-        return true;
-      }
-      if (out_fd_ < 0) {
-        return false;
-      }
-      pump();
-    }
+    return wait_count(out_, out_fd_, needle, count);
   }
   /// Like wait_for_stdout_count, on stderr.
   bool wait_for_stderr_count(const std::string& needle, std::size_t count) {
-    for (;;) {
-      if (occurrences(err_, needle) >= count) {
-        return true;
-      }
-      if (err_fd_ < 0) {
-        return false;
-      }
-      pump();
-    }
+    return wait_count(err_, err_fd_, needle, count);
   }
   static std::size_t occurrences(const std::string& text, const std::string& needle) {
     std::size_t n = 0;
@@ -214,6 +198,18 @@ class child {
   }
 
  private:
+  // `text` is out_ or err_, `fd` its pipe (pump() reads into it and closes it at its end).
+  bool wait_count(const std::string& text, const int& fd, const std::string& needle,
+                  std::size_t count) {
+    while (occurrences(text, needle) < count) {
+      if (fd < 0) {
+        return false;
+      }
+      pump();
+    }
+    return true;
+  }
+
   static void close_fd(int& fd) {
     if (fd >= 0) {
       ::close(fd);

@@ -214,7 +214,8 @@ BOOST_AUTO_TEST_CASE(a_failure_on_the_worker_fails_the_attempt_and_retries_go_ou
   BOOST_TEST(r.outputs.at("a").as_int64() == 3);
   BOOST_TEST(calls->load() == 3);
 
-  auto fails = must_register(coordinator, R"({"name":"fails","nodes":[{"id":"a","task":"flaky"}]})");
+  auto fails =
+      must_register(coordinator, R"({"name":"fails","nodes":[{"id":"a","task":"flaky"}]})");
   auto f = run_to_end(coordinator, fails);
   BOOST_TEST(f.status == run_status::failed);
   BOOST_TEST(f.error.find("attempt 1 broke") != std::string::npos, f.error);
@@ -227,7 +228,8 @@ BOOST_AUTO_TEST_CASE(without_workers_a_remote_only_task_fails_clearly_and_others
   auto r = run_to_end(coordinator, p);
   BOOST_TEST(r.status == run_status::failed);
   BOOST_TEST(r.error.find("runs on cluster workers only") != std::string::npos, r.error);
-  auto s = must_register(coordinator, R"({"name":"local","nodes":[{"id":"a","task":"sleep","with":{"ms":1}}]})");
+  auto s = must_register(coordinator, R"({"name":"local","nodes":[
+      {"id":"a","task":"sleep","with":{"ms":1}}]})");
   BOOST_TEST(run_to_end(coordinator, s).status == run_status::succeeded);
   BOOST_TEST(coordinator.cluster().dispatched == 0u);
 }
@@ -270,7 +272,8 @@ BOOST_AUTO_TEST_CASE(attempts_spread_over_workers_by_their_free_capacity) {
   BOOST_TEST(coordinator.cluster().waiting == 0);
 }
 
-BOOST_AUTO_TEST_CASE(a_lost_worker_s_attempt_goes_to_another_with_its_attempt_number_and_the_loss_recorded) {
+BOOST_AUTO_TEST_CASE(
+    a_lost_worker_s_attempt_goes_to_another_with_its_attempt_number_and_the_loss_recorded) {
   const std::string url = temp_db("cluster", "lost.db");
   engine coordinator(coordinator_config({"hold"}, true, persistence_mode::durable, url));
   const auto port = serve(coordinator);

@@ -127,29 +127,9 @@ std::unique_ptr<store> open_log(const std::string& url) {
 
 // ---- PostgreSQL ---------------------------------------------------------------------------
 
-void pg_exec(const std::string& url, const std::string& sql) {
-  PGconn* c = PQconnectdb(url.c_str());
-  BOOST_REQUIRE_MESSAGE(PQstatus(c) == CONNECTION_OK, PQerrorMessage(c));
-  PQsetNoticeProcessor(
-      c, [](void*, const char*) {}, nullptr);
-  PGresult* r = PQexec(c, sql.c_str());
-  const auto st = PQresultStatus(r);
-  const std::string err = PQresultErrorMessage(r);
-  PQclear(r);
-  PQfinish(c);
-  BOOST_REQUIRE_MESSAGE(st == PGRES_COMMAND_OK || st == PGRES_TUPLES_OK, sql << ": " << err);
-}
-
 // A fresh schema on the test server; empty when there is no server.
 std::string pg_schema_url(const std::string& name) {
-  const std::string base = pg_url();
-  if (base.empty()) {
-    return {};
-  }
-  const std::string schema = "own_" + name + "_" + std::to_string(::getpid());
-  pg_exec(base, "DROP SCHEMA IF EXISTS " + schema + " CASCADE; CREATE SCHEMA " + schema);
-  return base + (base.find('?') == std::string::npos ? "?" : "&") + "options=-csearch_path%3D" +
-         schema;
+  return test::pg_schema_url("own", name);
 }
 
 #define SKIP_WITHOUT_PG(url)                                                  \

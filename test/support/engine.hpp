@@ -1,8 +1,8 @@
 #pragma once
 
 // What the runtime suites share: an engine configured for a store, one run to its end, a node
-// of the result, and the databases the suites run against. Header-only: each suite is one
-// translation unit, and pg_url() reads the TROUPE_PG_DIR that the suite's target defines.
+// of the result, and the databases the suites run against (PostgreSQL: test/support/pg.hpp).
+// Header-only: each suite is one translation unit.
 
 #include <boost/test/unit_test.hpp>
 
@@ -15,6 +15,7 @@
 #include <string_view>
 
 #include "runtime/engine.hpp"
+#include "test/support/pg.hpp"
 #include "test/support/status_io.hpp"
 
 namespace troupe::test {
@@ -56,19 +57,6 @@ inline std::string temp_db(std::string_view suite, const std::string& name) {
   auto path = dir / name;
   std::filesystem::remove(path);
   return "sqlite://" + path.string();
-}
-
-/// The URL of the test PostgreSQL server (the `pg` fixture writes it); empty when the suite's
-/// target does not define TROUPE_PG_DIR or the server is not up.
-inline std::string pg_url() {
-#ifdef TROUPE_PG_DIR
-  std::ifstream in(std::string(TROUPE_PG_DIR) + "/url");
-  std::string url;
-  std::getline(in, url);
-  return url;
-#else
-  return {};
-#endif
 }
 
 }  // namespace troupe::test
